@@ -1,0 +1,47 @@
+# recfleet: two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := gen/python/.stamp
+
+.PHONY: help install protos run test test-unit test-fast lint bench images chart-base clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(UV):
+	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv==$(UV_VERSION)
+
+.venv/.stamp: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python 3.11
+	@touch $@
+
+install: .venv/.stamp $(GEN_STAMP)  ## create .venv from uv.lock and generate the protos
+
+$(GEN_STAMP): $(PROTOS) .venv/.stamp
+	rm -rf gen/python && mkdir -p gen/python
+	PATH=$$PWD/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=gen/python --grpc_python_out=gen/python \
+		--mypy_out=gen/python --mypy_grpc_out=gen/python $(PROTOS)
+	@touch $@
+
+protos: $(GEN_STAMP)  ## generate Python code and type stubs from protos/ into gen/python
+
+run: install  ## prepare data, train, start the whole fleet; serves the gateway on 127.0.0.1:$${RECFLEET_GATEWAY_PORT:-8080}
+	$(PY) -m recfleet_ctl.localfleet run
+
+test: install  ## the whole test suite against real Postgres, Redis and a Kafka-protocol broker
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-unit: install  ## unit tests only (no fleet)
+	$(PY) -m pytest -q -m "not e2e"
+
+lint: install  ## ruff
+	$(PY) -m ruff check .
+
+bench: install  ## end-to-end latency benchmark through the gateway (see bench/README.md)
+	$(PY) bench/e2e_latency.py
+
+clean:  ## remove generated code and local state
+	rm -rf gen/python .state
