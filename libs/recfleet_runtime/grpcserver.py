@@ -1,0 +1,177 @@
+"""The grpc.aio server bootstrap every service uses.
+
+- standard health service, NOT_SERVING until the service says it is ready;
+- server reflection;
+- an interceptor that records grpc_server_* metrics, binds the caller's request id to the
+  logs and turns the caller's deadline into `context.deadline_var` for downstream calls;
+- OpenTelemetry server spans;
+- graceful shutdown on SIGTERM/SIGINT: health NOT_SERVING, drain, then stop(grace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import tracing
+from .context import REQUEST_ID_HEADER, deadline_var, request_id_var
+from .metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_SECONDS, start_metrics_server
+from .settings import ServiceSettings
+
+log = structlog.get_logger("recfleet.grpc")
+OVERALL = ""
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    _, service, method = full_method.split("/", 2)
+    return service, method
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Metrics, request id and deadline propagation for unary-unary RPCs."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, method = _split_method(handler_call_details.method)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        request_id = metadata.get(REQUEST_ID_HEADER)
+        behaviour = handler.unary_unary
+
+        async def observed(request, context: grpc.aio.ServicerContext):
+            started = time.perf_counter()
+            remaining = context.time_remaining()
+            deadline_token = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
+            request_token = request_id_var.set(request_id)
+            code = grpc.StatusCode.OK
+            try:
+                return await behaviour(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.UNKNOWN
+                log.exception("rpc failed", grpc_method=method)
+                raise
+            finally:
+                if code is grpc.StatusCode.OK and context.code() not in (None, grpc.StatusCode.OK):
+                    code = context.code()
+                GRPC_SERVER_HANDLED.labels("unary", service, method, code.name).inc()
+                GRPC_SERVER_SECONDS.labels("unary", service, method).observe(time.perf_counter() - started)
+                deadline_var.reset(deadline_token)
+                request_id_var.reset(request_token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Health:
+    """The service's view of its health: every registered service name moves together."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, service_names: Iterable[str]):
+        self._servicer = servicer
+        self._names = [OVERALL, *service_names]
+        self.serving = False
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.serving = serving
+        for name in self._names:
+            await self._servicer.set(name, status)
+
+
+class GrpcService:
+    """Builds, runs and gracefully stops one grpc.aio server."""
+
+    def __init__(self, name: str, settings: ServiceSettings, service_names: Iterable[str]):
+        self.name = name
+        self.settings = settings
+        self.service_names = list(service_names)
+        self.server = grpc.aio.server(
+            interceptors=[tracing.instrument_grpc_server(), ObservabilityInterceptor()],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        )
+        self._health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.health = Health(self._health_servicer, self.service_names)
+        self.port: int | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self, address: str | None = None) -> int:
+        address = address or f"[::]:{self.settings.grpc_port}"
+        self.port = self.server.add_insecure_port(address)
+        await self.health.set_serving(False)
+        await self.server.start()
+        log.info("grpc server started", port=self.port, services=self.service_names)
+        return self.port
+
+    async def stop(self) -> None:
+        """Health to NOT_SERVING, wait for balancers to notice, then drain in-flight calls."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        await self.health.set_serving(False)
+        log.info("draining", drain_seconds=self.settings.drain_seconds, grace_seconds=self.settings.grace_seconds)
+        await asyncio.sleep(self.settings.drain_seconds)
+        await self.server.stop(self.settings.grace_seconds)
+        log.info("grpc server stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(
+    service: GrpcService,
+    warm_up: Callable[[], Awaitable[bool]],
+    background: Iterable[Callable[[], Awaitable[None]]] = (),
+    close: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a service until SIGTERM/SIGINT.
+
+    `warm_up` loads indexes, models and connections; health turns SERVING only when it
+    returns True. `background` coroutines (pollers, consumers) run alongside the server.
+    """
+    start_metrics_server(service.settings.metrics_port)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    tasks = [asyncio.create_task(job()) for job in background]
+    try:
+        if await warm_up():
+            await service.health.set_serving(True)
+            log.info("serving", service=service.name)
+        else:
+            log.error("warm-up failed; staying NOT_SERVING", service=service.name)
+        await stop_requested.wait()
+    finally:
+        await service.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if close is not None:
+            await close()
+
+
+def run_service(main: Callable[[], Awaitable[None]]) -> None:
+    """Entrypoint helper: run `main` on a fresh event loop."""
+    asyncio.run(main())

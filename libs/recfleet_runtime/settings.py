@@ -1,0 +1,65 @@
+"""Typed settings: one pydantic-settings class per service, one env prefix per service.
+
+Connection settings that every service shares (Postgres, Redis, Kafka, artifacts) keep
+one name across the fleet through an explicit alias, so the Helm chart sets them once.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def shared(name: str, default, description: str = ""):
+    """A field read from one fleet-wide variable, whatever the service's prefix."""
+    return Field(default, validation_alias=AliasChoices(name), description=description)
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every gRPC service has."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    grpc_port: int = 50051
+    metrics_port: int = 9090
+    log_level: str = "INFO"
+    # Seconds between health going NOT_SERVING on SIGTERM and the server stopping, so
+    # load balancers see the change before connections close.
+    drain_seconds: float = 1.0
+    # Seconds in-flight RPCs get to finish once the server stops.
+    grace_seconds: float = 5.0
+    track: str = shared("RECFLEET_TRACK", "stable", "stable or canary; labels metrics and logs")
+
+
+class PostgresSettings(BaseSettings):
+    postgres_dsn: str = shared("RECFLEET_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/recfleet")
+
+
+class RedisSettings(BaseSettings):
+    redis_url: str = shared("RECFLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class KafkaSettings(BaseSettings):
+    kafka_bootstrap_servers: str = shared("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    events_topic: str = shared("RECFLEET_EVENTS_TOPIC", "recfleet.events.v1")
+    dead_letter_topic: str = shared("RECFLEET_DEAD_LETTER_TOPIC", "recfleet.events.dlq.v1")
+    users_topic: str = shared("RECFLEET_USERS_TOPIC", "recfleet.users.v1")
+
+
+class ArtifactSettings(BaseSettings):
+    artifact_url: str = shared("RECFLEET_ARTIFACT_URL", "file://.state/artifacts")
+
+
+def env_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """Every environment variable a settings class reads (the chart test compares these)."""
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    names: set[str] = set()
+    for name, field in settings_cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(f"{prefix}{name}".upper())
+    return names

@@ -1,0 +1,40 @@
+"""Redis key layout shared by the feature store, event consumers and the gateway."""
+
+PREFIX = "rf"
+
+
+def user(user_id: str) -> str:
+    """Hash: online user features, `vec` (float32 bytes), `vec_version`, profile fields."""
+    return f"{PREFIX}:u:{{{user_id}}}"
+
+
+def user_seen(user_id: str) -> str:
+    """Set: every item the user interacted with."""
+    return f"{PREFIX}:u:{{{user_id}}}:seen"
+
+
+def user_recent(user_id: str) -> str:
+    """List: most recent item ids, newest first, capped."""
+    return f"{PREFIX}:u:{{{user_id}}}:recent"
+
+
+def item(item_id: str) -> str:
+    """Hash: online item features and catalog fields."""
+    return f"{PREFIX}:i:{item_id}"
+
+
+def popular(window: str, category: str = "") -> str:
+    """Sorted set: item -> popularity score in a window, optionally per category."""
+    return f"{PREFIX}:pop:{window}:{category or '*'}"
+
+
+def result_cache(user_id: str) -> str:
+    """Hash: cached recommendation responses for one user, field = parameter digest."""
+    return f"{PREFIX}:cache:{{{user_id}}}"
+
+
+def erased(user_id: str) -> str:
+    return f"{PREFIX}:erased:{user_id}"
+
+
+SERVING_VERSION = f"{PREFIX}:model:als:serving"

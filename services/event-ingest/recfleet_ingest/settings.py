@@ -1,0 +1,19 @@
+"""event-ingest settings (env prefix RECFLEET_INGEST_), for the API and both consumers."""
+
+from pydantic_settings import SettingsConfigDict
+
+from recfleet_runtime.settings import KafkaSettings, PostgresSettings, RedisSettings, ServiceSettings
+
+
+class IngestSettings(ServiceSettings, PostgresSettings, RedisSettings, KafkaSettings):
+    model_config = SettingsConfigDict(env_prefix="RECFLEET_INGEST_", extra="ignore", populate_by_name=True)
+
+    grpc_port: int = 50081
+    metrics_port: int = 9104
+    max_batch_events: int = 500
+    produce_timeout_seconds: float = 10.0
+    sink_group: str = "recfleet-sink"
+    realtime_group: str = "recfleet-realtime"
+    sink_batch_size: int = 2000
+    sink_max_wait_ms: int = 200
+    recent_items: int = 50

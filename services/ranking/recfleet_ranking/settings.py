@@ -1,0 +1,28 @@
+"""ranking settings (env prefix RECFLEET_RANKING_)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, ServiceSettings
+
+
+class RankingSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
+    model_config = SettingsConfigDict(env_prefix="RECFLEET_RANKING_", extra="ignore", populate_by_name=True)
+
+    grpc_port: int = 50071
+    metrics_port: int = 9103
+    feature_store_target: str = "127.0.0.1:50061"
+    feature_store_timeout: float = 0.02
+    # Serve this ranker version instead of the registry's serving one (canaries).
+    ranker_version: str = ""
+    registry_poll_seconds: float = 10.0
+    # Rule formula weights (spec: 0.5 candidate + 0.3 popularity + 0.2 freshness).
+    rule_weight_candidate: float = 0.5
+    rule_weight_popularity: float = 0.3
+    rule_weight_freshness: float = 0.2
+    freshness_half_life_days: float = 365.0
+    max_per_category: int = 3
+    diversity_window: int = 20
+    max_creator_share: float = 0.15
+    exploration_share: float = 0.0
+    # Fault injection for canary drills: share of calls answered with INTERNAL.
+    inject_error_rate: float = 0.0
