@@ -38,3 +38,8 @@ def erased(user_id: str) -> str:
 
 
 SERVING_VERSION = f"{PREFIX}:model:als:serving"
+
+
+def user_vectors(user_id: str) -> str:
+    """Hash: model version -> user vector as little-endian float32 bytes."""
+    return f"{PREFIX}:uv:{{{user_id}}}"
