@@ -1,0 +1,48 @@
+"""The whole fleet as processes, once per test session, on free ports, against a fresh
+Postgres database, its own Redis database index and a broker of its own."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from recfleet_ctl.localfleet import FleetConfig, LocalFleet
+
+ADMIN_KEY = "e2e-admin-key"
+
+
+@pytest.fixture(scope="session")
+def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
+    redis_db = int(os.environ.get("RECFLEET_TEST_E2E_REDIS_DB", "14"))
+    import redis
+
+    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    from recfleet_store.kafka import free_port
+
+    config = FleetConfig(
+        state_dir=tmp_path_factory.mktemp("fleet"),
+        postgres_dsn=pg_dsn,
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        shard_count=2,
+        gateway_port=free_port(),
+        admin_key=ADMIN_KEY,
+        train_ranker=os.environ.get("RECFLEET_TEST_E2E_RANKER", "1") != "0",
+        free_ports=True,
+    )
+    local = LocalFleet(config)
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture(scope="session")
+def api(fleet):
+    with httpx.Client(base_url=fleet.gateway_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10) as client:
+        yield client
