@@ -1,0 +1,155 @@
+"""End-to-end recommendation latency through the gateway at fixed request rates.
+
+Open-loop load (requests are sent on schedule whether or not earlier ones finished, so
+queueing shows up in the figures), distinct MovieLens users, cache bypassed with a
+unique `surface` per request unless --cache-hits. Prints p50/p95/p99 per rate and draws
+them to bench/results/e2e_latency.png.
+
+    make run                                   # in one terminal
+    .venv/bin/python bench/e2e_latency.py --rates 50,100,200,300 --seconds 10
+    .venv/bin/python bench/e2e_latency.py --start-fleet     # starts its own fleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def run_rate(client: httpx.AsyncClient, rate: float, seconds: float, cache_hits: bool) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    served_by: dict[str, int] = {}
+    total = int(rate * seconds)
+    rng = random.Random(42)
+
+    async def one(index: int) -> None:
+        user = str(rng.randint(1, 610))
+        params = {"user_id": user, "limit": 20}
+        if not cache_hits:
+            params["surface"] = f"bench-{index}"
+        started = time.perf_counter()
+        try:
+            reply = await client.get("/v1/recommendations", params=params)
+            elapsed = time.perf_counter() - started
+            if reply.status_code == 200:
+                latencies.append(elapsed)
+                rung = reply.json().get("served_by", "?")
+                served_by[rung] = served_by.get(rung, 0) + 1
+            else:
+                errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
+        except httpx.HTTPError as error:
+            errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+
+    began = time.perf_counter()
+    tasks = []
+    for index in range(total):
+        delay = began + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - began
+    ms = [value * 1000 for value in latencies]
+    return {
+        "rate": rate,
+        "sent": total,
+        "ok": len(latencies),
+        "achieved_rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+        "errors": errors,
+        "served_by": served_by,
+    }
+
+
+async def bench(url: str, key: str, rates: list[float], seconds: float, cache_hits: bool) -> list[dict]:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=10) as client:
+        await run_rate(client, 20, 2, cache_hits)  # warm-up: connections, caches, JIT-free paths
+        rows = []
+        for rate in rates:
+            row = await run_rate(client, rate, seconds, cache_hits)
+            rows.append(row)
+            print(
+                f"rate {row['rate']:>6.0f}/s  ok {row['ok']:>6}  achieved {row['achieved_rps']:>7.1f}/s  "
+                f"p50 {row['p50_ms']:>7.2f} ms  p95 {row['p95_ms']:>7.2f} ms  p99 {row['p99_ms']:>7.2f} ms  "
+                f"errors {row['errors']}  served_by {row['served_by']}",
+                flush=True,
+            )
+        return rows
+
+
+def draw(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [row["rate"] for row in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        ax.plot(rates, [row[key] for row in rows], marker="o", label=key.replace("_ms", ""))
+    ax.set_xlabel("offered requests/s")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--key", default="dev-admin-key")
+    parser.add_argument("--rates", default="50,100,200")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--cache-hits", action="store_true", help="repeat parameters so the result cache answers")
+    parser.add_argument("--start-fleet", action="store_true", help="start a local fleet on free ports first")
+    args = parser.parse_args()
+    rates = [float(rate) for rate in args.rates.split(",")]
+    fleet = None
+    url, key = args.url, args.key
+    if args.start_fleet:
+        from recfleet_ctl.localfleet import FleetConfig, LocalFleet
+        from recfleet_store.kafka import free_port
+
+        config = FleetConfig.from_env()
+        config.gateway_port, config.free_ports = free_port(), True
+        fleet = LocalFleet(config)
+        fleet.start()
+        url, key = fleet.gateway_url, config.admin_key
+    try:
+        rows = asyncio.run(bench(url, key, rates, args.seconds, args.cache_hits))
+    finally:
+        if fleet is not None:
+            fleet.stop()
+    RESULTS.mkdir(exist_ok=True)
+    name = "e2e_latency_cache_hits" if args.cache_hits else "e2e_latency"
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    draw(rows, RESULTS / f"{name}.png", "recommendations through the gateway" + (" (cache hits)" if args.cache_hits else ""))
+    print(f"wrote {RESULTS / (name + '.png')}")
+
+
+if __name__ == "__main__":
+    main()
