@@ -1,0 +1,2 @@
+"""Operations tooling: `recfleetctl` (talks to the gateway's admin API) and the local
+fleet runner behind `make run`."""

@@ -1,0 +1,163 @@
+"""`recfleetctl`: operate a recfleet installation through the gateway's admin API.
+
+Works the same against a local fleet and a cluster: point `--url` (or RECFLEET_URL) at
+the gateway and pass an admin key with `--key` (or RECFLEET_API_KEY).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="Model and index versions.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Batch jobs.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(keys_app, name="keys")
+
+_state = {"url": "http://127.0.0.1:8080", "key": "dev-admin-key"}
+
+
+@app.callback()
+def main_options(
+    url: str = typer.Option(os.environ.get("RECFLEET_URL", "http://127.0.0.1:8080"), help="gateway base URL"),
+    key: str = typer.Option(os.environ.get("RECFLEET_API_KEY", "dev-admin-key"), help="API key with the admin scope"),
+) -> None:
+    _state.update(url=url.rstrip("/"), key=key)
+
+
+def request(method: str, path: str, **kwargs) -> dict:
+    headers = {"Authorization": f"Bearer {_state['key']}"}
+    try:
+        reply = httpx.request(method, f"{_state['url']}{path}", headers=headers, timeout=30, **kwargs)
+    except httpx.HTTPError as error:
+        console.print(f"[red]cannot reach {_state['url']}: {error}[/]")
+        raise typer.Exit(2) from error
+    if reply.status_code >= 400:
+        try:
+            problem = reply.json()
+            detail = problem.get("detail") or problem.get("title")
+        except ValueError:
+            detail = reply.text
+        console.print(f"[red]{method} {path} -> {reply.status_code}: {detail}[/]")
+        raise typer.Exit(1)
+    return reply.json() if reply.content else {}
+
+
+def emit(data, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        console.print_json(json.dumps(data, default=str))
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Health of every downstream service and the serving model versions."""
+    reply = httpx.get(f"{_state['url']}/healthz/ready", timeout=10)
+    health = reply.json() if reply.content else {}
+    models = request("GET", "/admin/v1/models")
+    data = {"ready": reply.status_code == 200, "health": health, "models": models}
+    if as_json:
+        emit(data, True)
+        return
+    console.print(f"gateway {_state['url']}: {'[green]ready[/]' if data['ready'] else '[red]not ready[/]'}")
+    emit(health, False)
+    emit(models, False)
+    if not data["ready"]:
+        raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list(kind: str = typer.Option("", help="als or ranker"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered versions with their status."""
+    data = request("GET", "/admin/v1/models")
+    versions = data.get("versions", data if isinstance(data, list) else [])
+    if kind:
+        versions = [v for v in versions if v.get("kind") == kind]
+    if as_json:
+        emit(versions, True)
+        return
+    table = Table("version", "kind", "status", "created", "promoted")
+    for v in versions:
+        table.add_row(v.get("version"), v.get("kind"), v.get("status"), str(v.get("created_at", "")),
+                      str(v.get("promoted_at") or ""))
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(kind: str, version: str) -> None:
+    """Make a version serving: every shard and the user vectors switch together."""
+    emit(request("POST", f"/admin/v1/models/{kind}/promote", json={"version": version}), False)
+
+
+@models_app.command("rollback")
+def models_rollback(kind: str) -> None:
+    """Serve the previously serving version again."""
+    emit(request("POST", f"/admin/v1/models/{kind}/rollback"), False)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    name: str,
+    wait: bool = typer.Option(True, help="wait for the job and print its output"),
+    timeout: float = typer.Option(900, help="seconds to wait"),
+) -> None:
+    """Run a batch job now (train-als, build-index, train-ranker, materialize, popularity, evaluate)."""
+    job = request("POST", f"/admin/v1/jobs/{name}")
+    job_id = job.get("job_id") or job.get("id")
+    console.print(f"job {job_id} queued")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = request("GET", f"/admin/v1/jobs/{job_id}")
+        if state.get("status") in ("succeeded", "failed"):
+            console.print(state.get("output", ""))
+            console.print(f"job {job_id}: {state['status']}")
+            raise typer.Exit(0 if state["status"] == "succeeded" else 1)
+        time.sleep(1)
+    console.print(f"[red]job {job_id} still running after {timeout:.0f}s[/]")
+    raise typer.Exit(1)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str) -> None:
+    """Status and output of a job."""
+    emit(request("GET", f"/admin/v1/jobs/{job_id}"), False)
+
+
+@keys_app.command("create")
+def keys_create(name: str, scopes: list[str] = typer.Option(..., "--scope", help="repeat for several")) -> None:
+    """Create a key; its secret is printed once."""
+    emit(request("POST", "/admin/v1/api-keys", json={"name": name, "scopes": scopes}), False)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys with scopes (never their secrets)."""
+    emit(request("GET", "/admin/v1/api-keys"), False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key at once (rotation = create, deploy the new one, revoke the old)."""
+    emit(request("DELETE", f"/admin/v1/api-keys/{key_id}"), False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
