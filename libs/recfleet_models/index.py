@@ -1,0 +1,348 @@
+"""Sharded FAISS indexes built from an ALS version's item factors.
+
+Layout under `models/als/<version>/index/` in the artifact store:
+
+- `shard-<i>.faiss`: `faiss.serialize_index` bytes (inner product);
+- `shard-<i>.ids.json`: the item ids, in the index's row order;
+- `shard-<i>.vectors.npy`: the same rows' float32 vectors (for similar items, exact
+  re-checks and sanity queries);
+- `manifest.json`: a `ShardManifest`, written last, so that a manifest's presence means
+  every shard file it names is complete.
+
+Items go to shards by `recfleet_models.sharding.shard_of`. Index types:
+
+- `flat`: exact search;
+- `ivf`: IVF-Flat, knobs `nlist` (capped to what a shard's size can train: at least 39
+  vectors a list) and `nprobe`;
+- `hnsw`: HNSW-Flat with inner product, knobs `m`, `ef_construction`, `ef_search`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faiss
+import numpy as np
+
+from recfleet_store.artifacts import ArtifactStore, sha256
+
+from .sharding import ASSIGNMENT_RULE, shard_of
+
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+METRIC = "ip"
+# FAISS warns below 39 training points per centroid; fewer give poor lists.
+MIN_POINTS_PER_LIST = 39
+DEFAULT_PARAMS: dict[str, dict[str, int]] = {
+    "flat": {},
+    "ivf": {"nlist": 1024, "nprobe": 32},
+    "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
+}
+
+
+class ShardRejected(Exception):
+    """A shard failed verification; `reason` says why in one line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def als_prefix(version: str) -> str:
+    return f"models/als/{version}/"
+
+
+def index_prefix(version: str) -> str:
+    return f"{als_prefix(version)}index/"
+
+
+def manifest_key(version: str) -> str:
+    return f"{index_prefix(version)}manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard's files, their sha256 and its item count."""
+
+    shard: int
+    index_key: str
+    ids_key: str
+    vectors_key: str
+    index_sha256: str
+    ids_sha256: str
+    vectors_sha256: str
+    item_count: int
+    # What the shard was built with after capping (e.g. nlist for a small shard).
+    index_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    version: str
+    shard_count: int
+    assignment_rule: str
+    index_type: str
+    params: dict[str, Any]
+    dimension: int
+    metric: str
+    shards: list[ShardEntry]
+    built_at: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ShardManifest:
+        raw = json.loads(data)
+        raw["shards"] = [ShardEntry(**entry) for entry in raw["shards"]]
+        return cls(**raw)
+
+    @property
+    def item_count(self) -> int:
+        return sum(entry.item_count for entry in self.shards)
+
+
+def normalize_params(index_type: str, params: dict[str, Any] | None) -> dict[str, int]:
+    """The index type's knobs with defaults filled in; unknown types and knobs are refused."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r} (expected one of {', '.join(INDEX_TYPES)})")
+    defaults = DEFAULT_PARAMS[index_type]
+    given = {key: value for key, value in (params or {}).items() if value is not None}
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"{index_type} index takes {sorted(defaults) or 'no parameters'}, not {sorted(unknown)}")
+    merged = {**defaults, **{key: int(value) for key, value in given.items()}}
+    for key, value in merged.items():
+        if value < 1:
+            raise ValueError(f"{index_type} parameter {key} must be at least 1, got {value}")
+    return merged
+
+
+def build_index(vectors: np.ndarray, index_type: str, params: dict[str, int]) -> tuple[faiss.Index, dict[str, int]]:
+    """An inner-product index over `vectors` (row i = id i) and the knobs it really uses."""
+    count, dimension = vectors.shape
+    if index_type == "flat" or count == 0:
+        index = faiss.IndexFlatIP(dimension)
+        used: dict[str, int] = {}
+    elif index_type == "ivf":
+        nlist = max(1, min(params["nlist"], count // MIN_POINTS_PER_LIST))
+        quantizer = faiss.IndexFlatIP(dimension)
+        index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1
+        index.train(vectors)
+        index.nprobe = min(params["nprobe"], nlist)
+        used = {"nlist": nlist, "nprobe": index.nprobe}
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dimension, params["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.hnsw.efSearch = params["ef_search"]
+        used = dict(params)
+    else:
+        raise ValueError(f"unknown index type {index_type!r}")
+    if count:
+        index.add(vectors)
+    return index, used
+
+
+def apply_search_params(index: faiss.Index, index_type: str, params: dict[str, int]) -> None:
+    """Set the query-time knobs (nprobe, efSearch) on a deserialised index."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if index_type == "ivf" and "nprobe" in params and ivf is not None:
+        ivf.nprobe = min(int(params["nprobe"]), ivf.nlist)
+    elif index_type == "hnsw" and "ef_search" in params and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = int(params["ef_search"])
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npy_load(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def read_item_factors(store: ArtifactStore, version: str) -> tuple[list[str], np.ndarray]:
+    """An ALS version's item ids and float32 factors, checked against its checksums.json."""
+    prefix = als_prefix(version)
+    if not store.exists(f"{prefix}item_factors.npy"):
+        raise FileNotFoundError(f"ALS version {version!r} has no item_factors.npy in the artifact store")
+    ids_bytes = store.get_bytes(f"{prefix}item_ids.json")
+    factors_bytes = store.get_bytes(f"{prefix}item_factors.npy")
+    if store.exists(f"{prefix}checksums.json"):
+        checksums = json.loads(store.get_bytes(f"{prefix}checksums.json"))
+        for name, data in (("item_ids.json", ids_bytes), ("item_factors.npy", factors_bytes)):
+            if name in checksums and checksums[name] != sha256(data):
+                raise ValueError(f"ALS version {version!r}: {name} does not match its checksum")
+    item_ids = [str(item) for item in json.loads(ids_bytes)]
+    factors = np.ascontiguousarray(_npy_load(factors_bytes), dtype=np.float32)
+    if factors.ndim != 2 or factors.shape[0] != len(item_ids):
+        raise ValueError(f"ALS version {version!r}: {factors.shape} factors for {len(item_ids)} item ids")
+    return item_ids, factors
+
+
+def partition(item_ids: list[str], shard_count: int) -> list[np.ndarray]:
+    """Row numbers of the items each shard owns, in catalog order."""
+    owners = np.fromiter((shard_of(item, shard_count) for item in item_ids), dtype=np.int64, count=len(item_ids))
+    return [np.flatnonzero(owners == shard) for shard in range(shard_count)]
+
+
+def build_shards(
+    store: ArtifactStore, version: str, shard_count: int, index_type: str, params: dict[str, Any] | None = None
+) -> ShardManifest:
+    """Build and publish every shard of an ALS version; returns the manifest written."""
+    if shard_count < 1:
+        raise ValueError("shard_count must be at least 1")
+    knobs = normalize_params(index_type, params)
+    item_ids, factors = read_item_factors(store, version)
+    dimension = int(factors.shape[1])
+    prefix = index_prefix(version)
+    # A manifest left from an earlier build must not describe the new files half-way.
+    if store.exists(manifest_key(version)):
+        store.delete_prefix(prefix)
+    entries = []
+    for shard, rows in enumerate(partition(item_ids, shard_count)):
+        vectors = np.ascontiguousarray(factors[rows])
+        index, used = build_index(vectors, index_type, knobs)
+        files = {
+            "index": (f"{prefix}shard-{shard}.faiss", faiss.serialize_index(index).tobytes()),
+            "ids": (f"{prefix}shard-{shard}.ids.json", json.dumps([item_ids[row] for row in rows]).encode()),
+            "vectors": (f"{prefix}shard-{shard}.vectors.npy", _npy_bytes(vectors)),
+        }
+        for key, data in files.values():
+            store.put_bytes(key, data)
+        entries.append(
+            ShardEntry(
+                shard=shard,
+                index_key=files["index"][0],
+                ids_key=files["ids"][0],
+                vectors_key=files["vectors"][0],
+                index_sha256=sha256(files["index"][1]),
+                ids_sha256=sha256(files["ids"][1]),
+                vectors_sha256=sha256(files["vectors"][1]),
+                item_count=len(rows),
+                index_params=used,
+            )
+        )
+    manifest = ShardManifest(
+        version=version,
+        shard_count=shard_count,
+        assignment_rule=ASSIGNMENT_RULE,
+        index_type=index_type,
+        params=knobs,
+        dimension=dimension,
+        metric=METRIC,
+        shards=entries,
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    store.put_bytes(manifest_key(version), manifest.to_json())
+    return manifest
+
+
+def read_manifest(store: ArtifactStore, version: str) -> ShardManifest:
+    """The version's manifest; ShardRejected when it is missing or unreadable."""
+    key = manifest_key(version)
+    if not store.exists(key):
+        raise ShardRejected(f"version {version} has no index manifest (build-index not run)")
+    try:
+        return ShardManifest.from_json(store.get_bytes(key))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ShardRejected(f"version {version}: unreadable manifest ({error})") from error
+
+
+@dataclass
+class LoadedShard:
+    """One verified shard in memory: the FAISS index, its ids and vectors."""
+
+    version: str
+    shard: int
+    manifest: ShardManifest
+    index: faiss.Index
+    item_ids: list[str]
+    vectors: np.ndarray
+    rows: dict[str, int]
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    @property
+    def item_count(self) -> int:
+        return len(self.item_ids)
+
+    def vector_of(self, item_id: str) -> np.ndarray | None:
+        row = self.rows.get(item_id)
+        return None if row is None else self.vectors[row]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search: (scores, rows), row -1 where fewer than k were found."""
+        k = min(k, self.item_count)
+        if k <= 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force inner product over the shard's vectors (the ground truth)."""
+        k = min(k, self.item_count)
+        scores = np.asarray(queries, dtype=np.float32) @ self.vectors.T
+        rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, rows, axis=1), rows
+
+
+def _verified(store: ArtifactStore, key: str, expected: str) -> bytes:
+    try:
+        data = store.get_bytes(key)
+    except FileNotFoundError as error:
+        raise ShardRejected(f"missing shard file {key}") from error
+    if sha256(data) != expected:
+        raise ShardRejected(f"checksum mismatch for {key.rsplit('/', 1)[-1]}")
+    return data
+
+
+def load_shard(
+    store: ArtifactStore, version: str, shard: int, search_params: dict[str, Any] | None = None
+) -> LoadedShard:
+    """Download, verify (checksums, dimension, counts) and deserialise one shard.
+
+    Raises ShardRejected with the reason on any mismatch. `search_params` overrides the
+    manifest's query-time knobs (nprobe, ef_search).
+    """
+    manifest = read_manifest(store, version)
+    if manifest.metric != METRIC:
+        raise ShardRejected(f"metric {manifest.metric!r} is not inner product")
+    if not 0 <= shard < manifest.shard_count or len(manifest.shards) != manifest.shard_count:
+        raise ShardRejected(f"shard {shard} is not in a {manifest.shard_count}-shard manifest")
+    entry = manifest.shards[shard]
+    index_bytes = _verified(store, entry.index_key, entry.index_sha256)
+    ids_bytes = _verified(store, entry.ids_key, entry.ids_sha256)
+    vectors_bytes = _verified(store, entry.vectors_key, entry.vectors_sha256)
+    try:
+        index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+        item_ids = [str(item) for item in json.loads(ids_bytes)]
+        vectors = np.ascontiguousarray(_npy_load(vectors_bytes), dtype=np.float32)
+    except (RuntimeError, ValueError) as error:
+        raise ShardRejected(f"unreadable shard files: {error}") from error
+    if index.d != manifest.dimension:
+        raise ShardRejected(f"index dimension {index.d} != manifest dimension {manifest.dimension}")
+    if vectors.ndim != 2 or vectors.shape[1] != manifest.dimension:
+        raise ShardRejected(f"vectors shape {vectors.shape} does not have dimension {manifest.dimension}")
+    if not (len(item_ids) == vectors.shape[0] == index.ntotal == entry.item_count):
+        raise ShardRejected(
+            f"item counts disagree: ids {len(item_ids)}, vectors {vectors.shape[0]}, "
+            f"index {index.ntotal}, manifest {entry.item_count}"
+        )
+    apply_search_params(index, manifest.index_type, {**manifest.params, **(search_params or {})})
+    return LoadedShard(
+        version=version,
+        shard=shard,
+        manifest=manifest,
+        index=index,
+        item_ids=item_ids,
+        vectors=vectors,
+        rows={item: row for row, item in enumerate(item_ids)},
+    )

@@ -1,0 +1,135 @@
+"""Sharded FAISS index: known answers on a tiny catalog, manifest, verification on load."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from recfleet_models import index as shard_index
+from recfleet_models.sharding import ASSIGNMENT_RULE, shard_of
+from recfleet_store.artifacts import DirectoryArtifactStore, sha256
+
+TINY = {
+    "a": [1.0, 0.0, 0.0],
+    "b": [0.9, 0.1, 0.0],
+    "c": [0.0, 1.0, 0.0],
+    "d": [0.0, 0.0, 1.0],
+    "e": [0.5, 0.5, 0.0],
+    "f": [-1.0, 0.0, 0.0],
+}
+
+
+def write_als_version(store, version: str, item_ids: list[str], factors: np.ndarray) -> None:
+    """The item half of an ALS version as docs/CONTRACTS.md lays it out."""
+    prefix = f"models/als/{version}/"
+    buffer = io.BytesIO()
+    np.save(buffer, factors.astype(np.float32))
+    files = {"item_ids.json": json.dumps(item_ids).encode(), "item_factors.npy": buffer.getvalue()}
+    files["meta.json"] = json.dumps({"version": version, "factors": factors.shape[1], "n_items": len(item_ids)}).encode()
+    for name, data in files.items():
+        store.put_bytes(prefix + name, data)
+    store.put_bytes(prefix + "checksums.json", json.dumps({n: sha256(d) for n, d in files.items()}).encode())
+
+
+@pytest.fixture
+def store(artifact_dir):
+    return DirectoryArtifactStore(artifact_dir)
+
+
+def merged_top(store, version, shard_count, query, k):
+    """Scatter to every shard and merge by score, as the gateway does."""
+    found = []
+    for shard in range(shard_count):
+        loaded = shard_index.load_shard(store, version, shard)
+        scores, rows = loaded.search(np.array([query], dtype=np.float32), k)
+        found += [(float(s), loaded.item_ids[r]) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
+    found.sort(key=lambda pair: (-pair[0], pair[1]))
+    return found[:k]
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
+def test_known_answer_on_tiny_catalog(store, index_type):
+    write_als_version(store, "als-tiny", list(TINY), np.array(list(TINY.values())))
+    shard_index.build_shards(store, "als-tiny", 2, index_type, {})
+    top = merged_top(store, "als-tiny", 2, [1.0, 0.0, 0.0], 3)
+    assert [item for _, item in top] == ["a", "b", "e"]
+    assert [round(score, 4) for score, _ in top] == [1.0, 0.9, 0.5]
+    assert merged_top(store, "als-tiny", 2, [0.0, 0.0, 1.0], 1)[0][1] == "d"
+
+
+def test_manifest_describes_every_shard(store):
+    write_als_version(store, "als-tiny", list(TINY), np.array(list(TINY.values())))
+    manifest = shard_index.build_shards(store, "als-tiny", 2, "hnsw", {"m": 8, "ef_search": 16})
+    stored = shard_index.ShardManifest.from_json(store.get_bytes("models/als/als-tiny/index/manifest.json"))
+    assert stored == manifest
+    assert (stored.shard_count, stored.assignment_rule, stored.metric) == (2, ASSIGNMENT_RULE, "ip")
+    assert stored.dimension == 3 and stored.index_type == "hnsw"
+    assert stored.params == {"m": 8, "ef_construction": 200, "ef_search": 16}
+    assert stored.item_count == len(TINY)
+    for entry in stored.shards:
+        ids = json.loads(store.get_bytes(entry.ids_key))
+        assert {shard_of(item, 2) for item in ids} <= {entry.shard}
+        assert len(ids) == entry.item_count
+        assert entry.index_key == f"models/als/als-tiny/index/shard-{entry.shard}.faiss"
+        assert sha256(store.get_bytes(entry.vectors_key)) == entry.vectors_sha256
+
+
+def test_ivf_nlist_is_capped_for_small_shards_and_recall_holds(store):
+    rng = np.random.default_rng(7)
+    ids = [f"item{i}" for i in range(3000)]
+    write_als_version(store, "als-rand", ids, rng.standard_normal((3000, 16)))
+    manifest = shard_index.build_shards(store, "als-rand", 2, "ivf", {"nlist": 4096, "nprobe": 20})
+    for entry in manifest.shards:
+        assert entry.index_params["nlist"] <= entry.item_count // shard_index.MIN_POINTS_PER_LIST
+    loaded = shard_index.load_shard(store, "als-rand", 0)
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
+    _, approx = loaded.search(queries, 10)
+    _, exact = loaded.exact_search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.9
+
+
+def test_unknown_index_type_and_knobs_are_refused(store):
+    write_als_version(store, "als-tiny", list(TINY), np.array(list(TINY.values())))
+    with pytest.raises(ValueError, match="unknown index type"):
+        shard_index.build_shards(store, "als-tiny", 2, "lsh", {})
+    with pytest.raises(ValueError, match="nprobe"):
+        shard_index.build_shards(store, "als-tiny", 2, "hnsw", {"nprobe": 3})
+    with pytest.raises(FileNotFoundError):
+        shard_index.build_shards(store, "als-missing", 2, "flat", {})
+
+
+def test_load_rejects_a_tampered_shard_file(store):
+    write_als_version(store, "als-tiny", list(TINY), np.array(list(TINY.values())))
+    manifest = shard_index.build_shards(store, "als-tiny", 2, "flat", {})
+    key = manifest.shards[1].vectors_key
+    data = bytearray(store.get_bytes(key))
+    data[-1] ^= 0xFF
+    store.put_bytes(key, bytes(data))
+    with pytest.raises(shard_index.ShardRejected, match="checksum mismatch for shard-1.vectors.npy"):
+        shard_index.load_shard(store, "als-tiny", 1)
+    assert shard_index.load_shard(store, "als-tiny", 0).item_count == manifest.shards[0].item_count
+
+
+def test_load_rejects_an_index_of_the_wrong_dimension(store):
+    write_als_version(store, "als-tiny", list(TINY), np.array(list(TINY.values())))
+    manifest = shard_index.build_shards(store, "als-tiny", 2, "flat", {})
+    entry = manifest.shards[0]
+    wrong = faiss.IndexFlatIP(5)
+    wrong.add(np.zeros((entry.item_count, 5), dtype=np.float32))
+    data = faiss.serialize_index(wrong).tobytes()
+    store.put_bytes(entry.index_key, data)
+    raw = json.loads(store.get_bytes(shard_index.manifest_key("als-tiny")))
+    raw["shards"][0]["index_sha256"] = sha256(data)
+    store.put_bytes(shard_index.manifest_key("als-tiny"), json.dumps(raw).encode())
+    with pytest.raises(shard_index.ShardRejected, match="dimension 5 != manifest dimension 3"):
+        shard_index.load_shard(store, "als-tiny", 0)
+
+
+def test_missing_manifest_is_rejected(store):
+    with pytest.raises(shard_index.ShardRejected, match="no index manifest"):
+        shard_index.load_shard(store, "als-never-built", 0)
