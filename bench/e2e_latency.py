@@ -118,6 +118,36 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def start_plumbing() -> tuple[str, str, list]:
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import plumbing
+
+    from recfleet_store.kafka import free_port
+
+    shard_count = 2
+    ports = {name: free_port() for name in ("feature-store", "ranking", "event-ingest")}
+    ports.update({f"candidate-gen-{s}": free_port() for s in range(shard_count)})
+    processes = plumbing.start_fleet(ports, shard_count)
+    gateway_port, key = free_port(), "plumbing-key"
+    processes.append(subprocess.Popen([sys.executable, "-m", "recfleet_gateway"],
+                                      env=plumbing.gateway_env(ports, shard_count, gateway_port, key)))
+    url = f"http://127.0.0.1:{gateway_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
+                return url, key, processes
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    for process in processes:
+        process.terminate()
+    raise TimeoutError("the plumbing fleet did not become ready")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080")
@@ -126,6 +156,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--cache-hits", action="store_true", help="repeat parameters so the result cache answers")
     parser.add_argument("--start-fleet", action="store_true", help="start a local fleet on free ports first")
+    parser.add_argument("--plumbing", action="store_true",
+                        help="start the gateway in front of gRPC servers that do no work (the ceiling)")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",")]
     fleet = None
@@ -139,13 +171,21 @@ def main() -> None:
         fleet = LocalFleet(config)
         fleet.start()
         url, key = fleet.gateway_url, config.admin_key
+    plumbing: list = []
+    if args.plumbing:
+        url, key, plumbing = start_plumbing()
     try:
         rows = asyncio.run(bench(url, key, rates, args.seconds, args.cache_hits))
     finally:
         if fleet is not None:
             fleet.stop()
+        for process in plumbing:
+            process.terminate()
+            process.wait()
     RESULTS.mkdir(exist_ok=True)
     name = "e2e_latency_cache_hits" if args.cache_hits else "e2e_latency"
+    if args.plumbing:
+        name = "plumbing_latency"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
     draw(rows, RESULTS / f"{name}.png", "recommendations through the gateway" + (" (cache hits)" if args.cache_hits else ""))
     print(f"wrote {RESULTS / (name + '.png')}")
