@@ -27,7 +27,6 @@ from typing import Any
 
 import faiss
 import numpy as np
-
 from recfleet_store.artifacts import ArtifactStore, sha256
 
 from .sharding import ASSIGNMENT_RULE, shard_of

@@ -8,10 +8,10 @@ import json
 import faiss
 import numpy as np
 import pytest
+from recfleet_store.artifacts import DirectoryArtifactStore, sha256
 
 from recfleet_models import index as shard_index
 from recfleet_models.sharding import ASSIGNMENT_RULE, shard_of
-from recfleet_store.artifacts import DirectoryArtifactStore, sha256
 
 TINY = {
     "a": [1.0, 0.0, 0.0],
@@ -29,7 +29,9 @@ def write_als_version(store, version: str, item_ids: list[str], factors: np.ndar
     buffer = io.BytesIO()
     np.save(buffer, factors.astype(np.float32))
     files = {"item_ids.json": json.dumps(item_ids).encode(), "item_factors.npy": buffer.getvalue()}
-    files["meta.json"] = json.dumps({"version": version, "factors": factors.shape[1], "n_items": len(item_ids)}).encode()
+    files["meta.json"] = json.dumps(
+        {"version": version, "factors": factors.shape[1], "n_items": len(item_ids)}
+    ).encode()
     for name, data in files.items():
         store.put_bytes(prefix + name, data)
     store.put_bytes(prefix + "checksums.json", json.dumps({n: sha256(d) for n, d in files.items()}).encode())

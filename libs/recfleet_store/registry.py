@@ -66,9 +66,7 @@ def _publish(kind: str, version: str, redis_client) -> None:
         redis_client.set(keys.SERVING_VERSION, version)
 
 
-def promote(
-    conn: psycopg.Connection, kind: str, version: str, redis_client=None, artifact_store=None
-) -> str | None:
+def promote(conn: psycopg.Connection, kind: str, version: str, redis_client=None, artifact_store=None) -> str | None:
     """Make `version` the serving one of its kind; returns the version it replaced.
 
     The replaced version becomes `retired`. Unknown versions, versions of another kind and
@@ -92,9 +90,7 @@ def promote(
         ).fetchone()
         previous = current[0] if current else None
         if previous != version:
-            conn.execute(
-                "UPDATE model_versions SET status = 'retired' WHERE kind = %s AND status = 'serving'", (kind,)
-            )
+            conn.execute("UPDATE model_versions SET status = 'retired' WHERE kind = %s AND status = 'serving'", (kind,))
             conn.execute(
                 "UPDATE model_versions SET status = 'serving', promoted_at = now() WHERE version = %s", (version,)
             )
@@ -128,18 +124,14 @@ def rollback(conn: psycopg.Connection, kind: str, redis_client=None) -> str:
 def serving_version(conn: psycopg.Connection, kind: str) -> str | None:
     """The serving version of a kind, or None before the first promotion."""
     _check_kind(kind)
-    row = conn.execute(
-        "SELECT version FROM model_versions WHERE kind = %s AND status = 'serving'", (kind,)
-    ).fetchone()
+    row = conn.execute("SELECT version FROM model_versions WHERE kind = %s AND status = 'serving'", (kind,)).fetchone()
     return row[0] if row else None
 
 
 async def serving_version_async(aconn: psycopg.AsyncConnection, kind: str) -> str | None:
     """`serving_version` on an async connection (services polling the registry)."""
     _check_kind(kind)
-    cursor = await aconn.execute(
-        "SELECT version FROM model_versions WHERE kind = %s AND status = 'serving'", (kind,)
-    )
+    cursor = await aconn.execute("SELECT version FROM model_versions WHERE kind = %s AND status = 'serving'", (kind,))
     row = await cursor.fetchone()
     return row[0] if row else None
 
