@@ -26,3 +26,12 @@ class RankingSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
     exploration_share: float = 0.0
     # Fault injection for canary drills: share of calls answered with INTERNAL.
     inject_error_rate: float = 0.0
+    # Most candidates one Rank call may carry (one GetItemFeatures batch).
+    max_candidates: int = 1000
+    # Time the learned ranker may take per call before rules take over.
+    model_budget_ms: float = 20.0
+    # Consecutive model failures that open its breaker, and the seconds it stays open.
+    model_breaker_failures: int = 3
+    model_breaker_reset_seconds: float = 10.0
+    # Ranker versions kept loaded besides the serving one (experiments ask for them).
+    ranker_cache_size: int = 3

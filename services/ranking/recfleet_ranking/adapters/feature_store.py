@@ -1,0 +1,99 @@
+"""Item features for the candidates, from the feature store in one `GetItemFeatures` call."""
+
+from __future__ import annotations
+
+import orjson
+import grpc
+
+from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
+from recfleet_runtime.resilience import CircuitOpenError
+
+from ..features import ITEM_FEATURE_NAMES, Candidate
+
+FEATURE_STORE_UNAVAILABLE = "feature-store-unavailable"
+SERVICE = "recfleet.features.v1.FeatureStore"
+
+
+def feature_store_client(target: str, timeout: float) -> Downstream:
+    return Downstream(
+        name="feature-store",
+        target=target,
+        stub_class=features_pb2_grpc.FeatureStoreStub,
+        service=SERVICE,
+        timeout=timeout,
+        idempotent_methods=("GetItemFeatures",),
+    )
+
+
+def _value(value: features_pb2.FeatureValue):
+    kind = value.WhichOneof("kind")
+    if kind == "number":
+        return value.number
+    if kind == "text":
+        return value.text
+    if kind == "strings":
+        return tuple(value.strings.values)
+    return None
+
+
+def _strings(value) -> tuple[str, ...]:
+    """A list feature, whether it came as a string list or as JSON text."""
+    if isinstance(value, tuple):
+        return value
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            return tuple(str(v) for v in orjson.loads(value))
+        except orjson.JSONDecodeError:
+            return ()
+    return (value,) if isinstance(value, str) and value else ()
+
+
+def _number(value, default: float = 0.0) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def apply_row(candidate: Candidate, row: features_pb2.FeatureRow) -> None:
+    """Copy a feature row onto the candidate.
+
+    A row with every feature defaulted describes an item the store does not know: its
+    features stay unknown (age rating None), so the age filter treats it as restricted.
+    """
+    defaulted = set(row.defaulted)
+    values = row.values
+    if defaulted.issuperset(ITEM_FEATURE_NAMES) or not values:
+        return
+    get = {name: _value(values[name]) for name in ITEM_FEATURE_NAMES if name in values}
+    candidate.categories = _strings(get.get("categories"))
+    candidate.creator = str(get.get("creator") or "")
+    candidate.published_at = _number(get.get("published_at"))
+    candidate.age_rating = int(_number(get.get("age_rating")))
+    candidate.regions = tuple(r.upper() for r in _strings(get.get("regions")))
+    available = get.get("available")
+    candidate.available = True if available is None else bool(_number(available, 1.0))
+    candidate.popularity = _number(get.get("popularity"))
+    candidate.popularity_7d = _number(get.get("popularity_7d"))
+
+
+async def load_item_features(client: Downstream, candidates: list[Candidate]) -> list[str]:
+    """Fill the candidates' item features; returns the degradations taken (empty when fine)."""
+    if not candidates:
+        return []
+    request = features_pb2.GetItemFeaturesRequest(
+        item_ids=[c.item_id for c in candidates], feature_names=list(ITEM_FEATURE_NAMES)
+    )
+    try:
+        response = await client.call("GetItemFeatures", request)
+    except (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError):
+        return [FEATURE_STORE_UNAVAILABLE]
+    by_id = {row.entity_id: row for row in response.rows}
+    for candidate in candidates:
+        row = by_id.get(candidate.item_id)
+        if row is not None:
+            apply_row(candidate, row)
+    return []

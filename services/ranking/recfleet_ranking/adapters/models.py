@@ -1,0 +1,159 @@
+"""Ranker versions: artifacts in the artifact store, versions in the Postgres registry.
+
+Layout (docs/CONTRACTS.md): `models/ranker/<version>/` holds `model.txt` (LightGBM text
+model), `meta.json` (feature names, training metrics) and `checksums.json` (sha256 of
+both). A version whose checksums do not match is refused and the last good one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+
+import psycopg
+import structlog
+
+from recfleet_store.artifacts import ArtifactStore, sha256
+from recfleet_store.registry import serving_version_async
+
+from ..learned import LearnedRanker
+
+log = structlog.get_logger("recfleet.ranking.models")
+
+KIND = "ranker"
+MODEL_FILE = "model.txt"
+META_FILE = "meta.json"
+CHECKSUMS_FILE = "checksums.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A ranker version could not be loaded (missing files, bad checksum, bad model)."""
+
+
+def artifact_prefix(version: str) -> str:
+    return f"models/{KIND}/{version}/"
+
+
+def write_ranker(store: ArtifactStore, version: str, model_text: str, meta_json: str) -> str:
+    """Write a version's files (checksums last, so a reader never sees a partial version)."""
+    prefix = artifact_prefix(version)
+    files = {MODEL_FILE: model_text.encode(), META_FILE: meta_json.encode()}
+    for name, data in files.items():
+        store.put_bytes(prefix + name, data)
+    store.put_bytes(prefix + CHECKSUMS_FILE, json.dumps({n: sha256(d) for n, d in files.items()}, indent=2).encode())
+    return prefix
+
+
+def load_ranker(store: ArtifactStore, version: str, prefix: str | None = None) -> LearnedRanker:
+    """Read and verify one version. Raises ModelLoadError with the reason."""
+    prefix = prefix or artifact_prefix(version)
+    if not prefix.endswith("/"):
+        prefix += "/"
+    try:
+        checksums = json.loads(store.get_bytes(prefix + CHECKSUMS_FILE))
+        files = {name: store.get_bytes(prefix + name) for name in (MODEL_FILE, META_FILE)}
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"ranker {version}: {error}") from error
+    for name, data in files.items():
+        if checksums.get(name) != sha256(data):
+            raise ModelLoadError(f"ranker {version}: checksum mismatch for {name}")
+    try:
+        return LearnedRanker.from_text(version, files[MODEL_FILE].decode(), json.loads(files[META_FILE]))
+    except Exception as error:
+        raise ModelLoadError(f"ranker {version}: {error}") from error
+
+
+class RankerVersions:
+    """The serving ranker plus a small LRU of versions asked for by experiments.
+
+    `pinned` (the `ranker_version` setting) overrides the registry, for canaries.
+    """
+
+    def __init__(self, store: ArtifactStore, postgres_dsn: str, pinned: str = "", cache_size: int = 3,
+                 retry_failed_seconds: float = 30.0):
+        self.store = store
+        self.postgres_dsn = postgres_dsn
+        self.pinned = pinned
+        self.cache_size = cache_size
+        self.retry_failed_seconds = retry_failed_seconds
+        self.serving: LearnedRanker | None = None
+        self.catalog_items = 0
+        self._extra: OrderedDict[str, LearnedRanker] = OrderedDict()
+        self._failed: dict[str, float] = {}
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self.postgres_dsn, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    async def _artifact_prefix(self, version: str) -> str | None:
+        conn = await self._connection()
+        cursor = await conn.execute("SELECT artifact_uri FROM model_versions WHERE version = %s AND kind = %s",
+                                    (version, KIND))
+        row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def refresh(self) -> None:
+        """Load the version that should serve, when it changed. Keeps the last good one on errors."""
+        try:
+            conn = await self._connection()
+            target = self.pinned or await serving_version_async(conn, KIND)
+            cursor = await conn.execute("SELECT count(*) FROM items")
+            self.catalog_items = int((await cursor.fetchone())[0])
+        except psycopg.Error as error:
+            log.warning("registry unreachable; keeping the loaded ranker", error=str(error))
+            if self._conn is not None:
+                await self._conn.close()
+            self._conn = None
+            return
+        if not target or (self.serving is not None and self.serving.version == target):
+            return
+        ranker = await self._load(target)
+        if ranker is not None:
+            log.info("ranker loaded", version=target, previous=self.serving.version if self.serving else None)
+            self.serving = ranker
+
+    async def _load(self, version: str) -> LearnedRanker | None:
+        failed_at = self._failed.get(version)
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_seconds:
+            return None
+        try:
+            prefix = await self._artifact_prefix(version) or artifact_prefix(version)
+            ranker = await asyncio.to_thread(load_ranker, self.store, version, prefix)
+        except (ModelLoadError, psycopg.Error) as error:
+            log.error("ranker version not loaded", version=version, error=str(error))
+            self._failed[version] = time.monotonic()
+            return None
+        self._failed.pop(version, None)
+        return ranker
+
+    async def get(self, version: str = "") -> LearnedRanker | None:
+        """The serving ranker, or a specific version (loaded on demand); None when unavailable."""
+        if not version or (self.serving is not None and self.serving.version == version):
+            return self.serving
+        if version in self._extra:
+            self._extra.move_to_end(version)
+            return self._extra[version]
+        async with self._lock:
+            if version not in self._extra:
+                ranker = await self._load(version)
+                if ranker is None:
+                    return None
+                self._extra[version] = ranker
+                while len(self._extra) > self.cache_size:
+                    self._extra.popitem(last=False)
+        return self._extra[version]
+
+    async def poll(self, interval: float) -> None:
+        """Refresh forever (a background task of the server)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.refresh()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()

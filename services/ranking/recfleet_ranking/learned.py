@@ -1,0 +1,108 @@
+"""The learned ranker: LightGBM lambdarank over features shared by training and serving.
+
+`feature_matrix` is the single definition of the ranker's features; the training job
+(`recfleet-jobs train-ranker`) calls it with point-in-time values, the service with the
+feature store's online values, so both see the same columns computed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+
+from .features import Candidate, UserContext, age_days, freshness
+from .rules import min_max
+
+FEATURE_NAMES = (
+    "candidate_score",
+    "candidate_score_norm",
+    "candidate_rank",
+    "popularity",
+    "popularity_rel",
+    "popularity_7d_rel",
+    "freshness",
+    "item_age_days",
+    "category_match",
+    "category_affinity",
+    "user_interaction_count",
+)
+BIAS = "bias"
+
+
+def _relative(values: np.ndarray) -> np.ndarray:
+    """Value over the set's maximum (0 when the set has no positive value)."""
+    top = float(values.max()) if values.size else 0.0
+    return values / top if top > 0 else np.zeros_like(values)
+
+
+def feature_matrix(
+    candidates: list[Candidate], user: UserContext, now: float, half_life_days: float = 365.0
+) -> np.ndarray:
+    """An `n x len(FEATURE_NAMES)` float64 matrix, one row per candidate.
+
+    Candidate ranks must be set (`features.assign_ranks`). `category_affinity` is the
+    user's highest affinity over the item's categories; `category_match` is 1 when any
+    of the item's categories is one of the user's preferred categories.
+    """
+    n = len(candidates)
+    x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
+    scores = np.fromiter((c.score for c in candidates), np.float64, n)
+    popularity = np.fromiter((c.popularity for c in candidates), np.float64, n)
+    popularity_7d = np.fromiter((c.popularity_7d for c in candidates), np.float64, n)
+    preferred = user.preferred_categories
+    x[:, 0] = scores
+    x[:, 1] = min_max(scores)
+    x[:, 2] = np.fromiter((c.rank for c in candidates), np.float64, n)
+    x[:, 3] = popularity
+    x[:, 4] = _relative(popularity)
+    x[:, 5] = _relative(popularity_7d)
+    x[:, 6] = np.fromiter((freshness(c.published_at, now, half_life_days) for c in candidates), np.float64, n)
+    x[:, 7] = np.fromiter((age_days(c.published_at, now) for c in candidates), np.float64, n)
+    x[:, 8] = np.fromiter((1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n)
+    x[:, 9] = np.fromiter((max((user.affinity(k) for k in c.categories), default=0.0) for c in candidates), np.float64, n)
+    x[:, 10] = user.interaction_count
+    return x
+
+
+@dataclass
+class LearnedRanker:
+    """One loaded ranker version. Prediction is single-threaded for latency."""
+
+    version: str
+    booster: lgb.Booster
+    feature_names: tuple[str, ...]
+    half_life_days: float = 365.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.feature_names) - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"ranker {self.version} uses features this service does not compute: {sorted(unknown)}")
+        self._columns = np.array([FEATURE_NAMES.index(name) for name in self.feature_names])
+
+    @classmethod
+    def from_text(cls, version: str, model_text: str, meta: dict) -> LearnedRanker:
+        booster = lgb.Booster(model_str=model_text)
+        names = tuple(meta.get("feature_names") or booster.feature_name())
+        return cls(version, booster, names, float(meta.get("freshness_half_life_days", 365.0)))
+
+    def predict(
+        self, candidates: list[Candidate], user: UserContext, now: float, contributions: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scores, contributions): contributions is `n x (features + 1)`, the last column the bias."""
+        x = feature_matrix(candidates, user, now, self.half_life_days)[:, self._columns]
+        scores = self.booster.predict(x, num_threads=1)
+        if not contributions:
+            return scores, None
+        return scores, self.booster.predict(x, num_threads=1, pred_contrib=True)
+
+    @property
+    def contribution_names(self) -> tuple[str, ...]:
+        return (*self.feature_names, BIAS)
+
+
+def model_meta(version: str, feature_names: tuple[str, ...], **extra) -> str:
+    """The `meta.json` document written next to `model.txt`."""
+    return json.dumps({"version": version, "feature_names": list(feature_names), **extra}, indent=2, sort_keys=True)

@@ -1,0 +1,115 @@
+"""`recfleet.ranking.v1.RankingService`: maps protobuf to the ranking pipeline and back."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import grpc
+
+from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_runtime.grpcclient import Downstream
+
+from .adapters.feature_store import load_item_features
+from .adapters.models import RankerVersions
+from .features import Candidate, UserContext
+from .pipeline import RankingPipeline, RankQuery
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+RANKER_VERSION_UNAVAILABLE = "ranker-version-unavailable"
+
+
+class InvalidArgument(ValueError):
+    """A request field is malformed; the message names the field and why."""
+
+
+def _check_id(value: str, field: str) -> None:
+    if not ID_RE.match(value):
+        raise InvalidArgument(f"{field}: must be 1-128 characters of [A-Za-z0-9_.:-], got {value[:140]!r}")
+
+
+def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> RankQuery:
+    """The domain query for a request; InvalidArgument when a field is malformed."""
+    _check_id(request.user_id, "user_id")
+    if request.limit < 0:
+        raise InvalidArgument(f"limit: must be 0 (all) or positive, got {request.limit}")
+    if len(request.candidates) > max_candidates:
+        raise InvalidArgument(f"candidates: at most {max_candidates} per call, got {len(request.candidates)}")
+    if request.ranker_version:
+        _check_id(request.ranker_version, "ranker_version")
+    constraints = request.constraints
+    if constraints.age < 0 or constraints.age > 150:
+        raise InvalidArgument(f"constraints.age: must be 0 (unknown) to 150, got {constraints.age}")
+    if constraints.country and not re.fullmatch(r"[A-Za-z]{2}", constraints.country):
+        raise InvalidArgument(f"constraints.country: must be ISO 3166 alpha-2, got {constraints.country!r}")
+    candidates: dict[str, Candidate] = {}
+    for index, scored in enumerate(request.candidates):
+        _check_id(scored.item_id, f"candidates[{index}].item_id")
+        known = candidates.get(scored.item_id)
+        if known is None or scored.score > known.score:
+            candidates[scored.item_id] = Candidate(scored.item_id, scored.score, scored.source)
+    user = UserContext(
+        user_id=request.user_id,
+        age=constraints.age,
+        country=constraints.country.upper(),
+        blocked_categories=frozenset(constraints.blocked_categories),
+        preferred_categories=frozenset(constraints.preferred_categories),
+        seen_item_ids=frozenset(constraints.seen_item_ids),
+        features=dict(request.user_features),
+    )
+    return RankQuery(user, list(candidates.values()), request.limit, request.explain, request.category)
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+    def __init__(
+        self,
+        pipeline: RankingPipeline,
+        versions: RankerVersions,
+        feature_store: Downstream,
+        max_candidates: int = 1000,
+        inject_error_rate: float = 0.0,
+    ):
+        self.pipeline = pipeline
+        self.versions = versions
+        self.feature_store = feature_store
+        self.max_candidates = max_candidates
+        self.inject_error_rate = inject_error_rate
+
+    async def Rank(self, request, context):
+        if self.inject_error_rate and random.random() < self.inject_error_rate:
+            await context.abort(grpc.StatusCode.INTERNAL, "injected error (inject_error_rate drill)")
+        try:
+            query = parse_request(request, self.max_candidates)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        degraded = await load_item_features(self.feature_store, query.candidates)
+        ranker = await self.versions.get(request.ranker_version)
+        if ranker is None and request.ranker_version:
+            degraded.append(RANKER_VERSION_UNAVAILABLE)
+            ranker = self.versions.serving
+        outcome = self.pipeline.rank(query, ranker, degraded=degraded)
+        return to_response(outcome)
+
+    async def GetModelStatus(self, request, context):
+        serving = self.versions.serving
+        return ranking_pb2.ModelStatus(
+            ranker_version=serving.version if serving else "",
+            model_loaded=serving is not None,
+            catalog_items=self.versions.catalog_items,
+        )
+
+
+def to_response(outcome) -> ranking_pb2.RankResponse:
+    response = ranking_pb2.RankResponse(
+        served_by=outcome.served_by,
+        ranker_version=outcome.ranker_version,
+        degraded=outcome.degraded,
+        filtered=outcome.filtered,
+    )
+    for entry in outcome.items:
+        item = response.items.add(item_id=entry.item_id, rank=entry.rank, score=entry.score, source=entry.source)
+        if entry.contributions or entry.rules:
+            item.explanation.candidate_score = entry.candidate_score
+            item.explanation.contributions.update(entry.contributions)
+            item.explanation.rules.extend(entry.rules)
+    return response
