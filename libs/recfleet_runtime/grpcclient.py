@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,6 +24,21 @@ from .resilience import CircuitBreaker
 BREAKER_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 )
+
+
+# Callbacks told of every call's outcome: (downstream name, track, ok, seconds). The
+# gateway's canary analysis listens here.
+CallObserver = Callable[[str, str, bool, float], None]
+_observers: list[CallObserver] = []
+
+
+def add_call_observer(observer: CallObserver) -> None:
+    _observers.append(observer)
+
+
+def remove_call_observer(observer: CallObserver) -> None:
+    if observer in _observers:
+        _observers.remove(observer)
 
 
 def service_config(service: str, idempotent_methods: Iterable[str], max_attempts: int = 3) -> str:
@@ -110,6 +125,9 @@ class Downstream:
     def _record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         GRPC_CLIENT_HANDLED.labels(self.service, method, code.name, self.name, self.track).inc()
         GRPC_CLIENT_SECONDS.labels(self.service, method, self.name, self.track).observe(seconds)
+        ok = code not in BREAKER_CODES
+        for observer in _observers:
+            observer(self.name, self.track, ok, seconds)
 
     async def close(self) -> None:
         await self.channel.close()
