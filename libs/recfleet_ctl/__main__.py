@@ -21,6 +21,8 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Model and index versions.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Batch jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+traffic_app = typer.Typer(help="Canary weights, shadow traffic, rollback.", no_args_is_help=True)
+app.add_typer(traffic_app, name="traffic")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
@@ -153,6 +155,66 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke a key at once (rotation = create, deploy the new one, revoke the old)."""
     emit(request("DELETE", f"/admin/v1/api-keys/{key_id}"), False)
+
+
+@traffic_app.command("status")
+def traffic_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Weights, shadow share, freeze state and recent rollbacks with their reasons."""
+    data = request("GET", "/admin/v1/traffic")
+    if as_json:
+        emit(data, True)
+        return
+    table = Table("service", "canary", "weight", "shadow %", "source", "frozen", "reason")
+    for row in data.get("services", []):
+        table.add_row(row["service"], "yes" if row.get("has_canary") else "no", str(row["weight"]),
+                      str(row["shadow_percent"]), row.get("source", ""), "yes" if row.get("frozen") else "no",
+                      row.get("reason", ""))
+    console.print(table)
+    events = data.get("events", [])
+    if events:
+        log = Table("when", "service", "action", "weight", "reason", "actor")
+        for event in events:
+            log.add_row(str(event.get("created_at", "")), event["service"], event["action"], str(event.get("weight")),
+                        event.get("reason", ""), event.get("actor", ""))
+        console.print(log)
+
+
+@traffic_app.command("set")
+def traffic_set(service: str, weight: int, shadow: int = typer.Option(0, help="shadow percent 0-100")) -> None:
+    """Set a service's canary weight (0-100) and shadow percent."""
+    emit(request("PUT", f"/admin/v1/traffic/{service}", json={"weight": weight, "shadow_percent": shadow}), False)
+
+
+@traffic_app.command("rollback")
+def traffic_rollback(service: str, reason: str = typer.Option("manual rollback", help="recorded with the event")) -> None:
+    """Weight to 0 at once; raising it again needs `traffic ack`."""
+    emit(request("POST", f"/admin/v1/rollback/{service}", json={"reason": reason}), False)
+
+
+@traffic_app.command("ack")
+def traffic_ack(service: str) -> None:
+    """Acknowledge a rollback so the weight may be raised again."""
+    emit(request("POST", f"/admin/v1/traffic/{service}/ack"), False)
+
+
+@traffic_app.command("step")
+def traffic_step(
+    service: str,
+    steps: str = typer.Option("1,10,50,100", help="weights to move through"),
+    pause: float = typer.Option(60, help="seconds to hold each step while the gates are watched"),
+) -> None:
+    """Stepped promotion: hold each weight for `pause` seconds; stop if the canary is rolled back."""
+    for weight in [int(s) for s in steps.split(",")]:
+        request("PUT", f"/admin/v1/traffic/{service}", json={"weight": weight, "shadow_percent": 0})
+        console.print(f"{service}: weight {weight}, holding {pause:.0f}s")
+        deadline = time.monotonic() + pause
+        while time.monotonic() < deadline:
+            state = next(s for s in request("GET", "/admin/v1/traffic")["services"] if s["service"] == service)
+            if state.get("frozen"):
+                console.print(f"[red]{service} was rolled back: {state.get('reason')}[/]")
+                raise typer.Exit(1)
+            time.sleep(min(2.0, pause))
+    console.print(f"[green]{service} promoted to 100%[/]")
 
 
 def main() -> None:
