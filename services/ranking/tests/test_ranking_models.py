@@ -1,0 +1,71 @@
+import psycopg
+import pytest
+
+from recfleet_ranking.adapters.models import (
+    ModelLoadError,
+    RankerVersions,
+    artifact_prefix,
+    load_ranker,
+    write_ranker,
+)
+from recfleet_ranking.learned import FEATURE_NAMES
+from recfleet_store.artifacts import DirectoryArtifactStore
+from recfleet_store.registry import promote, register_version
+
+
+def publish(store, dsn, version, model, serve=True):
+    text, meta = model
+    prefix = write_ranker(store, version, text, meta)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_version(conn, version, "ranker", prefix, {"ndcg@10": 0.5}, {})
+        if serve:
+            promote(conn, "ranker", version)
+
+
+def test_written_version_loads_back_with_its_feature_names(artifact_dir, popularity_model):
+    store = DirectoryArtifactStore(artifact_dir)
+    write_ranker(store, "ranker-a", *popularity_model)
+    ranker = load_ranker(store, "ranker-a")
+    assert ranker.version == "ranker-a" and ranker.feature_names == FEATURE_NAMES
+
+
+def test_tampered_or_missing_version_is_refused(artifact_dir, popularity_model):
+    store = DirectoryArtifactStore(artifact_dir)
+    write_ranker(store, "ranker-a", *popularity_model)
+    store.put_bytes(artifact_prefix("ranker-a") + "model.txt", b"tree\n")
+    with pytest.raises(ModelLoadError, match="checksum mismatch for model.txt"):
+        load_ranker(store, "ranker-a")
+    with pytest.raises(ModelLoadError, match="ranker-missing"):
+        load_ranker(store, "ranker-missing")
+
+
+async def test_registry_serving_version_pinned_version_and_on_demand_versions(
+    artifact_dir, fresh_pg_dsn, popularity_model
+):
+    store = DirectoryArtifactStore(artifact_dir)
+    versions = RankerVersions(store, fresh_pg_dsn, cache_size=1)
+    await versions.refresh()
+    assert versions.serving is None
+
+    publish(store, fresh_pg_dsn, "ranker-20260101T000000Z", popularity_model)
+    publish(store, fresh_pg_dsn, "ranker-20260102T000000Z", popularity_model, serve=False)
+    publish(store, fresh_pg_dsn, "ranker-20260103T000000Z", popularity_model, serve=False)
+    await versions.refresh()
+    assert versions.serving.version == "ranker-20260101T000000Z"
+
+    assert (await versions.get("ranker-20260102T000000Z")).version == "ranker-20260102T000000Z"
+    assert (await versions.get("ranker-20260103T000000Z")).version == "ranker-20260103T000000Z"
+    assert await versions.get("ranker-unknown") is None
+
+    # A promoted version whose artifact is broken is refused; the last good one serves on.
+    store.put_bytes(artifact_prefix("ranker-20260103T000000Z") + "meta.json", b"{}")
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+        promote(conn, "ranker", "ranker-20260103T000000Z")
+    await versions.refresh()
+    assert versions.serving.version == "ranker-20260101T000000Z"
+
+    pinned = RankerVersions(store, fresh_pg_dsn, pinned="ranker-20260102T000000Z")
+    await pinned.refresh()
+    assert pinned.serving.version == "ranker-20260102T000000Z"
+    await versions.close()
+    await pinned.close()
