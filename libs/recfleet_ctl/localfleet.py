@@ -30,6 +30,7 @@ from recfleet_store.postgres import ensure_database, migrate
 
 console = Console(stderr=True)
 SERVICES = ("feature-store", "candidate-gen", "ranking", "event-ingest", "event-sink", "event-realtime", "gateway")
+CANARY_CAPABLE = ("feature-store", "candidate-gen", "ranking", "event-ingest")
 
 
 @dataclass
@@ -46,6 +47,10 @@ class FleetConfig:
     train_ranker: bool = True
     free_ports: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Services that also get a canary instance (RECFLEET_CANARIES=ranking,candidate-gen),
+    # and extra environment for those instances, e.g. a pinned model version.
+    canaries: tuple[str, ...] = ()
+    canary_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> FleetConfig:
@@ -59,6 +64,7 @@ class FleetConfig:
             gateway_port=int(env.get("RECFLEET_GATEWAY_PORT", "8080")),
             admin_key=env.get("RECFLEET_BOOTSTRAP_ADMIN_KEY", cls.admin_key),
             train_ranker=env.get("RECFLEET_TRAIN_RANKER", "1") != "0",
+            canaries=tuple(s.strip() for s in env.get("RECFLEET_CANARIES", "").split(",") if s.strip()),
         )
 
 
@@ -67,6 +73,8 @@ class Process:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    module: str
+    env: dict[str, str]
     grpc_port: int | None = None
 
 
@@ -84,10 +92,19 @@ class LocalFleet:
         self.ports = self._ports()
 
     def _ports(self) -> dict[str, int]:
-        fixed = {"feature-store": 50061, "ranking": 50071, "event-ingest": 50081}
+        unknown = set(self.config.canaries) - set(CANARY_CAPABLE)
+        if unknown:
+            raise ValueError(f"no canary instance for {sorted(unknown)}; choose from {CANARY_CAPABLE}")
+        fixed = {"feature-store": 50061, "ranking": 50071, "event-ingest": 50081,
+                 "feature-store-canary": 50062, "ranking-canary": 50072, "event-ingest-canary": 50082}
         ports = {name: free_port() if self.config.free_ports else port for name, port in fixed.items()}
         for shard in range(self.config.shard_count):
             ports[f"candidate-gen-{shard}"] = free_port() if self.config.free_ports else 50051 + shard
+            ports[f"candidate-gen-canary-{shard}"] = free_port() if self.config.free_ports else 50151 + shard
+        for name, base in (("feature-store-canary", 9122), ("ranking-canary", 9123), ("event-ingest-canary", 9124)):
+            ports[f"{name}-metrics"] = free_port() if self.config.free_ports else base
+        for shard in range(self.config.shard_count):
+            ports[f"candidate-gen-canary-{shard}-metrics"] = free_port() if self.config.free_ports else 9130 + shard
         for name, base in (("feature-store", 9102), ("ranking", 9103), ("event-ingest", 9104), ("event-sink", 9105),
                            ("event-realtime", 9106)):
             ports[f"{name}-metrics"] = free_port() if self.config.free_ports else base
@@ -119,24 +136,28 @@ class LocalFleet:
         env.update(self.config.extra_env)
         return env
 
-    def service_env(self, name: str, shard: int | None = None) -> dict[str, str]:
+    def service_env(self, name: str, shard: int | None = None, canary: bool = False) -> dict[str, str]:
         env = self.base_env()
         p = self.ports
+        suffix = "-canary" if canary else ""
+        if canary:
+            env["RECFLEET_TRACK"] = "canary"
         if name == "feature-store":
-            env.update(RECFLEET_FEATURES_GRPC_PORT=str(p["feature-store"]),
-                       RECFLEET_FEATURES_METRICS_PORT=str(p["feature-store-metrics"]))
+            env.update(RECFLEET_FEATURES_GRPC_PORT=str(p[f"feature-store{suffix}"]),
+                       RECFLEET_FEATURES_METRICS_PORT=str(p[f"feature-store{suffix}-metrics"]))
         elif name == "candidate-gen":
-            env.update(RECFLEET_CANDIDATES_GRPC_PORT=str(p[f"candidate-gen-{shard}"]),
-                       RECFLEET_CANDIDATES_METRICS_PORT=str(p[f"candidate-gen-{shard}-metrics"]),
+            env.update(RECFLEET_CANDIDATES_GRPC_PORT=str(p[f"candidate-gen{suffix}-{shard}"]),
+                       RECFLEET_CANDIDATES_METRICS_PORT=str(p[f"candidate-gen{suffix}-{shard}-metrics"]),
                        RECFLEET_CANDIDATES_SHARD=str(shard),
                        RECFLEET_CANDIDATES_SHARD_COUNT=str(self.config.shard_count),
                        RECFLEET_CANDIDATES_REGISTRY_POLL_SECONDS="2")
         elif name == "ranking":
-            env.update(RECFLEET_RANKING_GRPC_PORT=str(p["ranking"]), RECFLEET_RANKING_METRICS_PORT=str(p["ranking-metrics"]),
+            env.update(RECFLEET_RANKING_GRPC_PORT=str(p[f"ranking{suffix}"]),
+                       RECFLEET_RANKING_METRICS_PORT=str(p[f"ranking{suffix}-metrics"]),
                        RECFLEET_RANKING_FEATURE_STORE_TARGET=f"127.0.0.1:{p['feature-store']}")
         elif name in ("event-ingest", "event-sink", "event-realtime"):
-            env.update(RECFLEET_INGEST_GRPC_PORT=str(p["event-ingest"]),
-                       RECFLEET_INGEST_METRICS_PORT=str(p[f"{name}-metrics"]))
+            env.update(RECFLEET_INGEST_GRPC_PORT=str(p[f"event-ingest{suffix}"]),
+                       RECFLEET_INGEST_METRICS_PORT=str(p[f"{name}{suffix}-metrics"]))
         elif name == "gateway":
             env.update(
                 RECFLEET_GATEWAY_HOST=self.config.gateway_host,
@@ -148,6 +169,19 @@ class LocalFleet:
                     f"127.0.0.1:{p[f'candidate-gen-{s}']}" for s in range(self.config.shard_count)
                 ),
             )
+            canaries = self.config.canaries
+            if "feature-store" in canaries:
+                env["RECFLEET_GATEWAY_FEATURE_STORE_CANARY_TARGET"] = f"127.0.0.1:{p['feature-store-canary']}"
+            if "ranking" in canaries:
+                env["RECFLEET_GATEWAY_RANKING_CANARY_TARGET"] = f"127.0.0.1:{p['ranking-canary']}"
+            if "event-ingest" in canaries:
+                env["RECFLEET_GATEWAY_EVENT_INGEST_CANARY_TARGET"] = f"127.0.0.1:{p['event-ingest-canary']}"
+            if "candidate-gen" in canaries:
+                env["RECFLEET_GATEWAY_CANDIDATE_GEN_CANARY_TARGETS"] = ",".join(
+                    f"127.0.0.1:{p[f'candidate-gen-canary-{s}']}" for s in range(self.config.shard_count)
+                )
+        if canary:
+            env.update(self.config.canary_env.get(name, {}))
         return env
 
     # -- infrastructure and pipeline ---------------------------------------------
@@ -219,7 +253,7 @@ class LocalFleet:
         popen = subprocess.Popen(
             [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
-        process = Process(name, popen, log_path, grpc_port)
+        process = Process(name, popen, log_path, module, env, grpc_port)
         self.processes[name] = process
         return process
 
@@ -232,6 +266,17 @@ class LocalFleet:
         self.start_process("event-ingest", "recfleet_ingest", self.service_env("event-ingest"), self.ports["event-ingest"])
         self.start_process("event-sink", "recfleet_ingest.sink", self.service_env("event-sink"))
         self.start_process("event-realtime", "recfleet_ingest.realtime", self.service_env("event-realtime"))
+        for service in self.config.canaries:
+            if service == "candidate-gen":
+                for shard in range(self.config.shard_count):
+                    self.start_process(f"candidate-gen-canary-{shard}", "recfleet_candidates",
+                                       self.service_env("candidate-gen", shard, canary=True),
+                                       self.ports[f"candidate-gen-canary-{shard}"])
+            else:
+                module = {"feature-store": "recfleet_features", "ranking": "recfleet_ranking",
+                          "event-ingest": "recfleet_ingest"}[service]
+                self.start_process(f"{service}-canary", module, self.service_env(service, canary=True),
+                                   self.ports[f"{service}-canary"])
         self.start_process("gateway", "recfleet_gateway", self.service_env("gateway"))
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -264,15 +309,8 @@ class LocalFleet:
 
     def restart_process(self, name: str) -> None:
         process = self.processes[name]
-        env = None
-        if name.startswith("candidate-gen-"):
-            env = self.service_env("candidate-gen", int(name.rsplit("-", 1)[1]))
-        modules = {"feature-store": "recfleet_features", "ranking": "recfleet_ranking", "event-ingest": "recfleet_ingest",
-                   "event-sink": "recfleet_ingest.sink", "event-realtime": "recfleet_ingest.realtime",
-                   "gateway": "recfleet_gateway"}
-        module = "recfleet_candidates" if name.startswith("candidate-gen-") else modules[name]
         self.stop_process(name)
-        self.start_process(name, module, env or self.service_env(name), process.grpc_port)
+        self.start_process(name, process.module, process.env, process.grpc_port)
 
     def stop(self) -> None:
         # The gateway first, so no request reaches a stopped service.
