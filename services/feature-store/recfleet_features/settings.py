@@ -13,3 +13,11 @@ class FeatureSettings(ServiceSettings, PostgresSettings, RedisSettings):
     # Feature registry: empty means the one bundled with the service.
     registry_path: str = ""
     max_items_per_read: int = 1000
+    # Reads that name no model version use the serving one, re-read at most this often.
+    serving_version_cache_seconds: float = 1.0
+    redis_max_connections: int = 64
+    postgres_pool_size: int = 10
+    # Seconds warm-up waits for Redis and Postgres before giving up (staying NOT_SERVING).
+    startup_timeout_seconds: float = 120.0
+    # Seconds between store checks once serving; NOT_SERVING while one fails.
+    store_check_seconds: float = 5.0

@@ -1,0 +1,197 @@
+"""The online store in Redis (key layout: docs/CONTRACTS.md, `recfleet_store.keys`).
+
+Every read a request makes is one pipeline, so one network round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from recfleet_store import keys
+
+from ..rows import decode_hash, decode_vector, encode_value, timestamp_field
+from ..validation import CatalogItem, Profile
+
+WINDOWS = ("all", "7d", "trending")
+
+
+@dataclass
+class UserRead:
+    """What one user read returned: the decoded hash, stored vectors (version -> bytes),
+    the serving version (None when the request named one) and the seen set."""
+
+    stored: dict[str, Any]
+    vectors: dict[str, bytes]
+    serving_version: str | None
+    seen: set[str]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisOnlineStore:
+    """Online features, popular sets and user keys in one Redis database."""
+
+    def __init__(self, client: aioredis.Redis, serving_cache_seconds: float = 1.0):
+        self.client = client
+        self.serving_cache_seconds = serving_cache_seconds
+        self._serving: tuple[float, str] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, max_connections: int = 64, serving_cache_seconds: float = 1.0, **pool_kwargs):
+        """A store over a connection pool; `pool_kwargs` reach redis.asyncio.ConnectionPool."""
+        pool = aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **pool_kwargs)
+        return cls(aioredis.Redis(connection_pool=pool), serving_cache_seconds)
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
+
+    async def read_user(self, user_id: str, need_serving_version: bool) -> UserRead:
+        """The user's hash, vectors, seen set and (when asked and not cached) the serving
+        version, in one round trip."""
+        now = time.monotonic()
+        fetch_serving = need_serving_version and (
+            self._serving is None or now - self._serving[0] > self.serving_cache_seconds
+        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.user(user_id))
+        pipe.hgetall(keys.user_vectors(user_id))
+        pipe.smembers(keys.user_seen(user_id))
+        if fetch_serving:
+            pipe.get(keys.SERVING_VERSION)
+        results = await pipe.execute()
+        serving = None
+        if fetch_serving:
+            serving = _text(results[3]) if results[3] is not None else ""
+            self._serving = (now, serving)
+        elif need_serving_version and self._serving is not None:
+            serving = self._serving[1]
+        return UserRead(
+            stored=decode_hash(results[0]),
+            vectors=results[1],
+            serving_version=serving,
+            seen={_text(item) for item in results[2]},
+        )
+
+    async def read_items(self, item_ids: list[str], fields: list[str]) -> list[list]:
+        """HMGET of `fields` for every item, in one round trip; raw bytes (None when absent)."""
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in item_ids:
+            pipe.hmget(keys.item(item_id), fields)
+        return await pipe.execute()
+
+    async def write(self, entity: str, rows: dict[str, dict[str, Any]], event_time: float) -> None:
+        """Feature values (JSON) and the time they were written, for freshness checks."""
+        key_of = keys.user if entity == "user" else keys.item
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, values in rows.items():
+            mapping = {}
+            for name, value in values.items():
+                mapping[name] = encode_value(value)
+                mapping[timestamp_field(name)] = encode_value(event_time)
+            if mapping:
+                pipe.hset(key_of(entity_id), mapping=mapping)
+        await pipe.execute()
+
+    async def popular(self, window: str, category: str, limit: int, exclude: set[str]) -> list[tuple[str, float]]:
+        """Top `limit` of `rf:pop:<window>:<category>`, skipping excluded and unavailable
+        items; over-fetches so that skipped items rarely cost another page."""
+        key = keys.popular(window, category)
+        page = max(2 * (limit + len(exclude)), 32)
+        start = 0
+        chosen: list[tuple[str, float]] = []
+        while len(chosen) < limit:
+            members = await self.client.zrevrange(key, start, start + page - 1, withscores=True)
+            if not members:
+                break
+            candidates = [(_text(m), float(s)) for m, s in members if _text(m) not in exclude]
+            pipe = self.client.pipeline(transaction=False)
+            for item_id, _ in candidates:
+                pipe.hget(keys.item(item_id), "available")
+            flags = await pipe.execute() if candidates else []
+            for (item_id, score), flag in zip(candidates, flags):
+                if flag is not None and _is_unavailable(flag):
+                    continue
+                chosen.append((item_id, score))
+                if len(chosen) == limit:
+                    break
+            if len(members) < page:
+                break
+            start += page
+        return chosen
+
+    async def upsert_items(self, items: list[CatalogItem], previous_categories: dict[str, list[str]]) -> None:
+        """Item hashes with every catalog field; available items join the popular sets of
+        their categories with score 0 unless already there (ZADD NX), so a new item is
+        servable before the next popularity run; unavailable items leave every set."""
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.hset(keys.item(item.item_id), mapping={k: encode_value(v) for k, v in item.online_fields().items()})
+            old = previous_categories.get(item.item_id, [])
+            if item.available:
+                for window in WINDOWS:
+                    for category in ["", *item.categories]:
+                        pipe.zadd(keys.popular(window, category), {item.item_id: 0}, nx=True)
+                    for category in old:
+                        if category not in item.categories:
+                            pipe.zrem(keys.popular(window, category), item.item_id)
+            else:
+                for window in WINDOWS:
+                    for category in {"", *item.categories, *old}:
+                        pipe.zrem(keys.popular(window, category), item.item_id)
+        await pipe.execute()
+
+    async def put_profile(self, profile: Profile) -> None:
+        await self.client.hset(
+            keys.user(profile.user_id), mapping={k: encode_value(v) for k, v in profile.online_fields().items()}
+        )
+
+    def _user_keys(self, user_id: str) -> list[str]:
+        return [
+            keys.user(user_id),
+            keys.user_seen(user_id),
+            keys.user_recent(user_id),
+            keys.user_vectors(user_id),
+            keys.result_cache(user_id),
+        ]
+
+    async def export_user(self, user_id: str) -> dict:
+        """Everything Redis holds for the user, as JSON-ready values."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.user(user_id))
+        pipe.smembers(keys.user_seen(user_id))
+        pipe.lrange(keys.user_recent(user_id), 0, -1)
+        pipe.hgetall(keys.user_vectors(user_id))
+        features, seen, recent, vectors = await pipe.execute()
+        return {
+            "features": {k: v for k, v in decode_hash(features).items() if not k.startswith("_")},
+            "seen_items": sorted(_text(item) for item in seen),
+            "recent_items": [_text(item) for item in recent],
+            "vectors": {_text(version): decode_vector(raw) for version, raw in vectors.items()},
+        }
+
+    async def erase_user(self, user_id: str) -> int:
+        """Delete every key of the user: the known ones and any other key carrying the
+        user's hash tag `{user}`. Returns the number of keys removed."""
+        names = set(self._user_keys(user_id))
+        async for key in self.client.scan_iter(match=f"{keys.PREFIX}:*{{{user_id}}}*", count=1000):
+            names.add(_text(key))
+        return int(await self.client.delete(*names))
+
+
+def _is_unavailable(flag: bytes) -> bool:
+    try:
+        value = orjson.loads(flag)
+    except orjson.JSONDecodeError:
+        return False
+    return value in (0, False, "0", "false")

@@ -1,0 +1,82 @@
+"""Wiring: settings -> stores -> feature service -> gRPC server, plus readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from recfleet.features.v1 import features_pb2_grpc
+from recfleet_runtime import tracing
+from recfleet_runtime.grpcserver import GrpcService
+
+from . import registry
+from .adapters.postgres_offline import PostgresOfflineStore
+from .adapters.redis_online import RedisOnlineStore
+from .features import FeatureService
+from .servicer import SERVICE_NAME, FeatureStoreServicer
+from .settings import FeatureSettings
+
+log = structlog.get_logger("recfleet.features")
+
+
+class FeatureStoreApp:
+    """The feature-store process: a gRPC service that turns SERVING only while Redis and
+    Postgres both answer."""
+
+    def __init__(self, settings: FeatureSettings, redis_pool_kwargs: dict | None = None):
+        self.settings = settings
+        tracing.instrument_redis()
+        tracing.instrument_psycopg()
+        self.online = RedisOnlineStore.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            serving_cache_seconds=settings.serving_version_cache_seconds,
+            **(redis_pool_kwargs or {}),
+        )
+        self.pool = AsyncConnectionPool(
+            settings.postgres_dsn, min_size=1, max_size=settings.postgres_pool_size, open=False
+        )
+        self.offline = PostgresOfflineStore(self.pool)
+        self.features = FeatureService(
+            registry.load(settings.registry_path), self.online, self.offline, settings.max_items_per_read
+        )
+        self.service = GrpcService("feature-store", settings, [SERVICE_NAME])
+        features_pb2_grpc.add_FeatureStoreServicer_to_server(FeatureStoreServicer(self.features), self.service.server)
+        self._ready = False
+
+    async def stores_answer(self) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.gather(self.online.ping(), self.offline.ping()), timeout=2)
+            return True
+        except Exception as error:  # any failure means "not ready"; the reason is logged
+            log.warning("store check failed", error=repr(error))
+            return False
+
+    async def warm_up(self) -> bool:
+        """Wait (up to startup_timeout_seconds) until both stores answer."""
+        await self.pool.open(wait=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.startup_timeout_seconds
+        while not await self.stores_answer():
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.5)
+        self._ready = True
+        return True
+
+    async def watch_stores(self) -> None:
+        """After warm-up, report NOT_SERVING while a store stops answering."""
+        while True:
+            await asyncio.sleep(self.settings.store_check_seconds)
+            if not self._ready:
+                continue
+            healthy = await self.stores_answer()
+            if healthy != self.service.health.serving:
+                log.warning("stores changed", serving=healthy)
+                await self.service.health.set_serving(healthy)
+
+    async def close(self) -> None:
+        await self.online.close()
+        await self.offline.close()

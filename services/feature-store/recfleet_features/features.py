@@ -1,0 +1,166 @@
+"""What the feature store does, independent of gRPC: reads with defaults, writes to both
+stores, popular lists, catalog and profile upserts, export and erasure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .adapters.postgres_offline import PostgresOfflineStore
+from .adapters.redis_online import RedisOnlineStore
+from .registry import ENTITIES, Registry
+from .rows import Constraints, Row, build_row, build_row_from_list, choose_vector, constraints_from, timestamp_field
+from .validation import CatalogItem, Profile, ValidationError, check_id, validate_items, validate_profile
+
+POPULAR_WINDOWS = ("all", "7d", "trending")
+MAX_POPULAR = 1000
+
+
+@dataclass
+class UserFeatures:
+    row: Row
+    vector: list[float] | None
+    vector_version: str
+    vector_status: str
+    constraints: Constraints
+    interaction_count: int
+
+
+class FeatureService:
+    """The feature store over an online (Redis) and an offline (Postgres) store."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        online: RedisOnlineStore,
+        offline: PostgresOfflineStore,
+        max_items_per_read: int = 1000,
+    ):
+        self.registry = registry
+        self.online = online
+        self.offline = offline
+        self.max_items_per_read = max_items_per_read
+
+    def _views(self, entity: str, names: list[str], where: str = "feature_names"):
+        views = self.registry.for_entity(entity)
+        if not names:
+            return list(views.values())
+        unknown = self.registry.unknown(entity, names)
+        if unknown:
+            raise ValidationError(f"{where}: unknown {entity} feature(s) {', '.join(map(repr, unknown))}")
+        return [views[name] for name in dict.fromkeys(names)]
+
+    async def get_user(self, user_id: str, names: list[str], model_version: str) -> UserFeatures:
+        """Features (defaults for missing/stale), the vector of `model_version` (or of the
+        serving version), constraints and the interaction count, in one Redis round trip."""
+        check_id(user_id, "user_id")
+        views = self._views("user", names)
+        read = await self.online.read_user(user_id, need_serving_version=not model_version)
+        version = model_version or read.serving_version or ""
+        vector, status = choose_vector(read.vectors, version)
+        row = build_row(user_id, read.stored, views, time.time())
+        count = read.stored.get("interaction_count")
+        return UserFeatures(
+            row=row,
+            vector=vector,
+            vector_version=version if vector is not None else "",
+            vector_status=status,
+            constraints=constraints_from(read.stored, read.seen),
+            interaction_count=int(count) if isinstance(count, (int, float)) else 0,
+        )
+
+    async def get_items(self, item_ids: list[str], names: list[str]) -> list[Row]:
+        """Rows for up to `max_items_per_read` items in one round trip, defaults for missing."""
+        if len(item_ids) > self.max_items_per_read:
+            raise ValidationError(f"item_ids: at most {self.max_items_per_read} per call (got {len(item_ids)})")
+        for index, item_id in enumerate(item_ids):
+            check_id(item_id, f"item_ids[{index}]")
+        views = self._views("item", names)
+        fields = [view.name for view in views]
+        fields += [timestamp_field(view.name) for view in views if view.freshness_seconds]
+        raw = await self.online.read_items(item_ids, fields) if item_ids else []
+        now = time.time()
+        return [build_row_from_list(item_id, fields, values, views, now) for item_id, values in zip(item_ids, raw)]
+
+    async def write(self, entity: str, rows: list[tuple[str, dict[str, Any]]], event_time: datetime | None) -> int:
+        """Write values to the offline store (with event_time, default now) and the online
+        store; returns the number of values written."""
+        if entity not in ENTITIES:
+            raise ValidationError(f"entity: must be one of {', '.join(ENTITIES)} (got {entity!r})")
+        if not rows:
+            raise ValidationError("rows: at least one row is required")
+        views = self.registry.for_entity(entity)
+        by_entity: dict[str, dict[str, Any]] = {}
+        for index, (entity_id, values) in enumerate(rows):
+            check_id(entity_id, f"rows[{index}].entity_id")
+            if not values:
+                raise ValidationError(f"rows[{index}].values: at least one value is required")
+            for name, value in values.items():
+                view = views.get(name)
+                if view is None:
+                    raise ValidationError(f"rows[{index}].values[{name!r}]: unknown {entity} feature")
+                try:
+                    coerced = view.coerce(value)
+                except ValueError:
+                    raise ValidationError(f"rows[{index}].values[{name!r}]: must be of type {view.type}") from None
+                by_entity.setdefault(entity_id, {})[name] = coerced
+        when = event_time or datetime.now(timezone.utc)
+        # Offline first: it is the source of truth, and a failed online write is repaired
+        # by the next materialization.
+        written = await self.offline.write_features(entity, by_entity, when)
+        await self.online.write(entity, by_entity, when.timestamp())
+        return written
+
+    async def popular(self, window: str, category: str, limit: int, exclude: list[str]) -> tuple[list, str]:
+        """(item id, score) pairs and their source ("popular" or "trending")."""
+        window = window or "all"
+        if window not in POPULAR_WINDOWS:
+            raise ValidationError(f"window: must be one of {', '.join(POPULAR_WINDOWS)} (got {window!r})")
+        limit = limit or 20
+        if not 1 <= limit <= MAX_POPULAR:
+            raise ValidationError(f"limit: must be between 1 and {MAX_POPULAR} (got {limit})")
+        if len(category) > 128:
+            raise ValidationError("category: at most 128 characters")
+        items = await self.online.popular(window, category, limit, set(exclude))
+        return items, "trending" if window == "trending" else "popular"
+
+    async def upsert_items(self, items: list[CatalogItem]) -> tuple[int, int]:
+        """Catalog upsert into Postgres, then the online item hashes and popular sets;
+        returns (upserted, created)."""
+        items = validate_items(items)
+        created, previous = await self.offline.upsert_items(items)
+        await self.online.upsert_items(items, previous)
+        return len(items), len(created)
+
+    async def put_profile(self, profile: Profile) -> Profile:
+        profile = validate_profile(profile)
+        stored = await self.offline.upsert_profile(profile)
+        await self.online.put_profile(stored)
+        return stored
+
+    async def export_user(self, user_id: str) -> dict:
+        """Everything stored about the user, offline and online."""
+        check_id(user_id, "user_id")
+        offline = await self.offline.export_user(user_id)
+        online = await self.online.export_user(user_id)
+        return {
+            "user_id": user_id,
+            "exported_at": datetime.now(timezone.utc).isoformat(),
+            "profile": offline["profile"],
+            "online_features": online["features"],
+            "offline_features": offline["offline_features"],
+            "user_vectors": {"postgres": offline["user_vectors"], "redis": online["vectors"]},
+            "seen_items": online["seen_items"],
+            "recent_items": online["recent_items"],
+            "events": offline["events"],
+        }
+
+    async def erase_user(self, user_id: str) -> dict[str, int]:
+        """Remove the user from Postgres (profile, offline features, vectors) and Redis
+        (every key of the user); returns records removed per store."""
+        check_id(user_id, "user_id")
+        removed = await self.offline.erase_user(user_id)
+        removed["redis.keys"] = await self.online.erase_user(user_id)
+        return removed

@@ -1,0 +1,134 @@
+"""Turning raw online-store hashes into feature rows, and user vectors into answers.
+
+Pure: the adapters hand over what Redis returned (bytes), this module decides what a
+caller sees. Values in the hashes are JSON; a field `_ts:<feature>` (epoch seconds), when
+present, says when the feature was written and makes it stale after the view's freshness.
+Writers that do not track time (the realtime consumer) simply omit it: their values
+never go stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .registry import FeatureView
+
+TIMESTAMP_PREFIX = "_ts:"
+PROFILE_FIELDS = ("preferred_categories", "blocked_categories", "liked_items", "age", "country")
+
+
+@dataclass
+class Row:
+    """One entity's features: values by name and the names that carry the default."""
+
+    entity_id: str
+    values: dict[str, Any] = field(default_factory=dict)
+    defaulted: list[str] = field(default_factory=list)
+
+
+def timestamp_field(name: str) -> str:
+    return f"{TIMESTAMP_PREFIX}{name}"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def decode_hash(raw: dict) -> dict[str, Any]:
+    """A Redis hash (bytes -> JSON bytes) as name -> value; undecodable values are skipped."""
+    decoded = {}
+    for key, value in raw.items():
+        try:
+            decoded[_text(key)] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+    return decoded
+
+
+def build_row(entity_id: str, stored: dict[str, Any], views: list[FeatureView], now: float) -> Row:
+    """The row for `views` from a decoded hash: stored values where present, fresh and of the
+    right type; the registry default, listed in `defaulted`, otherwise."""
+    row = Row(entity_id)
+    for view in views:
+        value = stored.get(view.name)
+        if value is not None and view.freshness_seconds:
+            written = stored.get(timestamp_field(view.name))
+            if isinstance(written, (int, float)) and now - written > view.freshness_seconds:
+                value = None
+        if value is not None:
+            try:
+                row.values[view.name] = view.coerce(value)
+                continue
+            except ValueError:
+                pass
+        row.values[view.name] = view.default
+        row.defaulted.append(view.name)
+    return row
+
+
+def build_row_from_list(entity_id: str, names: list[str], raw_values: list, views: list[FeatureView], now: float) -> Row:
+    """Like build_row, for an HMGET answer: `raw_values` are the values of `names` in order."""
+    stored = {}
+    for name, raw in zip(names, raw_values):
+        if raw is not None:
+            try:
+                stored[name] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+    return build_row(entity_id, stored, views, now)
+
+
+def encode_value(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def encode_vector(values) -> bytes:
+    """A user vector as little-endian float32 bytes (the `rf:uv:{u}` layout)."""
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def decode_vector(raw: bytes) -> list[float]:
+    return np.frombuffer(raw, dtype="<f4").tolist()
+
+
+def choose_vector(stored: dict, version: str) -> tuple[list[float] | None, str]:
+    """The vector of `version` among the stored ones (version -> bytes) and the status:
+    "" when found, "missing" when none is stored, "version-mismatch:<v1,v2>" when only
+    other versions are (those are never returned: they live in another vector space)."""
+    by_version = {_text(key): value for key, value in stored.items()}
+    if not by_version:
+        return None, "missing"
+    if version and version in by_version:
+        return decode_vector(by_version[version]), ""
+    return None, "version-mismatch:" + ",".join(sorted(by_version))
+
+
+@dataclass
+class Constraints:
+    blocked_categories: list[str]
+    preferred_categories: list[str]
+    age: int
+    country: str
+    seen_item_ids: list[str]
+
+
+def constraints_from(stored: dict[str, Any], seen: set | list) -> Constraints:
+    """The user's filtering constraints from the decoded user hash and seen set."""
+
+    def strings(name: str) -> list[str]:
+        value = stored.get(name)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    age = stored.get("age")
+    country = stored.get("country")
+    return Constraints(
+        blocked_categories=strings("blocked_categories"),
+        preferred_categories=strings("preferred_categories"),
+        age=int(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else 0,
+        country=country if isinstance(country, str) else "",
+        seen_item_ids=sorted(_text(item) for item in seen),
+    )
