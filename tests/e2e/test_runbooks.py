@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ADMIN_KEY
-
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +35,7 @@ def test_safe_commands_run(runbook, fleet):
     env = dict(os.environ)
     env.update(
         RECFLEET_URL=fleet.gateway_url,
-        RECFLEET_API_KEY=ADMIN_KEY,
+        RECFLEET_API_KEY=fleet.config.admin_key,
         RECFLEET_POSTGRES_DSN=fleet.config.postgres_dsn,
         RECFLEET_REDIS_URL=fleet.config.redis_url,
         KAFKA_BOOTSTRAP_SERVERS=fleet.kafka_bootstrap or "",
