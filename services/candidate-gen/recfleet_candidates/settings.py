@@ -1,7 +1,6 @@
 """candidate-gen settings (env prefix RECFLEET_CANDIDATES_)."""
 
 from pydantic_settings import SettingsConfigDict
-
 from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, ServiceSettings, shared
 
 
@@ -21,3 +20,6 @@ class CandidateSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
     sanity_sample: int = 50
     min_sanity_recall: float = 0.9
     search_threads: int = 1
+    # Flat (exact) shards up to this many items are searched on the event loop (well under
+    # a millisecond); larger ones in a worker thread.
+    inline_search_max_flat_items: int = 50_000

@@ -1,0 +1,134 @@
+"""CandidateService: protobuf requests to retrieval on the served shard, and back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import faiss
+import grpc
+from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
+from recfleet.common.v1 import common_pb2
+from recfleet_models.index import LoadedShard
+
+from . import metrics
+from .retrieval import InvalidArgument, as_query, check_excluded, check_k, top_k
+from .served_index import ServedIndex
+
+SERVICE_NAME = candidates_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name
+T = TypeVar("T")
+
+
+class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
+    def __init__(
+        self,
+        index: ServedIndex,
+        resolve_version: Callable[[], Awaitable[str | None]],
+        inline_search_max_flat_items: int,
+        search_threads: int = 1,
+    ):
+        self.index = index
+        self._resolve_version = resolve_version
+        self._inline_limit = inline_search_max_flat_items
+        self._threads = search_threads
+        self._label = str(index.shard)
+
+    async def _served(self, requested_version: str, context: grpc.aio.ServicerContext) -> LoadedShard:
+        shard = self.index.current
+        if shard is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {self.index.shard} has no index loaded yet")
+        if requested_version and requested_version != shard.version:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model_version: shard {self.index.shard} serves {shard.version}, not {requested_version}",
+            )
+        return shard
+
+    async def _search(self, shard: LoadedShard, rpc: str, work: Callable[[], T]) -> T:
+        """Approximate and small exact searches take well under a millisecond: run them
+        inline. Large flat shards go to a worker thread so the event loop keeps serving."""
+        started = time.perf_counter()
+        if shard.manifest.index_type != "flat" or shard.item_count <= self._inline_limit:
+            result = work()
+        else:
+
+            def in_thread() -> T:
+                faiss.omp_set_num_threads(self._threads)
+                return work()
+
+            result = await asyncio.to_thread(in_thread)
+        metrics.SEARCH_SECONDS.labels(self._label, rpc).observe(time.perf_counter() - started)
+        return result
+
+    @staticmethod
+    async def _invalid(context: grpc.aio.ServicerContext, error: InvalidArgument) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def Retrieve(self, request, context):
+        shard = await self._served(request.model_version, context)
+        try:
+            k = check_k(request.k)
+            excluded = check_excluded(request.exclude_item_ids)
+            query = as_query(request.query_vector, shard.dimension, shard.version)
+        except InvalidArgument as error:
+            await self._invalid(context, error)
+        found = await self._search(shard, "Retrieve", lambda: top_k(shard, query, k, excluded))
+        return candidates_pb2.RetrieveResponse(
+            items=[common_pb2.ScoredItem(item_id=item, score=score, source="als") for item, score in found],
+            shard=self.index.shard,
+            model_version=shard.version,
+        )
+
+    async def SimilarItems(self, request, context):
+        shard = await self._served(request.model_version, context)
+        try:
+            if not request.item_id:
+                raise InvalidArgument("item_id", "is required")
+            k = check_k(request.k)
+            excluded = check_excluded(request.exclude_item_ids) | {request.item_id}
+            own = shard.vector_of(request.item_id)
+            if own is not None:
+                query = own.reshape(1, -1)
+            elif request.query_vector:
+                query = as_query(request.query_vector, shard.dimension, shard.version)
+            else:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"item_id: {request.item_id} is not in shard {self.index.shard} of {shard.version} "
+                    "and no query_vector was given",
+                )
+        except InvalidArgument as error:
+            await self._invalid(context, error)
+        found = await self._search(shard, "SimilarItems", lambda: top_k(shard, query, k, excluded))
+        return candidates_pb2.SimilarItemsResponse(
+            items=[common_pb2.ScoredItem(item_id=item, score=score, source="similar") for item, score in found],
+            shard=self.index.shard,
+            model_version=shard.version,
+            query_vector=query[0].tolist() if own is not None else [],
+            owner=own is not None,
+        )
+
+    def _status(self) -> candidates_pb2.ShardStatus:
+        status = self.index.status()
+        return candidates_pb2.ShardStatus(
+            shard=status.shard,
+            shard_count=status.shard_count,
+            model_version=status.model_version,
+            index_type=status.index_type,
+            item_count=status.item_count,
+            dimension=status.dimension,
+            last_reload=status.last_reload,
+            refused_version=status.refused_version,
+        )
+
+    async def GetShardStatus(self, request, context):
+        return self._status()
+
+    async def ReloadIndex(self, request, context):
+        version = request.model_version or await self._resolve_version()
+        if not version:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no model version is serving in the registry")
+        await self.index.reload(version)
+        return self._status()

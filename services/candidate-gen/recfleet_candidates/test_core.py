@@ -1,0 +1,76 @@
+"""Known answers for the pure parts: shard identity, over-fetch with exclusions, sanity."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+from recfleet_models.index import METRIC, LoadedShard, ShardManifest, ShardRejected
+
+from recfleet_candidates.retrieval import InvalidArgument, as_query, check_k, top_k
+from recfleet_candidates.sanity import check_shard
+from recfleet_candidates.shard_identity import resolve_shard
+
+
+def shard_of_vectors(
+    vectors: np.ndarray, index: faiss.Index | None = None, ids: list[str] | None = None
+) -> LoadedShard:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if index is None:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+    ids = ids or [f"i{row}" for row in range(len(vectors))]
+    manifest = ShardManifest("als-t", 1, "rule", "flat", {}, vectors.shape[1], METRIC, [])
+    return LoadedShard("als-t", 0, manifest, index, ids, vectors, {item: row for row, item in enumerate(ids)})
+
+
+def test_shard_comes_from_setting_or_pod_ordinal():
+    assert resolve_shard(1, "candidate-gen-0", 2) == 1
+    assert resolve_shard(None, "candidate-gen-2", 4) == 2
+    assert resolve_shard(None, "candidate-gen-canary-12", 16) == 12
+    with pytest.raises(ValueError, match="ordinal"):
+        resolve_shard(None, "candidate-gen", 2)
+    with pytest.raises(ValueError, match="outside"):
+        resolve_shard(None, "candidate-gen-3", 2)
+
+
+def test_exclusions_never_shorten_the_answer():
+    shard = shard_of_vectors(np.array([[5.0], [4.0], [3.0], [2.0], [1.0]]))
+    query = np.array([[1.0]], dtype=np.float32)
+    assert top_k(shard, query, 2) == [("i0", 5.0), ("i1", 4.0)]
+    assert top_k(shard, query, 2, {"i0", "i1", "elsewhere"}) == [("i2", 3.0), ("i3", 2.0)]
+    assert top_k(shard, query, 10, {"i4"}) == [("i0", 5.0), ("i1", 4.0), ("i2", 3.0), ("i3", 2.0)]
+
+
+def test_request_checks_name_the_field():
+    with pytest.raises(InvalidArgument, match="^k: must be between 1 and 1000, got 0$"):
+        check_k(0)
+    with pytest.raises(InvalidArgument, match="query_vector: has 2 values; model als-t has dimension 3"):
+        as_query([1.0, 2.0], 3, "als-t")
+    with pytest.raises(InvalidArgument, match="NaN"):
+        as_query([1.0, float("nan")], 2, "als-t")
+
+
+def test_sanity_passes_a_faithful_index_and_refuses_a_scrambled_one():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    report = check_shard(shard_of_vectors(vectors), sample=50, min_recall=0.9)
+    assert report.self_expected == report.self_found == 50 and report.recall_at_10 == 1.0
+
+    scrambled = faiss.IndexFlatIP(8)
+    scrambled.add(vectors[rng.permutation(300)])
+    with pytest.raises(ShardRejected, match="did not find themselves"):
+        check_shard(shard_of_vectors(vectors, scrambled), sample=50, min_recall=0.9)
+
+
+def test_sanity_refuses_low_recall():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    quantizer = faiss.IndexFlatIP(16)
+    ivf = faiss.IndexIVFFlat(quantizer, 16, 50, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    ivf.add(vectors)
+    ivf.nprobe = 1
+    with pytest.raises(ShardRejected, match="recall@10"):
+        check_shard(shard_of_vectors(vectors, ivf), sample=50, min_recall=0.99)
