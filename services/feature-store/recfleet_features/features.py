@@ -101,11 +101,9 @@ class FeatureService:
                 view = views.get(name)
                 if view is None:
                     raise ValidationError(f"rows[{index}].values[{name!r}]: unknown {entity} feature")
-                try:
-                    coerced = view.coerce(value)
-                except ValueError:
-                    raise ValidationError(f"rows[{index}].values[{name!r}]: must be of type {view.type}") from None
-                by_entity.setdefault(entity_id, {})[name] = coerced
+                if not view.accepts(value):
+                    raise ValidationError(f"rows[{index}].values[{name!r}]: must be of type {view.type}")
+                by_entity.setdefault(entity_id, {})[name] = value
         when = event_time or datetime.now(timezone.utc)
         # Offline first: it is the source of truth, and a failed online write is repaired
         # by the next materialization.

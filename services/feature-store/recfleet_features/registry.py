@@ -36,6 +36,14 @@ class FeatureView:
     version: int
     description: str
 
+    def accepts(self, value: Any) -> bool:
+        """Whether a written value already has this view's type (writes are strict; reads coerce)."""
+        if self.type == "number":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.type == "text":
+            return isinstance(value, str)
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
     def coerce(self, value: Any) -> Any:
         """A stored value as this view's type: float, str or list[str].
 
