@@ -17,3 +17,5 @@ class IngestSettings(ServiceSettings, PostgresSettings, RedisSettings, KafkaSett
     sink_batch_size: int = 2000
     sink_max_wait_ms: int = 200
     recent_items: int = 50
+    # Seconds between reloads of the erased-users list (API and consumers).
+    erased_refresh_seconds: float = 3.0

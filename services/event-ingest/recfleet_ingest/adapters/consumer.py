@@ -1,0 +1,110 @@
+"""A consumer-group loop shared by the sink and the real-time updater: poll a batch,
+hand it to the role's handler, commit offsets only after the handler returned.
+
+The handler either finishes the batch (its writes are durable) or raises; on a raise the
+offsets stay uncommitted, so a restart re-reads the batch and the handler's idempotency
+absorbs the repeat.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError
+from prometheus_client import Gauge
+
+log = structlog.get_logger("recfleet.ingest.consumer")
+
+CONSUMER_LAG = Gauge(
+    "recfleet_ingest_consumer_lag",
+    "Records on the events topic not yet processed by this consumer, by group and partition.",
+    ["group", "partition"],
+)
+
+Handler = Callable[[list[ConsumerRecord]], None]
+
+
+def consumer_config(bootstrap: str, group: str, batch_size: int) -> dict:
+    return {
+        "bootstrap_servers": bootstrap,
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        # Short sessions: the group rebalances within seconds when a consumer dies.
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "max_poll_records": batch_size,
+        "max_poll_interval_ms": 300_000,
+    }
+
+
+class BatchConsumer:
+    """Runs `handler` over batches of one topic until `stop` is set."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        handler: Handler,
+        batch_size: int,
+        max_wait_ms: int,
+        stop: threading.Event | None = None,
+    ):
+        self.topic = topic
+        self.group = group
+        self.handler = handler
+        self.batch_size = batch_size
+        self.max_wait_ms = max_wait_ms
+        self.stop = stop or threading.Event()
+        self._config = consumer_config(bootstrap, group, batch_size)
+        self.consumer: KafkaConsumer | None = None
+
+    def _poll_batch(self) -> list[ConsumerRecord]:
+        """Gather up to batch_size records, waiting at most max_wait_ms once the first arrived."""
+        records: list[ConsumerRecord] = []
+        deadline = None
+        while len(records) < self.batch_size and not self.stop.is_set():
+            wait_ms = self.max_wait_ms if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
+            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.batch_size - len(records))
+            for partition_records in polled.values():
+                records.extend(partition_records)
+            if deadline is None:
+                if not records:
+                    return records
+                deadline = time.monotonic() + self.max_wait_ms / 1000
+            elif time.monotonic() >= deadline:
+                break
+        return records
+
+    def _record_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            position = self.consumer.position(tp, timeout_ms=1000) if highwater is not None else None
+            if highwater is not None and position is not None:
+                CONSUMER_LAG.labels(self.group, str(tp.partition)).set(max(0, highwater - position))
+
+    def run(self) -> None:
+        """Blocking: consume until stop is set; the batch in hand is finished and committed."""
+        self.consumer = KafkaConsumer(self.topic, **self._config)
+        log.info("consumer started", topic=self.topic, group=self.group)
+        try:
+            while not self.stop.is_set():
+                records = self._poll_batch()
+                if records:
+                    self.handler(records)
+                    try:
+                        self.consumer.commit()
+                    except CommitFailedError:
+                        # The group rebalanced while the batch was written: its new owner
+                        # re-reads it and the handler's idempotency absorbs the repeat.
+                        log.warning("commit failed after a rebalance", group=self.group)
+                self._record_lag()
+        finally:
+            self.consumer.close(autocommit=False)
+            log.info("consumer stopped", group=self.group)

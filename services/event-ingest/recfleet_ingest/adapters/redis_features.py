@@ -1,0 +1,77 @@
+"""Redis side of the real-time updater: read the state a batch needs in one round trip,
+write the planned updates in another (keys and encodings per docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis
+
+from recfleet_store import keys
+
+from ..features import FeatureUpdates, ItemState, UserState
+
+
+def _json(raw: bytes | None, default: Any) -> Any:
+    if raw is None:
+        return default
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return default
+
+
+def _epoch(raw: bytes | None) -> int | None:
+    value = _json(raw, None)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class OnlineFeatureWriter:
+    """Reads and writes the online features that events change."""
+
+    def __init__(self, client: redis.Redis, recent_cap: int):
+        self.client = client
+        self.recent_cap = recent_cap
+
+    def read_state(self, user_ids: Iterable[str], item_ids: Iterable[str]) -> tuple[dict, dict]:
+        user_ids, item_ids = list(user_ids), list(item_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hmget(keys.user(user_id), "last_seen_at", "category_counts")
+        for item_id in item_ids:
+            pipe.hmget(keys.item(item_id), "categories", "last_interaction_at")
+        replies = pipe.execute()
+        users: dict[str, UserState] = {}
+        for user_id, (last_seen, counts) in zip(user_ids, replies[: len(user_ids)], strict=True):
+            parsed = _json(counts, {})
+            users[user_id] = UserState(_epoch(last_seen), parsed if isinstance(parsed, dict) else {})
+        items: dict[str, ItemState] = {}
+        for item_id, (categories, last) in zip(item_ids, replies[len(user_ids):], strict=True):
+            parsed = _json(categories, [])
+            items[item_id] = ItemState([str(c) for c in parsed] if isinstance(parsed, list) else [], _epoch(last))
+        return users, items
+
+    def apply(self, updates: FeatureUpdates) -> None:
+        """One pipeline: counters, timestamps, category counts, seen, recent, cache drop."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, count in updates.user_increments.items():
+            key = keys.user(user_id)
+            # A JSON integer is its decimal digits, so HINCRBY keeps the value JSON.
+            pipe.hincrby(key, "interaction_count", count)
+            fields = {"last_seen_at": orjson.dumps(updates.user_last_seen[user_id])}
+            if user_id in updates.user_category_counts:
+                fields["category_counts"] = orjson.dumps(updates.user_category_counts[user_id])
+            pipe.hset(key, mapping=fields)
+            pipe.sadd(keys.user_seen(user_id), *updates.seen[user_id])
+            recent_key = keys.user_recent(user_id)
+            pipe.lpush(recent_key, *updates.recent[user_id])
+            pipe.ltrim(recent_key, 0, self.recent_cap - 1)
+            # New events change what the user should be shown: drop cached results.
+            pipe.delete(keys.result_cache(user_id))
+        for item_id, count in updates.item_increments.items():
+            key = keys.item(item_id)
+            pipe.hincrby(key, "interaction_count", count)
+            pipe.hset(key, "last_interaction_at", orjson.dumps(updates.item_last_interaction[item_id]))
+        pipe.execute()

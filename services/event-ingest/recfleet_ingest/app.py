@@ -1,0 +1,69 @@
+"""Builds the event-ingest API from settings: gRPC service, producer, Postgres pool,
+erased-users cache. `__main__` serves it; tests start it in-process on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+
+from recfleet.ingest.v1 import ingest_pb2_grpc
+from recfleet_runtime.grpcserver import GrpcService
+
+from .adapters.postgres import ErasureStore
+from .adapters.producer import EventProducer
+from .erased import ErasedUsers
+from .roles import ensure_fleet_topics
+from .servicer import SERVICE_NAME, EventIngestServicer
+from .settings import IngestSettings
+
+log = structlog.get_logger("recfleet.ingest")
+
+
+class IngestApi:
+    """The API process's parts and their life cycle."""
+
+    def __init__(self, settings: IngestSettings, warm_up_seconds: float = 120.0):
+        self.settings = settings
+        self.warm_up_seconds = warm_up_seconds
+        self.service = GrpcService("event-ingest", settings, [SERVICE_NAME])
+        self.producer = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
+        self.pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False)
+        self.erased = ErasedUsers(settings.erased_refresh_seconds)
+        self.servicer = EventIngestServicer(
+            self.producer, ErasureStore(self.pool), self.erased, settings.events_topic, settings.users_topic,
+            settings.max_batch_events,
+        )
+        ingest_pb2_grpc.add_EventIngestServicer_to_server(self.servicer, self.service.server)
+
+    async def warm_up(self) -> bool:
+        """SERVING only once topics exist, the producer has broker metadata and the
+        erased-users list is loaded."""
+        try:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.2, max=2.0), stop=stop_after_delay(self.warm_up_seconds), reraise=True
+            ):
+                with attempt:
+                    await asyncio.to_thread(ensure_fleet_topics, self.settings)
+                    await asyncio.to_thread(self.producer.connect)
+                    await self.pool.open(wait=True, timeout=10)
+                    self.erased.replace(await self.servicer.erasures.erased_users())
+        except Exception as error:
+            log.error("warm-up failed", error=str(error))
+            return False
+        return True
+
+    async def refresh_erased_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.erased_refresh_seconds)
+            try:
+                self.erased.replace(await self.servicer.erasures.erased_users())
+            except Exception as error:
+                log.warning("erased users not refreshed", error=str(error))
+
+    async def close(self) -> None:
+        """Flush the producer (pending records are delivered), then close the pool."""
+        await asyncio.to_thread(self.producer.close)
+        await self.pool.close()

@@ -1,0 +1,121 @@
+"""The Postgres sink role: events topic -> `events`, exactly once by event id.
+
+Per batch: re-check every record (bad ones go to the dead-letter topic with the reason),
+write the good ones in one transaction, and only then let the consumer commit offsets.
+While Postgres is down the batch is retried with backoff and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+import structlog
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import Counter, Histogram
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+from ..adapters.consumer import BatchConsumer
+from ..adapters.postgres import EventSink
+from ..adapters.producer import EventProducer, ProduceFailed
+from ..settings import IngestSettings
+from ..validation import Event, InvalidEvent, parse_record
+
+log = structlog.get_logger("recfleet.ingest.sink")
+
+SINK_EVENTS = Counter(
+    "recfleet_ingest_sink_events_total",
+    "Events read by the Postgres sink, by outcome (stored, duplicate, erased, dead_letter).",
+    ["outcome"],
+)
+SINK_BATCH_SECONDS = Histogram(
+    "recfleet_ingest_sink_batch_seconds",
+    "Time to write one batch to Postgres, retries included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+DEAD_LETTERS = Counter(
+    "recfleet_ingest_dead_letters_total",
+    "Records sent to the dead-letter topic, by consumer.",
+    ["source"],
+)
+
+
+def split_valid(
+    records: list[ConsumerRecord], now: datetime, source: str
+) -> tuple[list[Event], list[tuple[str, bytes]]]:
+    """Valid events, and (key, dead-letter record) for every record that fails the checks."""
+    events: list[Event] = []
+    dead: list[tuple[str, bytes]] = []
+    for record in records:
+        try:
+            events.append(parse_record(record.value, now))
+        except InvalidEvent as error:
+            raw = record.value.decode("utf-8", "replace") if record.value is not None else None
+            key = record.key.decode("utf-8", "replace") if record.key else ""
+            dead.append((key, orjson.dumps({"event": raw, "reason": str(error), "source": source})))
+    return events, dead
+
+
+def retrying(stop: threading.Event, *errors: type[BaseException]) -> Retrying:
+    """Retry `errors` with capped exponential backoff until they pass or `stop` is set."""
+    return Retrying(
+        retry=retry_if_exception_type(errors),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        stop=lambda _: stop.is_set(),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "retrying batch", attempt=state.attempt_number, error=str(state.outcome.exception())
+        ),
+    )
+
+
+class SinkHandler:
+    """Handles one polled batch for the sink; returns only when the batch is durable."""
+
+    source = "sink"
+
+    def __init__(self, sink: EventSink, dead_letters: EventProducer, dead_letter_topic: str, stop: threading.Event):
+        self.sink = sink
+        self.dead_letters = dead_letters
+        self.dead_letter_topic = dead_letter_topic
+        self.stop = stop
+
+    def __call__(self, records: list[ConsumerRecord]) -> None:
+        started = time.perf_counter()
+        events, dead = split_valid(records, datetime.now(UTC), self.source)
+        if dead:
+            for attempt in retrying(self.stop, ProduceFailed):
+                with attempt:
+                    self.dead_letters.send_and_wait(self.dead_letter_topic, dead)
+            SINK_EVENTS.labels("dead_letter").inc(len(dead))
+            DEAD_LETTERS.labels(self.source).inc(len(dead))
+            log.warning("records sent to the dead-letter topic", count=len(dead))
+        for attempt in retrying(self.stop, psycopg.OperationalError):
+            with attempt:
+                outcome = self.sink.write(events)
+        SINK_EVENTS.labels("stored").inc(outcome.stored)
+        SINK_EVENTS.labels("duplicate").inc(outcome.duplicate)
+        SINK_EVENTS.labels("erased").inc(outcome.erased)
+        SINK_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+def run(settings: IngestSettings, stop: threading.Event) -> None:
+    """Blocking: the sink's consume loop until `stop` is set."""
+    sink = EventSink(settings.postgres_dsn)
+    dead_letters = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
+    for attempt in retrying(stop, Exception):
+        with attempt:
+            dead_letters.connect()
+    handler = SinkHandler(sink, dead_letters, settings.dead_letter_topic, stop)
+    consumer = BatchConsumer(
+        settings.kafka_bootstrap_servers, settings.events_topic, settings.sink_group, handler,
+        settings.sink_batch_size, settings.sink_max_wait_ms, stop,
+    )
+    try:
+        consumer.run()
+    finally:
+        sink.close()
+        dead_letters.close()
