@@ -15,6 +15,10 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, BaseSetting
     als_iterations: int = 15
     als_regularization: float = 0.05
     als_alpha: float = 20.0
+    # Rating weight = max(0, stars - offset) + 1; see recfleet_models.als.
+    als_rating_offset: float = 2.5
+    # none, bm25 or tfidf re-weighting of the interaction matrix.
+    als_weighting: str = "none"
     # FAISS shards.
     shard_count: int = 2
     index_type: str = "flat"

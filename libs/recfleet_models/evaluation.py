@@ -1,0 +1,180 @@
+"""Ranking metrics and the baseline recommenders the offline harness evaluates.
+
+Metrics follow microsoft/recommenders' `python_evaluation` with binary relevance:
+
+- precision@k = hits / k, recall@k = hits / relevant, MAP@k = sum over hits of
+  (hit number / rank) / relevant (divided by ALL relevant items, not min(relevant, k)),
+  each averaged over the users that have both relevant items and recommendations;
+- NDCG@k = DCG / IDCG with gain 1 per hit and discount 1 / log(1 + rank), IDCG over
+  min(relevant, k) hits, averaged over every user with relevant items (a user with no
+  recommendations scores 0 there, as in recommenders);
+- catalog coverage = distinct recommended items / distinct items in the training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .als import ALSParams, AlsModel, build_interaction_matrix, fit_als, top_k_batch
+from .data import Ratings
+from .protocols import Split
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    k: int
+    precision: float
+    recall: float
+    ndcg: float
+    map: float
+    coverage: float
+    users_evaluated: int
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        k = out.pop("k")
+        return {
+            f"precision@{k}": out["precision"],
+            f"recall@{k}": out["recall"],
+            f"ndcg@{k}": out["ndcg"],
+            f"map@{k}": out["map"],
+            "catalog_coverage": out["coverage"],
+            "users_evaluated": out["users_evaluated"],
+            "k": k,
+        }
+
+
+def ranking_metrics(
+    recommended: Mapping[object, Sequence], relevant: Mapping[object, set], k: int, catalog_size: int
+) -> RankingMetrics:
+    """Metrics of top-k lists (`recommended`, best first) against sets of relevant items."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    common = [u for u in relevant if u in recommended and len(recommended[u]) > 0]
+    discounts = 1.0 / np.log(np.arange(2, k + 2))
+    precision = recall = average_precision = 0.0
+    ndcg_sum = 0.0
+    shown: set = set()
+    for user in common:
+        truth = relevant[user]
+        top = list(recommended[user])[:k]
+        shown.update(top)
+        hit_ranks = [rank for rank, item in enumerate(top, start=1) if item in truth]
+        hits = len(hit_ranks)
+        precision += hits / k
+        recall += hits / len(truth)
+        average_precision += sum((n / rank) for n, rank in enumerate(hit_ranks, start=1)) / len(truth)
+        dcg = sum(discounts[rank - 1] for rank in hit_ranks)
+        idcg = discounts[: min(len(truth), k)].sum()
+        ndcg_sum += float(dcg / idcg)
+    n_common = len(common)
+    n_truth = sum(1 for u in relevant if relevant[u])
+    return RankingMetrics(
+        k=k,
+        precision=precision / n_common if n_common else 0.0,
+        recall=recall / n_common if n_common else 0.0,
+        ndcg=ndcg_sum / n_truth if n_truth else 0.0,
+        map=average_precision / n_common if n_common else 0.0,
+        coverage=len(shown) / catalog_size if catalog_size else 0.0,
+        users_evaluated=n_common,
+    )
+
+
+def relevant_items(test: Ratings) -> dict[int, set[int]]:
+    """user -> set of test items (every test rating is relevant)."""
+    truth: dict[int, set[int]] = {}
+    for user, item in zip(test.user_ids.tolist(), test.movie_ids.tolist()):
+        truth.setdefault(user, set()).add(item)
+    return truth
+
+
+class Recommender(Protocol):
+    """What the harness needs from a model: fit on train ratings, top-k per user."""
+
+    name: str
+
+    def fit(self, train: Ratings) -> None: ...
+
+    def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]: ...
+
+
+def _seen_matrix(seen: Ratings, user_rows: Mapping[int, int], item_cols: Mapping[int, int], shape) -> sp.csr_matrix:
+    rows, cols = [], []
+    for user, item in zip(seen.user_ids.tolist(), seen.movie_ids.tolist()):
+        r = user_rows.get(user)
+        c = item_cols.get(item)
+        if r is not None and c is not None:
+            rows.append(r)
+            cols.append(c)
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+
+
+def _batched_top_k(scores_for, users: Sequence[int], k: int, seen: Ratings, item_ids: np.ndarray,
+                   user_rows: Mapping[int, int]) -> dict[int, list[int]]:
+    item_cols = {int(item): col for col, item in enumerate(item_ids.tolist())}
+    known = [u for u in users if u in user_rows]
+    out: dict[int, list[int]] = {}
+    for start in range(0, len(known), 2048):
+        chunk = known[start : start + 2048]
+        local = {u: i for i, u in enumerate(chunk)}
+        exclude = _seen_matrix(seen, local, item_cols, (len(chunk), len(item_ids)))
+        best = top_k_batch(scores_for([user_rows[u] for u in chunk]), k, exclude)
+        for user, row in zip(chunk, best):
+            out[user] = [int(item_ids[c]) for c in row if c >= 0]
+    return out
+
+
+class PopularRecommender:
+    """Most-popular baseline: items ranked by their number of training ratings."""
+
+    name = "popular"
+
+    def fit(self, train: Ratings) -> None:
+        self.item_ids, counts = np.unique(train.movie_ids, return_counts=True)
+        self.scores = counts.astype(np.float64)
+        self.user_rows = {int(u): 0 for u in np.unique(train.user_ids).tolist()}
+
+    def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
+        return _batched_top_k(
+            lambda rows: np.tile(self.scores, (len(rows), 1)), users, k, seen, self.item_ids, self.user_rows
+        )
+
+
+class AlsRecommender:
+    """Plain ALS (retrieval only): trained on the train ratings, or a given model."""
+
+    name = "als"
+
+    def __init__(self, params: ALSParams | None = None, model: AlsModel | None = None):
+        self.params = params or ALSParams()
+        self.model = model
+
+    def fit(self, train: Ratings) -> None:
+        if self.model is not None:
+            return
+        matrix, user_index, item_index = build_interaction_matrix(
+            train.user_ids, train.movie_ids, ["rating"] * len(train), train.ratings, self.params
+        )
+        self.model = fit_als(matrix, self.params, user_index, item_index)
+
+    def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
+        model = self.model
+        item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
+        user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
+        return _batched_top_k(
+            lambda rows: model.user_factors[rows] @ model.item_factors.T, users, k, seen, item_ids, user_rows
+        )
+
+
+def evaluate(split: Split, recommender: Recommender, k: int | None = None) -> RankingMetrics:
+    """Fit on the split's train part and score top-k lists against its test part."""
+    k = k or split.k
+    recommender.fit(split.train)
+    truth = relevant_items(split.test)
+    recommended = recommender.recommend(sorted(truth), k, split.seen())
+    catalog = int(np.unique(split.train.movie_ids).size)
+    return ranking_metrics(recommended, truth, k, catalog)
