@@ -32,6 +32,9 @@ def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
         admin_key=ADMIN_KEY,
         train_ranker=os.environ.get("RECFLEET_TEST_E2E_RANKER", "1") != "0",
         free_ports=True,
+        # A canary ranking instance for the traffic tests; weight 0 until a test moves it.
+        canaries=("ranking",),
+        extra_env={"RECFLEET_GATEWAY_TRAFFIC_REFRESH_SECONDS": "0.5", "RECFLEET_GATEWAY_CANARY_ANALYSIS_SECONDS": "2"},
     )
     local = LocalFleet(config)
     try:
