@@ -131,6 +131,9 @@ def build_index(vectors: np.ndarray, index_type: str, params: dict[str, int]) ->
         quantizer = faiss.IndexFlatIP(dimension)
         index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.min_points_per_centroid = 1
+        # 64 training points a list place centroids well enough and keep k-means on a
+        # million-item shard to seconds instead of minutes.
+        index.cp.max_points_per_centroid = 64
         index.train(vectors)
         index.nprobe = min(params["nprobe"], nlist)
         used = {"nlist": nlist, "nprobe": index.nprobe}
