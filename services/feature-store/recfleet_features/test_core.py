@@ -1,0 +1,126 @@
+"""Unit tests of the pure modules: registry, rows, validation, point-in-time join, windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from . import registry
+from .materialization import BEGINNING, OVERLAP, window_start
+from .pointintime import Event, History, training_rows
+from .rows import build_row, choose_vector, constraints_from, timestamp_field
+from .validation import CatalogItem, Profile, ValidationError, validate_items, validate_profile
+
+REGISTRY = registry.load()
+T = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def test_bundled_registry_has_typed_defaults():
+    items = REGISTRY.for_entity("item")
+    assert items["available"].default == 1.0 and items["regions"].default == []
+    assert REGISTRY.for_entity("user")["category_counts"].default == "{}"
+    assert REGISTRY.unknown("user", ["age", "height"]) == ["height"]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"views": []}, "registry: `views` must be a non-empty list"),
+        ({"views": [{"name": "x", "entity": "user"}]}, "views[0]: missing type, source, freshness, default, version"),
+        (
+            {"views": [{"name": "x", "entity": "shop", "type": "number", "source": "s", "freshness": 0, "default": 0,
+                        "version": 1}]},
+            "views[0].entity: must be one of user, item",
+        ),
+        (
+            {"views": [{"name": "x", "entity": "user", "type": "number", "source": "s", "freshness": 0,
+                        "default": [1], "version": 1}]},
+            "views[0].default: x: expected a number, got list",
+        ),
+    ],
+)
+def test_malformed_registry_is_refused_with_the_place(document, message):
+    with pytest.raises(registry.RegistryError) as caught:
+        registry.parse(document)
+    assert str(caught.value) == message
+
+
+def test_row_uses_stored_values_and_defaults_missing_stale_and_mistyped_ones():
+    views = list(REGISTRY.for_entity("item").values())
+    now = T.timestamp()
+    stored = {
+        "title": "A",
+        "popularity": 0.4,
+        timestamp_field("popularity"): now - 3 * 86400,
+        "popularity_7d": 0.3,
+        timestamp_field("popularity_7d"): now - 60,
+        "age_rating": [1],
+        "available": False,
+    }
+    row = build_row("i", stored, views, now)
+    assert row.values["title"] == "A" and row.values["popularity_7d"] == 0.3
+    assert row.values["popularity"] == 0.0 and "popularity" in row.defaulted
+    assert row.values["age_rating"] == 0.0 and "age_rating" in row.defaulted
+    assert row.values["available"] == 0.0 and "available" not in row.defaulted
+    assert "title" not in row.defaulted and "creator" in row.defaulted
+
+
+def test_vector_is_returned_only_for_its_version():
+    stored = {b"als-2": np.array([1, 2], dtype="<f4").tobytes(), b"als-1": b"\0" * 8}
+    assert choose_vector(stored, "als-2") == ([1.0, 2.0], "")
+    assert choose_vector(stored, "als-3") == (None, "version-mismatch:als-1,als-2")
+    assert choose_vector(stored, "") == (None, "version-mismatch:als-1,als-2")
+    assert choose_vector({}, "als-2") == (None, "missing")
+
+
+def test_constraints_tolerate_missing_and_odd_values():
+    c = constraints_from({"age": "old", "country": 5, "blocked_categories": ["X"]}, {b"b", b"a"})
+    assert (c.age, c.country, c.blocked_categories, c.seen_item_ids) == (0, "", ["X"], ["a", "b"])
+
+
+def test_items_are_normalised_and_errors_name_index_and_field():
+    [item] = validate_items([CatalogItem("m:1", title=" T ", categories=["A", "A", "B"], regions=["FR", "DE", "FR"])])
+    assert (item.title, item.categories, item.regions) == ("T", ["A", "B"], ["DE", "FR"])
+    assert item.online_fields()["available"] == 1 and item.online_fields()["published_at"] == 0
+    cases = [
+        ([CatalogItem("")], "items[0].item_id: required"),
+        ([CatalogItem("a"), CatalogItem("a")], "items[1].item_id: duplicates items[0] ('a')"),
+        ([CatalogItem("a", categories=["ok", " "])], "items[0].categories[1]: must not be empty"),
+        ([], "items: at least one item is required"),
+    ]
+    for items, message in cases:
+        with pytest.raises(ValidationError) as caught:
+            validate_items(items)
+        assert str(caught.value) == message
+
+
+def test_profile_validation():
+    assert validate_profile(Profile("u", liked_items=["1", "1"], age=0)).liked_items == ["1"]
+    with pytest.raises(ValidationError, match=r"^profile.age: must be between 0 \(unknown\) and 150 years \(got 200\)$"):
+        validate_profile(Profile("u", age=200))
+    with pytest.raises(ValidationError, match=r"^profile.liked_items\[0\]: must be 1-128 characters"):
+        validate_profile(Profile("u", liked_items=["a b"]))
+
+
+def test_point_in_time_join_never_uses_a_later_value():
+    views = [REGISTRY.view("user", "interaction_count"), REGISTRY.view("item", "popularity")]
+    count, popularity = History(), History()
+    count.add(T, 1)
+    count.add(T + timedelta(hours=2), 2)
+    popularity.add(T + timedelta(hours=1), 0.7)
+    popularity.add(T - timedelta(hours=1), 0.1)  # out of order: re-sorted
+    histories = {("user", "u", "interaction_count"): count, ("item", "i", "popularity"): popularity}
+    events = [Event("u", "i", T + timedelta(minutes=m), "click", None) for m in (-5, 0, 61, 120)]
+    rows = list(training_rows(events, histories, views))
+    assert [r["user__interaction_count"] for r in rows] == [0.0, 1.0, 1.0, 2.0]
+    assert [r["item__popularity"] for r in rows] == [0.1, 0.1, 0.7, 0.7]
+
+
+def test_window_start():
+    mark = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    assert window_start(mark, None, full=True) == BEGINNING
+    assert window_start(mark, None, full=False) == mark - OVERLAP
+    assert window_start(None, None, full=False) == BEGINNING
+    assert window_start(mark, datetime(2025, 1, 1), full=False) == datetime(2025, 1, 1, tzinfo=timezone.utc)
