@@ -1,7 +1,6 @@
 """Gateway settings (env prefix RECFLEET_GATEWAY_)."""
 
 from pydantic_settings import SettingsConfigDict
-
 from recfleet_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings, shared
 
 
@@ -30,3 +29,29 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     rate_limit_per_key: str = shared("RECFLEET_GATEWAY_RATE_LIMIT_PER_KEY", "10000/second")
     cache_ttl_seconds: int = 300
     max_body_bytes: int = 1_048_576
+    # Canary tracks (issue 7): empty targets mean no canary; the weight is the percent of
+    # users (sticky by user id) routed to the canary.
+    feature_store_canary_target: str = ""
+    ranking_canary_target: str = ""
+    event_ingest_canary_target: str = ""
+    candidate_gen_canary_targets: str = ""
+    canary_weights: dict[str, int] = {}
+    # Per-key limits by scope, e.g. {"events:write": "2000/second"}; others use rate_limit_per_key.
+    rate_limits_per_scope: dict[str, str] = {}
+    # Seconds a verified API key stays in the in-process cache (revocation on another
+    # replica takes at most this long to apply).
+    api_key_cache_seconds: float = 5.0
+    readiness_cache_seconds: float = 1.0
+    # Secret for signing pagination cursors; empty means one random secret per process
+    # (cursors then only work on the replica that issued them).
+    cursor_secret: str = ""
+    cursor_ttl_seconds: int = 1800
+    # How many ranked items one recommendation snapshot keeps for pagination.
+    snapshot_size: int = 100
+    similar_candidates_per_liked_item: int = 20
+    popular_candidates_per_category: int = 50
+    # Command that runs a batch job; the job name is appended.
+    jobs_command: list[str] = []
+    job_output_limit_bytes: int = 65_536
+    # Budget for catalog, profile and export calls (writes to Postgres behind the feature store).
+    write_timeout: float = 5.0

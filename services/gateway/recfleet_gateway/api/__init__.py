@@ -1,0 +1,1 @@
+"""REST routers: map JSON to calls on the gateway's services and back, nothing else."""

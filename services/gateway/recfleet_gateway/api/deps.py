@@ -1,0 +1,83 @@
+"""Dependencies every route shares: the gateway's services, authorization with rate
+limits, and the rejection of unknown query parameters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from fastapi import Header, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from ..auth import authenticate
+from ..problems import Problem
+from ..schemas import ID_PATTERN, ProblemDetails
+
+PROBLEM = {"model": ProblemDetails, "content": {"application/problem+json": {}}}
+COMMON_ERRORS = {400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM}
+_allowed_cache: dict[int, frozenset[str]] = {}
+
+
+def gateway(request: Request):
+    """The `Gateway` built at start-up (see app.py)."""
+    return request.app.state.gateway
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def allowed_query(route: APIRoute) -> frozenset[str]:
+    found = _allowed_cache.get(id(route))
+    if found is None:
+        found = frozenset(_query_names(route.dependant))
+        _allowed_cache[id(route)] = found
+    return found
+
+
+def reject_unknown_query(request: Request) -> None:
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params.keys()) - allowed_query(route))
+    if unknown:
+        raise Problem(
+            400,
+            f"unknown query parameter(s): {', '.join(unknown)}",
+            errors=[{"field": f"query.{name}", "message": "unknown query parameter"} for name in unknown],
+        )
+
+
+def authorize(scope: str, user_from: str | None = None) -> Callable:
+    """A dependency: the key must hold `scope`; then per-key and (when `user_from` names a
+    query or path parameter) per-user rate limits apply; then unknown query parameters
+    are refused."""
+
+    async def dependency(
+        request: Request,
+        authorization: str | None = Header(None, include_in_schema=False),
+        x_api_key: str | None = Header(None, include_in_schema=False),
+    ):
+        services = request.app.state.gateway
+        principal = await authenticate(services.keys, authorization, x_api_key, scope)
+        user_id = None
+        if user_from:
+            user_id = request.path_params.get(user_from) or request.query_params.get(user_from)
+            if user_id is not None and not _valid_id(user_id):
+                user_id = None
+        request.state.ratelimit = await services.limiter.check(principal.key_id, scope, user_id)
+        reject_unknown_query(request)
+        return principal
+
+    return dependency
+
+
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def _valid_id(value: str) -> bool:
+    return _ID_RE.match(value) is not None

@@ -1,0 +1,44 @@
+"""Operations endpoints (unauthenticated): liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..problems import Problem
+from ..responses import JSONBody
+from ..schemas import Liveness, Readiness
+from .deps import PROBLEM, gateway, reject_unknown_query
+
+router = APIRouter(tags=["operations"], dependencies=[Depends(reject_unknown_query)])
+
+
+@router.get("/healthz/live", response_model=Liveness, responses={400: PROBLEM}, summary="The process is up")
+async def live():
+    return JSONBody({"status": "live"})
+
+
+@router.get(
+    "/healthz/ready",
+    response_model=Readiness,
+    responses={400: PROBLEM, 503: PROBLEM},
+    summary="Every downstream answers SERVING",
+)
+async def ready(services=Depends(gateway)):
+    not_serving = await services.fleet.not_serving()
+    if not_serving:
+        raise Problem(
+            503, f"not serving: {', '.join(not_serving)}", kind="not-ready", title="Not Ready", not_serving=not_serving
+        )
+    return JSONBody({"status": "ready", "downstreams": len(services.fleet.downstreams())})
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    summary="Prometheus metrics",
+)
+async def metrics():
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

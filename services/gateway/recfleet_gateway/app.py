@@ -1,0 +1,139 @@
+"""The FastAPI application factory: wires settings, stores and downstream clients to
+the routers, errors to problem+json, and the observability layers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from psycopg_pool import AsyncConnectionPool
+from recfleet_runtime import tracing
+from recfleet_store.postgres import open_pool
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import problems
+from .api import admin, catalog, events, health, recommendations, users
+from .api.admin import Registry
+from .auth import ApiKeyStore
+from .cache import CursorCodec, ResultCache
+from .clients import Fleet
+from .erasure import ErasureService
+from .jobs import JobRunner
+from .middleware import GatewayMiddleware
+from .pipeline import Recommender
+from .ratelimit import RateLimiter
+from .responses import JSONBody
+from .settings import GatewaySettings
+
+
+@dataclass
+class Gateway:
+    """Everything the routes use, built once per process."""
+
+    settings: GatewaySettings
+    fleet: Fleet
+    redis: Redis
+    pool: AsyncConnectionPool
+    keys: ApiKeyStore
+    limiter: RateLimiter
+    cache: ResultCache
+    recommender: Recommender
+    erasures: ErasureService
+    jobs: JobRunner
+    registry: Registry
+
+    @classmethod
+    async def open(cls, settings: GatewaySettings) -> Gateway:
+        redis = Redis.from_url(settings.redis_url)
+        pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
+        fleet = Fleet(settings)
+        cache = ResultCache(
+            redis, settings.cache_ttl_seconds, max(settings.cursor_ttl_seconds, settings.cache_ttl_seconds)
+        )
+        limiter = RateLimiter(
+            settings.redis_url,
+            settings.rate_limit_per_key,
+            settings.rate_limit_per_user,
+            settings.rate_limits_per_scope,
+        )
+        return cls(
+            settings=settings,
+            fleet=fleet,
+            redis=redis,
+            pool=pool,
+            keys=ApiKeyStore(pool, settings.bootstrap_admin_key, settings.api_key_cache_seconds),
+            limiter=limiter,
+            cache=cache,
+            recommender=Recommender(settings, fleet, cache, CursorCodec(settings.cursor_secret)),
+            erasures=ErasureService(pool, fleet, cache, limiter),
+            jobs=JobRunner(pool, settings.jobs_command or None, settings.job_output_limit_bytes),
+            registry=Registry(settings.postgres_dsn, settings.redis_url),
+        )
+
+    async def close(self) -> None:
+        await self.erasures.drain()
+        await self.fleet.close()
+        await self.pool.close()
+        await self.redis.aclose()
+
+
+def _openapi(app: FastAPI) -> dict:
+    """OpenAPI with problem+json in place of FastAPI's 422 and the API-key schemes."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            if path.startswith(("/v1/", "/admin/")):
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(
+        {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+    )
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    tracing.configure_tracing("gateway")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.instrument_redis()
+        app.state.gateway = await Gateway.open(settings)
+        try:
+            yield
+        finally:
+            await app.state.gateway.close()
+
+    app = FastAPI(
+        title="recfleet",
+        version="1.0.0",
+        description="Recommendations, events, catalog and administration of the recfleet fleet.",
+        default_response_class=JSONBody,
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(problems.Problem, problems.handle_problem)
+    app.add_exception_handler(RequestValidationError, problems.handle_validation)
+    app.add_exception_handler(StarletteHTTPException, problems.handle_http)
+    for module in (recommendations, events, catalog, users, admin, health):
+        app.include_router(module.router)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,137 @@
+"""API keys: hashed in Postgres with scopes, verified per request, cached briefly.
+
+A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Unknown or
+missing keys are 401 (with `WWW-Authenticate`); a known key without the route's scope
+is 403. The bootstrap admin key from the environment holds every scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg_pool import AsyncConnectionPool
+
+from .problems import Problem
+
+SCOPES = ("recommend:read", "events:write", "catalog:write", "users:admin", "admin")
+BOOTSTRAP_KEY_ID = "bootstrap"
+SECRET_PREFIX = "rfk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, name and scopes."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    key_id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    if x_api_key:
+        return x_api_key.strip() or None
+    return None
+
+
+class ApiKeyStore:
+    """The `api_keys` table plus an in-process cache of verified keys."""
+
+    def __init__(self, pool: AsyncConnectionPool, bootstrap_key: str = "", cache_seconds: float = 5.0):
+        self._pool = pool
+        self._bootstrap_hash = hash_key(bootstrap_key) if bootstrap_key else ""
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def verify(self, secret: str) -> Principal | None:
+        digest = hash_key(secret)
+        if self._bootstrap_hash and hmac.compare_digest(digest, self._bootstrap_hash):
+            return Principal(BOOTSTRAP_KEY_ID, "bootstrap", frozenset(SCOPES))
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT key_id, name, scopes FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (digest,)
+            )
+            row = await cur.fetchone()
+        principal = Principal(row[0], row[1], frozenset(row[2])) if row else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, principal)
+        return principal
+
+    async def create(self, name: str, scopes: list[str]) -> tuple[ApiKeyRecord, str]:
+        secret = new_secret()
+        key_id = "key_" + secrets.token_hex(8)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO api_keys (key_id, name, key_hash, scopes) VALUES (%s, %s, %s, %s)"
+                " RETURNING key_id, name, scopes, created_at, revoked_at",
+                (key_id, name, hash_key(secret), sorted(set(scopes))),
+            )
+            row = await cur.fetchone()
+        return ApiKeyRecord(*row), secret
+
+    async def list(self) -> list[ApiKeyRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, key_id"
+            )
+            return [ApiKeyRecord(*row) for row in await cur.fetchall()]
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s"
+                " RETURNING key_id, name, scopes, created_at, revoked_at, key_hash",
+                (key_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        self._cache.pop(row[5], None)
+        return ApiKeyRecord(*row[:5])
+
+
+def unauthenticated(detail: str) -> Problem:
+    return Problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="recfleet"'})
+
+
+async def authenticate(store: ApiKeyStore, authorization: str | None, x_api_key: str | None, scope: str) -> Principal:
+    secret = key_from_headers(authorization, x_api_key)
+    if secret is None:
+        raise unauthenticated("missing API key: send Authorization: Bearer <key> or X-API-Key")
+    principal = await store.verify(secret)
+    if principal is None:
+        raise unauthenticated("unknown or revoked API key")
+    if scope not in principal.scopes:
+        raise Problem(403, f"this key lacks the scope {scope!r}", required_scope=scope)
+    return principal

@@ -1,0 +1,69 @@
+"""Batch jobs started from the admin API: `recfleet-jobs <name>` as a subprocess whose
+status and output tail are kept in the `jobs` table."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+
+from psycopg_pool import AsyncConnectionPool
+from recfleet_runtime.logging import get_logger
+
+log = get_logger("recfleet.gateway.jobs")
+JOB_NAMES = ("train-als", "build-index", "train-ranker", "materialize", "popularity", "evaluate")
+
+
+class JobRunner:
+    def __init__(self, pool: AsyncConnectionPool, command: list[str] | None = None, output_limit: int = 65_536):
+        self._pool = pool
+        self._command = list(command) if command else [sys.executable, "-m", "recfleet_jobs"]
+        self._output_limit = output_limit
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, name: str) -> dict:
+        job_id = "job_" + secrets.token_hex(10)
+        async with self._pool.connection() as conn:
+            await conn.execute("INSERT INTO jobs (job_id, name, status) VALUES (%s, %s, 'queued')", (job_id, name))
+        task = asyncio.create_task(self._run(job_id, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        job = await self.get(job_id)
+        assert job is not None
+        return job
+
+    async def get(self, job_id: str) -> dict | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT job_id, name, status, output, created_at, finished_at FROM jobs WHERE job_id = %s", (job_id,)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip(("job_id", "name", "status", "output", "created_at", "finished_at"), row, strict=True))
+
+    async def _run(self, job_id: str, name: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute("UPDATE jobs SET status = 'running' WHERE job_id = %s", (job_id,))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command, name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            output, _ = await process.communicate()
+            status = "succeeded" if process.returncode == 0 else "failed"
+            # The tail holds the outcome and the error, if any.
+            text = output[-self._output_limit :].decode("utf-8", "replace")
+            if process.returncode:
+                text += f"\nexit status {process.returncode}"
+        except OSError as error:
+            status, text = "failed", f"could not start the job: {error}"
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE jobs SET status = %s, output = %s, finished_at = now() WHERE job_id = %s",
+                (status, text, job_id),
+            )
+        log.info("job finished", job_id=job_id, job=name, status=status)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,140 @@
+"""The gateway's outermost ASGI layer: request id, body size limit, response headers
+(`X-Request-ID`, `Recfleet-Tracks`, `RateLimit-*`), request metrics, and a problem+json
+answer for anything that escaped the handlers."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+from prometheus_client import Counter, Histogram
+from recfleet_runtime.context import deadline_var, new_request_id, request_id_var
+from recfleet_runtime.logging import get_logger
+from recfleet_runtime.metrics import LATENCY_BUCKETS
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .clients import tracks_header, tracks_var
+from .problems import PROBLEM_MEDIA_TYPE, problem_body
+
+log = get_logger("recfleet.gateway")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+REQUESTS = Counter("recfleet_gateway_requests_total", "REST requests, by route and status.", ["route", "status"])
+REQUEST_SECONDS = Histogram(
+    "recfleet_gateway_request_seconds", "REST request latency, by route.", ["route"], buckets=LATENCY_BUCKETS
+)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if REQUEST_ID_RE.match(incoming) else new_request_id()
+        tracks: dict[str, str] = {}
+        tokens = (request_id_var.set(request_id), tracks_var.set(tracks), deadline_var.set(None))
+        state = scope.setdefault("state", {})
+        state["ratelimit"] = None
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                out = MutableHeaders(scope=message)
+                out["X-Request-ID"] = request_id
+                if tracks:
+                    out["Recfleet-Tracks"] = tracks_header(tracks)
+                limit = state.get("ratelimit")
+                if limit is not None and "ratelimit-limit" not in out:
+                    out["RateLimit-Limit"] = str(limit.limit)
+                    out["RateLimit-Remaining"] = str(limit.remaining)
+                    out["RateLimit-Reset"] = str(limit.reset_seconds)
+            await send(message)
+
+        try:
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._too_large(send_with_headers)
+                status = 413
+                return
+            if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                receive = await self._buffered(receive)
+            await self.app(scope, receive, send_with_headers)
+        except BodyTooLarge:
+            if not response_started:
+                await self._too_large(send_with_headers)
+            status = 413
+        except Exception:
+            log.exception("unhandled error", path=scope.get("path"))
+            if not response_started:
+                body = problem_body(500, "internal error; quote the request id when reporting it")
+                await _send_problem(send_with_headers, 500, body)
+            status = 500
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            REQUESTS.labels(name, str(status)).inc()
+            REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+            for var, token in zip((request_id_var, tracks_var, deadline_var), tokens, strict=True):
+                var.reset(token)
+
+    async def _buffered(self, receive: Receive) -> Receive:
+        """Reads a body without Content-Length up to the limit, then replays it."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                raise BodyTooLarge
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+    async def _too_large(self, send: Send) -> None:
+        body = problem_body(413, f"the body exceeds {self.max_body_bytes} bytes")
+        await _send_problem(send, 413, body)
+
+
+async def _send_problem(send: Send, status: int, body: dict) -> None:
+    payload = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

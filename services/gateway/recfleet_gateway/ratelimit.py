@@ -1,0 +1,79 @@
+"""Rate limits per API key and per user: sliding windows in Redis (the `limits` library)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from .problems import Problem
+
+KEY_NAMESPACE = "key"
+USER_NAMESPACE = "user"
+
+
+@dataclass(frozen=True)
+class LimitState:
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+
+def storage_uri(redis_url: str) -> str:
+    """`redis://host/db` -> the async storage URI `limits` expects."""
+    for scheme in ("redis://", "rediss://", "unix://"):
+        if redis_url.startswith(scheme):
+            return "async+" + redis_url
+    return redis_url
+
+
+class RateLimiter:
+    """Checks and counts one hit against a key's limit and, when given, a user's limit."""
+
+    def __init__(self, redis_url: str, per_key: str, per_user: str, per_scope: dict[str, str] | None = None):
+        self._storage = RedisStorage(storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl")
+        self._strategy = SlidingWindowCounterRateLimiter(self._storage)
+        self._per_key = parse(per_key)
+        self._per_user = parse(per_user)
+        self._per_scope = {scope: parse(value) for scope, value in (per_scope or {}).items()}
+
+    def key_limit(self, scope: str) -> RateLimitItem:
+        return self._per_scope.get(scope, self._per_key)
+
+    async def _hit(self, item: RateLimitItem, namespace: str, identifier: str) -> LimitState:
+        allowed = await self._strategy.hit(item, namespace, identifier)
+        stats = await self._strategy.get_window_stats(item, namespace, identifier)
+        reset = max(1, math.ceil(stats.reset_time - time.time()))
+        state = LimitState(item.amount, max(0, stats.remaining), reset)
+        if not allowed:
+            raise Problem(
+                429,
+                f"rate limit of {item} per {namespace} exceeded; retry in {reset} s",
+                headers={
+                    "Retry-After": str(reset),
+                    "RateLimit-Limit": str(state.limit),
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": str(reset),
+                },
+                limit=str(item),
+                scope=namespace,
+            )
+        return state
+
+    async def check(self, key_id: str, scope: str, user_id: str | None) -> LimitState:
+        """Counts one request; raises a 429 Problem when a limit is exhausted. Returns the
+        tightest state, for the `RateLimit-*` headers of a successful response."""
+        state = await self._hit(self.key_limit(scope), KEY_NAMESPACE, key_id)
+        if user_id:
+            user_state = await self._hit(self._per_user, USER_NAMESPACE, user_id)
+            if user_state.remaining < state.remaining:
+                state = user_state
+        return state
+
+    async def forget_user(self, user_id: str) -> None:
+        """Removes the user's counters (erasure)."""
+        await self._strategy.clear(self._per_user, USER_NAMESPACE, user_id)

@@ -1,0 +1,201 @@
+"""The recommendation path through the REST API against the scripted fleet."""
+
+from __future__ import annotations
+
+import redis
+from recfleet_store import keys
+
+
+async def test_warm_user_gets_ranked_unseen_items_with_headers(client):
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-1", "limit": 10})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["user_id"] == "warm-1"
+    assert [item["rank"] for item in body["items"]] == list(range(1, 11))
+    assert not {"m1", "m2"} & {item["item_id"] for item in body["items"]}
+    assert body["served_by"] == "rules"
+    assert body["cold_start"] is False
+    assert body["degraded"] == []
+    assert body["model_version"] == "als-20261123T000000Z+rules"
+    assert body["request_id"] == reply.headers["X-Request-ID"]
+    assert body["experiment"] is None
+    assert "explanation" not in body["items"][0]
+    assert reply.headers["Recfleet-Tracks"] == "candidate-gen=stable, ranking=stable, feature-store=stable"
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_incoming_request_id_is_honoured(client):
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-1"}, headers={"X-Request-ID": "abc-123"})
+    assert reply.headers["X-Request-ID"] == "abc-123"
+    assert reply.json()["request_id"] == "abc-123"
+
+
+async def test_explain_adds_explanations(client):
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-1", "explain": "true"})).json()
+    explanation = body["items"][0]["explanation"]
+    assert set(explanation) == {"candidate_score", "ranker_contributions", "rules"}
+    assert explanation["candidate_score"] == body["items"][0]["score"]
+
+
+async def test_exclude_and_category_reach_ranking(client, fleet):
+    reply = await client.get(
+        "/v1/recommendations", params={"user_id": "warm-1", "exclude": "m3,m4", "category": "comedy"}
+    )
+    body = reply.json()
+    ids = {item["item_id"] for item in body["items"]}
+    assert not ids & {"m3", "m4"}
+    request = fleet.ranking.servicer.requests[-1]
+    assert {"m1", "m2", "m3", "m4"} <= set(request.constraints.seen_item_ids)
+    assert request.category == "comedy"
+
+
+async def test_cold_start_user_gets_onboarding_candidates(client, fleet):
+    put = await client.put(
+        "/v1/users/new-1/profile", json={"preferred_categories": ["comedy"], "liked_items": ["m7"], "age": 30}
+    )
+    assert put.status_code == 200, put.text
+    body = (await client.get("/v1/recommendations", params={"user_id": "new-1"})).json()
+    assert body["cold_start"] is True
+    assert body["model_version"] == "cold-start+rules"
+    sources = {c.source for c in fleet.ranking.servicer.requests[-1].candidates}
+    assert {"popular", "similar", "trending"} <= sources
+    assert "GetPopularItems:all:comedy" in fleet.features.servicer.calls
+
+
+async def test_cache_hit_then_miss_after_invalidation(client, fleet, redis_url):
+    params = {"user_id": "warm-2", "limit": 5}
+    first = (await client.get("/v1/recommendations", params=params)).json()
+    ranks_before = len(fleet.ranking.servicer.requests)
+    second_reply = await client.get("/v1/recommendations", params=params)
+    second = second_reply.json()
+    assert len(fleet.ranking.servicer.requests) == ranks_before, "a repeat must be served from the cache"
+    assert second["items"] == first["items"]
+    assert second["request_id"] != first["request_id"]
+    assert "Recfleet-Tracks" not in second_reply.headers
+    redis.Redis.from_url(redis_url).delete(keys.result_cache("warm-2"))
+    await client.get("/v1/recommendations", params=params)
+    assert len(fleet.ranking.servicer.requests) == ranks_before + 1
+    metrics = (await client.get("/metrics")).text
+    assert 'recfleet_gateway_cache_requests_total{result="hit"}' in metrics
+
+
+async def test_new_events_invalidate_the_users_cache(client, fleet):
+    params = {"user_id": "warm-3", "limit": 5}
+    await client.get("/v1/recommendations", params=params)
+    before = len(fleet.ranking.servicer.requests)
+    posted = await client.post("/v1/events", json={"events": [{"user_id": "warm-3", "item_id": "m9", "type": "click"}]})
+    assert posted.status_code == 202
+    await client.get("/v1/recommendations", params=params)
+    assert len(fleet.ranking.servicer.requests) == before + 1
+
+
+async def test_cursor_pages_never_repeat_items(client):
+    seen: list[str] = []
+    params = {"user_id": "warm-4", "limit": 7}
+    reply = await client.get("/v1/recommendations", params=params)
+    pages = 0
+    while True:
+        body = reply.json()
+        assert reply.status_code == 200, body
+        seen.extend(item["item_id"] for item in body["items"])
+        assert [item["rank"] for item in body["items"]] == list(
+            range(len(seen) - len(body["items"]) + 1, len(seen) + 1)
+        )
+        pages += 1
+        if body["next_cursor"] is None:
+            break
+        reply = await client.get("/v1/recommendations", params={**params, "cursor": body["next_cursor"]})
+    assert pages > 2
+    assert len(seen) == len(set(seen))
+    assert len(seen) == 58  # every catalog item but the two seen ones
+
+
+async def test_cursor_bound_to_its_parameters_and_signed(client):
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-5", "limit": 5})).json()
+    cursor = body["next_cursor"]
+    other = await client.get("/v1/recommendations", params={"user_id": "warm-5", "category": "drama", "cursor": cursor})
+    assert other.status_code == 400
+    assert other.json()["errors"][0]["field"] == "query.cursor"
+    forged = await client.get("/v1/recommendations", params={"user_id": "warm-5", "cursor": cursor[:-4] + "AAAA"})
+    assert forged.status_code == 400
+
+
+async def test_a_page_survives_cache_invalidation(client, redis_url):
+    params = {"user_id": "warm-6", "limit": 5}
+    first = (await client.get("/v1/recommendations", params=params)).json()
+    redis.Redis.from_url(redis_url).delete(keys.result_cache("warm-6"))
+    second = (await client.get("/v1/recommendations", params={**params, "cursor": first["next_cursor"]})).json()
+    assert second["items"][0]["rank"] == 6
+    assert not {i["item_id"] for i in first["items"]} & {i["item_id"] for i in second["items"]}
+
+
+async def test_a_down_shard_gives_partial_results_named_in_degraded(client, fleet):
+    await fleet.shards[1].stop()
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-7", "limit": 50})
+    body = reply.json()
+    assert reply.status_code == 200, body
+    assert body["degraded"] == ["candidate-gen-shard-1-unavailable"]
+    owned_by_zero = set(fleet.shards[0].servicer.items)
+    assert {item["item_id"] for item in body["items"]} <= owned_by_zero
+    assert body["items"]
+
+
+async def test_ranking_down_serves_popular_items_without_seen_or_blocked(client, fleet):
+    await client.put("/v1/users/warm-8/profile", json={"blocked_categories": ["drama"]})
+    fleet.ranking.servicer.failing = __import__("grpc").StatusCode.UNAVAILABLE
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-8", "limit": 10})).json()
+    assert body["served_by"] == "popular"
+    assert body["degraded"] == ["ranking-unavailable"]
+    ids = [item["item_id"] for item in body["items"]]
+    assert len(ids) == 10
+    assert not {"m1", "m2"} & set(ids)
+    from gateway_scripted_fleet import category_of
+
+    assert all(category_of(i) != "drama" for i in ids)
+    assert all(item["source"] == "popular" for item in body["items"])
+
+
+async def test_feature_store_timeout_gives_defaults_and_says_so(app, client, fleet):
+    app.state.gateway.fleet.feature_store.stable.timeout = 0.05
+    fleet.features.servicer.user_features_delay = 0.5
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-10"})
+    body = reply.json()
+    assert reply.status_code == 200, body
+    assert body["degraded"] == ["feature-store-timeout"]
+    assert body["cold_start"] is True
+    assert body["items"]
+
+
+async def test_everything_down_is_a_503_problem(client, fleet):
+    await fleet.features.stop()
+    await fleet.ranking.stop()
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-9"})
+    assert reply.status_code == 503
+    assert reply.headers["content-type"] == "application/problem+json"
+    body = reply.json()
+    assert body["status"] == 503 and body["request_id"] == reply.headers["X-Request-ID"]
+
+
+async def test_similar_items_merge_across_shards(client, fleet):
+    reply = await client.get("/v1/items/m10/similar", params={"limit": 10})
+    body = reply.json()
+    assert reply.status_code == 200, body
+    ids = [item["item_id"] for item in body["items"]]
+    assert "m10" not in ids and len(ids) == 10
+    shards_with_results = {s for s in (0, 1) if set(ids) & set(fleet.shards[s].servicer.items)}
+    assert shards_with_results == {0, 1}
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_similar_unknown_item_is_404(client):
+    reply = await client.get("/v1/items/nope/similar")
+    assert reply.status_code == 404
+    assert reply.json()["type"].endswith("item-not-found")
+
+
+async def test_popular_by_category(client):
+    body = (await client.get("/v1/popular", params={"category": "action", "limit": 3, "window": "7d"})).json()
+    assert [item["rank"] for item in body["items"]] == [1, 2, 3]
+    assert body["window"] == "7d"
