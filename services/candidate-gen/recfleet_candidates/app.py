@@ -36,6 +36,7 @@ class CandidateApp:
             settings.sanity_sample,
             settings.min_sanity_recall,
             settings.search_threads,
+            settings.keep_previous_seconds,
         )
         self.registry = RegistryReader(settings.postgres_dsn)
         self.service = GrpcService("candidate-gen", settings, [SERVICE_NAME])

@@ -49,6 +49,7 @@ class ServedIndex:
         sanity_sample: int,
         min_sanity_recall: float,
         search_threads: int = 1,
+        keep_previous_seconds: float = 0.0,
     ):
         self.shard = shard
         self.shard_count = shard_count
@@ -56,7 +57,12 @@ class ServedIndex:
         self._sanity_sample = sanity_sample
         self._min_recall = min_sanity_recall
         self._threads = search_threads
+        self._keep_previous = keep_previous_seconds
         self.current: LoadedShard | None = None
+        # The version swapped out, still answering requests pinned to it until the
+        # deadline, so a fleet mid-way through a swap never has to mix versions.
+        self._previous: LoadedShard | None = None
+        self._previous_until = 0.0
         self.last_reload = ""
         self.refused_version = ""
         self.refused_at = 0.0
@@ -94,8 +100,11 @@ class ServedIndex:
             if self.current is not None and self.current.version == version:
                 return True
             started = time.perf_counter()
+            kept = self.for_version(version)
             try:
-                loaded = await asyncio.to_thread(self._prepare, version)
+                # Going back to the version just swapped out (a rollback) needs no reload:
+                # it passed every check when it was loaded.
+                loaded = kept if kept is not None else await asyncio.to_thread(self._prepare, version)
             except ShardRejected as error:
                 return self._refuse(version, error.reason)
             except Exception as error:  # an unreadable store must not take the shard down
@@ -103,6 +112,10 @@ class ServedIndex:
                 return self._refuse(version, f"load failed: {type(error).__name__}: {error}")
             previous = self.current
             self.current = loaded
+            if previous is not None and self._keep_previous > 0:
+                self._previous, self._previous_until = previous, time.monotonic() + self._keep_previous
+            else:
+                self._previous = None
             self.last_reload = "ok"
             self.refused_version = ""
             metrics.RELOADS.labels(self._label, "ok").inc()
@@ -119,6 +132,19 @@ class ServedIndex:
                 seconds=round(time.perf_counter() - started, 3),
             )
             return True
+
+    def for_version(self, version: str) -> LoadedShard | None:
+        """The loaded shard of `version`: the current one, or the one just swapped out
+        while its grace period lasts; None otherwise."""
+        current = self.current
+        if current is not None and current.version == version:
+            return current
+        previous = self._previous
+        if previous is not None and previous.version == version:
+            if time.monotonic() < self._previous_until:
+                return previous
+            self._previous = None
+        return None
 
     def _refuse(self, version: str, reason: str) -> bool:
         self.last_reload = reason

@@ -36,13 +36,17 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
         self._label = str(index.shard)
 
     async def _served(self, requested_version: str, context: grpc.aio.ServicerContext) -> LoadedShard:
-        shard = self.index.current
-        if shard is None:
+        """The shard that answers: the current one, or the pinned version when still loaded."""
+        current = self.index.current
+        if current is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {self.index.shard} has no index loaded yet")
-        if requested_version and requested_version != shard.version:
+        if not requested_version:
+            return current
+        shard = self.index.for_version(requested_version)
+        if shard is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"model_version: shard {self.index.shard} serves {shard.version}, not {requested_version}",
+                f"model_version: shard {self.index.shard} serves {current.version}, not {requested_version}",
             )
         return shard
 

@@ -23,3 +23,6 @@ class CandidateSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
     # Flat (exact) shards up to this many items are searched on the event loop (well under
     # a millisecond); larger ones in a worker thread.
     inline_search_max_flat_items: int = 50_000
+    # Seconds the version swapped out keeps answering requests pinned to it, while the
+    # other shards of the fleet finish their own swap.
+    keep_previous_seconds: float = 30.0

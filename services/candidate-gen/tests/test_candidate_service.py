@@ -143,19 +143,21 @@ async def test_hot_swap_under_concurrent_queries_has_no_failed_call(catalog, wai
     query = np.random.default_rng(3).standard_normal(16).astype(np.float32)
     expected_v2 = [ids[row] for row in np.argsort(-(second @ query))[:5]]
     async with catalog.shard_server(0, shard_count=1) as s:
-        failures, versions, stop = [], [], asyncio.Event()
+        failures, versions, pinned_versions, stop = [], [], [], asyncio.Event()
 
-        async def client():
+        async def client(pin: str = ""):
             while not stop.is_set():
                 try:
                     reply = await s.stub.Retrieve(
-                        candidates_pb2.RetrieveRequest(query_vector=query.tolist(), k=5), timeout=5
+                        candidates_pb2.RetrieveRequest(query_vector=query.tolist(), k=5, model_version=pin), timeout=5
                     )
-                    versions.append(reply.model_version)
+                    (pinned_versions if pin else versions).append(reply.model_version)
                 except grpc.aio.AioRpcError as error:
                     failures.append(error)
 
-        clients = [asyncio.create_task(client()) for _ in range(4)]
+        # A request pinned to the old version keeps being answered from it while the rest
+        # of a fleet would still be swapping.
+        clients = [asyncio.create_task(client()) for _ in range(3)] + [asyncio.create_task(client("als-v1"))]
         await asyncio.sleep(0.2)
         catalog.promote("als-v2")
 
@@ -169,6 +171,7 @@ async def test_hot_swap_under_concurrent_queries_has_no_failed_call(catalog, wai
         assert failures == []
         assert versions[0] == "als-v1" and versions[-1] == "als-v2"
         assert versions.index("als-v2") > 0 and "als-v1" not in versions[versions.index("als-v2") :]
+        assert pinned_versions and set(pinned_versions) == {"als-v1"}
         reply = await s.stub.Retrieve(candidates_pb2.RetrieveRequest(query_vector=query.tolist(), k=5), timeout=5)
         assert [item.item_id for item in reply.items] == expected_v2
 
