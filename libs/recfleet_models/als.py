@@ -42,8 +42,10 @@ class ALSParams:
 
     factors: int = 64
     iterations: int = 15
-    regularization: float = 0.05
-    alpha: float = 20.0
+    # Chosen by `recfleet-jobs tune-als` (docs/evaluation.md): implicit does not scale the
+    # penalty by a user's interaction count, so MovieLens needs a large one.
+    regularization: float = 30.0
+    alpha: float = 2.0
     random_state: int = 42
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     rating_offset: float = 2.5

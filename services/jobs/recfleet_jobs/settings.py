@@ -13,8 +13,8 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, BaseSetting
     # ALS hyper-parameters.
     als_factors: int = 64
     als_iterations: int = 15
-    als_regularization: float = 0.05
-    als_alpha: float = 20.0
+    als_regularization: float = 30.0
+    als_alpha: float = 2.0
     # Rating weight = max(0, stars - offset) + 1; see recfleet_models.als.
     als_rating_offset: float = 2.5
     # none, bm25 or tfidf re-weighting of the interaction matrix.

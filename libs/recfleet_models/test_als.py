@@ -1,0 +1,107 @@
+"""ALS on tiny matrices whose right answer is known."""
+
+import numpy as np
+import pytest
+
+from recfleet_models.als import ALSParams, build_interaction_matrix, event_weight, fit_als, top_k, top_k_batch
+
+# Two taste groups that never touch: users u0-u9 use items a0-a5, users v0-v9 items b0-b5.
+GROUP_A = [f"a{i}" for i in range(6)]
+GROUP_B = [f"b{i}" for i in range(6)]
+
+
+def _two_groups():
+    users, items, types, values = [], [], [], []
+    rng = np.random.default_rng(0)
+    for prefix, group in (("u", GROUP_A), ("v", GROUP_B)):
+        for n in range(10):
+            liked = rng.choice(group, size=4, replace=False)
+            for item in liked:
+                users.append(f"{prefix}{n}")
+                items.append(str(item))
+                types.append("purchase")
+                values.append(None)
+    return users, items, types, values
+
+
+def test_each_user_is_recommended_items_of_its_own_group():
+    params = ALSParams(factors=2, iterations=20, regularization=0.1, alpha=2.0)
+    matrix, user_index, item_index = build_interaction_matrix(*_two_groups(), params)
+    model = fit_als(matrix, params, user_index, item_index)
+    for user in user_index:
+        row = model.user_row(user)
+        seen = matrix[row].indices
+        best, scores = model.recommend(row, 1, exclude=seen)
+        unseen_group = GROUP_A if user.startswith("u") else GROUP_B
+        assert model.item_ids[best[0]] in unseen_group
+        assert model.item_ids[best[0]] not in {model.item_ids[i] for i in seen}
+
+
+def test_similar_items_stay_in_their_group():
+    params = ALSParams(factors=2, iterations=20, regularization=0.1, alpha=2.0)
+    matrix, user_index, item_index = build_interaction_matrix(*_two_groups(), params)
+    model = fit_als(matrix, params, user_index, item_index)
+    similar, _ = model.similar_items(model.item_row("a0"), 3)
+    assert {model.item_ids[i] for i in similar} <= set(GROUP_A) - {"a0"}
+
+
+def test_batch_recommendations_match_single_ones():
+    params = ALSParams(factors=2, iterations=10, regularization=0.1, alpha=2.0)
+    matrix, user_index, item_index = build_interaction_matrix(*_two_groups(), params)
+    model = fit_als(matrix, params, user_index, item_index)
+    rows = np.arange(len(user_index))
+    batch = model.recommend_batch(rows, 1, matrix)
+    for row in rows:
+        single, _ = model.recommend(row, 1, exclude=matrix[row].indices)
+        assert batch[row].tolist() == single.tolist()
+
+
+def test_weights_by_type_and_rating_value():
+    params = ALSParams()
+    assert event_weight("purchase", None, params) == 5.0
+    assert event_weight("view", None, params) == 1.0
+    assert event_weight("dislike", None, params) == 0.0
+    assert event_weight("unknown-type", None, params) == 0.0
+    assert event_weight("rating", 5.0, params) == 3.5
+    assert event_weight("rating", 1.0, params) == 1.0
+    assert event_weight("rating", None, params) == 0.0
+
+
+def test_matrix_sums_repeats_and_drops_zero_weight_events():
+    matrix, users, items = build_interaction_matrix(
+        ["1", "1", "1", "2"], ["x", "x", "y", "z"], ["view", "click", "dislike", "dislike"], [None] * 4, ALSParams()
+    )
+    assert users == ["1"]  # user 2 only disliked: no row
+    assert items == ["x"]
+    assert matrix.toarray().tolist() == [[3.0]]
+
+
+def test_bm25_weighting_trains():
+    params = ALSParams(factors=4, iterations=5, weighting="bm25", alpha=1.0)
+    matrix, user_index, item_index = build_interaction_matrix(*_two_groups(), params)
+    model = fit_als(matrix, params, user_index, item_index)
+    assert model.item_factors.shape == (12, 4)
+    assert model.item_factors.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(factors=0), dict(iterations=0), dict(regularization=-1), dict(alpha=0), dict(weighting="idf")],
+)
+def test_invalid_params_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        ALSParams(**kwargs)
+
+
+def test_empty_matrix_is_refused():
+    matrix, users, items = build_interaction_matrix([], [], [], [], ALSParams())
+    with pytest.raises(ValueError, match="empty"):
+        fit_als(matrix, ALSParams())
+
+
+def test_top_k_orders_and_excludes():
+    order, scores = top_k(np.array([0.1, 0.9, 0.5, 0.7]), 2, exclude=[1])
+    assert order.tolist() == [3, 2]
+    assert scores.tolist() == [0.7, 0.5]
+    best = top_k_batch(np.array([[1.0, 2.0, 3.0]]), 5)
+    assert best.tolist() == [[2, 1, 0, -1, -1]]

@@ -1,0 +1,181 @@
+"""`recfleet-jobs evaluate` and `recfleet-jobs tune-als`: the offline evaluation harness.
+
+`evaluate` splits a MovieLens directory with a named protocol (recfleet_models.protocols),
+fits a model on the train part (or loads an ALS version from the artifact store) and
+prints the metrics as JSON. `tune-als` grid-searches ALS hyper-parameters on a validation
+split carved from the train part only (the test part is never looked at) and prints a
+table; `--report-test` then scores the best setting once on the test part.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+from recfleet_models.als import WEIGHTINGS, ALSParams
+from recfleet_models.data import FORMATS, read_movielens
+from recfleet_models.evaluation import AlsRecommender, PopularRecommender, evaluate
+from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
+from recfleet_store.artifacts import open_artifact_store
+from rich.console import Console
+from rich.table import Table
+
+from .als import load_model, settings_params
+from .settings import JobSettings
+
+MODELS = ("popular", "als")
+# The documented search space of tune-als (docs/evaluation.md).
+GRID = {
+    "factors": (64, 128),
+    "regularization": (10.0, 30.0, 60.0),
+    "alpha": (1.0, 2.0, 4.0),
+    "iterations": (15,),
+}
+
+
+def _choice(value: str, allowed: tuple[str, ...], hint: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=hint)
+    return value
+
+
+def _load_split(dataset: str, fmt: str, protocol: str):
+    _choice(fmt, FORMATS, "--format")
+    _choice(protocol, PROTOCOLS, "--protocol")
+    if not Path(dataset).is_dir():
+        raise typer.BadParameter(f"{dataset} is not a directory", param_hint="--dataset")
+    try:
+        data = read_movielens(dataset, fmt)
+    except (FileNotFoundError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from error
+    return make_split(data.ratings, protocol)
+
+
+def evaluate_command(
+    dataset: str = typer.Option(..., help="MovieLens directory, e.g. data/ml-latest-small or ../shared/datasets/ml-100k"),
+    fmt: str = typer.Option(..., "--format", help=f"one of {', '.join(FORMATS)}"),
+    protocol: str = typer.Option(..., help=f"one of {', '.join(PROTOCOLS)}"),
+    model: str = typer.Option("als", help=f"one of {', '.join(MODELS)}"),
+    version: str = typer.Option("", help="als: evaluate this version from the artifact store instead of training"),
+    k: int = typer.Option(10, min=1, help="list length"),
+    factors: int | None = typer.Option(None, min=1),
+    iterations: int | None = typer.Option(None, min=1),
+    regularization: float | None = typer.Option(None, min=0.0),
+    alpha: float | None = typer.Option(None),
+    rating_offset: float | None = typer.Option(None),
+    weighting: str | None = typer.Option(None, help=f"one of {', '.join(WEIGHTINGS)}"),
+) -> None:
+    """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
+    _choice(model, MODELS, "--model")
+    split = _load_split(dataset, fmt, protocol)
+    settings = JobSettings()
+    started = time.perf_counter()
+    details: dict = {}
+    if model == "popular":
+        recommender = PopularRecommender()
+    elif version:
+        try:
+            loaded = load_model(open_artifact_store(settings.artifact_url), version)
+        except (FileNotFoundError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="--version") from error
+        if not all(item.isdigit() for item in loaded.item_ids):
+            raise typer.BadParameter(f"version {version!r} was not trained on MovieLens ids", param_hint="--version")
+        recommender = AlsRecommender(loaded.params, loaded)
+        details = {"version": version, "params": loaded.params.as_dict()}
+    else:
+        try:
+            params = settings_params(
+                settings, factors=factors, iterations=iterations, regularization=regularization, alpha=alpha,
+                rating_offset=rating_offset, weighting=weighting,
+            )
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+        recommender = AlsRecommender(params)
+        details = {"params": params.as_dict()}
+    metrics = evaluate(split, recommender, k)
+    out = {
+        "dataset": fmt,
+        "protocol": protocol,
+        "model": model,
+        **metrics.as_dict(),
+        "train_ratings": len(split.train),
+        "test_ratings": len(split.test),
+        "seconds": round(time.perf_counter() - started, 2),
+        **details,
+    }
+    typer.echo(json.dumps(out, indent=2))
+
+
+def _floats(text: str, hint: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers", param_hint=hint) from error
+    if not values:
+        raise typer.BadParameter("at least one value is needed", param_hint=hint)
+    return values
+
+
+def tune_als_command(
+    dataset: str = typer.Option(..., help="MovieLens directory"),
+    fmt: str = typer.Option(..., "--format", help=f"one of {', '.join(FORMATS)}"),
+    protocol: str = typer.Option("recommenders-ml100k", help=f"one of {', '.join(PROTOCOLS)}"),
+    factors: str = typer.Option(",".join(map(str, GRID["factors"])), help="comma-separated grid"),
+    regularization: str = typer.Option(",".join(map(str, GRID["regularization"])), help="comma-separated grid"),
+    alpha: str = typer.Option(",".join(map(str, GRID["alpha"])), help="comma-separated grid"),
+    iterations: str = typer.Option(",".join(map(str, GRID["iterations"])), help="comma-separated grid"),
+    weighting: str = typer.Option("none", help=f"one of {', '.join(WEIGHTINGS)}"),
+    k: int = typer.Option(10, min=1),
+    report_test: bool = typer.Option(False, "--report-test", help="score the best setting once on the test part"),
+) -> None:
+    """Grid-search ALS on a validation split carved from the train part; prints a table."""
+    _choice(weighting, WEIGHTINGS, "--weighting")
+    split = _load_split(dataset, fmt, protocol)
+    validation = tuning_split(split)
+    grid = list(
+        itertools.product(
+            [int(v) for v in _floats(factors, "--factors")],
+            _floats(regularization, "--regularization"),
+            _floats(alpha, "--alpha"),
+            [int(v) for v in _floats(iterations, "--iterations")],
+        )
+    )
+    console = Console(file=sys.stderr)
+    rows = []
+    with console.status("tuning") as status:
+        for n, (f, reg, a, it) in enumerate(grid, start=1):
+            status.update(f"tuning {n}/{len(grid)}: factors={f} regularization={reg} alpha={a} iterations={it}")
+            params = ALSParams(factors=f, regularization=reg, alpha=a, iterations=it, weighting=weighting)
+            started = time.perf_counter()
+            metrics = evaluate(validation, AlsRecommender(params), k)
+            rows.append((params, metrics, time.perf_counter() - started))
+    rows.sort(key=lambda row: row[1].ndcg, reverse=True)
+    table = Table(title=f"ALS grid on {fmt} / {validation.protocol} (k={k}), best first")
+    for column in ("factors", "regularization", "alpha", "iterations", f"ndcg@{k}", f"precision@{k}",
+                   f"recall@{k}", f"map@{k}", "seconds"):
+        table.add_column(column, justify="right")
+    for params, metrics, seconds in rows:
+        table.add_row(
+            str(params.factors), f"{params.regularization:g}", f"{params.alpha:g}", str(params.iterations),
+            f"{metrics.ndcg:.4f}", f"{metrics.precision:.4f}", f"{metrics.recall:.4f}", f"{metrics.map:.4f}",
+            f"{seconds:.1f}",
+        )
+    Console(width=140).print(table)
+    best = rows[0][0]
+    summary = {
+        "best": {"factors": best.factors, "regularization": best.regularization, "alpha": best.alpha,
+                 "iterations": best.iterations, "weighting": best.weighting},
+        "validation": rows[0][1].as_dict(),
+    }
+    if report_test:
+        summary["test"] = evaluate(split, AlsRecommender(best), k).as_dict()
+    typer.echo(json.dumps(summary))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)
+    app.command("tune-als")(tune_als_command)
