@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import structlog
+from kafka.errors import KafkaError
 from psycopg_pool import AsyncConnectionPool
-from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
-
 from recfleet.ingest.v1 import ingest_pb2_grpc
 from recfleet_runtime.grpcserver import GrpcService
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from .adapters.postgres import ErasureStore
 from .adapters.producer import EventProducer
@@ -46,11 +47,13 @@ class IngestApi:
                 wait=wait_exponential(multiplier=0.2, max=2.0), stop=stop_after_delay(self.warm_up_seconds), reraise=True
             ):
                 with attempt:
-                    await asyncio.to_thread(ensure_fleet_topics, self.settings)
                     await asyncio.to_thread(self.producer.connect)
+                    await asyncio.to_thread(
+                        ensure_fleet_topics, self.settings, self.settings.produce_timeout_seconds
+                    )
                     await self.pool.open(wait=True, timeout=10)
                     self.erased.replace(await self.servicer.erasures.erased_users())
-        except Exception as error:
+        except (KafkaError, psycopg.Error, OSError) as error:
             log.error("warm-up failed", error=str(error))
             return False
         return True
@@ -60,7 +63,7 @@ class IngestApi:
             await asyncio.sleep(self.settings.erased_refresh_seconds)
             try:
                 self.erased.replace(await self.servicer.erasures.erased_users())
-            except Exception as error:
+            except psycopg.Error as error:
                 log.warning("erased users not refreshed", error=str(error))
 
     async def close(self) -> None:

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable
 
 import structlog
-
 from recfleet_runtime.logging import configure_logging
 from recfleet_runtime.metrics import start_metrics_server
 from recfleet_store.kafka import ensure_topics, fleet_topics
@@ -17,10 +16,11 @@ from .settings import IngestSettings
 log = structlog.get_logger("recfleet.ingest")
 
 
-def ensure_fleet_topics(settings: IngestSettings) -> None:
+def ensure_fleet_topics(settings: IngestSettings, timeout: float = 30.0) -> None:
     ensure_topics(
         settings.kafka_bootstrap_servers,
         fleet_topics(settings.events_topic, settings.dead_letter_topic, settings.users_topic),
+        timeout=timeout,
     )
 
 

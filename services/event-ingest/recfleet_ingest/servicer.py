@@ -11,7 +11,6 @@ import psycopg
 import structlog
 from google.protobuf import json_format
 from prometheus_client import Counter
-
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet_runtime.context import request_id_var
 

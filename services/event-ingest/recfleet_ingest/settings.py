@@ -1,7 +1,6 @@
 """event-ingest settings (env prefix RECFLEET_INGEST_), for the API and both consumers."""
 
 from pydantic_settings import SettingsConfigDict
-
 from recfleet_runtime.settings import KafkaSettings, PostgresSettings, RedisSettings, ServiceSettings
 
 

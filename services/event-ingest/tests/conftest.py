@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from recfleet.ingest.v1 import ingest_pb2_grpc
 from recfleet_ingest.app import IngestApi
 from recfleet_ingest.settings import IngestSettings
@@ -69,7 +68,7 @@ class RoleThread:
     def _main(self, run, settings):
         try:
             run(settings, self.stop)
-        except BaseException as error:  # surfaced by close()
+        except Exception as error:  # noqa: BLE001 - surfaced by close()
             self.errors.append(error)
 
     def close(self) -> None:

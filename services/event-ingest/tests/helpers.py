@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from recfleet.ingest.v1 import ingest_pb2
 
 

@@ -10,7 +10,6 @@ import grpc
 import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-
 from recfleet.ingest.v1 import ingest_pb2
 from recfleet_ingest import sink
 

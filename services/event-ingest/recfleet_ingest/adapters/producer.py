@@ -26,6 +26,7 @@ def producer_config(bootstrap: str, timeout_seconds: float) -> dict:
     timeout_ms = int(timeout_seconds * 1000)
     return {
         "bootstrap_servers": bootstrap,
+        "bootstrap_timeout_ms": max(1000, timeout_ms),
         "acks": "all",
         "enable_idempotence": True,
         "retries": 5,

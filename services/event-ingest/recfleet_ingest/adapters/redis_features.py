@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import redis
-
 from recfleet_store import keys
 
 from ..features import FeatureUpdates, ItemState, UserState

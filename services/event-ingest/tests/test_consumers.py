@@ -1,0 +1,106 @@
+"""The consumer roles over the real broker, Postgres and Redis: real-time features,
+erasure, and the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import orjson
+import pytest
+import redis
+from kafka import KafkaProducer
+from recfleet.ingest.v1 import ingest_pb2
+from recfleet_ingest import realtime, sink
+from recfleet_ingest.roles import ensure_fleet_topics
+from recfleet_ingest.servicer import event_fields
+from recfleet_ingest.validation import validate_event
+from recfleet_store import keys
+
+from .helpers import count_rows, event, wait_until
+from .test_ingest_api import read_topic
+
+
+async def test_realtime_updater_fills_seen_recent_counters_and_drops_the_cache(api, settings, start_role):
+    _, stub = api
+    client = redis.Redis.from_url(settings.redis_url)
+    client.hset(keys.item("m1"), mapping={"categories": orjson.dumps(["Drama", "War"])})
+    client.hset(keys.item("m2"), mapping={"categories": orjson.dumps(["Drama"])})
+    client.hset(keys.user("u1"), mapping={"interaction_count": 5, "category_counts": orjson.dumps({"Comedy": 2})})
+    client.hset(keys.result_cache("u1"), "digest", b"{}")
+
+    base = datetime.now(UTC).replace(microsecond=0)
+    events = [event("u1", "m1", at=base - timedelta(seconds=30)), event("u1", "m2", at=base - timedelta(seconds=20)),
+              event("u1", "m3", at=base - timedelta(seconds=10))]
+    assert (await stub.Ingest(ingest_pb2.IngestRequest(events=events), timeout=10)).accepted == 3
+
+    start_role(realtime.run, settings)
+    assert await asyncio.to_thread(wait_until, lambda: client.scard(keys.user_seen("u1")) == 3)
+    assert await asyncio.to_thread(wait_until, lambda: client.hget(keys.item("m3"), "interaction_count") == b"1")
+    assert client.lrange(keys.user_recent("u1"), 0, -1) == [b"m3", b"m2", b"m1"]
+    user = client.hgetall(keys.user("u1"))
+    assert orjson.loads(user[b"interaction_count"]) == 8
+    assert orjson.loads(user[b"category_counts"]) == {"Comedy": 2, "Drama": 2, "War": 1}
+    assert orjson.loads(user[b"last_seen_at"]) == int((base - timedelta(seconds=10)).timestamp())
+    assert orjson.loads(client.hget(keys.item("m1"), "interaction_count")) == 1
+    assert not client.exists(keys.result_cache("u1"))
+    client.close()
+
+
+async def test_erasure_removes_events_writes_a_tombstone_and_drops_later_events(api, settings, start_role):
+    ingest, stub = api
+    start_role(sink.run, settings)
+    dsn = settings.postgres_dsn
+    await stub.Ingest(ingest_pb2.IngestRequest(events=[event("eve", f"i{i}") for i in range(5)]
+                                               + [event("bob", "i1")]), timeout=10)
+    assert await asyncio.to_thread(wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events") == 6)
+
+    reply = await stub.EraseUser(ingest_pb2.EraseUserRequest(user_id="eve", receipt_id="r-1"), timeout=10)
+    assert reply.events_removed == 5 and reply.tombstone_written
+    assert count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'eve'") == 0
+    assert count_rows(dsn, "SELECT count(*) FROM event_ids WHERE user_id = 'eve'") == 0
+    tombstones = await asyncio.to_thread(read_topic, settings.kafka_bootstrap_servers, settings.users_topic, 1)
+    assert [(r.key, r.value) for r in tombstones] == [(b"eve", None)]
+
+    mixed = await stub.Ingest(ingest_pb2.IngestRequest(events=[event("eve", "i9"), event("bob", "i2")]), timeout=10)
+    assert mixed.accepted == 1
+    assert [(r.index, r.field, r.error) for r in mixed.rejected] == [(0, "user_id", "user erased")]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Ingest(ingest_pb2.IngestRequest(events=[event("eve", "i9")]), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # An event of eve that reached the topic anyway (sent before the erasure, or by
+    # another API replica that has not refreshed yet) is dropped by the sink.
+    late = ingest_pb2.Event(event_id=str(uuid.uuid4()), user_id="eve", item_id="i7", type="view")
+    record = validate_event(event_fields(late), datetime.now(UTC)).to_json()
+    await asyncio.to_thread(ingest.producer.send_and_wait, settings.events_topic, [("eve", record)])
+    assert await asyncio.to_thread(
+        wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'bob'") == 2
+    )
+    await asyncio.sleep(1.0)
+    assert count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'eve'") == 0
+
+
+async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(settings, start_role):
+    await asyncio.to_thread(ensure_fleet_topics, settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    good = {"event_id": str(uuid.uuid4()), "user_id": "u1", "item_id": "i1", "type": "view",
+            "timestamp": "2026-01-01T00:00:00Z"}
+    producer.send(settings.events_topic, key=b"u1", value=b"{not json")
+    producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4()),
+                                                                        "type": "hover"}))
+    producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(good))
+    producer.flush()
+    producer.close()
+
+    start_role(sink.run, settings)
+    dead = await asyncio.to_thread(read_topic, settings.kafka_bootstrap_servers, settings.dead_letter_topic, 2, 20.0)
+    letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["reason"])
+    assert [d["source"] for d in letters] == ["sink", "sink"]
+    assert letters[0]["event"] == "{not json" and letters[0]["reason"].startswith("record: not JSON")
+    assert letters[1]["reason"].startswith("type: must be one of")
+    assert dead[0].key == b"u1"
+    dsn = settings.postgres_dsn
+    assert await asyncio.to_thread(wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events") == 1)

@@ -1,0 +1,59 @@
+"""Without a broker acknowledgement nothing is reported accepted: UNAVAILABLE instead."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from recfleet_ingest.app import IngestApi
+from recfleet_store.kafka import LocalBroker, free_port
+
+from .conftest import make_settings
+from .helpers import event
+
+
+async def started(settings, warm_up_seconds: float) -> tuple[IngestApi, grpc.aio.Channel, bool]:
+    api = IngestApi(settings, warm_up_seconds=warm_up_seconds)
+    await api.service.start("127.0.0.1:0")
+    ready = await api.warm_up()
+    await api.service.health.set_serving(ready)
+    return api, grpc.aio.insecure_channel(f"127.0.0.1:{api.service.port}"), ready
+
+
+async def stopped(api: IngestApi, channel: grpc.aio.Channel) -> None:
+    await channel.close()
+    await api.service.stop()
+    await api.close()
+
+
+async def test_no_broker_means_not_serving_and_unavailable(pg_dsn, redis_url):
+    settings = make_settings(pg_dsn, redis_url, f"127.0.0.1:{free_port()}", produce_timeout_seconds=1.0)
+    api, channel, ready = await started(settings, warm_up_seconds=1.0)
+    try:
+        assert not ready
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await ingest_pb2_grpc.EventIngestStub(channel).Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await stopped(api, channel)
+
+
+async def test_broker_gone_after_start_means_unavailable_not_accepted(pg_dsn, redis_url):
+    broker = LocalBroker.start()
+    settings = make_settings(pg_dsn, redis_url, broker.bootstrap, produce_timeout_seconds=2.0)
+    api, channel, ready = await started(settings, warm_up_seconds=20.0)
+    stub = ingest_pb2_grpc.EventIngestStub(channel)
+    try:
+        assert ready
+        assert (await stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)).accepted == 1
+        broker.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Ingest(ingest_pb2.IngestRequest(events=[event(), event()]), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "event log unavailable" in raised.value.details()
+    finally:
+        broker.stop()
+        await stopped(api, channel)
