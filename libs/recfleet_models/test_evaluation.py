@@ -1,0 +1,71 @@
+"""Metrics with hand-computed answers, and the baselines on a known split."""
+
+import math
+
+import numpy as np
+import pytest
+
+from recfleet_models.als import ALSParams
+from recfleet_models.data import Ratings
+from recfleet_models.evaluation import AlsRecommender, PopularRecommender, evaluate, ranking_metrics
+from recfleet_models.protocols import Split
+
+
+def test_metrics_known_answer():
+    recommended = {"a": [1, 4, 2], "c": [9, 8, 7]}
+    relevant = {"a": {1, 2, 3}, "b": {5}, "c": {6}}
+    m = ranking_metrics(recommended, relevant, k=3, catalog_size=10)
+    # a: hits at ranks 1 and 3; c: none; b has no list (counts 0 for NDCG only).
+    assert m.users_evaluated == 2
+    assert m.precision == pytest.approx((2 / 3 + 0) / 2)
+    assert m.recall == pytest.approx((2 / 3 + 0) / 2)
+    assert m.map == pytest.approx(((1 / 1 + 2 / 3) / 3) / 2)  # divided by 3 relevant, not by k
+    ndcg_a = (1 / math.log(2) + 1 / math.log(4)) / (1 / math.log(2) + 1 / math.log(3) + 1 / math.log(4))
+    assert m.ndcg == pytest.approx(ndcg_a / 3)
+    assert m.coverage == pytest.approx(6 / 10)
+
+
+def test_perfect_list_scores_one():
+    m = ranking_metrics({"u": [3, 2, 1]}, {"u": {1, 2, 3}}, k=3, catalog_size=3)
+    assert (m.precision, m.recall, m.ndcg, m.map) == pytest.approx((1, 1, 1, 1))
+
+
+def test_k_must_be_positive():
+    with pytest.raises(ValueError):
+        ranking_metrics({}, {}, k=0, catalog_size=1)
+
+
+def _grouped_split():
+    # Users 1-10 like items 100-104, users 11-20 items 200-204; each user's test item is
+    # one of their own group's items they have not rated in train.
+    rng = np.random.default_rng(3)
+    train_u, train_i, test_u, test_i = [], [], [], []
+    for user in range(1, 21):
+        group = np.arange(100, 105) if user <= 10 else np.arange(200, 205)
+        order = rng.permutation(group)
+        train_u += [user] * 4
+        train_i += order[:4].tolist()
+        test_u.append(user)
+        test_i.append(int(order[4]))
+    # An extra very popular item rated by everyone in train.
+    train_u += list(range(1, 21))
+    train_i += [999] * 20
+
+    def ratings(u, i):
+        return Ratings(np.array(u), np.array(i), np.full(len(u), 5.0, np.float32), np.zeros(len(u), np.int64))
+
+    return Split("test", ratings(train_u, train_i), ratings(test_u, test_i), None, k=2)
+
+
+def test_seen_items_are_never_recommended_and_als_beats_popular():
+    split = _grouped_split()
+    als = AlsRecommender(ALSParams(factors=2, iterations=15, regularization=0.1, alpha=2.0))
+    als_metrics = evaluate(split, als, k=2)
+    recs = als.recommend(list(range(1, 21)), 5, split.train)
+    for user, items in recs.items():
+        assert 999 not in items
+        seen = set(split.train.movie_ids[split.train.user_ids == user].tolist())
+        assert not seen & set(items)
+    popular_metrics = evaluate(split, PopularRecommender(), k=2)
+    assert als_metrics.ndcg > popular_metrics.ndcg
+    assert als_metrics.recall == pytest.approx(1.0)
