@@ -91,6 +91,14 @@ def _openapi(app: FastAPI) -> dict:
         for operation in operations.values():
             responses = operation.get("responses", {})
             responses.pop("422", None)
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/json" in content:
+                    content["application/problem+json"] = content.pop("application/json")
+                headers = response.setdefault("headers", {})
+                headers["X-Request-ID"] = {"description": "The request's id.", "schema": {"type": "string"}}
+                if status in ("429", "503"):
+                    headers["Retry-After"] = {"description": "Seconds to wait.", "schema": {"type": "integer"}}
             if path.startswith(("/v1/", "/admin/")):
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
     components = schema.setdefault("components", {})

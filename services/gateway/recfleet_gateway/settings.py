@@ -1,5 +1,6 @@
 """Gateway settings (env prefix RECFLEET_GATEWAY_)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from recfleet_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings, shared
 
@@ -35,9 +36,9 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     ranking_canary_target: str = ""
     event_ingest_canary_target: str = ""
     candidate_gen_canary_targets: str = ""
-    canary_weights: dict[str, int] = {}
+    canary_weights: dict[str, int] = Field(default_factory=dict)
     # Per-key limits by scope, e.g. {"events:write": "2000/second"}; others use rate_limit_per_key.
-    rate_limits_per_scope: dict[str, str] = {}
+    rate_limits_per_scope: dict[str, str] = Field(default_factory=dict)
     # Seconds a verified API key stays in the in-process cache (revocation on another
     # replica takes at most this long to apply).
     api_key_cache_seconds: float = 5.0
@@ -51,7 +52,10 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     similar_candidates_per_liked_item: int = 20
     popular_candidates_per_category: int = 50
     # Command that runs a batch job; the job name is appended.
-    jobs_command: list[str] = []
+    jobs_command: list[str] = Field(default_factory=list)
     job_output_limit_bytes: int = 65_536
     # Budget for catalog, profile and export calls (writes to Postgres behind the feature store).
     write_timeout: float = 5.0
+    # Canary weights per service from the chart's recfleet-routing ConfigMap (mounted as a
+    # file so that weight changes arrive without a restart); empty means none.
+    routing_file: str = ""

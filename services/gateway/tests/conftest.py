@@ -3,6 +3,7 @@ app over real Redis and Postgres, and HTTP clients holding keys of each scope.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -43,26 +44,36 @@ def gateway_settings(fleet, pg_dsn, redis_url):
         readiness_cache_seconds=0.0,
         cursor_secret="test-cursor-secret",
         metrics_port=0,
+        jobs_command=[sys.executable, "-c", "import sys; print('ran job', sys.argv[1])"],
     )
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: GatewaySettings):
+    """The gateway app with its start-up and shutdown run around the block."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def http_client(application, key: str | None = ADMIN_KEY) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://gateway", headers=headers)
 
 
 @pytest.fixture
 async def app(gateway_settings):
-    application = create_app(gateway_settings)
-    async with application.router.lifespan_context(application):
+    async with running_app(gateway_settings) as application:
         yield application
 
 
 @pytest.fixture
 async def client(app):
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://gateway", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-    ) as http:
+    async with http_client(app) as http:
         yield http
 
 
 @pytest.fixture
 async def anonymous(app):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+    async with http_client(app, None) as http:
         yield http

@@ -24,7 +24,7 @@ from ..schemas import (
     ModelList,
     PromoteIn,
 )
-from .deps import COMMON_ERRORS, PROBLEM, authorize, gateway
+from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(authorize("admin"))])
 Kind = Annotated[Literal["als", "ranker"], Path(description="Model kind.")]
@@ -78,7 +78,7 @@ class Registry:
 
 
 @router.get("/models", response_model=ModelList, responses=COMMON_ERRORS, summary="Registered model versions")
-async def list_models(services=Depends(gateway)):
+async def list_models(*, services: Services):
     return JSONBody(await services.registry.list())
 
 
@@ -88,7 +88,7 @@ async def list_models(services=Depends(gateway)):
     responses={**COMMON_ERRORS, 404: PROBLEM, 409: PROBLEM},
     summary="Serve a model version",
 )
-async def promote(kind: Kind, body: PromoteIn, services=Depends(gateway)):
+async def promote(*, kind: Kind, body: PromoteIn, services: Services):
     return JSONBody(await services.registry.change(kind, body.version))
 
 
@@ -98,7 +98,7 @@ async def promote(kind: Kind, body: PromoteIn, services=Depends(gateway)):
     responses={**COMMON_ERRORS, 409: PROBLEM},
     summary="Serve the previously serving version again",
 )
-async def rollback(kind: Kind, services=Depends(gateway)):
+async def rollback(*, kind: Kind, services: Services):
     return JSONBody(await services.registry.change(kind, None))
 
 
@@ -109,7 +109,7 @@ async def rollback(kind: Kind, services=Depends(gateway)):
     responses=COMMON_ERRORS,
     summary="Run a batch job now",
 )
-async def start_job(name: Annotated[Literal[JOB_NAMES], Path(description="Job name.")], services=Depends(gateway)):  # type: ignore[valid-type]
+async def start_job(*, name: Annotated[Literal[JOB_NAMES], Path(description="Job name.")], services: Services):  # type: ignore[valid-type]
     job = await services.jobs.start(name)
     return JSONBody(job, status_code=202, headers={"Location": f"/admin/v1/jobs/{job['job_id']}"})
 
@@ -117,7 +117,7 @@ async def start_job(name: Annotated[Literal[JOB_NAMES], Path(description="Job na
 @router.get(
     "/jobs/{job_id}", response_model=JobOut, responses={**COMMON_ERRORS, 404: PROBLEM}, summary="A job's status"
 )
-async def get_job(job_id: Annotated[str, Path(pattern=ID_PATTERN)], services=Depends(gateway)):
+async def get_job(*, job_id: Annotated[str, Path(pattern=ID_PATTERN)], services: Services):
     job = await services.jobs.get(job_id)
     if job is None:
         raise Problem(404, f"no job {job_id!r}")
@@ -137,13 +137,13 @@ def _key_out(record) -> dict:
 @router.post(
     "/api-keys", status_code=201, response_model=ApiKeyCreated, responses=COMMON_ERRORS, summary="Create an API key"
 )
-async def create_key(body: ApiKeyIn, services=Depends(gateway)):
+async def create_key(*, body: ApiKeyIn, services: Services):
     record, secret = await services.keys.create(body.name, list(body.scopes))
     return JSONBody({**_key_out(record), "secret": secret}, status_code=201)
 
 
 @router.get("/api-keys", response_model=ApiKeyList, responses=COMMON_ERRORS, summary="List API keys")
-async def list_keys(services=Depends(gateway)):
+async def list_keys(*, services: Services):
     return JSONBody({"keys": [_key_out(r) for r in await services.keys.list()]})
 
 
@@ -153,7 +153,7 @@ async def list_keys(services=Depends(gateway)):
     responses={**COMMON_ERRORS, 404: PROBLEM},
     summary="Revoke an API key",
 )
-async def revoke_key(key_id: Annotated[str, Path(pattern=ID_PATTERN)], services=Depends(gateway)):
+async def revoke_key(*, key_id: Annotated[str, Path(pattern=ID_PATTERN)], services: Services):
     record = await services.keys.revoke(key_id)
     if record is None:
         raise Problem(404, f"no API key {key_id!r}")

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Path
 from google.protobuf import timestamp_pb2
 from recfleet.features.v1 import features_pb2
 
+from ..auth import Principal
 from ..pipeline import DOWNSTREAM_ERRORS
 from ..problems import Problem
 from ..responses import JSONBody
 from ..schemas import ID_PATTERN, ItemBatch, ItemIn, ItemsUpserted
-from .deps import COMMON_ERRORS, PROBLEM, authorize, gateway
+from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(tags=["catalog"])
 WRITE = "catalog:write"
@@ -63,10 +64,11 @@ async def call_feature_store(services, method: str, request, user_id: str | None
     summary="Create or replace one catalog item",
 )
 async def put_item(
+    *,
     item_id: Annotated[str, Path(pattern=ID_PATTERN)],
     item: ItemIn,
-    _=Depends(authorize(WRITE)),
-    services=Depends(gateway),
+    _: Annotated[Principal, Depends(authorize(WRITE))],
+    services: Services,
 ):
     reply = await call_feature_store(
         services, "UpsertItems", features_pb2.UpsertItemsRequest(items=[to_proto(item_id, item)])
@@ -80,7 +82,7 @@ async def put_item(
     responses={**COMMON_ERRORS, 413: PROBLEM, 503: PROBLEM},
     summary="Create or replace up to 500 catalog items",
 )
-async def post_items(batch: ItemBatch, _=Depends(authorize(WRITE)), services=Depends(gateway)):
+async def post_items(*, batch: ItemBatch, _: Annotated[Principal, Depends(authorize(WRITE))], services: Services):
     request = features_pb2.UpsertItemsRequest(items=[to_proto(item.item_id, item) for item in batch.items])
     reply = await call_feature_store(services, "UpsertItems", request)
     return JSONBody({"upserted": reply.upserted, "created": reply.created})

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import Header, Request
+from fastapi import Depends, Header, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
@@ -22,6 +23,10 @@ _allowed_cache: dict[int, frozenset[str]] = {}
 def gateway(request: Request):
     """The `Gateway` built at start-up (see app.py)."""
     return request.app.state.gateway
+
+
+# The `Gateway` of app.py (typed loosely: app.py imports the routers).
+Services = Annotated[Any, Depends(gateway)]
 
 
 def _query_names(dependant: Dependant) -> set[str]:
@@ -59,8 +64,8 @@ def authorize(scope: str, user_from: str | None = None) -> Callable:
 
     async def dependency(
         request: Request,
-        authorization: str | None = Header(None, include_in_schema=False),
-        x_api_key: str | None = Header(None, include_in_schema=False),
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+        x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
     ):
         services = request.app.state.gateway
         principal = await authenticate(services.keys, authorization, x_api_key, scope)

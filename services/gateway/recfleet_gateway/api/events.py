@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC
+from typing import Annotated
 
 import grpc
 from fastapi import APIRouter, Depends
@@ -15,10 +16,11 @@ from recfleet_runtime.context import request_id_var
 from recfleet_runtime.grpcclient import DeadlineSpentError
 from recfleet_runtime.resilience import CircuitOpenError
 
+from ..auth import Principal
 from ..problems import Problem, validation_errors
 from ..responses import JSONBody
 from ..schemas import EventBatch, EventIn, EventsAccepted
-from .deps import COMMON_ERRORS, PROBLEM, authorize, gateway
+from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(tags=["events"])
 
@@ -69,7 +71,9 @@ def _unavailable(detail: str, retry_after: int = 1) -> Problem:
     responses={**COMMON_ERRORS, 413: PROBLEM, 503: PROBLEM},
     summary="Record a batch of interaction events",
 )
-async def post_events(batch: EventBatch, _=Depends(authorize("events:write")), services=Depends(gateway)):
+async def post_events(
+    *, batch: EventBatch, _: Annotated[Principal, Depends(authorize("events:write"))], services: Services
+):
     rejected: list[dict] = []
     valid: list[tuple[int, EventIn]] = []
     for index, raw in enumerate(batch.events):

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..problems import Problem
 from ..responses import JSONBody
 from ..schemas import Liveness, Readiness
-from .deps import PROBLEM, gateway, reject_unknown_query
+from .deps import PROBLEM, Services, reject_unknown_query
 
 router = APIRouter(tags=["operations"], dependencies=[Depends(reject_unknown_query)])
 
@@ -25,7 +25,7 @@ async def live():
     responses={400: PROBLEM, 503: PROBLEM},
     summary="Every downstream answers SERVING",
 )
-async def ready(services=Depends(gateway)):
+async def ready(*, services: Services):
     not_serving = await services.fleet.not_serving()
     if not_serving:
         raise Problem(

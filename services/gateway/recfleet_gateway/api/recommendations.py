@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from ..auth import Principal
 from ..pipeline import RecommendationQuery
 from ..problems import Problem
 from ..responses import JSONBody
 from ..schemas import ID_PATTERN, PopularItems, Recommendations, SimilarItems
-from .deps import COMMON_ERRORS, PROBLEM, authorize, gateway
+from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(tags=["recommendations"])
 _ID_RE = re.compile(ID_PATTERN)
@@ -45,15 +46,16 @@ def parse_exclude(values: list[str]) -> tuple[str, ...]:
     summary="Personalised recommendations, paginated by cursor",
 )
 async def recommendations(
+    *,
     user_id: UserId,
-    _=Depends(authorize(READ, user_from="user_id")),
+    _: Annotated[Principal, Depends(authorize(READ, user_from="user_id"))],
     limit: Limit = 20,
     surface: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:\-]{0,64}$", description="Where the list is shown.")] = "",
     cursor: Annotated[str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")] = None,
     explain: Annotated[bool, Query(description="Add per-item explanations.")] = False,
-    exclude: Annotated[list[str], Query(description="Item ids to leave out (repeat or comma-separate).")] = [],
+    exclude: Annotated[list[str] | None, Query(description="Item ids to leave out (repeat or comma-separate).")] = None,
     category: Label = "",
-    services=Depends(gateway),
+    services: Services,
 ):
     query = RecommendationQuery(
         user_id=user_id,
@@ -61,7 +63,7 @@ async def recommendations(
         surface=surface,
         cursor=cursor or None,
         explain=explain,
-        exclude=parse_exclude(exclude),
+        exclude=parse_exclude(exclude or []),
         category=category,
     )
     return JSONBody(await services.recommender.recommend(query))
@@ -74,10 +76,11 @@ async def recommendations(
     summary="Items similar to an item",
 )
 async def similar_items(
+    *,
     item_id: Annotated[str, Path(pattern=ID_PATTERN)],
-    _=Depends(authorize(READ)),
+    _: Annotated[Principal, Depends(authorize(READ))],
     limit: Limit = 20,
-    services=Depends(gateway),
+    services: Services,
 ):
     return JSONBody(await services.recommender.similar(item_id, limit))
 
@@ -89,10 +92,11 @@ async def similar_items(
     summary="Popular or trending items",
 )
 async def popular(
-    _=Depends(authorize(READ)),
+    *,
+    _: Annotated[Principal, Depends(authorize(READ))],
     limit: Limit = 20,
     category: Label = "",
     window: Annotated[Literal["all", "7d", "trending"], Query(description="Popularity window.")] = "all",
-    services=Depends(gateway),
+    services: Services,
 ):
     return JSONBody(await services.recommender.popular(window, category, limit))

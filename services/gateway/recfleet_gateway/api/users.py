@@ -9,11 +9,12 @@ import orjson
 from fastapi import APIRouter, Depends, Path
 from recfleet.features.v1 import features_pb2
 
+from ..auth import Principal
 from ..problems import Problem
 from ..responses import JSONBody
 from ..schemas import ID_PATTERN, ErasureReceipt, ProfileIn, ProfileOut, UserExport
 from .catalog import call_feature_store
-from .deps import COMMON_ERRORS, PROBLEM, authorize, gateway
+from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(tags=["users"])
 ADMIN = "users:admin"
@@ -38,7 +39,11 @@ def profile_out(profile: features_pb2.UserProfile) -> dict:
     summary="Onboarding preferences and constraints",
 )
 async def put_profile(
-    user_id: UserPath, profile: ProfileIn, _=Depends(authorize(ADMIN, user_from="user_id")), services=Depends(gateway)
+    *,
+    user_id: UserPath,
+    profile: ProfileIn,
+    _: Annotated[Principal, Depends(authorize(ADMIN, user_from="user_id"))],
+    services: Services,
 ):
     message = features_pb2.UserProfile(
         user_id=user_id,
@@ -74,7 +79,9 @@ async def user_events(pool, user_id: str) -> list[dict]:
     responses={**COMMON_ERRORS, 503: PROBLEM},
     summary="Everything stored about a user",
 )
-async def export_user(user_id: UserPath, _=Depends(authorize(ADMIN, user_from="user_id")), services=Depends(gateway)):
+async def export_user(
+    *, user_id: UserPath, _: Annotated[Principal, Depends(authorize(ADMIN, user_from="user_id"))], services: Services
+):
     reply = await call_feature_store(services, "ExportUser", features_pb2.ExportUserRequest(user_id=user_id), user_id)
     try:
         features = orjson.loads(reply.json) if reply.json else {}
@@ -97,7 +104,9 @@ async def export_user(user_id: UserPath, _=Depends(authorize(ADMIN, user_from="u
     responses={**COMMON_ERRORS},
     summary="Erase a user from every store",
 )
-async def erase_user(user_id: UserPath, _=Depends(authorize(ADMIN, user_from="user_id")), services=Depends(gateway)):
+async def erase_user(
+    *, user_id: UserPath, _: Annotated[Principal, Depends(authorize(ADMIN, user_from="user_id"))], services: Services
+):
     receipt = await services.erasures.request(user_id)
     return JSONBody(receipt, status_code=202, headers={"Location": f"/v1/erasures/{receipt['receipt_id']}"})
 
@@ -109,7 +118,10 @@ async def erase_user(user_id: UserPath, _=Depends(authorize(ADMIN, user_from="us
     summary="Status of an erasure",
 )
 async def get_erasure(
-    receipt_id: Annotated[str, Path(pattern=ID_PATTERN)], _=Depends(authorize(ADMIN)), services=Depends(gateway)
+    *,
+    receipt_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    _: Annotated[Principal, Depends(authorize(ADMIN))],
+    services: Services,
 ):
     receipt = await services.erasures.get(receipt_id)
     if receipt is None:

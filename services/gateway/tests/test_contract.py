@@ -1,0 +1,197 @@
+"""The API's contract: problem+json errors, validation, authorization, rate limits,
+operations endpoints and the OpenAPI document."""
+
+from __future__ import annotations
+
+import pytest
+from recfleet_gateway.auth import SCOPES
+
+from conftest import ADMIN_KEY, http_client, running_app
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
+
+
+def assert_problem(reply, status: int) -> dict:
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/problem+json"
+    body = reply.json()
+    assert PROBLEM_KEYS <= set(body)
+    assert body["status"] == status
+    assert body["request_id"] == reply.headers["X-Request-ID"]
+    return body
+
+
+async def test_unknown_query_parameter_is_named(client):
+    body = assert_problem(await client.get("/v1/recommendations", params={"user_id": "u1", "limt": 5}), 400)
+    assert "limt" in body["detail"]
+    assert body["errors"] == [{"field": "query.limt", "message": "unknown query parameter"}]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"user_id": "u1", "limit": 0}, "query.limit"),
+        ({"user_id": "u1", "limit": 101}, "query.limit"),
+        ({"user_id": "u1", "limit": "ten"}, "query.limit"),
+        ({"user_id": "bad id"}, "query.user_id"),
+        ({"user_id": "x" * 129}, "query.user_id"),
+        ({}, "query.user_id"),
+        ({"user_id": "u1", "exclude": "ok,not ok"}, "query.exclude"),
+    ],
+)
+async def test_validation_errors_are_400_with_field_paths(client, params, field):
+    body = assert_problem(await client.get("/v1/recommendations", params=params), 400)
+    assert field in [error["field"] for error in body["errors"]]
+
+
+async def test_bad_path_id_and_body_fields(client):
+    body = assert_problem(await client.put("/v1/items/bad%20id", json={}), 400)
+    assert body["errors"][0]["field"] == "path.item_id"
+    body = assert_problem(await client.put("/v1/items/m1", json={"age_rating": 12, "colour": "red"}), 400)
+    assert {"body.age_rating", "body.colour"} <= {e["field"] for e in body["errors"]}
+    assert_problem(
+        await client.put("/v1/items/m1", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
+
+
+async def test_unknown_route_and_method_are_problems(client):
+    assert_problem(await client.get("/v1/nothing-here"), 404)
+    assert_problem(await client.delete("/v1/popular"), 405)
+
+
+async def test_body_over_one_mebibyte_is_413(client):
+    big = b'{"events": [' + b'{"user_id": "u1", "item_id": "m1", "type": "view"},' * 25_000 + b"]}"
+    assert_problem(await client.post("/v1/events", content=big, headers={"content-type": "application/json"}), 413)
+
+
+async def test_chunked_body_over_the_limit_is_413(client):
+    async def chunks():
+        for _ in range(20):
+            yield b" " * 65_536
+
+    reply = await client.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(reply, 413)
+
+
+ROUTES = [
+    ("GET", "/v1/recommendations?user_id=warm-1", None, "recommend:read"),
+    ("GET", "/v1/items/m10/similar", None, "recommend:read"),
+    ("GET", "/v1/popular", None, "recommend:read"),
+    ("POST", "/v1/events", {"events": [{"user_id": "u1", "item_id": "m1", "type": "view"}]}, "events:write"),
+    ("PUT", "/v1/items/m99", {"title": "t"}, "catalog:write"),
+    ("POST", "/v1/items:batch", {"items": [{"item_id": "m98"}]}, "catalog:write"),
+    ("PUT", "/v1/users/u1/profile", {"age": 20}, "users:admin"),
+    ("GET", "/v1/users/u1/export", None, "users:admin"),
+    ("DELETE", "/v1/users/u-erase", None, "users:admin"),
+    ("GET", "/v1/erasures/er_missing", None, "users:admin"),
+    ("GET", "/admin/v1/models", None, "admin"),
+    ("POST", "/admin/v1/models/als/promote", {"version": "als-missing"}, "admin"),
+    ("POST", "/admin/v1/models/ranker/rollback", None, "admin"),
+    ("POST", "/admin/v1/jobs/popularity", None, "admin"),
+    ("GET", "/admin/v1/jobs/job_missing", None, "admin"),
+    ("GET", "/admin/v1/api-keys", None, "admin"),
+    ("POST", "/admin/v1/api-keys", {"name": "n", "scopes": ["admin"]}, "admin"),
+    ("DELETE", "/admin/v1/api-keys/key_missing", None, "admin"),
+]
+
+
+async def test_authorization_matrix(app, client, anonymous):
+    secrets = {}
+    for scope in SCOPES:
+        reply = await client.post("/admin/v1/api-keys", json={"name": f"only-{scope}", "scopes": [scope]})
+        assert reply.status_code == 201, reply.text
+        secrets[scope] = reply.json()["secret"]
+    for method, path, body, needed in ROUTES:
+        reply = await anonymous.request(method, path, json=body)
+        assert_problem(reply, 401)
+        assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+        unknown = await anonymous.request(method, path, json=body, headers={"X-API-Key": "rfk_not-a-key"})
+        assert_problem(unknown, 401)
+        for scope, secret in secrets.items():
+            async with http_client(app, secret) as keyed:
+                reply = await keyed.request(method, path, json=body)
+            if scope == needed:
+                assert reply.status_code not in (401, 403), (method, path, scope, reply.text)
+            else:
+                problem = assert_problem(reply, 403)
+                assert needed in problem["detail"], (method, path, scope)
+
+
+async def test_x_api_key_header_and_revocation(app, client):
+    created = (await client.post("/admin/v1/api-keys", json={"name": "reader", "scopes": ["recommend:read"]})).json()
+    assert created["secret"].startswith("rfk_")
+    listed = (await client.get("/admin/v1/api-keys")).json()["keys"]
+    assert created["key_id"] in {k["key_id"] for k in listed}
+    assert all("secret" not in k for k in listed)
+    async with http_client(app, None) as http:
+        ok = await http.get("/v1/popular", headers={"X-API-Key": created["secret"]})
+        assert ok.status_code == 200
+        revoked = await client.delete(f"/admin/v1/api-keys/{created['key_id']}")
+        assert revoked.json()["revoked_at"] is not None
+        assert_problem(await http.get("/v1/popular", headers={"X-API-Key": created["secret"]}), 401)
+
+
+async def test_rate_limit_per_user_gives_429_with_retry_after(gateway_settings):
+    settings = gateway_settings.model_copy(update={"rate_limit_per_user": "3/minute"})
+    async with running_app(settings) as application, http_client(application) as http:
+        for _ in range(3):
+            reply = await http.get("/v1/recommendations", params={"user_id": "warm-1"})
+            assert reply.status_code == 200
+            assert reply.headers["RateLimit-Limit"] == "3"
+        limited = await http.get("/v1/recommendations", params={"user_id": "warm-1"})
+        assert_problem(limited, 429)
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert limited.headers["RateLimit-Remaining"] == "0"
+        assert int(limited.headers["RateLimit-Reset"]) == int(limited.headers["Retry-After"])
+        # Another user is not limited by this one's window.
+        assert (await http.get("/v1/recommendations", params={"user_id": "warm-2"})).status_code == 200
+
+
+async def test_rate_limit_per_key(gateway_settings):
+    settings = gateway_settings.model_copy(update={"rate_limit_per_key": "2/minute"})
+    async with running_app(settings) as application, http_client(application) as http:
+        assert (await http.get("/v1/popular")).status_code == 200
+        assert (await http.get("/v1/popular")).status_code == 200
+        limited = await http.get("/v1/popular")
+        assert_problem(limited, 429)
+        assert int(limited.headers["Retry-After"]) >= 1
+
+
+async def test_health_and_readiness(client, anonymous, fleet):
+    assert (await anonymous.get("/healthz/live")).json() == {"status": "live"}
+    ready = await anonymous.get("/healthz/ready")
+    assert ready.status_code == 200, ready.text
+    await fleet.ranking.stop()
+    not_ready = assert_problem(await anonymous.get("/healthz/ready"), 503)
+    assert not_ready["not_serving"] == ["ranking"]
+
+
+async def test_metrics_expose_gateway_and_grpc_client_families(client, anonymous):
+    await client.get("/v1/recommendations", params={"user_id": "warm-1"})
+    text = (await anonymous.get("/metrics")).text
+    assert 'recfleet_gateway_requests_total{route="/v1/recommendations",status="200"}' in text
+    assert 'recfleet_gateway_request_seconds_bucket{le="0.5",route="/v1/recommendations"}' in text
+    assert 'grpc_client_handled_total{downstream="ranking"' in text
+
+
+async def test_openapi_documents_every_status_with_a_schema(anonymous):
+    schema = (await anonymous.get("/openapi.json")).json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            for status, response in responses.items():
+                if path == "/metrics":
+                    continue
+                content = response.get("content", {})
+                assert content, (method, path, status)
+                media_type = "application/problem+json" if status[0] in "45" else "application/json"
+                assert list(content) == [media_type], (method, path, status)
+                assert content[media_type].get("schema"), (method, path, status)
+            if path.startswith("/v1/"):
+                assert {"400", "401", "403", "429"} <= set(responses), (method, path)
+
+
+async def test_bootstrap_key_is_the_configured_one(anonymous):
+    reply = await anonymous.get("/v1/popular", headers={"Authorization": f"Bearer {ADMIN_KEY}x"})
+    assert_problem(reply, 401)
