@@ -60,6 +60,8 @@ class RankerTrainingParams:
     num_boost_round: int = 150
     learning_rate: float = 0.05
     num_leaves: int = 31
+    # Shallow trees keep TreeSHAP explanations (cost grows with depth squared) cheap.
+    max_depth: int = 6
     min_data_in_leaf: int = 40
     freshness_half_life_days: float = 365.0
     seed: int = 42
@@ -299,6 +301,7 @@ def train_booster(train: TrainingGroups, params: RankerTrainingParams) -> lgb.Bo
             "eval_at": [10],
             "learning_rate": params.learning_rate,
             "num_leaves": params.num_leaves,
+            "max_depth": params.max_depth,
             "min_data_in_leaf": params.min_data_in_leaf,
             "num_threads": 1,
             "seed": params.seed,

@@ -88,15 +88,18 @@ class LearnedRanker:
         names = tuple(meta.get("feature_names") or booster.feature_name())
         return cls(version, booster, names, float(meta.get("freshness_half_life_days", 365.0)))
 
-    def predict(
-        self, candidates: list[Candidate], user: UserContext, now: float, contributions: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(scores, contributions): contributions is `n x (features + 1)`, the last column the bias."""
-        x = feature_matrix(candidates, user, now, self.half_life_days)[:, self._columns]
-        scores = self.booster.predict(x, num_threads=1)
-        if not contributions:
-            return scores, None
-        return scores, self.booster.predict(x, num_threads=1, pred_contrib=True)
+    def features(self, candidates: list[Candidate], user: UserContext, now: float) -> np.ndarray:
+        """The model's input: `feature_matrix` restricted to (and ordered as) its features."""
+        return feature_matrix(candidates, user, now, self.half_life_days)[:, self._columns]
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x, num_threads=1)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """`pred_contrib` (TreeSHAP): `n x (features + 1)`, the last column the bias; rows sum to the score."""
+        if len(x) == 0:
+            return np.empty((0, len(self.feature_names) + 1))
+        return self.booster.predict(x, num_threads=1, pred_contrib=True)
 
     @property
     def contribution_names(self) -> tuple[str, ...]:

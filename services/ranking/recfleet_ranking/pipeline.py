@@ -89,7 +89,7 @@ class RankingPipeline:
         assign_ranks(query.candidates)
         filtered = apply_filters(query.candidates, query.user, query.category)
         kept = filtered.kept
-        scores, contributions, names, served_by, version = self._score(query, kept, ranker, now, degraded)
+        scores, explain_basis, served_by, version = self._score(query, kept, ranker, now, degraded)
         order = np.argsort(-scores, kind="stable") if len(kept) else np.empty(0, dtype=np.int64)
         ordered = [kept[i] for i in order]
         length = len(ordered) if query.limit <= 0 else min(query.limit, len(ordered))
@@ -97,9 +97,11 @@ class RankingPipeline:
             [c.primary_category for c in ordered], [c.creator for c in ordered], length, self.diversity
         )
         placements = explore(placements, len(ordered), self.exploration_share, query.user.user_id)
+        chosen = [int(order[p.index]) for p in placements]
+        if query.explain:
+            names, contributions = self._explain(chosen, ranker, served_by, explain_basis)
         items = []
-        for position, placement in enumerate(placements, start=1):
-            source_index = int(order[placement.index])
+        for position, (placement, source_index) in enumerate(zip(placements, chosen, strict=True), start=1):
             candidate = kept[source_index]
             entry = RankedEntry(
                 item_id=candidate.item_id,
@@ -109,12 +111,20 @@ class RankingPipeline:
                 candidate_score=candidate.score,
             )
             if query.explain:
-                entry.contributions = {
-                    name: float(value) for name, value in zip(names, contributions[source_index], strict=True)
-                }
+                entry.contributions = dict(zip(names, contributions[position - 1].tolist(), strict=True))
                 entry.rules = placement.rules
             items.append(entry)
         return RankOutcome(items, served_by, version, degraded, dict(filtered.removed))
+
+    @staticmethod
+    def _explain(chosen, ranker, served_by, basis):
+        """Contributions of the returned items only: TreeSHAP costs far more than scoring.
+
+        `basis` is the model's feature matrix (ranker) or the rule contributions (rules).
+        """
+        if served_by == SERVED_BY_RANKER:
+            return ranker.contribution_names, ranker.contributions(basis[chosen])
+        return TERMS, basis[chosen]
 
     def _score(self, query, kept, ranker, now, degraded):
         if ranker is None:
@@ -127,7 +137,8 @@ class RankingPipeline:
             else:
                 started = time.perf_counter()
                 try:
-                    scores, contributions = ranker.predict(kept, query.user, now, contributions=query.explain)
+                    x = ranker.features(kept, query.user, now)
+                    scores = ranker.score(x)
                 except Exception:
                     self.breaker.record_failure()
                     degraded.append(RANKER_ERROR)
@@ -137,8 +148,8 @@ class RankingPipeline:
                         degraded.append(RANKER_TIMEOUT)
                     else:
                         self.breaker.record_success()
-                        return scores, contributions, ranker.contribution_names, SERVED_BY_RANKER, ranker.version
+                        return scores, x, SERVED_BY_RANKER, ranker.version
         else:
-            return np.empty(0), np.empty((0, 0)), (), SERVED_BY_RANKER, ranker.version
+            return np.empty(0), np.empty((0, len(ranker.feature_names))), SERVED_BY_RANKER, ranker.version
         scores, contributions = rule_scores(kept, now, self.weights)
-        return scores, contributions, TERMS, SERVED_BY_RULES, ""
+        return scores, contributions, SERVED_BY_RULES, ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import grpc
 
@@ -13,6 +14,7 @@ from recfleet_runtime.grpcclient import Downstream
 from .adapters.feature_store import load_item_features
 from .adapters.models import RankerVersions
 from .features import Candidate, UserContext
+from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
 from .pipeline import RankingPipeline, RankQuery
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -87,7 +89,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         if ranker is None and request.ranker_version:
             degraded.append(RANKER_VERSION_UNAVAILABLE)
             ranker = self.versions.serving
+        started = time.perf_counter()
         outcome = self.pipeline.rank(query, ranker, degraded=degraded)
+        CORE_SECONDS.observe(time.perf_counter() - started)
+        RANK_CALLS.labels(outcome.served_by).inc()
+        for reason in outcome.degraded:
+            DEGRADED.labels(reason).inc()
+        for reason, count in outcome.filtered.items():
+            FILTERED.labels(reason).inc(count)
         return to_response(outcome)
 
     async def GetModelStatus(self, request, context):

@@ -1,0 +1,276 @@
+"""Ranking latency for 100, 500 and 1,000 candidates: in-process core and over gRPC.
+
+    .venv/bin/python bench/ranking_bench.py                  # 1,000 calls per series
+    .venv/bin/python bench/ranking_bench.py --calls 3000 --redis-url redis://127.0.0.1:6379/3
+
+In-process series time `RankingPipeline.rank` (filters, scoring, diversity re-ranking,
+response entries) on candidates whose item features are already loaded:
+
+- core-rules: the rule formula;
+- core-ranker: the LightGBM lambdarank ranker (150 trees of up to 31 leaves and depth
+  6, as `train-ranker` trains it), single-threaded predict;
+- core-ranker-explain: the same with `pred_contrib` explanations of the 20 returned items.
+
+The gRPC series starts `python -m recfleet_features` and `python -m recfleet_ranking` as
+their own processes (a scratch Postgres database, `--redis-url` for item features, a
+scratch artifact directory holding the promoted ranker) and times `Rank` calls from this
+process, one in flight, limit 20: the feature-store hop (`GetItemFeatures` for every
+candidate) plus everything above, plus protobuf mapping both ways.
+
+Prints p50/p99 per series, writes a chart and the figures as JSON to bench/results/.
+The seeded Redis keys and the scratch database are removed afterwards. Nothing passes or
+fails on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+import orjson
+import psycopg
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recfleet.common.v1 import common_pb2
+from recfleet_jobs.ranker import RankerTrainingParams, TrainingGroups, train_booster
+from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_ranking.adapters.models import write_ranker
+from recfleet_ranking.features import Candidate, UserContext, assign_ranks
+from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix, model_meta
+from recfleet_ranking.pipeline import RankingPipeline, RankQuery
+from recfleet_store import keys
+from recfleet_store.artifacts import DirectoryArtifactStore
+from recfleet_store.postgres import migrate
+from recfleet_store.registry import promote, register_version
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = (100, 500, 1000)
+NOW = time.time()
+CATEGORIES = ["Drama", "Comedy", "Action", "Thriller", "Romance", "Adventure", "Crime", "Sci-Fi", "Horror", "Fantasy"]
+VERSION = "ranker-bench"
+
+
+def item_features(i: int, rng: np.random.Generator) -> dict:
+    k = int(rng.integers(1, 4))
+    return {
+        "categories": [CATEGORIES[(i + j * 3) % len(CATEGORIES)] for j in range(k)],
+        "creator": f"studio-{i % 40}" if i % 3 else "",
+        "published_at": float(NOW - rng.integers(1, 20 * 365) * 86_400),
+        "age_rating": int(rng.choice([0, 0, 7, 13, 16])),
+        "regions": [],
+        "available": 1,
+        "popularity": float(rng.random()),
+        "popularity_7d": float(rng.random()),
+    }
+
+
+def make_candidates(n: int, seed: int = 0) -> list[Candidate]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        f = item_features(i, rng)
+        out.append(Candidate(f"bench-{i}", float(rng.random()), "als", categories=tuple(f["categories"]),
+                             creator=f["creator"], published_at=f["published_at"], age_rating=f["age_rating"],
+                             popularity=f["popularity"], popularity_7d=f["popularity_7d"]))
+    return out
+
+
+def bench_user() -> UserContext:
+    return UserContext("bench-user", age=30, country="DE", preferred_categories=frozenset({"Drama"}),
+                       features={"interaction_count": 42.0, "affinity:Drama": 0.4, "affinity:Comedy": 0.2})
+
+
+def train_model() -> str:
+    """A ranker trained as `train-ranker` trains it, on synthetic groups (latency depends on
+    the model's size, not its skill)."""
+    rng = np.random.default_rng(1)
+    xs, ys = [], []
+    for g in range(300):
+        candidates = make_candidates(70, seed=g)
+        assign_ranks(candidates)
+        xs.append(feature_matrix(candidates, bench_user(), NOW))
+        ys.append((rng.random(70) < 0.1).astype(int))
+    groups = TrainingGroups(np.vstack(xs), np.concatenate(ys), [70] * 300, [], np.empty(0), np.empty(0))
+    return train_booster(groups, RankerTrainingParams(min_data_in_leaf=5)).model_to_string()
+
+
+def percentiles(samples: list[float]) -> dict:
+    ms = np.asarray(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "calls": len(samples)}
+
+
+def bench_core(ranker: LearnedRanker, calls: int) -> dict:
+    results = {}
+    pipeline = RankingPipeline(model_budget_seconds=1.0)
+    for n in SIZES:
+        base = make_candidates(n)
+        for series, model, explain in (("core-rules", None, False), ("core-ranker", ranker, False),
+                                       ("core-ranker-explain", ranker, True)):
+            samples = []
+            for _ in range(calls):
+                query = RankQuery(bench_user(), list(base), limit=20, explain=explain)
+                started = time.perf_counter()
+                pipeline.rank(query, model)
+                samples.append(time.perf_counter() - started)
+            results.setdefault(series, {})[n] = percentiles(samples[calls // 10 :])
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_serving(target: str, seconds: float = 60) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{target} did not become SERVING")
+
+
+async def bench_grpc(target: str, calls: int) -> dict:
+    results = {}
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+        for n in SIZES:
+            rng = np.random.default_rng(n)
+            request = ranking_pb2.RankRequest(
+                user_id="bench-user", limit=20,
+                candidates=[common_pb2.ScoredItem(item_id=f"bench-{i}", score=float(rng.random()), source="als")
+                            for i in range(n)],
+                constraints=common_pb2.UserConstraints(age=30, country="DE", preferred_categories=["Drama"]),
+                user_features={"interaction_count": 42.0, "affinity:Drama": 0.4},
+            )
+            samples, served = [], set()
+            for _ in range(calls):
+                started = time.perf_counter()
+                reply = await stub.Rank(request, timeout=2)
+                samples.append(time.perf_counter() - started)
+                served.add((reply.served_by, tuple(reply.degraded)))
+            results[n] = {**percentiles(samples[calls // 10 :]), "served": sorted(map(str, served))}
+    return {"grpc-rank": results}
+
+
+def run_fleet(args, model_text: str, calls: int) -> dict:
+    admin = args.postgres_admin_dsn
+    name = f"recfleet_rankbench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    client = redis.Redis.from_url(args.redis_url)
+    rng = np.random.default_rng(0)
+    item_keys = [keys.item(f"bench-{i}") for i in range(max(SIZES))]
+    processes = []
+    try:
+        migrate(dsn)
+        pipe = client.pipeline(transaction=False)
+        for i, key in enumerate(item_keys):
+            pipe.hset(key, mapping={k: orjson.dumps(v) for k, v in item_features(i, rng).items()})
+        pipe.execute()
+        artifacts = tempfile.mkdtemp(prefix="rankbench-")
+        prefix = write_ranker(DirectoryArtifactStore(artifacts), VERSION, model_text, model_meta(VERSION, FEATURE_NAMES))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            register_version(conn, VERSION, "ranker", prefix, {}, {})
+            promote(conn, "ranker", VERSION)
+        features_port, ranking_port = free_port(), free_port()
+        env = {**os.environ, "RECFLEET_POSTGRES_DSN": dsn, "RECFLEET_REDIS_URL": args.redis_url,
+               "RECFLEET_ARTIFACT_URL": artifacts, "RECFLEET_FEATURES_GRPC_PORT": str(features_port),
+               "RECFLEET_FEATURES_METRICS_PORT": "0", "RECFLEET_RANKING_GRPC_PORT": str(ranking_port),
+               "RECFLEET_RANKING_METRICS_PORT": "0", "RECFLEET_RANKING_FEATURE_STORE_TARGET": f"127.0.0.1:{features_port}",
+               "RECFLEET_RANKING_FEATURE_STORE_TIMEOUT": "0.5", "RECFLEET_RANKING_MODEL_BUDGET_MS": "100",
+               "RECFLEET_FEATURES_LOG_LEVEL": "WARNING", "RECFLEET_RANKING_LOG_LEVEL": "WARNING"}
+        for module in ("recfleet_features", "recfleet_ranking"):
+            processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL))
+
+        async def measure():
+            await wait_serving(f"127.0.0.1:{features_port}")
+            await wait_serving(f"127.0.0.1:{ranking_port}")
+            await bench_grpc(f"127.0.0.1:{ranking_port}", 50)  # warm-up: connections, caches
+            return await bench_grpc(f"127.0.0.1:{ranking_port}", calls)
+
+        return asyncio.run(measure())
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=15)
+        client.delete(*item_keys)
+        client.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for series, by_size in results.items():
+        sizes = sorted(by_size)
+        for axis, key in zip(axes, ("p50_ms", "p99_ms")):
+            axis.plot(sizes, [by_size[n][key] for n in sizes], marker="o", label=series)
+    for axis, title in zip(axes, ("p50", "p99")):
+        axis.set_title(f"Rank latency {title}")
+        axis.set_xlabel("candidates")
+        axis.set_ylabel("ms")
+        axis.grid(alpha=0.3)
+    axes[1].axhline(3.0, color="grey", linestyle="--", linewidth=1, label="aim: 500 candidates p99 3 ms")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000, help="calls per series (the first 10%% are warm-up)")
+    parser.add_argument("--redis-url", default=os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3"))
+    parser.add_argument("--postgres-admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--skip-grpc", action="store_true", help="in-process series only")
+    args = parser.parse_args()
+
+    model_text = train_model()
+    ranker = LearnedRanker.from_text(VERSION, model_text, {"feature_names": list(FEATURE_NAMES)})
+    results = bench_core(ranker, args.calls)
+    if not args.skip_grpc:
+        results.update(run_fleet(args, model_text, args.calls))
+
+    print(f"{'series':<22}" + "".join(f"{f'{n} p50':>11}{f'{n} p99':>11}" for n in SIZES) + "   (ms)")
+    for series, by_size in results.items():
+        print(f"{series:<22}" + "".join(f"{by_size[n]['p50_ms']:>11.3f}{by_size[n]['p99_ms']:>11.3f}" for n in SIZES))
+    if "grpc-rank" in results:
+        print("grpc served:", results["grpc-rank"][SIZES[0]]["served"])
+    RESULTS.mkdir(exist_ok=True)
+    chart(results, RESULTS / "ranking_latency.png")
+    (RESULTS / "ranking_latency.json").write_text(json.dumps(
+        {"results": results, "calls": args.calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    print(f"wrote {RESULTS / 'ranking_latency.png'} and ranking_latency.json")
+
+
+if __name__ == "__main__":
+    main()
