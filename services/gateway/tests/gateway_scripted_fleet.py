@@ -199,10 +199,12 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
     def __init__(self):
         super().__init__()
         self.requests: list[ranking_pb2.RankRequest] = []
+        self.metadata: list[dict[str, str]] = []
 
     async def Rank(self, request, context):
         await self.enter(context, "Rank")
         self.requests.append(request)
+        self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
         seen = set(request.constraints.seen_item_ids)
         blocked = set(request.constraints.blocked_categories)
         kept = [

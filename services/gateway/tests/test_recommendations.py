@@ -31,6 +31,15 @@ async def test_incoming_request_id_is_honoured(client):
     assert reply.json()["request_id"] == "abc-123"
 
 
+async def test_trace_context_and_request_id_reach_downstream(client, fleet):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "X-Request-ID": "req-trace-1"}
+    await client.get("/v1/recommendations", params={"user_id": "warm-1"}, headers=headers)
+    metadata = fleet.ranking.servicer.metadata[-1]
+    assert metadata["traceparent"].split("-")[1] == trace_id
+    assert metadata["x-request-id"] == "req-trace-1"
+
+
 async def test_explain_adds_explanations(client):
     body = (await client.get("/v1/recommendations", params={"user_id": "warm-1", "explain": "true"})).json()
     explanation = body["items"][0]["explanation"]
