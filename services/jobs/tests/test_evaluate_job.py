@@ -1,0 +1,70 @@
+"""evaluate and tune-als from the command line on the bundled data."""
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from recfleet_jobs import evaluate
+
+BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
+COMMON = ["--dataset", str(BUNDLED), "--format", "ml-latest-small"]
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    evaluate.register(app)
+    return app
+
+
+def test_evaluate_prints_json_metrics():
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--protocol", "recommenders-ml100k",
+                                         "--model", "popular", "--k", "5"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert {"precision@5", "recall@5", "ndcg@5", "map@5", "catalog_coverage", "users_evaluated"} <= set(metrics)
+    assert metrics["users_evaluated"] == 610
+    assert 0 < metrics["ndcg@5"] < 1 and 0 < metrics["catalog_coverage"] < 0.01
+
+
+def test_als_beats_popular_on_recbole():
+    runner = CliRunner()
+    scores = {}
+    for model in ("popular", "als"):
+        result = runner.invoke(_app(), ["evaluate", *COMMON, "--protocol", "recbole", "--model", model,
+                                        "--factors", "16", "--iterations", "5"])
+        assert result.exit_code == 0, result.output
+        scores[model] = json.loads(result.output)["ndcg@10"]
+    assert scores["als"] > scores["popular"]
+
+
+def test_tune_als_prints_a_table_and_the_best_setting():
+    result = CliRunner().invoke(_app(), ["tune-als", *COMMON, "--protocol", "recbole", "--factors", "8",
+                                         "--regularization", "1,30", "--alpha", "2", "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert "ndcg@10" in result.output
+    best = json.loads(result.output.strip().splitlines()[-1])
+    assert best["best"]["factors"] == 8 and best["best"]["regularization"] in (1.0, 30.0)
+    assert "test" not in best
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protocol", "leave-one-out"], "leave-one-out"),
+        (["--protocol", "recbole", "--model", "svd"], "svd"),
+    ],
+)
+def test_bad_arguments_are_named(args, message):
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, *args], env={"COLUMNS": "500"})
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_dataset_directory(tmp_path):
+    result = CliRunner().invoke(_app(), ["evaluate", "--dataset", str(tmp_path / "nope"), "--format", "ml-100k",
+                                         "--protocol", "recbole"], env={"COLUMNS": "500"})
+    assert result.exit_code == 2
+    assert "not a directory" in result.output
