@@ -13,7 +13,6 @@ import time
 
 import psycopg
 import pytest
-
 from recfleet.ingest.v1 import ingest_pb2
 from recfleet_ingest.adapters.postgres import SINK_APPLICATION_NAME
 
@@ -45,11 +44,10 @@ class SinkProcess:
         self.kills = 0
 
     def start(self) -> None:
-        log = open(self.log_dir / f"sink-{self.kills}.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "recfleet_ingest.sink"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
+        with open(self.log_dir / f"sink-{self.kills}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "recfleet_ingest.sink"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def logs(self) -> str:
         return "".join(path.read_text() for path in sorted(self.log_dir.glob("sink-*.log")))
