@@ -45,3 +45,17 @@ bench: install  ## end-to-end latency benchmark through the gateway (see bench/R
 
 clean:  ## remove generated code and local state
 	rm -rf gen/python .state
+
+IMAGE_REGISTRY ?= ghcr.io/recfleet
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' deploy/helm/recfleet/Chart.yaml)
+IMAGES := gateway candidate-gen ranking feature-store event-ingest jobs
+
+images:  ## build the six images with Docker (IMAGE_REGISTRY, IMAGE_TAG; PUSH=1 pushes them)
+	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
+	set -e; for image in $(IMAGES); do \
+		docker build -f services/$$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . ; \
+		if [ -n "$(PUSH)" ]; then docker push $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG); fi; \
+	done
+
+chart-base: | .venv/.stamp  ## render deploy/kustomize/base and components from the Helm chart
+	$(PY) deploy/kustomize/render.py

@@ -201,6 +201,9 @@ Secrets, the track, the shard and the pod name are set on the container instead.
 {{- else -}}
 {{- if $v.ports.grpc -}}
 {{- $_ := set $data (printf "%sGRPC_PORT" $c.prefix) (toString $v.ports.grpc) -}}
+{{- else if $c.inherit -}}
+{{- /* Consumers serve no gRPC; their settings class still has the field. */ -}}
+{{- $_ := set $data (printf "%sGRPC_PORT" $c.prefix) (toString (index $root.Values $c.inherit).ports.grpc) -}}
 {{- end -}}
 {{- $_ := set $data (printf "%sMETRICS_PORT" $c.prefix) (toString $v.ports.metrics) -}}
 {{- end -}}
@@ -226,8 +229,10 @@ Secrets, the track, the shard and the pod name are set on the container instead.
 {{- define "recfleet.env" -}}
 {{- $root := .root -}}
 {{- $c := .c -}}
+{{- if ne $c.key "jobs" }}
 - name: RECFLEET_TRACK
   value: {{ .track | quote }}
+{{- end }}
 {{- if has "postgres" $c.uses }}
 - name: RECFLEET_POSTGRES_DSN
   valueFrom:
@@ -493,7 +498,6 @@ spec:
 {{- range $u := .uses -}}
 {{- if hasKey $np.egress $u }}{{ $names = append $names $u }}{{ end -}}
 {{- end -}}
-{{- if .root.Values.otel.enabled }}{{ $names = append $names "otel" }}{{ end -}}
 {{- range $name := $names }}
 {{- $e := get $np.egress $name }}
 {{- if $e.cidrs }}
