@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
+import redis
 import structlog
 from psycopg_pool import AsyncConnectionPool
-
 from recfleet.features.v1 import features_pb2_grpc
 from recfleet_runtime import tracing
 from recfleet_runtime.grpcserver import GrpcService
@@ -40,7 +41,11 @@ class FeatureStoreApp:
         )
         self.offline = PostgresOfflineStore(self.pool)
         self.features = FeatureService(
-            registry.load(settings.registry_path), self.online, self.offline, settings.max_items_per_read
+            registry.load(settings.registry_path),
+            self.online,
+            self.offline,
+            max_items_per_read=settings.max_items_per_read,
+            item_row_cache_size=settings.item_row_cache_size,
         )
         self.service = GrpcService("feature-store", settings, [SERVICE_NAME])
         features_pb2_grpc.add_FeatureStoreServicer_to_server(FeatureStoreServicer(self.features), self.service.server)
@@ -50,7 +55,7 @@ class FeatureStoreApp:
         try:
             await asyncio.wait_for(asyncio.gather(self.online.ping(), self.offline.ping()), timeout=2)
             return True
-        except Exception as error:  # any failure means "not ready"; the reason is logged
+        except (OSError, TimeoutError, redis.RedisError, psycopg.Error) as error:
             log.warning("store check failed", error=repr(error))
             return False
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from .adapters.postgres_offline import PostgresOfflineStore
 from .adapters.redis_online import RedisOnlineStore
@@ -37,11 +39,14 @@ class FeatureService:
         online: RedisOnlineStore,
         offline: PostgresOfflineStore,
         max_items_per_read: int = 1000,
+        item_row_cache_size: int = 20000,
     ):
         self.registry = registry
         self.online = online
         self.offline = offline
         self.max_items_per_read = max_items_per_read
+        self.item_row_cache_size = item_row_cache_size
+        self._item_rows: dict[tuple, Row] = {}
 
     def _views(self, entity: str, names: list[str], where: str = "feature_names"):
         views = self.registry.for_entity(entity)
@@ -72,7 +77,10 @@ class FeatureService:
         )
 
     async def get_items(self, item_ids: list[str], names: list[str]) -> list[Row]:
-        """Rows for up to `max_items_per_read` items in one round trip, defaults for missing."""
+        """Rows for up to `max_items_per_read` items in one round trip, defaults for missing.
+
+        Rows built from the same stored values are reused while fresh (bounded cache of
+        `item_row_cache_size`); callers must not mutate them."""
         if len(item_ids) > self.max_items_per_read:
             raise ValidationError(f"item_ids: at most {self.max_items_per_read} per call (got {len(item_ids)})")
         for index, item_id in enumerate(item_ids):
@@ -80,9 +88,27 @@ class FeatureService:
         views = self._views("item", names)
         fields = [view.name for view in views]
         fields += [timestamp_field(view.name) for view in views if view.freshness_seconds]
-        raw = await self.online.read_items(item_ids, fields) if item_ids else []
+        texts = await self.online.read_items(item_ids, fields) if item_ids else []
         now = time.time()
-        return [build_row_from_list(item_id, fields, values, views, now) for item_id, values in zip(item_ids, raw)]
+        fields_key = tuple(fields)
+        cache = self._item_rows
+        rows = []
+        for item_id, text in zip(item_ids, texts):
+            # A row is a function of the stored values (and time, through expires_at), so
+            # the text read from Redis is a safe cache key.
+            key = (fields_key, item_id, text)
+            row = cache.get(key)
+            if row is None or row.expires_at <= now:
+                try:
+                    values = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    values = await self.online.read_item_values(item_id, fields)
+                row = build_row_from_list(item_id, fields, values, views, now)
+                if len(cache) >= self.item_row_cache_size:
+                    cache.clear()
+                cache[key] = row
+            rows.append(row)
+        return rows
 
     async def write(self, entity: str, rows: list[tuple[str, dict[str, Any]]], event_time: datetime | None) -> int:
         """Write values to the offline store (with event_time, default now) and the online
@@ -104,7 +130,7 @@ class FeatureService:
                 if not view.accepts(value):
                     raise ValidationError(f"rows[{index}].values[{name!r}]: must be of type {view.type}")
                 by_entity.setdefault(entity_id, {})[name] = value
-        when = event_time or datetime.now(timezone.utc)
+        when = event_time or datetime.now(UTC)
         # Offline first: it is the source of truth, and a failed online write is repaired
         # by the next materialization.
         written = await self.offline.write_features(entity, by_entity, when)
@@ -145,7 +171,7 @@ class FeatureService:
         online = await self.online.export_user(user_id)
         return {
             "user_id": user_id,
-            "exported_at": datetime.now(timezone.utc).isoformat(),
+            "exported_at": datetime.now(UTC).isoformat(),
             "profile": offline["profile"],
             "online_features": online["features"],
             "offline_features": offline["offline_features"],

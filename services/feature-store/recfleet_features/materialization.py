@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-from tqdm import tqdm
-
 from recfleet_store import keys
+from tqdm import tqdm
 
 from . import registry as registry_module
 from .adapters.batch import OfflineBatch, OnlineBatch
@@ -27,7 +26,7 @@ from .pointintime import column, training_rows
 # Rows committed with an older timestamp than the watermark (long transactions) are
 # picked up by re-reading this much before it; re-reading is harmless.
 OVERLAP = timedelta(minutes=2)
-BEGINNING = datetime(1900, 1, 1, tzinfo=timezone.utc)
+BEGINNING = datetime(1900, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -48,7 +47,7 @@ def window_start(watermark: datetime | None, since: datetime | None, full: bool)
     if full:
         return BEGINNING
     if since is not None:
-        return since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        return since if since.tzinfo else since.replace(tzinfo=UTC)
     if watermark is not None:
         return watermark - OVERLAP
     return BEGINNING
@@ -76,9 +75,17 @@ def materialize(
         )
         with bar:
             bar.set_postfix_str("catalog")
-            for item_id, title, categories, creator, published, tags, age_rating, regions, available in (
-                offline.changed_items(start, until)
-            ):
+            for (
+                item_id,
+                title,
+                categories,
+                creator,
+                published,
+                tags,
+                age_rating,
+                regions,
+                available,
+            ) in offline.changed_items(start, until):
                 online.hset(
                     keys.item(item_id),
                     {

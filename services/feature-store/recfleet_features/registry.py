@@ -99,7 +99,9 @@ def parse(document: dict) -> Registry:
     views = []
     for index, raw in enumerate(raw_views):
         where = f"views[{index}]"
-        missing = [key for key in ("name", "entity", "type", "source", "freshness", "default", "version") if key not in raw]
+        missing = [
+            key for key in ("name", "entity", "type", "source", "freshness", "default", "version") if key not in raw
+        ]
         if missing:
             raise RegistryError(f"{where}: missing {', '.join(missing)}")
         if raw["entity"] not in ENTITIES:

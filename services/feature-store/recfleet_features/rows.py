@@ -9,6 +9,7 @@ never go stale.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +22,18 @@ TIMESTAMP_PREFIX = "_ts:"
 PROFILE_FIELDS = ("preferred_categories", "blocked_categories", "liked_items", "age", "country")
 
 
-@dataclass
+@dataclass(eq=False)
 class Row:
-    """One entity's features: values by name and the names that carry the default."""
+    """One entity's features: values by name and the names that carry the default.
+
+    Rows may be shared between reads (see FeatureService's item row cache): never mutate
+    one after it was built. `expires_at` is when a value in it goes stale (epoch seconds).
+    """
 
     entity_id: str
     values: dict[str, Any] = field(default_factory=dict)
     defaulted: list[str] = field(default_factory=list)
+    expires_at: float = math.inf
 
 
 def timestamp_field(name: str) -> str:
@@ -53,33 +59,40 @@ def build_row(entity_id: str, stored: dict[str, Any], views: list[FeatureView], 
     """The row for `views` from a decoded hash: stored values where present, fresh and of the
     right type; the registry default, listed in `defaulted`, otherwise."""
     row = Row(entity_id)
+    values = row.values
     for view in views:
-        value = stored.get(view.name)
+        name = view.name
+        value = stored.get(name)
         if value is not None and view.freshness_seconds:
-            written = stored.get(timestamp_field(view.name))
-            if isinstance(written, (int, float)) and now - written > view.freshness_seconds:
-                value = None
+            written = stored.get(timestamp_field(name))
+            if isinstance(written, (int, float)):
+                if now - written > view.freshness_seconds:
+                    value = None
+                else:
+                    row.expires_at = min(row.expires_at, written + view.freshness_seconds)
         if value is not None:
+            # Fast paths for values already of the view's type: this loop runs for every
+            # feature of up to 1,000 items per read.
+            kind = value.__class__
+            if view.type == "number" and kind is float:
+                values[name] = value
+                continue
+            if (view.type == "text" and kind is str) or (view.type == "strings" and kind is list):
+                values[name] = value if view.type == "text" else [str(v) for v in value]
+                continue
             try:
-                row.values[view.name] = view.coerce(value)
+                values[name] = view.coerce(value)
                 continue
             except ValueError:
                 pass
-        row.values[view.name] = view.default
-        row.defaulted.append(view.name)
+        values[name] = view.default
+        row.defaulted.append(name)
     return row
 
 
-def build_row_from_list(entity_id: str, names: list[str], raw_values: list, views: list[FeatureView], now: float) -> Row:
-    """Like build_row, for an HMGET answer: `raw_values` are the values of `names` in order."""
-    stored = {}
-    for name, raw in zip(names, raw_values):
-        if raw is not None:
-            try:
-                stored[name] = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-    return build_row(entity_id, stored, views, now)
+def build_row_from_list(entity_id: str, names: list[str], values: list, views: list[FeatureView], now: float) -> Row:
+    """Like build_row, for decoded HMGET values: `values` are those of `names` in order."""
+    return build_row(entity_id, dict(zip(names, values)), views, now)
 
 
 def encode_value(value: Any) -> bytes:

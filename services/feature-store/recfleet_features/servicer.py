@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+import weakref
+from datetime import UTC
 
 import grpc
 import orjson
-
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 
@@ -20,9 +20,12 @@ SERVICE_NAME = features_pb2.DESCRIPTOR.services_by_name["FeatureStore"].full_nam
 
 def fill_value(target: features_pb2.FeatureValue, value) -> None:
     """Set a FeatureValue in place from a float, str or list of str."""
-    if isinstance(value, str):
+    kind = value.__class__
+    if kind is float:
+        target.number = value
+    elif kind is str:
         target.text = value
-    elif isinstance(value, list):
+    elif kind is list:
         target.strings.values.extend(value)
     else:
         target.number = value
@@ -67,7 +70,7 @@ def catalog_item(message: features_pb2.Item) -> CatalogItem:
         title=message.title,
         categories=list(message.categories),
         creator=message.creator,
-        published_at=message.published_at.ToDatetime(tzinfo=timezone.utc) if message.HasField("published_at") else None,
+        published_at=message.published_at.ToDatetime(tzinfo=UTC) if message.HasField("published_at") else None,
         tags=list(message.tags),
         age_rating=message.age_rating,
         regions=list(message.regions),
@@ -93,6 +96,8 @@ async def _invalid(context: grpc.aio.ServicerContext, error: ValidationError):
 class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
     def __init__(self, features: FeatureService):
         self.features = features
+        # Messages of shared item rows, alive as long as the row is cached.
+        self._row_messages: weakref.WeakKeyDictionary[Row, features_pb2.FeatureRow] = weakref.WeakKeyDictionary()
 
     async def GetUserFeatures(self, request, context):
         try:
@@ -123,14 +128,21 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
             rows = await self.features.get_items(list(request.item_ids), list(request.feature_names))
         except ValidationError as error:
             return await _invalid(context, error)
-        reply = features_pb2.GetItemFeaturesResponse()
+        messages = []
         for row in rows:
-            fill_row(reply.rows.add(), row)
+            message = self._row_messages.get(row)
+            if message is None:
+                message = features_pb2.FeatureRow()
+                fill_row(message, row)
+                self._row_messages[row] = message
+            messages.append(message)
+        reply = features_pb2.GetItemFeaturesResponse()
+        reply.rows.extend(messages)
         return reply
 
     async def WriteFeatures(self, request, context):
         rows = [(row.entity_id, {name: from_value(v) for name, v in row.values.items()}) for row in request.rows]
-        event_time = request.event_time.ToDatetime(tzinfo=timezone.utc) if request.HasField("event_time") else None
+        event_time = request.event_time.ToDatetime(tzinfo=UTC) if request.HasField("event_time") else None
         try:
             written = await self.features.write(request.entity, rows, event_time)
         except ValidationError as error:

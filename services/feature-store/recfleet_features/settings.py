@@ -1,7 +1,6 @@
 """feature-store settings (env prefix RECFLEET_FEATURES_)."""
 
 from pydantic_settings import SettingsConfigDict
-
 from recfleet_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings
 
 
@@ -13,6 +12,8 @@ class FeatureSettings(ServiceSettings, PostgresSettings, RedisSettings):
     # Feature registry: empty means the one bundled with the service.
     registry_path: str = ""
     max_items_per_read: int = 1000
+    # Item rows built from unchanged stored values are reused; at most this many are kept.
+    item_row_cache_size: int = 20000
     # Reads that name no model version use the serving one, re-read at most this often.
     serving_version_cache_seconds: float = 1.0
     redis_max_connections: int = 64

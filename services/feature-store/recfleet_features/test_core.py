@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from .rows import build_row, choose_vector, constraints_from, timestamp_field
 from .validation import CatalogItem, Profile, ValidationError, validate_items, validate_profile
 
 REGISTRY = registry.load()
-T = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def test_bundled_registry_has_typed_defaults():
@@ -30,13 +30,35 @@ def test_bundled_registry_has_typed_defaults():
         ({"views": []}, "registry: `views` must be a non-empty list"),
         ({"views": [{"name": "x", "entity": "user"}]}, "views[0]: missing type, source, freshness, default, version"),
         (
-            {"views": [{"name": "x", "entity": "shop", "type": "number", "source": "s", "freshness": 0, "default": 0,
-                        "version": 1}]},
+            {
+                "views": [
+                    {
+                        "name": "x",
+                        "entity": "shop",
+                        "type": "number",
+                        "source": "s",
+                        "freshness": 0,
+                        "default": 0,
+                        "version": 1,
+                    }
+                ]
+            },
             "views[0].entity: must be one of user, item",
         ),
         (
-            {"views": [{"name": "x", "entity": "user", "type": "number", "source": "s", "freshness": 0,
-                        "default": [1], "version": 1}]},
+            {
+                "views": [
+                    {
+                        "name": "x",
+                        "entity": "user",
+                        "type": "number",
+                        "source": "s",
+                        "freshness": 0,
+                        "default": [1],
+                        "version": 1,
+                    }
+                ]
+            },
             "views[0].default: x: expected a number, got list",
         ),
     ],
@@ -98,7 +120,9 @@ def test_items_are_normalised_and_errors_name_index_and_field():
 
 def test_profile_validation():
     assert validate_profile(Profile("u", liked_items=["1", "1"], age=0)).liked_items == ["1"]
-    with pytest.raises(ValidationError, match=r"^profile.age: must be between 0 \(unknown\) and 150 years \(got 200\)$"):
+    with pytest.raises(
+        ValidationError, match=r"^profile.age: must be between 0 \(unknown\) and 150 years \(got 200\)$"
+    ):
         validate_profile(Profile("u", age=200))
     with pytest.raises(ValidationError, match=r"^profile.liked_items\[0\]: must be 1-128 characters"):
         validate_profile(Profile("u", liked_items=["a b"]))
@@ -119,8 +143,8 @@ def test_point_in_time_join_never_uses_a_later_value():
 
 
 def test_window_start():
-    mark = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    mark = datetime(2025, 5, 1, tzinfo=UTC)
     assert window_start(mark, None, full=True) == BEGINNING
     assert window_start(mark, None, full=False) == mark - OVERLAP
     assert window_start(None, None, full=False) == BEGINNING
-    assert window_start(mark, datetime(2025, 1, 1), full=False) == datetime(2025, 1, 1, tzinfo=timezone.utc)
+    assert window_start(mark, datetime(2025, 1, 1), full=False) == datetime(2025, 1, 1, tzinfo=UTC)

@@ -94,7 +94,9 @@ def _labels(values: list[str], where: str, max_length: int = MAX_LABEL) -> list[
 def _countries(values: list[str], where: str) -> list[str]:
     for index, value in enumerate(values):
         if not COUNTRY_PATTERN.fullmatch(value):
-            raise ValidationError(f"{where}[{index}]: must be an ISO 3166 alpha-2 code in upper case, e.g. DE (got {value!r})")
+            raise ValidationError(
+                f"{where}[{index}]: must be an ISO 3166 alpha-2 code in upper case, e.g. DE (got {value!r})"
+            )
     return sorted(set(values))
 
 
@@ -133,7 +135,9 @@ def validate_items(items: list[CatalogItem]) -> list[CatalogItem]:
     for index, item in enumerate(items):
         valid = validate_item(item, f"items[{index}]")
         if valid.item_id in seen:
-            raise ValidationError(f"items[{index}].item_id: duplicates items[{seen[valid.item_id]}] ({valid.item_id!r})")
+            raise ValidationError(
+                f"items[{index}].item_id: duplicates items[{seen[valid.item_id]}] ({valid.item_id!r})"
+            )
         seen[valid.item_id] = index
         out.append(valid)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import numpy as np
@@ -15,7 +15,6 @@ import redis
 import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
@@ -216,7 +215,7 @@ async def test_item_read_of_500_items_is_one_round_trip_with_defaults(fleet):
 async def test_stale_values_fall_back_to_the_default(fleet):
     item = uid("i")
     old = Timestamp()
-    old.FromDatetime(datetime.now(timezone.utc) - timedelta(days=3))
+    old.FromDatetime(datetime.now(UTC) - timedelta(days=3))
     row = features_pb2.FeatureRow(entity_id=item)
     row.values["popularity"].number = 0.9
     row.values["interaction_count"].number = 4
@@ -302,7 +301,7 @@ async def test_new_item_appears_in_popular_for_its_category_before_any_retrain(f
     fleet.redis.hset(keys.item("p2"), "available", "0")
     new = uid("new")
     published = Timestamp()
-    published.FromDatetime(datetime(2026, 1, 2, tzinfo=timezone.utc))
+    published.FromDatetime(datetime(2026, 1, 2, tzinfo=UTC))
     item = features_pb2.Item(
         item_id=new,
         title="Fresh",
@@ -431,9 +430,7 @@ async def test_export_holds_everything_and_erase_leaves_nothing(fleet):
 
 
 async def test_health_stays_not_serving_while_postgres_does_not_answer(redis_url):
-    app = FeatureStoreApp(
-        settings("postgresql://postgres@127.0.0.1:1/nothing", redis_url, startup_timeout_seconds=1.0)
-    )
+    app = FeatureStoreApp(settings("postgresql://postgres@127.0.0.1:1/nothing", redis_url, startup_timeout_seconds=1.0))
     port = await app.service.start("127.0.0.1:0")
     try:
         assert await app.warm_up() is False
@@ -445,3 +442,25 @@ async def test_health_stays_not_serving_while_postgres_does_not_answer(redis_url
     finally:
         await app.service.server.stop(0)
         await app.close()
+
+
+async def test_a_value_that_is_not_json_counts_as_missing_without_losing_the_row(fleet):
+    put_json(fleet.redis, keys.item("good"), {"title": "Good", "popularity": 0.3})
+    fleet.redis.hset(keys.item("odd"), mapping={"title": "not json", "popularity": "0.8"})
+    reply = await fleet.stub.GetItemFeatures(
+        features_pb2.GetItemFeaturesRequest(item_ids=["odd", "good"], feature_names=["title", "popularity"]),
+        timeout=5,
+    )
+    odd, good = reply.rows
+    assert list(odd.defaulted) == ["title"] and value_of(odd.values["popularity"]) == 0.8
+    assert value_of(good.values["title"]) == "Good" and list(good.defaulted) == []
+
+
+async def test_item_rows_follow_changes_in_redis(fleet):
+    put_json(fleet.redis, keys.item("c1"), {"popularity": 0.1})
+    request = features_pb2.GetItemFeaturesRequest(item_ids=["c1"], feature_names=["popularity"])
+    first = await fleet.stub.GetItemFeatures(request, timeout=5)
+    put_json(fleet.redis, keys.item("c1"), {"popularity": 0.6})
+    second = await fleet.stub.GetItemFeatures(request, timeout=5)
+    assert value_of(first.rows[0].values["popularity"]) == 0.1
+    assert value_of(second.rows[0].values["popularity"]) == 0.6

@@ -6,19 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 import redis
 import typer
-from typer.testing import CliRunner
-
 from recfleet_jobs import materialize as materialize_job
 from recfleet_store import keys
+from typer.testing import CliRunner
 
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
-LONG_AGO = datetime.now(timezone.utc) - timedelta(hours=1)
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+LONG_AGO = datetime.now(UTC) - timedelta(hours=1)
 
 
 @pytest.fixture
@@ -46,7 +45,11 @@ def add_event(conn, user: str, item: str, ts: datetime, received: datetime = LON
 
 def seed(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
-        for item, categories, available in (("m1", ["Drama", "War"], True), ("m2", ["Comedy"], True), ("m3", [], False)):
+        for item, categories, available in (
+            ("m1", ["Drama", "War"], True),
+            ("m2", ["Comedy"], True),
+            ("m3", [], False),
+        ):
             conn.execute(
                 "INSERT INTO items (item_id, title, categories, available, updated_at) VALUES (%s, %s, %s, %s, %s)",
                 (item, f"Title {item}", categories, available, LONG_AGO),
@@ -90,7 +93,7 @@ def test_materialize_fills_redis_then_only_reads_what_is_new(cli, fresh_pg_dsn, 
             " WHERE entity = 'user' AND entity_id = 'u1' AND feature = 'interaction_count' ORDER BY event_time"
         ).fetchall()
         assert history == [(1, T0), (2, T0 + timedelta(hours=1)), (3, T0 + timedelta(hours=2))]
-        add_event(conn, "u2", "m1", T0 + timedelta(hours=4), received=datetime.now(timezone.utc))
+        add_event(conn, "u2", "m1", T0 + timedelta(hours=4), received=datetime.now(UTC))
 
     second = cli("materialize")
     assert (second["items"], second["profiles"], second["users"], second["item_counters"]) == (0, 0, 1, 1)

@@ -4,13 +4,11 @@ redis clients, set-based SQL and pipelined Redis writes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import redis
-
-from recfleet_store import keys
 
 from ..pointintime import Event, Histories, History
 from ..rows import encode_value
@@ -18,7 +16,7 @@ from ..rows import encode_value
 WATERMARK_NAME = "online"
 # Values known before any event (catalog and profile fields loaded with historical
 # interactions) are dated here, so point-in-time reads of old events see them.
-KNOWN_SINCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
+KNOWN_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Catalog and profile values are appended only when they differ from the latest stored
 # one: the first value of an entity counts as known since KNOWN_SINCE, later ones since
@@ -281,4 +279,3 @@ class OnlineBatch:
     def close(self) -> None:
         self.flush()
         self.client.close()
-

@@ -49,9 +49,7 @@ class PostgresOfflineStore:
         ids = [item.item_id for item in items]
         created: set[str] = set()
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT item_id, categories FROM items WHERE item_id = ANY(%s) FOR UPDATE", (ids,)
-            )
+            cur = await conn.execute("SELECT item_id, categories FROM items WHERE item_id = ANY(%s) FOR UPDATE", (ids,))
             previous = {row[0]: list(row[1]) for row in await cur.fetchall()}
             for item in items:
                 cur = await conn.execute(
@@ -132,9 +130,7 @@ class PostgresOfflineStore:
                 " WHERE entity = 'user' AND entity_id = %s ORDER BY feature, event_time",
                 (user_id,),
             )
-            offline = [
-                {"feature": f, "value": v, "event_time": t.isoformat()} for f, v, t in await cur.fetchall()
-            ]
+            offline = [{"feature": f, "value": v, "event_time": t.isoformat()} for f, v, t in await cur.fetchall()]
             cur = await conn.execute(
                 "SELECT model_version, vector FROM user_vectors WHERE user_id = %s ORDER BY model_version",
                 (user_id,),

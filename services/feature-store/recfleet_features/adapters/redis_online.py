@@ -11,13 +11,36 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-
 from recfleet_store import keys
 
 from ..rows import decode_hash, decode_vector, encode_value, timestamp_field
 from ..validation import CatalogItem, Profile
 
 WINDOWS = ("all", "7d", "trending")
+
+# Reads the same fields of many item hashes and answers ONE JSON document: a list of
+# per-item texts `[v, ...]` (null where absent). The stored values are JSON already, so
+# they are spliced in as they are: the client parses one string instead of thousands of
+# replies (most of the cost of a 500-item read in Python), and an item's text is a
+# ready-made cache key for the row built from it. Ids and field names travel as two
+# newline-joined arguments (ids cannot hold a newline) because packing a thousand
+# arguments costs more client time than the script: the hash keys are therefore not
+# declared, which standalone Redis allows (a Redis Cluster would need per-slot batches).
+ITEM_ROWS_SCRIPT = """
+local fields = {}
+for name in string.gmatch(ARGV[3], '[^\\n]+') do fields[#fields + 1] = name end
+local out = {}
+for id in string.gmatch(ARGV[2], '[^\\n]+') do
+  local values = redis.call('HMGET', ARGV[1] .. id, unpack(fields))
+  local parts = {}
+  for j = 1, #fields do
+    local value = values[j]
+    if value then parts[j] = value else parts[j] = 'null' end
+  end
+  out[#out + 1] = '[' .. table.concat(parts, ',') .. ']'
+end
+return cjson.encode(out)
+"""
 
 
 @dataclass
@@ -42,6 +65,7 @@ class RedisOnlineStore:
         self.client = client
         self.serving_cache_seconds = serving_cache_seconds
         self._serving: tuple[float, str] | None = None
+        self._item_rows = client.register_script(ITEM_ROWS_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, serving_cache_seconds: float = 1.0, **pool_kwargs):
@@ -83,12 +107,18 @@ class RedisOnlineStore:
             seen={_text(item) for item in results[2]},
         )
 
-    async def read_items(self, item_ids: list[str], fields: list[str]) -> list[list]:
-        """HMGET of `fields` for every item, in one round trip; raw bytes (None when absent)."""
-        pipe = self.client.pipeline(transaction=False)
-        for item_id in item_ids:
-            pipe.hmget(keys.item(item_id), fields)
-        return await pipe.execute()
+    async def read_items(self, item_ids: list[str], fields: list[str]) -> list[str]:
+        """Per item, the JSON text of its `fields` values in order (null where absent), in
+        one round trip. A value that is not JSON makes its item's text unparseable; such
+        items are re-read with `read_item_values`."""
+        if not item_ids:
+            return []
+        document = await self._item_rows(args=[keys.item(""), "\n".join(item_ids), "\n".join(fields)])
+        return orjson.loads(document)
+
+    async def read_item_values(self, item_id: str, fields: list[str]) -> list:
+        """The decoded values of one item's `fields`; values that are not JSON count as absent."""
+        return [_json_or_none(value) for value in await self.client.hmget(keys.item(item_id), fields)]
 
     async def write(self, entity: str, rows: dict[str, dict[str, Any]], event_time: float) -> None:
         """Feature values (JSON) and the time they were written, for freshness checks."""
@@ -187,6 +217,15 @@ class RedisOnlineStore:
         async for key in self.client.scan_iter(match=f"{keys.PREFIX}:*{{{user_id}}}*", count=1000):
             names.add(_text(key))
         return int(await self.client.delete(*names))
+
+
+def _json_or_none(raw: bytes | None):
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _is_unavailable(flag: bytes) -> bool:

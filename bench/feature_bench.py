@@ -1,0 +1,245 @@
+"""Feature-store read latency over gRPC: one user plus 500 items, as a recommendation
+request reads them.
+
+    .venv/bin/python bench/feature_bench.py                    # 2,000 reads per series
+    .venv/bin/python bench/feature_bench.py --reads 5000 --items 1000
+
+Starts `python -m recfleet_features` as its own process (against a scratch Postgres
+database and the Redis database of `--redis-url`), seeds one user (profile, counters,
+64-d vector, 200 seen items) and `--items` item hashes with every catalog and popularity
+field, then a client in this process issues reads one after another (closed loop, one in
+flight) and records each call's latency from send to answer:
+
+- user: GetUserFeatures (hash, vector of the named version, seen set; one Redis round trip);
+- items-all: GetItemFeatures for every item, all 12 item features;
+- items-ranking: GetItemFeatures for every item, the 8 features the ranker reads;
+- user+items: both calls, concurrently, as the gateway and ranking issue them.
+
+Prints p50/p90/p99/max per series and writes a CDF chart and the figures as JSON to
+bench/results/. The seeded keys are deleted afterwards. Nothing passes or fails on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psycopg
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet_store import keys
+from recfleet_store.postgres import migrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VERSION = "als-bench"
+RANKING_FEATURES = [
+    "popularity",
+    "popularity_7d",
+    "published_at",
+    "categories",
+    "creator",
+    "age_rating",
+    "regions",
+    "available",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def seed(client: redis.Redis, user: str, items: list[str]) -> None:
+    rng = np.random.default_rng(7)
+    pipe = client.pipeline(transaction=False)
+    profile = {
+        "interaction_count": 120,
+        "last_seen_at": int(time.time()),
+        "category_counts": {"Drama": 50, "Comedy": 40, "Action": 30},
+        "preferred_categories": ["Drama"],
+        "blocked_categories": ["Horror"],
+        "liked_items": items[:3],
+        "age": 30,
+        "country": "DE",
+    }
+    pipe.hset(keys.user(user), mapping={k: json.dumps(v) for k, v in profile.items()})
+    pipe.hset(keys.user_vectors(user), VERSION, rng.standard_normal(64).astype("<f4").tobytes())
+    pipe.sadd(keys.user_seen(user), *items[:200])
+    for n, item in enumerate(items):
+        fields = {
+            "title": f"Item {n}",
+            "categories": ["Drama", "Comedy"][: 1 + n % 2],
+            "creator": f"creator-{n % 40}",
+            "published_at": 1_600_000_000 + n,
+            "tags": ["tag-a", "tag-b"],
+            "age_rating": [0, 7, 13, 16, 18][n % 5],
+            "regions": [] if n % 3 else ["DE", "FR"],
+            "available": 1,
+            "popularity": float(rng.random()),
+            "popularity_7d": float(rng.random()),
+            "interaction_count": n,
+            "last_interaction_at": 1_700_000_000 + n,
+        }
+        pipe.hset(keys.item(item), mapping={k: json.dumps(v) for k, v in fields.items()})
+    pipe.execute()
+
+
+async def wait_serving(channel: grpc.aio.Channel, timeout: float = 60) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("feature-store did not become SERVING")
+
+
+async def measure(stub, user: str, items: list[str], reads: int, warmup: int) -> dict[str, list[float]]:
+    user_request = features_pb2.GetUserFeaturesRequest(user_id=user, model_version=VERSION)
+    all_request = features_pb2.GetItemFeaturesRequest(item_ids=items)
+    ranking_request = features_pb2.GetItemFeaturesRequest(item_ids=items, feature_names=RANKING_FEATURES)
+
+    async def both():
+        await asyncio.gather(
+            stub.GetUserFeatures(user_request, timeout=1), stub.GetItemFeatures(ranking_request, timeout=1)
+        )
+
+    series = {
+        "user": lambda: stub.GetUserFeatures(user_request, timeout=1),
+        "items-all": lambda: stub.GetItemFeatures(all_request, timeout=1),
+        "items-ranking": lambda: stub.GetItemFeatures(ranking_request, timeout=1),
+        "user+items": both,
+    }
+    latencies: dict[str, list[float]] = {}
+    for name, call in series.items():
+        for _ in range(warmup):
+            await call()
+        samples = []
+        for _ in range(reads):
+            started = time.perf_counter()
+            await call()
+            samples.append((time.perf_counter() - started) * 1000)
+        latencies[name] = samples
+    return latencies
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    values = np.asarray(samples)
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p90_ms": round(float(np.percentile(values, 90)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+        "max_ms": round(float(values.max()), 3),
+    }
+
+
+def chart(latencies: dict[str, list[float]], items: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for name, samples in latencies.items():
+        values = np.sort(samples)
+        axis.plot(values, np.arange(1, len(values) + 1) / len(values), label=name)
+    axis.axvline(3.0, color="grey", linestyle="--", linewidth=1, label="3 ms target (p99)")
+    axis.set_xscale("log")
+    axis.set_xlabel("latency per read (ms, log scale)")
+    axis.set_ylabel("fraction of reads")
+    axis.set_title(f"feature-store reads over gRPC: 1 user + {items} items")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+async def run(args) -> None:
+    admin = args.postgres_admin_dsn
+    name = f"recfleet_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    migrate(dsn)
+    client = redis.Redis.from_url(args.redis_url)
+    run_id = uuid.uuid4().hex[:6]
+    user = f"bench-{run_id}-user"
+    items = [f"bench-{run_id}-{n}" for n in range(args.items)]
+    seed(client, user, items)
+    port = free_port()
+    env = {
+        **os.environ,
+        "RECFLEET_POSTGRES_DSN": dsn,
+        "RECFLEET_REDIS_URL": args.redis_url,
+        "RECFLEET_FEATURES_GRPC_PORT": str(port),
+        "RECFLEET_FEATURES_METRICS_PORT": "0",
+        "RECFLEET_FEATURES_LOG_LEVEL": "WARNING",
+    }
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recfleet_features", env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_serving(channel)
+            stub = features_pb2_grpc.FeatureStoreStub(channel)
+            latencies = await measure(stub, user, items, args.reads, args.warmup)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), timeout=30)
+        pipe = client.pipeline(transaction=False)
+        pipe.delete(keys.user(user), keys.user_vectors(user), keys.user_seen(user))
+        for item in items:
+            pipe.delete(keys.item(item))
+        pipe.execute()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    figures = {name: summary(samples) for name, samples in latencies.items()}
+    print(f"feature-store reads, 1 user + {args.items} items, {args.reads} sequential reads per series")
+    print(f"{'series':<15}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name, row in figures.items():
+        print(f"{name:<15}{row['p50_ms']:>9.3f}{row['p90_ms']:>9.3f}{row['p99_ms']:>9.3f}{row['max_ms']:>9.3f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    png = RESULTS / "feature_read_latency.png"
+    chart(latencies, args.items, png)
+    report = {
+        "items": args.items,
+        "reads": args.reads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "series": figures,
+    }
+    (RESULTS / "feature_read_latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {png}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument("--redis-url", default=os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    parser.add_argument(
+        "--postgres-admin-dsn",
+        default=os.environ.get("RECFLEET_TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
