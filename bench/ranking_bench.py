@@ -7,8 +7,8 @@ In-process series time `RankingPipeline.rank` (filters, scoring, diversity re-ra
 response entries) on candidates whose item features are already loaded:
 
 - core-rules: the rule formula;
-- core-ranker: the LightGBM lambdarank ranker (150 trees of up to 31 leaves and depth
-  6, as `train-ranker` trains it), single-threaded predict;
+- core-ranker: the LightGBM lambdarank ranker (80 trees of up to 15 leaves and depth 5,
+  as `train-ranker` trains it), single-threaded predict;
 - core-ranker-explain: the same with `pred_contrib` explanations of the 20 returned items.
 
 The gRPC series starts `python -m recfleet_features` and `python -m recfleet_ranking` as

@@ -57,11 +57,13 @@ class RankerTrainingParams:
     als_candidates: int = 50
     popular_candidates: int = 20
     holdout_share: float = 0.2
-    num_boost_round: int = 150
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    # Shallow trees keep TreeSHAP explanations (cost grows with depth squared) cheap.
-    max_depth: int = 6
+    # Small, shallow trees: on ml-latest-small they rank as well as bigger ones, predict
+    # 500 rows in well under a millisecond single-threaded, and keep TreeSHAP explanations
+    # (cost grows with leaves times depth squared) cheap.
+    num_boost_round: int = 80
+    learning_rate: float = 0.1
+    num_leaves: int = 15
+    max_depth: int = 5
     min_data_in_leaf: int = 40
     freshness_half_life_days: float = 365.0
     seed: int = 42

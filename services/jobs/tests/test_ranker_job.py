@@ -57,7 +57,7 @@ def test_ndcg_known_answer():
 def test_train_ranker_beats_rules_and_registers_a_loadable_version(fresh_pg_dsn, artifact_dir, monkeypatch):
     load_movielens(fresh_pg_dsn, max_users=200)
     store = DirectoryArtifactStore(artifact_dir)
-    summary = train_ranker(fresh_pg_dsn, store, RankerTrainingParams(num_boost_round=60), promote=False)
+    summary = train_ranker(fresh_pg_dsn, store, RankerTrainingParams(), promote=False)
     metrics = summary["metrics"]
     assert metrics["holdout_users"] > 10
     assert metrics["ndcg@10"] > metrics["ndcg@10_rules"]
