@@ -12,12 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from psycopg_pool import AsyncConnectionPool
 from recfleet_runtime import tracing
+from recfleet_runtime.canary import Gates
 from recfleet_store.postgres import open_pool
+from recfleet_store.traffic import TrafficStore
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import problems
-from .api import admin, catalog, events, health, recommendations, users
+from .api import admin, catalog, events, health, recommendations, traffic, users
 from .api.admin import Registry
 from .auth import ApiKeyStore
 from .cache import CursorCodec, ResultCache
@@ -29,6 +31,7 @@ from .pipeline import Recommender
 from .ratelimit import RateLimiter
 from .responses import JSONBody
 from .settings import GatewaySettings
+from .traffic import TrafficController
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Gateway:
     erasures: ErasureService
     jobs: JobRunner
     registry: Registry
+    traffic: TrafficController
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
@@ -61,6 +65,18 @@ class Gateway:
             settings.rate_limit_per_user,
             settings.rate_limits_per_scope,
         )
+        traffic = TrafficController(
+            fleet,
+            TrafficStore(redis),
+            pool,
+            settings.routing_file,
+            settings.canary_weights,
+            gates={},
+            default_gates=Gates(),
+            refresh_seconds=settings.traffic_refresh_seconds,
+            analysis_seconds=settings.canary_analysis_seconds,
+        )
+        await traffic.start()
         return cls(
             settings=settings,
             fleet=fleet,
@@ -69,13 +85,15 @@ class Gateway:
             keys=ApiKeyStore(pool, settings.bootstrap_admin_key, settings.api_key_cache_seconds),
             limiter=limiter,
             cache=cache,
-            recommender=Recommender(settings, fleet, cache, CursorCodec(settings.cursor_secret)),
+            recommender=Recommender(settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow),
             erasures=ErasureService(pool, fleet, cache, limiter),
             jobs=JobRunner(pool, settings.jobs_command or None, settings.job_output_limit_bytes),
             registry=Registry(settings.postgres_dsn, settings.redis_url),
+            traffic=traffic,
         )
 
     async def close(self) -> None:
+        await self.traffic.stop()
         await self.erasures.drain()
         await self.fleet.close()
         await self.pool.close()
@@ -137,7 +155,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation)
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
-    for module in (recommendations, events, catalog, users, admin, health):
+    for module in (recommendations, events, catalog, users, admin, traffic, health):
         app.include_router(module.router)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from prometheus_client import Counter, Histogram
 from recfleet.candidates.v1 import candidates_pb2
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2
@@ -22,15 +24,29 @@ from recfleet_models.sharding import shard_of
 from recfleet_runtime.context import deadline_var, request_id_var
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.logging import get_logger
+from recfleet_runtime.metrics import LATENCY_BUCKETS
 from recfleet_runtime.resilience import CircuitOpenError
 
 from .cache import CursorCodec, ResultCache, parameters_digest
-from .clients import Fleet
+from .clients import CANDIDATE_GEN, FEATURE_STORE, RANKING, STABLE, Fleet, record_track, tracks_var
 from .problems import Problem
 from .settings import GatewaySettings
 
 log = get_logger("recfleet.gateway.pipeline")
 
+PATH_SERVICES = (CANDIDATE_GEN, RANKING, FEATURE_STORE)
+SHADOW_REQUESTS = Counter(
+    "recfleet_gateway_shadow_requests_total", "Calls mirrored to a canary, by service and outcome.", ["service", "outcome"]
+)
+SHADOW_SECONDS = Histogram(
+    "recfleet_gateway_shadow_seconds", "Latency of mirrored canary calls.", ["service"], buckets=LATENCY_BUCKETS
+)
+SHADOW_OVERLAP = Histogram(
+    "recfleet_gateway_shadow_overlap_ratio",
+    "overlap@10 between the stable answer and the mirrored canary answer.",
+    ["service"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
+)
 DOWNSTREAM_ERRORS = (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError)
 
 
@@ -111,6 +127,17 @@ def interleave(groups: list[list[common_pb2.ScoredItem]]) -> list[common_pb2.Sco
     return out
 
 
+def replay_tracks(tracks: dict[str, str]) -> None:
+    """A cached list names the tracks that produced it."""
+    for service, track in tracks.items():
+        record_track(service, track)
+
+
+def overlap_at_k(primary: list[str], other: list[str], k: int = 10) -> float:
+    top = set(primary[:k])
+    return len(top & set(other[:k])) / len(top) if top else 1.0
+
+
 def model_version(als_version: str, served_by: str, ranker_version: str) -> str:
     retrieval = als_version or "cold-start"
     if served_by == "ranker" and ranker_version:
@@ -121,11 +148,21 @@ def model_version(als_version: str, served_by: str, ranker_version: str) -> str:
 class Recommender:
     """Serves recommendations, similar items and popular items over the fleet."""
 
-    def __init__(self, settings: GatewaySettings, fleet: Fleet, cache: ResultCache, cursors: CursorCodec):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        fleet: Fleet,
+        cache: ResultCache,
+        cursors: CursorCodec,
+        shadow: Callable[[str], bool] = lambda service: False,
+    ):
         self.settings = settings
         self.fleet = fleet
         self.cache = cache
         self.cursors = cursors
+        # Whether to mirror this call of a service to its canary (the traffic controller).
+        self.shadow = shadow
+        self._shadow_tasks: set[asyncio.Task] = set()
 
     # -- recommendations -------------------------------------------------------------
 
@@ -134,16 +171,23 @@ class Recommender:
         fixed_digest = parameters_digest(query.fixed_parameters())
         if query.cursor:
             return await self._page(query, fixed_digest)
-        cache_digest = query.cache_digest()
+        # The tracks this user is routed to are part of the key: a weight change that
+        # moves the user to another track must not be answered from the old track's list.
+        router = self.fleet.router
+        routed = {service: router.track_for(service, query.user_id) for service in PATH_SERVICES}
+        cache_digest = parameters_digest({"query": query.cache_digest(), "tracks": routed})
         cached = await self.cache.get(query.user_id, cache_digest)
         if cached is not None:
-            cached["request_id"] = request_id_var.get()
-            return cached
+            replay_tracks(cached.get("tracks", {}))
+            response = cached["response"]
+            response["request_id"] = request_id_var.get()
+            return response
         snapshot = await self._rank_fresh(query)
+        snapshot["tracks"] = dict(tracks_var.get() or {})
         snapshot_id = secrets.token_hex(8)
         await self.cache.put_snapshot(query.user_id, snapshot_id, snapshot)
         response = self._response(query, snapshot, 0, fixed_digest, snapshot_id)
-        await self.cache.put(query.user_id, cache_digest, response)
+        await self.cache.put(query.user_id, cache_digest, {"response": response, "tracks": snapshot["tracks"]})
         return response
 
     async def _page(self, query: RecommendationQuery, fixed_digest: str) -> dict:
@@ -156,6 +200,7 @@ class Recommender:
                 kind="cursor-expired",
                 title="Cursor Expired",
             )
+        replay_tracks(snapshot.get("tracks", {}))
         return self._response(query, snapshot, offset, fixed_digest, snapshot_id)
 
     def _response(self, query: RecommendationQuery, snapshot: dict, offset: int, digest: str, snapshot_id: str) -> dict:
@@ -347,7 +392,30 @@ class Recommender:
             category=query.category,
             user_features=user.numeric_features,
         )
+        if client.track == STABLE and self.shadow(RANKING) and self.fleet.ranking.canary is not None:
+            primary = await client.call("Rank", request)
+            self._mirror(RANKING, self.fleet.ranking.canary, "Rank", request, [i.item_id for i in primary.items])
+            return primary
         return await client.call("Rank", request)
+
+    def _mirror(self, service: str, canary: Downstream, method: str, request, primary_ids: list[str]) -> None:
+        """Send the same call to the canary in the background and compare; the caller's
+        response never waits for it."""
+
+        async def run() -> None:
+            started = time.perf_counter()
+            try:
+                reply = await canary.call(method, request)
+            except DOWNSTREAM_ERRORS:
+                SHADOW_REQUESTS.labels(service, "error").inc()
+                return
+            SHADOW_REQUESTS.labels(service, "ok").inc()
+            SHADOW_SECONDS.labels(service).observe(time.perf_counter() - started)
+            SHADOW_OVERLAP.labels(service).observe(overlap_at_k(primary_ids, [i.item_id for i in reply.items]))
+
+        task = asyncio.create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
 
     async def _popular_fallback(
         self, query: RecommendationQuery, constraints: common_pb2.UserConstraints, degraded: list[str]

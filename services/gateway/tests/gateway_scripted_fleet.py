@@ -291,7 +291,7 @@ class ScriptedServer:
 class ScriptedFleet:
     """Two candidate shards, a feature store, ranking and event ingest."""
 
-    def __init__(self, shard_count: int = 2):
+    def __init__(self, shard_count: int = 2, ranking_canary: bool = False):
         self.shards = [
             ScriptedServer(ScriptedShard(i, shard_count), candidates_pb2_grpc.add_CandidateServiceServicer_to_server)
             for i in range(shard_count)
@@ -299,9 +299,15 @@ class ScriptedFleet:
         self.features = ScriptedServer(ScriptedFeatureStore(), features_pb2_grpc.add_FeatureStoreServicer_to_server)
         self.ranking = ScriptedServer(ScriptedRanking(), ranking_pb2_grpc.add_RankingServiceServicer_to_server)
         self.ingest = ScriptedServer(ScriptedIngest(), ingest_pb2_grpc.add_EventIngestServicer_to_server)
+        self.ranking_canary = (
+            ScriptedServer(ScriptedRanking(), ranking_pb2_grpc.add_RankingServiceServicer_to_server)
+            if ranking_canary
+            else None
+        )
 
     def servers(self) -> list[ScriptedServer]:
-        return [*self.shards, self.features, self.ranking, self.ingest]
+        extra = [self.ranking_canary] if self.ranking_canary else []
+        return [*self.shards, self.features, self.ranking, self.ingest, *extra]
 
     async def start(self) -> None:
         for server in self.servers():
@@ -317,4 +323,5 @@ class ScriptedFleet:
             "feature_store_target": self.features.target,
             "ranking_target": self.ranking.target,
             "event_ingest_target": self.ingest.target,
+            "ranking_canary_target": self.ranking_canary.target if self.ranking_canary else "",
         }

@@ -92,6 +92,9 @@ ROUTES = [
     ("GET", "/admin/v1/api-keys", None, "admin"),
     ("POST", "/admin/v1/api-keys", {"name": "n", "scopes": ["admin"]}, "admin"),
     ("DELETE", "/admin/v1/api-keys/key_missing", None, "admin"),
+    ("GET", "/admin/v1/traffic", None, "admin"),
+    ("PUT", "/admin/v1/traffic/ranking", {"weight": 0, "shadow_percent": 0}, "admin"),
+    ("POST", "/admin/v1/rollback/ranking", None, "admin"),
 ]
 
 

@@ -81,7 +81,8 @@ async def test_cache_hit_then_miss_after_invalidation(client, fleet, redis_url):
     assert len(fleet.ranking.servicer.requests) == ranks_before, "a repeat must be served from the cache"
     assert second["items"] == first["items"]
     assert second["request_id"] != first["request_id"]
-    assert "Recfleet-Tracks" not in second_reply.headers
+    # A cached list still names the tracks that produced it.
+    assert second_reply.headers["Recfleet-Tracks"] == "candidate-gen=stable, ranking=stable, feature-store=stable"
     redis.Redis.from_url(redis_url).delete(keys.result_cache("warm-2"))
     await client.get("/v1/recommendations", params=params)
     assert len(fleet.ranking.servicer.requests) == ranks_before + 1
