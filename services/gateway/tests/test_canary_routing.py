@@ -4,8 +4,9 @@ header, refusal without a canary target, and shadow calls that leave responses a
 from __future__ import annotations
 
 import pytest
-from conftest import http_client, running_app
 from gateway_scripted_fleet import ScriptedFleet
+
+from conftest import http_client, running_app
 
 
 @pytest.fixture
