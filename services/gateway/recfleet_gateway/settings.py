@@ -59,8 +59,7 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # Canary weights per service from the chart's recfleet-routing ConfigMap (mounted as a
     # file so that weight changes arrive without a restart); empty means none.
     routing_file: str = ""
-    # Canary traffic (issue 7): the chart's routing file, how often every replica re-reads
-    # the shared weights, and how often the canary analysis runs.
-    routing_file: str = ""
+    # Canary traffic (issue 7): how often every replica re-reads the shared weights, and
+    # how often the canary analysis runs.
     traffic_refresh_seconds: float = 1.0
     canary_analysis_seconds: float = 5.0
