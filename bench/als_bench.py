@@ -22,10 +22,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from recfleet_models.als import ALSParams, build_interaction_matrix, fit_als  # noqa: E402
-from recfleet_models.data import read_movielens  # noqa: E402
+import matplotlib.pyplot as plt
+from recfleet_models.als import ALSParams, build_interaction_matrix, fit_als
+from recfleet_models.data import read_movielens
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -16,8 +16,8 @@ one thread (implicit parallelises itself and asks for that).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp

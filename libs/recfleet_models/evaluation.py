@@ -13,13 +13,14 @@ Metrics follow microsoft/recommenders' `python_evaluation` with binary relevance
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 
-from .als import ALSParams, AlsModel, build_interaction_matrix, fit_als, top_k_batch
+from .als import AlsModel, ALSParams, build_interaction_matrix, fit_als, top_k_batch
 from .data import Ratings
 from .protocols import Split
 

@@ -14,8 +14,8 @@ not at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -34,11 +34,14 @@ class PopularityParams:
             raise ValueError("popularity windows and half-life must be positive")
 
 
+DEFAULT_PARAMS = PopularityParams()
+
+
 def window_scores(
     item_ids: Sequence[str],
     weights: np.ndarray,
     timestamps: np.ndarray,
-    params: PopularityParams = PopularityParams(),
+    params: PopularityParams = DEFAULT_PARAMS,
     now: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """window -> item -> score (> 0 only) for every window in WINDOWS.

@@ -31,7 +31,7 @@ def test_each_user_is_recommended_items_of_its_own_group():
     for user in user_index:
         row = model.user_row(user)
         seen = matrix[row].indices
-        best, scores = model.recommend(row, 1, exclude=seen)
+        best, _scores = model.recommend(row, 1, exclude=seen)
         unseen_group = GROUP_A if user.startswith("u") else GROUP_B
         assert model.item_ids[best[0]] in unseen_group
         assert model.item_ids[best[0]] not in {model.item_ids[i] for i in seen}
@@ -86,7 +86,7 @@ def test_bm25_weighting_trains():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(factors=0), dict(iterations=0), dict(regularization=-1), dict(alpha=0), dict(weighting="idf")],
+    [{"factors": 0}, {"iterations": 0}, {"regularization": -1}, {"alpha": 0}, {"weighting": "idf"}],
 )
 def test_invalid_params_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -94,7 +94,7 @@ def test_invalid_params_are_refused(kwargs):
 
 
 def test_empty_matrix_is_refused():
-    matrix, users, items = build_interaction_matrix([], [], [], [], ALSParams())
+    matrix, _users, _items = build_interaction_matrix([], [], [], [], ALSParams())
     with pytest.raises(ValueError, match="empty"):
         fit_als(matrix, ALSParams())
 

@@ -19,10 +19,9 @@ import numpy as np
 import psycopg
 import redis
 import typer
-from recfleet_models.als import WEIGHTINGS, ALSParams, AlsModel, build_interaction_matrix, fit_als
+from recfleet_models.als import WEIGHTINGS, AlsModel, ALSParams, build_interaction_matrix, fit_als
 from recfleet_store import keys, registry
 from recfleet_store.artifacts import ArtifactStore, open_artifact_store, sha256
-from tqdm import tqdm
 
 from .settings import JobSettings
 

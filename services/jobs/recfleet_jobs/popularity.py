@@ -19,7 +19,7 @@ import psycopg
 import redis
 import typer
 from recfleet_models.als import ALSParams, event_weights
-from recfleet_models.popularity import WINDOWS, PopularityParams, by_category, normalise, window_scores
+from recfleet_models.popularity import DEFAULT_PARAMS, WINDOWS, PopularityParams, by_category, normalise, window_scores
 from recfleet_store import keys
 from tqdm import tqdm
 
@@ -112,7 +112,7 @@ def write_redis(
     return written
 
 
-def compute_popularity(settings: JobSettings, params: PopularityParams = PopularityParams()) -> dict[str, int]:
+def compute_popularity(settings: JobSettings, params: PopularityParams = DEFAULT_PARAMS) -> dict[str, int]:
     """The whole job; returns how many items each window scored."""
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         items, weights, stamps = read_events(conn)

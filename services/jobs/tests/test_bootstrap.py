@@ -7,9 +7,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from recfleet_jobs import bootstrap
+from typer.testing import CliRunner
 
 BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
 

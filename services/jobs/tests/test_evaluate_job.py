@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from recfleet_jobs import evaluate
+from typer.testing import CliRunner
 
 BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
 COMMON = ["--dataset", str(BUNDLED), "--format", "ml-latest-small"]

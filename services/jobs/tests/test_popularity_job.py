@@ -7,10 +7,9 @@ import psycopg
 import pytest
 import redis
 import typer
-from typer.testing import CliRunner
-
 from recfleet_jobs import popularity
 from recfleet_store import keys
+from typer.testing import CliRunner
 
 NEWEST = datetime(2018, 9, 24, tzinfo=UTC)
 

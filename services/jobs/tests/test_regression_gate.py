@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from recfleet_models.als import ALSParams
 from recfleet_models.data import read_ml_latest_small
 from recfleet_models.evaluation import AlsRecommender, evaluate

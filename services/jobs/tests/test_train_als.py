@@ -9,11 +9,10 @@ import psycopg
 import pytest
 import redis
 import typer
-from typer.testing import CliRunner
-
 from recfleet_jobs import als, bootstrap
 from recfleet_store import keys
 from recfleet_store.artifacts import open_artifact_store, sha256
+from typer.testing import CliRunner
 
 SMALL = ["--factors", "4", "--iterations", "3", "--regularization", "0.1", "--alpha", "2"]
 
