@@ -7,17 +7,15 @@ import asyncio
 import psycopg
 import redis
 import structlog
-from psycopg_pool import AsyncConnectionPool
 from recfleet.features.v1 import features_pb2_grpc
 from recfleet_runtime import tracing
 from recfleet_runtime.grpcserver import GrpcService
 
 from . import registry
-from .adapters.postgres_offline import PostgresOfflineStore
-from .adapters.redis_online import RedisOnlineStore
 from .features import FeatureService
 from .servicer import SERVICE_NAME, FeatureStoreServicer
 from .settings import FeatureSettings
+from .stores import open_offline_store, open_online_store
 
 log = structlog.get_logger("recfleet.features")
 
@@ -30,16 +28,13 @@ class FeatureStoreApp:
         self.settings = settings
         tracing.instrument_redis()
         tracing.instrument_psycopg()
-        self.online = RedisOnlineStore.from_url(
+        self.online = open_online_store(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
             serving_cache_seconds=settings.serving_version_cache_seconds,
             **(redis_pool_kwargs or {}),
         )
-        self.pool = AsyncConnectionPool(
-            settings.postgres_dsn, min_size=1, max_size=settings.postgres_pool_size, open=False
-        )
-        self.offline = PostgresOfflineStore(self.pool)
+        self.offline = open_offline_store(settings.postgres_dsn, pool_size=settings.postgres_pool_size)
         self.features = FeatureService(
             registry.load(settings.registry_path),
             self.online,
@@ -61,7 +56,7 @@ class FeatureStoreApp:
 
     async def warm_up(self) -> bool:
         """Wait (up to startup_timeout_seconds) until both stores answer."""
-        await self.pool.open(wait=False)
+        await self.offline.open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.startup_timeout_seconds
         while not await self.stores_answer():

@@ -10,10 +10,9 @@ from typing import Any
 
 import orjson
 
-from .adapters.postgres_offline import PostgresOfflineStore
-from .adapters.redis_online import RedisOnlineStore
 from .registry import ENTITIES, Registry
 from .rows import Constraints, Row, build_row, build_row_from_list, choose_vector, constraints_from, timestamp_field
+from .stores import OfflineFeatureStore, OnlineFeatureStore
 from .validation import CatalogItem, Profile, ValidationError, check_id, validate_items, validate_profile
 
 POPULAR_WINDOWS = ("all", "7d", "trending")
@@ -36,8 +35,8 @@ class FeatureService:
     def __init__(
         self,
         registry: Registry,
-        online: RedisOnlineStore,
-        offline: PostgresOfflineStore,
+        online: OnlineFeatureStore,
+        offline: OfflineFeatureStore,
         max_items_per_read: int = 1000,
         item_row_cache_size: int = 20000,
     ):

@@ -148,3 +148,14 @@ def test_window_start():
     assert window_start(mark, None, full=False) == mark - OVERLAP
     assert window_start(None, None, full=False) == BEGINNING
     assert window_start(mark, datetime(2025, 1, 1), full=False) == datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def test_stores_are_chosen_by_url_scheme():
+    from .adapters.redis_online import RedisOnlineStore
+    from .stores import open_offline_store, open_online_store
+
+    assert isinstance(open_online_store("redis://127.0.0.1:6379/0"), RedisOnlineStore)
+    with pytest.raises(ValueError, match="online store URL: unsupported scheme 'memcached'"):
+        open_online_store("memcached://127.0.0.1")
+    with pytest.raises(ValueError, match="offline store DSN: unsupported scheme 'mysql'"):
+        open_offline_store("mysql://127.0.0.1/x")

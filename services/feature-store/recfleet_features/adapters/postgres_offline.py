@@ -17,6 +17,10 @@ class PostgresOfflineStore:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
 
+    async def open(self) -> None:
+        """Start the pool without waiting: readiness is `ping`'s job."""
+        await self.pool.open(wait=False)
+
     async def ping(self) -> bool:
         async with self.pool.connection() as conn:
             await conn.execute("SELECT 1")
