@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -44,35 +45,36 @@ class RateLimiter:
     def key_limit(self, scope: str) -> RateLimitItem:
         return self._per_scope.get(scope, self._per_key)
 
-    async def _hit(self, item: RateLimitItem, namespace: str, identifier: str) -> LimitState:
-        allowed = await self._strategy.hit(item, namespace, identifier)
-        stats = await self._strategy.get_window_stats(item, namespace, identifier)
-        reset = max(1, math.ceil(stats.reset_time - time.time()))
-        state = LimitState(item.amount, max(0, stats.remaining), reset)
-        if not allowed:
-            raise Problem(
-                429,
-                f"rate limit of {item} per {namespace} exceeded; retry in {reset} s",
-                headers={
-                    "Retry-After": str(reset),
-                    "RateLimit-Limit": str(state.limit),
-                    "RateLimit-Remaining": "0",
-                    "RateLimit-Reset": str(reset),
-                },
-                limit=str(item),
-                scope=namespace,
-            )
-        return state
-
     async def check(self, key_id: str, scope: str, user_id: str | None) -> LimitState:
-        """Counts one request; raises a 429 Problem when a limit is exhausted. Returns the
-        tightest state, for the `RateLimit-*` headers of a successful response."""
-        state = await self._hit(self.key_limit(scope), KEY_NAMESPACE, key_id)
+        """Counts one request against the key's and (when given) the user's window;
+        raises a 429 Problem when one is exhausted. Returns the tightest state, for the
+        `RateLimit-*` headers of a successful response. Both windows are counted
+        concurrently: one Redis round trip each for the hit and for the stats."""
+        windows = [(self.key_limit(scope), KEY_NAMESPACE, key_id)]
         if user_id:
-            user_state = await self._hit(self._per_user, USER_NAMESPACE, user_id)
-            if user_state.remaining < state.remaining:
-                state = user_state
-        return state
+            windows.append((self._per_user, USER_NAMESPACE, user_id))
+        allowed = await asyncio.gather(*(self._strategy.hit(item, ns, ident) for item, ns, ident in windows))
+        stats = await asyncio.gather(*(self._strategy.get_window_stats(item, ns, ident) for item, ns, ident in windows))
+        now = time.time()
+        states = []
+        for (item, namespace, _), ok, window in zip(windows, allowed, stats, strict=True):
+            reset = max(1, math.ceil(window.reset_time - now))
+            state = LimitState(item.amount, max(0, window.remaining), reset)
+            if not ok:
+                raise Problem(
+                    429,
+                    f"rate limit of {item} per {namespace} exceeded; retry in {reset} s",
+                    headers={
+                        "Retry-After": str(reset),
+                        "RateLimit-Limit": str(state.limit),
+                        "RateLimit-Remaining": "0",
+                        "RateLimit-Reset": str(reset),
+                    },
+                    limit=str(item),
+                    scope=namespace,
+                )
+            states.append(state)
+        return min(states, key=lambda state: state.remaining)
 
     async def forget_user(self, user_id: str) -> None:
         """Removes the user's counters (erasure)."""

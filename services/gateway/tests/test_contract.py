@@ -3,6 +3,8 @@ operations endpoints and the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from recfleet_gateway.auth import SCOPES
 
@@ -198,3 +200,14 @@ async def test_openapi_documents_every_status_with_a_schema(anonymous):
 async def test_bootstrap_key_is_the_configured_one(anonymous):
     reply = await anonymous.get("/v1/popular", headers={"Authorization": f"Bearer {ADMIN_KEY}x"})
     assert_problem(reply, 401)
+
+
+async def test_waiting_retry_after_is_enough(gateway_settings):
+    settings = gateway_settings.model_copy(update={"rate_limit_per_user": "2/2 seconds"})
+    async with running_app(settings) as application, http_client(application) as http:
+        params = {"user_id": "warm-1"}
+        while (reply := await http.get("/v1/recommendations", params=params)).status_code == 200:
+            pass
+        assert_problem(reply, 429)
+        await asyncio.sleep(int(reply.headers["Retry-After"]))
+        assert (await http.get("/v1/recommendations", params=params)).status_code == 200
