@@ -179,3 +179,44 @@ def evaluate(split: Split, recommender: Recommender, k: int | None = None) -> Ra
     recommended = recommender.recommend(sorted(truth), k, split.seen())
     catalog = int(np.unique(split.train.movie_ids).size)
     return ranking_metrics(recommended, truth, k, catalog)
+
+
+def holdout_metrics(
+    matrix: sp.csr_matrix,
+    params: ALSParams,
+    k: int = 10,
+    fraction: float = 0.1,
+    min_interactions: int = 5,
+    seed: int = 42,
+) -> RankingMetrics:
+    """Offline metrics of an ALS setting on a users x items confidence matrix.
+
+    Every user with at least `min_interactions` items has `fraction` of them (at least one)
+    hidden at random; ALS is fitted on the rest and its top-k lists, seen items excluded,
+    are scored against the hidden items. `train-als` records these with each version.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError("fraction must be between 0 and 1")
+    matrix = matrix.tocsr()
+    rng = np.random.default_rng(seed)
+    hidden = np.zeros(matrix.nnz, dtype=bool)
+    truth: dict[int, set[int]] = {}
+    for row in range(matrix.shape[0]):
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        count = end - start
+        if count < min_interactions:
+            continue
+        chosen = start + rng.choice(count, size=max(1, round(fraction * count)), replace=False)
+        hidden[chosen] = True
+        truth[row] = set(matrix.indices[chosen].tolist())
+    if not truth:
+        raise ValueError(f"no user has {min_interactions} interactions: nothing to hold out")
+    train = matrix.copy()
+    train.data = np.where(hidden, 0, train.data).astype(np.float32)
+    train.eliminate_zeros()
+    model = fit_als(train, params)
+    users = np.array(sorted(truth))
+    best = model.recommend_batch(users, k, train[users])
+    recommended = {int(user): [int(c) for c in row if c >= 0] for user, row in zip(users, best)}
+    catalog = int(np.unique(train.indices).size)
+    return ranking_metrics(recommended, truth, k, catalog)

@@ -69,3 +69,19 @@ def test_seen_items_are_never_recommended_and_als_beats_popular():
     popular_metrics = evaluate(split, PopularRecommender(), k=2)
     assert als_metrics.ndcg > popular_metrics.ndcg
     assert als_metrics.recall == pytest.approx(1.0)
+
+
+def test_holdout_metrics_hide_part_of_each_user():
+    import scipy.sparse as sp
+
+    from recfleet_models.evaluation import holdout_metrics
+
+    # Two blocks of users and items: the hidden items are always in the user's own block.
+    dense = np.zeros((20, 20), dtype=np.float32)
+    dense[:10, :10] = 1.0
+    dense[10:, 10:] = 1.0
+    metrics = holdout_metrics(sp.csr_matrix(dense), ALSParams(factors=2, iterations=10, regularization=0.1), k=1)
+    assert metrics.users_evaluated == 20
+    assert metrics.precision == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hold out"):
+        holdout_metrics(sp.csr_matrix(np.eye(3, dtype=np.float32)), ALSParams())

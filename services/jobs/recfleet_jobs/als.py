@@ -20,6 +20,7 @@ import psycopg
 import redis
 import typer
 from recfleet_models.als import WEIGHTINGS, AlsModel, ALSParams, build_interaction_matrix, fit_als
+from recfleet_models.evaluation import holdout_metrics
 from recfleet_store import keys, registry
 from recfleet_store.artifacts import ArtifactStore, open_artifact_store, sha256
 
@@ -149,7 +150,7 @@ def settings_params(settings: JobSettings, **given: Any) -> ALSParams:
 
 
 def train_and_publish(
-    settings: JobSettings, params: ALSParams, promote: bool = False, show_progress: bool = True
+    settings: JobSettings, params: ALSParams, promote: bool = False, show_progress: bool = True, holdout: bool = True
 ) -> tuple[str, dict[str, Any]]:
     """The whole job; returns the new version and its metrics."""
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
@@ -159,8 +160,17 @@ def train_and_publish(
             raise ValueError("no interactions to train on (load events first, e.g. load-movielens)")
 
         version = registry.new_version_name("als")
+        offline: dict[str, Any] = {}
+        if holdout:
+            try:
+                scored = holdout_metrics(matrix, params)
+            except ValueError:
+                scored = None  # too few interactions per user to hold any out
+            if scored is not None:
+                offline = {f"holdout_{name}": value for name, value in scored.as_dict().items() if name != "k"}
         model = fit_als(matrix, params, user_index, item_index, show_progress=show_progress)
         metrics = {
+            **offline,
             "train_seconds": round(model.train_seconds, 3),
             "seconds_per_iteration": round(model.train_seconds / params.iterations, 4),
             "events": len(users),
@@ -201,6 +211,7 @@ def train_als_command(
     rating_offset: float | None = typer.Option(None, help="rating weight = max(0, stars - offset) + 1"),
     weighting: str | None = typer.Option(None, help=f"one of {', '.join(WEIGHTINGS)}"),
     promote: bool = typer.Option(False, "--promote", help="make the new version the serving one"),
+    holdout: bool = typer.Option(True, help="also fit on 90% of each user's items and record holdout metrics"),
 ) -> None:
     """Train ALS on the events in Postgres and publish a new model version."""
     settings = JobSettings()
@@ -212,7 +223,11 @@ def train_als_command(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     started = time.perf_counter()
-    version, metrics = train_and_publish(settings, params, promote=promote)
+    try:
+        version, metrics = train_and_publish(settings, params, promote=promote, holdout=holdout)
+    except ValueError as error:
+        typer.echo(f"train-als: {error}", err=True)
+        raise typer.Exit(1) from error
     typer.echo(json.dumps({**metrics, "seconds": round(time.perf_counter() - started, 2), "promoted": promote}))
     typer.echo(f"version={version}")
 

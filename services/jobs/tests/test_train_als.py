@@ -25,14 +25,14 @@ def _app() -> typer.Typer:
 
 
 def _write_dataset(path: Path) -> Path:
-    """Two taste groups: users 1-6 rate movies 1-5, users 7-12 rate movies 11-15."""
+    """Two taste groups: users 1-6 rate 5 of movies 1-6, users 7-12 5 of movies 11-16."""
     path.mkdir(parents=True, exist_ok=True)
-    movies = ["movieId,title,genres"] + [f"{m},Movie {m} (2000),Drama" for m in [*range(1, 6), *range(11, 16)]]
+    movies = ["movieId,title,genres"] + [f"{m},Movie {m} (2000),Drama" for m in [*range(1, 7), *range(11, 17)]]
     ratings = ["userId,movieId,rating,timestamp"]
     for user in range(1, 13):
         base = 1 if user <= 6 else 11
-        for offset in range(5):
-            if (user + offset) % 5:
+        for offset in range(6):
+            if (user + offset) % 6:
                 ratings.append(f"{user},{base + offset},{1 + (user + offset) % 5}.0,{1_000_000_000 + user * 100 + offset}")
     (path / "movies.csv").write_text("\r\n".join(movies) + "\r\n")
     (path / "ratings.csv").write_text("\r\n".join(ratings) + "\r\n")
@@ -72,13 +72,16 @@ def test_train_publishes_a_complete_version(monkeypatch, fresh_pg_dsn, redis_url
     user_factors = np.load(io.BytesIO(store.get_bytes(f"{prefix}/user_factors.npy")))
     item_factors = np.load(io.BytesIO(store.get_bytes(f"{prefix}/item_factors.npy")))
     assert "12" not in user_ids and len(user_ids) == 11  # the erased user is not trained on
-    assert sorted(item_ids) == sorted(str(m) for m in [*range(1, 6), *range(11, 16)])
-    assert user_factors.shape == (11, 4) and item_factors.shape == (10, 4)
+    assert sorted(item_ids) == sorted(str(m) for m in [*range(1, 7), *range(11, 17)])
+    assert user_factors.shape == (11, 4) and item_factors.shape == (12, 4)
     assert user_factors.dtype == np.float32 and item_factors.dtype == np.float32
     meta = json.loads(store.get_bytes(f"{prefix}/meta.json"))
     assert (meta["version"], meta["factors"], meta["iterations"], meta["n_users"], meta["n_items"]) == (
-        version, 4, 3, 11, 10)
+        version, 4, 3, 11, 12)
     assert {"regularization", "alpha", "event_weights", "trained_at", "metrics"} <= set(meta)
+    # Users with 5+ ratings had 10% hidden for the recorded holdout metrics.
+    assert meta["metrics"]["holdout_users_evaluated"] > 0
+    assert 0 <= meta["metrics"]["holdout_ndcg@10"] <= 1
 
     row = user_ids.index("1")
     client = redis.Redis.from_url(redis_url)
@@ -109,8 +112,8 @@ def test_train_publishes_a_complete_version(monkeypatch, fresh_pg_dsn, redis_url
 def test_empty_event_log_and_bad_params_are_refused(monkeypatch, fresh_pg_dsn, redis_url, artifact_dir):
     _environment(monkeypatch, fresh_pg_dsn, redis_url, artifact_dir)
     result = CliRunner().invoke(_app(), ["train-als", *SMALL])
-    assert result.exit_code != 0
-    assert "no interactions" in str(result.exception)
+    assert result.exit_code == 1
+    assert "no interactions" in result.output
     result = CliRunner().invoke(_app(), ["train-als", "--alpha", "0"])
     assert result.exit_code == 2
     assert "alpha" in result.output
