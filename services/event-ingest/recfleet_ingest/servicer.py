@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import psycopg
 import structlog
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 from prometheus_client import Counter
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet_runtime.context import request_id_var
@@ -30,6 +30,18 @@ INGESTED = Counter(
 )
 
 
+def _plain(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python (much faster than json_format on the hot path)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: _plain(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
+
+
 def event_fields(event: ingest_pb2.Event) -> dict[str, Any]:
     """The protobuf event as the plain mapping validation works on."""
     return {
@@ -39,7 +51,9 @@ def event_fields(event: ingest_pb2.Event) -> dict[str, Any]:
         "type": event.type,
         "value": event.value if event.HasField("value") else None,
         "timestamp": event.timestamp.ToDatetime(tzinfo=UTC) if event.HasField("timestamp") else None,
-        "context": json_format.MessageToDict(event.context) if event.HasField("context") else None,
+        "context": (
+            {key: _plain(item) for key, item in event.context.fields.items()} if event.HasField("context") else None
+        ),
     }
 
 

@@ -89,7 +89,7 @@ class BatchVerdict:
 
 def rfc3339(moment: datetime) -> str:
     """UTC, microseconds, `Z` suffix: one spelling for every timestamp on the topic."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _check_id(name: str, value: Any) -> str:
