@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -464,3 +469,59 @@ async def test_item_rows_follow_changes_in_redis(fleet):
     second = await fleet.stub.GetItemFeatures(request, timeout=5)
     assert value_of(first.rows[0].values["popularity"]) == 0.1
     assert value_of(second.rows[0].values["popularity"]) == 0.6
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+async def wait_for_status(port: int, wanted: int, timeout: float = 10) -> int:
+    status = None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(int(timeout / 0.1)):
+            status = (await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)).status
+            if status == wanted:
+                break
+            await asyncio.sleep(0.1)
+    return status
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+async def test_health_follows_redis_going_away_and_coming_back(pg_dsn):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        redis_port = sock.getsockname()[1]
+    server = start_redis(redis_port)
+    app = FeatureStoreApp(settings(pg_dsn, f"redis://127.0.0.1:{redis_port}/0", store_check_seconds=0.1))
+    port = await app.service.start("127.0.0.1:0")
+    watcher = asyncio.create_task(app.watch_stores())
+    try:
+        assert await app.warm_up()
+        await app.service.health.set_serving(True)
+        server.terminate()
+        server.wait()
+        assert await wait_for_status(port, health_pb2.HealthCheckResponse.NOT_SERVING) == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        server = start_redis(redis_port)
+        assert await wait_for_status(port, health_pb2.HealthCheckResponse.SERVING) == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+    finally:
+        watcher.cancel()
+        server.terminate()
+        server.wait()
+        await app.service.server.stop(0)
+        await app.close()
