@@ -92,15 +92,21 @@ async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(set
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4()),
                                                                         "type": "hover"}))
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(good))
+    # Valid JSON that Postgres refuses (jsonb has no NUL character): dead-lettered, and
+    # the rest of its batch is still stored.
+    producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(
+        {**good, "event_id": str(uuid.uuid4()), "context": {"note": "a\u0000b"}}))
+    producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4())}))
     producer.flush()
     producer.close()
 
     start_role(sink.run, settings)
-    dead = await asyncio.to_thread(read_topic, settings.kafka_bootstrap_servers, settings.dead_letter_topic, 2, 20.0)
+    dead = await asyncio.to_thread(read_topic, settings.kafka_bootstrap_servers, settings.dead_letter_topic, 3, 20.0)
     letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["reason"])
-    assert [d["source"] for d in letters] == ["sink", "sink"]
-    assert letters[0]["event"] == "{not json" and letters[0]["reason"].startswith("record: not JSON")
-    assert letters[1]["reason"].startswith("type: must be one of")
+    assert [d["source"] for d in letters] == ["sink", "sink", "sink"]
+    assert letters[0]["reason"].startswith("postgres: ") and "a\\u0000b" in letters[0]["event"]
+    assert letters[1]["event"] == "{not json" and letters[1]["reason"].startswith("record: not JSON")
+    assert letters[2]["reason"].startswith("type: must be one of")
     assert dead[0].key == b"u1"
     dsn = settings.postgres_dsn
-    assert await asyncio.to_thread(wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events") == 1)
+    assert await asyncio.to_thread(wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events") == 2)

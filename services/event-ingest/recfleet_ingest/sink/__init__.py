@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from ..adapters.consumer import BatchConsumer
-from ..adapters.postgres import EventSink
+from ..adapters.postgres import EventSink, SinkOutcome
 from ..adapters.producer import EventProducer, ProduceFailed
 from ..settings import IngestSettings
 from ..validation import Event, InvalidEvent, parse_record
@@ -83,9 +83,35 @@ class SinkHandler:
         self.dead_letter_topic = dead_letter_topic
         self.stop = stop
 
+    def _write(self, events: list[Event]) -> SinkOutcome:
+        for attempt in retrying(self.stop, psycopg.OperationalError):
+            with attempt:
+                return self.sink.write(events)
+        raise AssertionError("unreachable: retrying re-raises")
+
+    def _write_one_by_one(self, events: list[Event]) -> tuple[SinkOutcome, list[tuple[str, bytes]]]:
+        """Postgres refused the batch's data: store what it accepts, dead-letter the rest."""
+        stored = duplicate = erased = 0
+        dead: list[tuple[str, bytes]] = []
+        for event in events:
+            try:
+                outcome = self._write([event])
+            except psycopg.DataError as error:
+                reason = f"postgres: {str(error).splitlines()[0]}"
+                dead.append((event.user_id, orjson.dumps(
+                    {"event": event.to_json().decode(), "reason": reason, "source": self.source})))
+                continue
+            stored, duplicate, erased = stored + outcome.stored, duplicate + outcome.duplicate, erased + outcome.erased
+        return SinkOutcome(stored, duplicate, erased), dead
+
     def __call__(self, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()
         events, dead = split_valid(records, datetime.now(UTC), self.source)
+        try:
+            outcome = self._write(events)
+        except psycopg.DataError:
+            outcome, refused = self._write_one_by_one(events)
+            dead.extend(refused)
         if dead:
             for attempt in retrying(self.stop, ProduceFailed):
                 with attempt:
@@ -93,9 +119,6 @@ class SinkHandler:
             SINK_EVENTS.labels("dead_letter").inc(len(dead))
             DEAD_LETTERS.labels(self.source).inc(len(dead))
             log.warning("records sent to the dead-letter topic", count=len(dead))
-        for attempt in retrying(self.stop, psycopg.OperationalError):
-            with attempt:
-                outcome = self.sink.write(events)
         SINK_EVENTS.labels("stored").inc(outcome.stored)
         SINK_EVENTS.labels("duplicate").inc(outcome.duplicate)
         SINK_EVENTS.labels("erased").inc(outcome.erased)
