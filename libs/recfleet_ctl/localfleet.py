@@ -338,8 +338,8 @@ def run(retrain: bool = typer.Option(False, help="Train a new model version even
     stop_requested = False
 
     def request_stop(*_):
-        nonlocal stop_requested
-        stop_requested = True
+        # SIGTERM behaves like Ctrl-C wherever the runner is: training, starting, serving.
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
     try:

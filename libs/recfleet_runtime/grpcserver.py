@@ -27,6 +27,7 @@ from .settings import ServiceSettings
 
 log = structlog.get_logger("recfleet.grpc")
 OVERALL = ""
+HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 def _split_method(full_method: str) -> tuple[str, str]:
@@ -71,8 +72,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 GRPC_SERVER_HANDLED.labels("unary", service, method, code.name).inc()
                 GRPC_SERVER_SECONDS.labels("unary", service, method).observe(elapsed)
                 # One access line per call: it carries the trace and request ids, so one
-                # request can be followed through every service's log.
-                log.info("rpc", grpc_method=method, grpc_code=code.name, ms=round(elapsed * 1000, 3))
+                # request can be followed through every service's log. Health probes
+                # arrive every second from every balancer and stay at debug level.
+                if service == HEALTH_SERVICE:
+                    log.debug("rpc", grpc_method=method, grpc_code=code.name, ms=round(elapsed * 1000, 3))
+                else:
+                    log.info("rpc", grpc_method=method, grpc_code=code.name, ms=round(elapsed * 1000, 3))
                 deadline_var.reset(deadline_token)
                 request_id_var.reset(request_token)
 
