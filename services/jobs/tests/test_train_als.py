@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 import typer
-from recfleet_jobs import als, bootstrap
+from recfleet_jobs import als, bootstrap, evaluate
 from recfleet_store import keys
 from recfleet_store.artifacts import open_artifact_store, sha256
 from typer.testing import CliRunner
@@ -21,6 +21,12 @@ def _app() -> typer.Typer:
     app = typer.Typer()
     bootstrap.register(app)
     als.register(app)
+    return app
+
+
+def _evaluate_app() -> typer.Typer:
+    app = typer.Typer()
+    evaluate.register(app)
     return app
 
 
@@ -99,6 +105,11 @@ def test_train_publishes_a_complete_version(monkeypatch, fresh_pg_dsn, redis_url
 
     model = als.load_model(store, version)
     assert model.item_factors.tolist() == item_factors.tolist()
+
+    scored = CliRunner().invoke(_evaluate_app(), ["evaluate", "--dataset", str(tmp_path / "ml"), "--format",
+                                                  "ml-latest-small", "--protocol", "recbole", "--version", version])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["version"] == version
 
     candidate = _train()
     with psycopg.connect(fresh_pg_dsn) as conn:
