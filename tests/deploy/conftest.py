@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import types
 import re
 import subprocess
+import types
 from pathlib import Path
 
 import helm_python as helm

@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-
 from recfleet_runtime.settings import env_names
 
 SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
@@ -117,7 +116,7 @@ def test_canary_objects_exist_only_when_enabled_and_carry_the_track(rendered):
     assert not [o for o in rendered["default"] if o["metadata"].get("labels", {}).get(TRACK) == "canary"]
     canary = [o for o in rendered["canaries-on"] if o["metadata"].get("labels", {}).get(TRACK) == "canary"]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in canary}
-    for key, (name, _) in COMPONENTS.items():
+    for key in COMPONENTS:
         for workload in expected_workload_names({"candidateGen": {"shards": {"count": 2}}}, key, "canary"):
             assert ("StatefulSet" if key == "candidateGen" else "Deployment", workload) in kinds
             assert ("Service", workload) in kinds
@@ -369,6 +368,15 @@ def test_network_policies_deny_by_default_and_allow_each_edge(rendered):
     assert {(p["port"], p["protocol"]) for p in dns} == {(53, "UDP"), (53, "TCP")}
     ingest_ports = {p["port"] for rule in policies["recfleet-event-ingest"]["egress"] for p in rule["ports"]}
     assert {5432, 6379, 9092} <= ingest_ports
+
+
+def test_restricting_gateway_clients_keeps_scraping_and_the_helm_test(rendered):
+    policies = {o["metadata"]["name"]: o["spec"] for o in by_kind(rendered["production"], "NetworkPolicy")}
+    peers = [peer for rule in policies["recfleet-gateway"]["ingress"] for peer in rule["from"]]
+    labels = [p.get("namespaceSelector", p.get("podSelector", {})).get("matchLabels", {}) for p in peers]
+    assert {"kubernetes.io/metadata.name": "ingress-nginx"} in labels
+    assert {"kubernetes.io/metadata.name": "monitoring"} in labels
+    assert any(m.get("app.kubernetes.io/component") == "test" for m in labels)
 
 
 def test_monitoring_off_renders_no_prometheus_operator_objects(rendered):

@@ -29,7 +29,7 @@ def hadolint() -> str:
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_dockerfile_passes_hadolint(image):
     path = ROOT / "services" / image / "Dockerfile"
-    result = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "info", str(path)], capture_output=True, text=True)
+    result = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "info", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
