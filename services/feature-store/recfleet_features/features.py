@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from . import metrics
 from .registry import ENTITIES, Registry
 from .rows import Constraints, Row, build_row, build_row_from_list, choose_vector, constraints_from, timestamp_field
 from .stores import OfflineFeatureStore, OnlineFeatureStore
@@ -66,6 +67,9 @@ class FeatureService:
         vector, status = choose_vector(read.vectors, version)
         row = build_row(user_id, read.stored, views, time.time())
         count = read.stored.get("interaction_count")
+        metrics.USER_READS.labels(status.split(":", 1)[0] or "ok").inc()
+        if row.defaulted:
+            metrics.DEFAULTED.labels("user").inc(len(row.defaulted))
         return UserFeatures(
             row=row,
             vector=vector,
@@ -92,6 +96,7 @@ class FeatureService:
         fields_key = tuple(fields)
         cache = self._item_rows
         rows = []
+        built = defaulted = 0
         for item_id, text in zip(item_ids, texts):
             # A row is a function of the stored values (and time, through expires_at), so
             # the text read from Redis is a safe cache key.
@@ -103,10 +108,17 @@ class FeatureService:
                 except orjson.JSONDecodeError:
                     values = await self.online.read_item_values(item_id, fields)
                 row = build_row_from_list(item_id, fields, values, views, now)
+                built += 1
                 if len(cache) >= self.item_row_cache_size:
                     cache.clear()
                 cache[key] = row
+            defaulted += len(row.defaulted)
             rows.append(row)
+        metrics.ITEMS_PER_READ.observe(len(item_ids))
+        metrics.ITEM_ROWS.labels("built").inc(built)
+        metrics.ITEM_ROWS.labels("cache_hit").inc(len(rows) - built)
+        if defaulted:
+            metrics.DEFAULTED.labels("item").inc(defaulted)
         return rows
 
     async def write(self, entity: str, rows: list[tuple[str, dict[str, Any]]], event_time: datetime | None) -> int:

@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
@@ -97,6 +98,10 @@ async def fleet(pg_dsn, redis_url):
     await channel.close()
     await app.service.server.stop(0)
     await app.close()
+
+
+def cache_hits() -> float:
+    return REGISTRY.get_sample_value("recfleet_features_item_rows_total", {"result": "cache_hit"}) or 0.0
 
 
 def uid(prefix: str) -> str:
@@ -199,8 +204,11 @@ async def test_item_read_of_500_items_is_one_round_trip_with_defaults(fleet):
     await fleet.stub.GetItemFeatures(request, timeout=5)
 
     before = CountingConnection.sends
+    hits_before = cache_hits()
     reply = await fleet.stub.GetItemFeatures(request, timeout=5)
     assert CountingConnection.sends - before == 1
+    # Nothing changed in Redis since the first read: every row is reused.
+    assert cache_hits() - hits_before == 500
 
     assert [row.entity_id for row in reply.rows] == items
     known, unknown = reply.rows[0], reply.rows[499]
