@@ -67,3 +67,12 @@ def test_missing_dataset_directory(tmp_path):
                                          "--protocol", "recbole"], env={"COLUMNS": "500"})
     assert result.exit_code == 2
     assert "not a directory" in result.output
+
+
+def test_rule_formula_pipeline_is_measured():
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--protocol", "recbole", "--model", "als+rules",
+                                         "--factors", "16", "--iterations", "5"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["model"] == "als+rules" and metrics["users_evaluated"] == 609
+    assert 0 < metrics["ndcg@10"] < 1
