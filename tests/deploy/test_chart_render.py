@@ -16,7 +16,7 @@ def test_every_required_scenario_exists(rendered):
 
 @from_scenarios
 def test_helm_lint_reports_no_errors_or_warnings(kit, scenario):
-    report = helm.lint(str(kit.CHART), kit.scenario_values(scenario), strict=True)
+    report = helm.lint(str(kit.CHART), kit.scenario_values(scenario), strict=True, kube_version="v1.33.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], problems or report["errors"]
 
@@ -68,3 +68,17 @@ def test_notes_tell_the_next_commands(kit):
     assert "helm test rf -n prod" in notes
     assert "ranking: 10%" in notes
     assert "helm rollback rf -n prod" in notes
+
+
+def test_another_release_name_prefixes_every_object_and_address(kit):
+    objects = kit.render({"ranking": {"canary": {"enabled": True, "weight": 5}}}, name="shop", namespace="shop")
+    named = [o for o in objects if o["kind"] != "Pod"]
+    assert all(o["metadata"]["name"].startswith("shop-recfleet-") for o in named)
+    services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
+    gateway_env = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shop-recfleet-gateway-env")
+    targets = [v for k, v in gateway_env["data"].items() if k.endswith(("_TARGET", "_TARGETS")) and v]
+    assert len(targets) == 5
+    for value in targets:
+        for target in value.split(","):
+            assert target.split(":")[0] in services
+    assert any(o["metadata"]["name"] == "shop-recfleet-routing" for o in objects)

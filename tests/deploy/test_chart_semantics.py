@@ -266,6 +266,25 @@ def test_each_service_port_targets_a_container_port_of_the_pods_it_selects(rende
 
 
 @per_scenario
+def test_no_workload_selects_another_workloads_pods(rendered, scenario):
+    pods = [
+        (o["kind"], o["metadata"]["name"], o["spec"]["selector"]["matchLabels"], o["spec"]["template"]["metadata"]["labels"])
+        for o in rendered[scenario] if o["kind"] in ("Deployment", "StatefulSet")
+    ]
+    for kind, name, selector, labels in pods:
+        assert selector.items() <= labels.items(), f"{kind}/{name} does not select its own pods"
+        others = [f"{k}/{n}" for k, n, _, other in pods if n != name and selector.items() <= other.items()]
+        assert others == [], f"{kind}/{name} also selects the pods of {others}"
+
+
+def test_each_shard_service_selects_only_its_shard(rendered):
+    objects = rendered["shards-4x2"]
+    for shard in range(4):
+        service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == f"recfleet-candidate-gen-s{shard}")
+        assert service["spec"]["selector"]["recfleet.io/shard"] == str(shard)
+
+
+@per_scenario
 def test_grpc_services_use_native_grpc_probes_and_a_startup_probe(rendered, scenario):
     for _, spec in _pods(rendered[scenario]):
         container = spec["containers"][0]

@@ -84,7 +84,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .track }}
 recfleet.io/track: {{ .track }}
 {{- end }}
-{{- if ne (toString (default "" .shard)) "" }}
+{{- /* shard is an int for candidate-gen (0 included) and "" or absent for the others. */ -}}
+{{- if and (hasKey . "shard") (kindIs "int" .shard) }}
 recfleet.io/shard: {{ .shard | quote }}
 {{- end }}
 {{- end -}}
