@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 SECONDS_PER_DAY = 86_400.0
 AFFINITY_PREFIX = "affinity:"
 
@@ -100,3 +102,14 @@ def age_days(published_at: float, now: float) -> float:
     if published_at <= 0:
         return -1.0
     return max(0.0, (now - published_at) / SECONDS_PER_DAY)
+
+
+def freshness_array(published_at: np.ndarray, now: float, half_life_days: float) -> np.ndarray:
+    """`freshness` for an array of publication times."""
+    age = np.maximum(0.0, (now - published_at) / SECONDS_PER_DAY)
+    return np.where(published_at > 0, np.power(0.5, age / half_life_days), 0.0)
+
+
+def age_days_array(published_at: np.ndarray, now: float) -> np.ndarray:
+    """`age_days` for an array of publication times."""
+    return np.where(published_at > 0, np.maximum(0.0, (now - published_at) / SECONDS_PER_DAY), -1.0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 
-from .features import Candidate, UserContext, age_days, freshness
+from .features import Candidate, UserContext, age_days_array, freshness_array
 from .rules import min_max
 
 FEATURE_NAMES = (
@@ -59,8 +59,9 @@ def feature_matrix(
     x[:, 3] = popularity
     x[:, 4] = _relative(popularity)
     x[:, 5] = _relative(popularity_7d)
-    x[:, 6] = np.fromiter((freshness(c.published_at, now, half_life_days) for c in candidates), np.float64, n)
-    x[:, 7] = np.fromiter((age_days(c.published_at, now) for c in candidates), np.float64, n)
+    published = np.fromiter((c.published_at for c in candidates), np.float64, n)
+    x[:, 6] = freshness_array(published, now, half_life_days)
+    x[:, 7] = age_days_array(published, now)
     x[:, 8] = np.fromiter((1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n)
     x[:, 9] = np.fromiter((max((user.affinity(k) for k in c.categories), default=0.0) for c in candidates), np.float64, n)
     x[:, 10] = user.interaction_count

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import Candidate, freshness
+from .features import Candidate, freshness_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,8 @@ def rule_terms(candidates: list[Candidate], now: float, half_life_days: float) -
     terms = np.empty((n, 3), dtype=np.float64)
     terms[:, 0] = min_max(np.fromiter((c.score for c in candidates), dtype=np.float64, count=n))
     terms[:, 1] = np.clip(np.fromiter((c.popularity for c in candidates), dtype=np.float64, count=n), 0.0, 1.0)
-    terms[:, 2] = np.fromiter((freshness(c.published_at, now, half_life_days) for c in candidates), np.float64, n)
+    published = np.fromiter((c.published_at for c in candidates), dtype=np.float64, count=n)
+    terms[:, 2] = freshness_array(published, now, half_life_days)
     return terms
 
 

@@ -26,7 +26,9 @@ def feature_store_client(target: str, timeout: float) -> Downstream:
     )
 
 
-def _value(value: features_pb2.FeatureValue):
+def _value(value: features_pb2.FeatureValue | None):
+    if value is None:
+        return None
     kind = value.WhichOneof("kind")
     if kind == "number":
         return value.number
@@ -37,23 +39,29 @@ def _value(value: features_pb2.FeatureValue):
     return None
 
 
-def _strings(value) -> tuple[str, ...]:
+def _strings(value: features_pb2.FeatureValue | None) -> tuple[str, ...]:
     """A list feature, whether it came as a string list or as JSON text."""
-    if isinstance(value, tuple):
-        return value
-    if isinstance(value, str) and value.startswith("["):
+    if value is None:
+        return ()
+    kind = value.WhichOneof("kind")
+    if kind == "strings":
+        return tuple(value.strings.values)
+    text = value.text if kind == "text" else ""
+    if text.startswith("["):
         try:
-            return tuple(str(v) for v in orjson.loads(value))
+            return tuple(str(v) for v in orjson.loads(text))
         except orjson.JSONDecodeError:
             return ()
-    return (value,) if isinstance(value, str) and value else ()
+    return (text,) if text else ()
 
 
-def _number(value, default: float = 0.0) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
+def _number(value: features_pb2.FeatureValue | None, default: float = 0.0) -> float:
+    if value is None:
+        return default
+    if value.WhichOneof("kind") == "number":
+        return value.number
     try:
-        return float(value)
+        return float(_value(value))
     except (TypeError, ValueError):
         return default
 
@@ -64,20 +72,20 @@ def apply_row(candidate: Candidate, row: features_pb2.FeatureRow) -> None:
     A row with every feature defaulted describes an item the store does not know: its
     features stay unknown (age rating None), so the age filter treats it as restricted.
     """
-    defaulted = set(row.defaulted)
     values = row.values
-    if defaulted.issuperset(ITEM_FEATURE_NAMES) or not values:
+    if not values or (len(row.defaulted) >= len(ITEM_FEATURE_NAMES) and set(row.defaulted).issuperset(ITEM_FEATURE_NAMES)):
         return
-    get = {name: _value(values[name]) for name in ITEM_FEATURE_NAMES if name in values}
-    candidate.categories = _strings(get.get("categories"))
-    candidate.creator = str(get.get("creator") or "")
-    candidate.published_at = _number(get.get("published_at"))
-    candidate.age_rating = int(_number(get.get("age_rating")))
-    candidate.regions = tuple(r.upper() for r in _strings(get.get("regions")))
-    available = get.get("available")
-    candidate.available = True if available is None else bool(_number(available, 1.0))
-    candidate.popularity = _number(get.get("popularity"))
-    candidate.popularity_7d = _number(get.get("popularity_7d"))
+    get = values.get
+    candidate.categories = _strings(get("categories"))
+    creator = get("creator")
+    candidate.creator = str(_value(creator) or "") if creator is not None else ""
+    candidate.published_at = _number(get("published_at"))
+    candidate.age_rating = int(_number(get("age_rating")))
+    regions = _strings(get("regions"))
+    candidate.regions = tuple(r.upper() for r in regions) if regions else ()
+    candidate.available = bool(_number(get("available"), 1.0))
+    candidate.popularity = _number(get("popularity"))
+    candidate.popularity_7d = _number(get("popularity_7d"))
 
 
 async def load_item_features(client: Downstream, candidates: list[Candidate]) -> list[str]:

@@ -152,7 +152,10 @@ class RankerVersions:
         """Refresh forever (a background task of the server)."""
         while True:
             await asyncio.sleep(interval)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # the poller must outlive any one bad refresh; the reason is logged
+                log.exception("ranker refresh failed; keeping the loaded ranker")
 
     async def close(self) -> None:
         if self._conn is not None:
