@@ -43,10 +43,9 @@ import orjson
 import psycopg
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from recfleet.common.v1 import common_pb2
-from recfleet_jobs.ranker import RankerTrainingParams, TrainingGroups, train_booster
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_jobs.ranker import RankerTrainingParams, TrainingGroups, train_booster
 from recfleet_ranking.adapters.models import write_ranker
 from recfleet_ranking.features import Candidate, UserContext, assign_ranks
 from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix, model_meta

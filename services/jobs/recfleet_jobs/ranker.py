@@ -23,6 +23,7 @@ version.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
@@ -33,10 +34,9 @@ import lightgbm as lgb
 import numpy as np
 import psycopg
 import typer
-
 from recfleet_models.als import ALSParams, build_interaction_matrix, event_weights, fit_als
 from recfleet_ranking.adapters.models import write_ranker
-from recfleet_ranking.features import SECONDS_PER_DAY, AFFINITY_PREFIX, Candidate, UserContext, assign_ranks
+from recfleet_ranking.features import AFFINITY_PREFIX, SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
 from recfleet_ranking.learned import FEATURE_NAMES, feature_matrix, model_meta
 from recfleet_ranking.rules import RuleWeights, rule_scores
 from recfleet_store import registry
@@ -169,7 +169,7 @@ def build_groups(
     boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
     history_mask = np.zeros(len(users), dtype=bool)
     splits: dict[str, tuple[float, set[str], list[str]]] = {}
-    for start, end in zip(boundaries[:-1], boundaries[1:]):
+    for start, end in itertools.pairwise(boundaries):
         n = end - start
         n_labels = int(min(params.max_labels, max(1, round(params.label_share * n))))
         if n - n_labels < params.min_history:
@@ -230,7 +230,7 @@ def build_groups(
         target = held if _user_split(user_id, params.holdout_share) else train
         target.add(user_id, x, label_vector, rule, scores[rows])
     stats = {
-        "events": int(len(events)),
+        "events": len(events),
         "users_with_labels": len(splits),
         "training_groups": len(train.sizes),
         "holdout_groups": len(held.sizes),

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from typer.testing import CliRunner
-
 from recfleet_jobs.__main__ import _load, app
 from recfleet_jobs.ranker import PopularityClock, RankerTrainingParams, ndcg_at, train_ranker
 from recfleet_ranking.adapters.models import load_ranker
 from recfleet_store.artifacts import DirectoryArtifactStore
 from recfleet_store.registry import serving_version
+from typer.testing import CliRunner
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
 

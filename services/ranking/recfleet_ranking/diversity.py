@@ -76,8 +76,9 @@ def diversify(
     for position in range(length):
         in_window = position < policy.window
 
-        def category_ok(i: int) -> bool:
-            return not in_window or per_category[primary_categories[i]] < policy.max_per_category or not primary_categories[i]
+        def category_ok(i: int, in_window: bool = in_window) -> bool:
+            category = primary_categories[i]
+            return not in_window or not category or per_category[category] < policy.max_per_category
 
         def creator_ok(i: int) -> bool:
             return not creators[i] or per_creator[creators[i]] < cap

@@ -1,7 +1,6 @@
 """The ranking service's own metrics (`recfleet_ranking_*`)."""
 
 from prometheus_client import Counter, Histogram
-
 from recfleet_runtime.metrics import LATENCY_BUCKETS
 
 RANK_CALLS = Counter("recfleet_ranking_rank_total", "Rank calls answered, by what scored them.", ["served_by"])

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from recfleet_runtime.resilience import CircuitBreaker, CircuitOpenError
 
 from .diversity import DiversityPolicy, diversify, explore
@@ -63,16 +62,16 @@ class RankingPipeline:
 
     def __init__(
         self,
-        weights: RuleWeights = RuleWeights(),
-        diversity: DiversityPolicy = DiversityPolicy(),
+        weights: RuleWeights | None = None,
+        diversity: DiversityPolicy | None = None,
         exploration_share: float = 0.0,
         model_budget_seconds: float = 0.02,
         breaker: CircuitBreaker | None = None,
     ):
         if not 0 <= exploration_share < 1:
             raise ValueError("exploration_share must be in [0, 1)")
-        self.weights = weights
-        self.diversity = diversity
+        self.weights = weights or RuleWeights()
+        self.diversity = diversity or DiversityPolicy()
         self.exploration_share = exploration_share
         self.model_budget_seconds = model_budget_seconds
         self.breaker = breaker or CircuitBreaker("ranking-model", failure_threshold=3, reset_seconds=10.0)
@@ -139,7 +138,7 @@ class RankingPipeline:
                 try:
                     x = ranker.features(kept, query.user, now)
                     scores = ranker.score(x)
-                except Exception:
+                except Exception:  # noqa: BLE001 - any model failure means "rules rank this call"
                     self.breaker.record_failure()
                     degraded.append(RANKER_ERROR)
                 else:

@@ -7,7 +7,6 @@ import re
 import time
 
 import grpc
-
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_runtime.grpcclient import Downstream
 

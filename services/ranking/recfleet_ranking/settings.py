@@ -1,7 +1,6 @@
 """ranking settings (env prefix RECFLEET_RANKING_)."""
 
 from pydantic_settings import SettingsConfigDict
-
 from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, ServiceSettings
 
 

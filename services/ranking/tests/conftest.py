@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import pytest
-
 from recfleet_ranking.features import Candidate, UserContext, assign_ranks
 from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix, model_meta
 

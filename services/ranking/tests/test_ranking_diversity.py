@@ -1,7 +1,6 @@
 from collections import Counter
 
 import pytest
-
 from recfleet_ranking.diversity import DiversityPolicy, diversify, explore
 
 

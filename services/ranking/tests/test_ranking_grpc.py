@@ -7,7 +7,6 @@ import orjson
 import psycopg
 import pytest
 import redis
-
 from recfleet.common.v1 import common_pb2
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_features.app import FeatureStoreApp

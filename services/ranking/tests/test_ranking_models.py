@@ -1,6 +1,5 @@
 import psycopg
 import pytest
-
 from recfleet_ranking.adapters.models import (
     ModelLoadError,
     RankerVersions,

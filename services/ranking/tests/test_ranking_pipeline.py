@@ -1,7 +1,8 @@
+import itertools
+
 import lightgbm as lgb
 import numpy as np
 import pytest
-
 from recfleet_ranking.diversity import DiversityPolicy
 from recfleet_ranking.features import Candidate, UserContext
 from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker
@@ -44,7 +45,7 @@ def test_order_below_a_better_item_is_explained_by_a_diversity_rule():
         query(candidates, limit=20, explain=True), None, now=NOW
     )
     items = outcome.items
-    for upper, lower in zip(items, items[1:]):
+    for upper, lower in itertools.pairwise(items):
         if lower.score > upper.score:
             assert any(rule.startswith("diversity") for rule in lower.rules + upper.rules)
 

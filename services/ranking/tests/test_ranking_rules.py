@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-
 from recfleet_ranking.features import SECONDS_PER_DAY, Candidate, freshness
 from recfleet_ranking.rules import RuleWeights, min_max, rule_scores
 

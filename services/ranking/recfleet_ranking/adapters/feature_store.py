@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import orjson
 import grpc
-
+import orjson
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.resilience import CircuitOpenError

@@ -14,7 +14,6 @@ from collections import OrderedDict
 
 import psycopg
 import structlog
-
 from recfleet_store.artifacts import ArtifactStore, sha256
 from recfleet_store.registry import serving_version_async
 
