@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import registry as registry_module
 from .adapters.batch import OfflineBatch, OnlineBatch
+from .aggregates import running_category_counts
 from .pointintime import column, training_rows
 
 # Rows committed with an older timestamp than the watermark (long transactions) are
@@ -128,6 +129,10 @@ def materialize(
             online.flush()
             bar.set_postfix_str("offline store")
             written = offline.write_offline(start, until)
+            bar.set_postfix_str("category history")
+            written += offline.write_history(
+                "user", "category_counts", running_category_counts(offline.user_category_events())
+            )
         report = MaterializeReport(
             start=start.isoformat(),
             until=until.isoformat(),

@@ -159,3 +159,23 @@ def test_stores_are_chosen_by_url_scheme():
         open_online_store("memcached://127.0.0.1")
     with pytest.raises(ValueError, match="offline store DSN: unsupported scheme 'mysql'"):
         open_offline_store("mysql://127.0.0.1/x")
+
+
+def test_running_category_counts_emit_one_value_per_user_and_timestamp():
+    from .aggregates import running_category_counts
+
+    later = T + timedelta(hours=1)
+    events = [
+        ("u", T, ["Drama", "War"]),
+        ("u", T, ["Drama"]),
+        ("u", later, None),
+        ("u", later + timedelta(hours=1), ["Comedy"]),
+        ("v", T, ["War"]),
+    ]
+    assert list(running_category_counts(events)) == [
+        ("u", T, {"Drama": 2, "War": 1}),
+        ("u", later, {"Drama": 2, "War": 1}),
+        ("u", later + timedelta(hours=1), {"Drama": 2, "War": 1, "Comedy": 1}),
+        ("v", T, {"War": 1}),
+    ]
+    assert list(running_category_counts([])) == []

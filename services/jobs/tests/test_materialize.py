@@ -140,6 +140,11 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
     assert float(rows[0]["item__popularity"]) == 0  # m1 never had a popularity value
     assert {float(r["user__age"]) for r in rows if r["user_id"] == "u1"} == {16}
     assert json.loads(rows[0]["item__categories"]) == ["Drama", "War"]
+    assert [json.loads(r["user__category_counts"]) for r in rows[:3]] == [
+        {"Drama": 1, "War": 1},
+        {"Drama": 1, "War": 1, "Comedy": 1},
+        {"Drama": 2, "War": 2, "Comedy": 1},
+    ]
 
     with pytest.raises(AssertionError, match="must end in .csv or .parquet"):
         cli("export-training-set", "--out", str(tmp_path / "training.txt"))

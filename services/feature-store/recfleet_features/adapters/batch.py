@@ -3,10 +3,11 @@ redis clients, set-based SQL and pipelined Redis writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 
@@ -194,20 +195,33 @@ class OfflineBatch:
         ):
             sql = RUNNING_OFFLINE_SQL.format(column=column, affected=affected)
             written += self.conn.execute(sql, {"entity": entity, "last_name": last_name}).rowcount
-        self.conn.execute(
-            """
-            INSERT INTO offline_features (entity, entity_id, feature, value, event_time)
-            SELECT 'user', per.user_id, 'category_counts', jsonb_object_agg(per.category, per.n), max(per.last_ts)
-            FROM (
-                SELECT e.user_id, c.category, count(*) AS n, max(max(e.ts)) OVER (PARTITION BY e.user_id) AS last_ts
-                FROM events e JOIN affected_users a ON a.id = e.user_id
-                JOIN items i ON i.item_id = e.item_id, unnest(i.categories) AS c(category)
-                GROUP BY e.user_id, c.category
-            ) per GROUP BY per.user_id
-            ON CONFLICT (entity, entity_id, feature, event_time) DO UPDATE SET value = EXCLUDED.value
-            """
-        )
         return written
+
+    def user_category_events(self) -> list[tuple[str, datetime, list[str] | None]]:
+        """(user, ts, item categories) of every affected user's events, by user and time."""
+        return self.conn.execute(
+            "SELECT e.user_id, e.ts, i.categories FROM events e JOIN affected_users a ON a.id = e.user_id"
+            " LEFT JOIN items i ON i.item_id = e.item_id ORDER BY e.user_id, e.ts"
+        ).fetchall()
+
+    def write_history(self, entity: str, feature: str, values: Iterable[tuple[str, datetime, Any]]) -> int:
+        """Append (entity id, event time, value) rows of one feature, replacing values
+        stored at the same time; returns the rows inserted or changed."""
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS history_load (entity_id text, event_time timestamptz, value jsonb)"
+            " ON COMMIT DROP"
+        )
+        self.conn.execute("TRUNCATE history_load")
+        with self.conn.cursor().copy("COPY history_load (entity_id, event_time, value) FROM STDIN") as copy:
+            for entity_id, event_time, value in values:
+                copy.write_row((entity_id, event_time, orjson.dumps(value).decode()))
+        return self.conn.execute(
+            "INSERT INTO offline_features (entity, entity_id, feature, value, event_time)"
+            " SELECT %s, entity_id, %s, value, event_time FROM history_load"
+            " ON CONFLICT (entity, entity_id, feature, event_time) DO UPDATE SET value = EXCLUDED.value"
+            " WHERE offline_features.value IS DISTINCT FROM EXCLUDED.value",
+            (entity, feature),
+        ).rowcount
 
     def events(self, since: datetime | None, until: datetime | None) -> Iterator[Event]:
         """Events in time order, optionally within [since, until)."""
