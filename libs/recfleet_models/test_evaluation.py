@@ -85,3 +85,16 @@ def test_holdout_metrics_hide_part_of_each_user():
     assert metrics.precision == pytest.approx(1.0)
     with pytest.raises(ValueError, match="hold out"):
         holdout_metrics(sp.csr_matrix(np.eye(3, dtype=np.float32)), ALSParams())
+
+
+def test_sar_recommends_the_most_co_rated_item():
+    from recfleet_models.evaluation import SarRecommender
+
+    # Item 1 co-occurs with 2 for two users (Jaccard 2/3) and with 3 for one (1/3).
+    users = [1, 1, 2, 2, 2, 3]
+    items = [1, 2, 1, 2, 3, 1]
+    train = Ratings(np.array(users), np.array(items), np.full(6, 4.0, np.float32), np.zeros(6, np.int64))
+    sar = SarRecommender()
+    sar.fit(train)
+    assert sar.recommend([3], 2, train) == {3: [2, 3]}
+    assert sar.recommend([1], 2, train) == {1: [3]}

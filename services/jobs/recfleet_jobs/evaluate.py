@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 from recfleet_models.als import WEIGHTINGS, ALSParams, event_weights
 from recfleet_models.data import FORMATS, read_movielens
-from recfleet_models.evaluation import AlsRecommender, PopularRecommender, evaluate
+from recfleet_models.evaluation import AlsRecommender, PopularRecommender, SarRecommender, evaluate
 from recfleet_models.popularity import normalise, window_scores
 from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
 from recfleet_store.artifacts import open_artifact_store
@@ -82,7 +82,7 @@ class RulePipelineRecommender:
         return out
 from .settings import JobSettings
 
-MODELS = ("popular", "als", "als+rules")
+MODELS = ("popular", "sar", "als", "als+rules")
 # The documented search space of tune-als (docs/evaluation.md).
 GRID = {
     "factors": (64, 128),
@@ -136,6 +136,8 @@ def evaluate_command(
     details: dict = {}
     if model == "popular":
         recommender = PopularRecommender()
+    elif model == "sar":
+        recommender = SarRecommender()
     elif version:
         try:
             loaded = load_model(open_artifact_store(settings.artifact_url), version)
