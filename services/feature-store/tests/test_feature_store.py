@@ -533,3 +533,21 @@ async def test_health_follows_redis_going_away_and_coming_back(pg_dsn):
         server.wait()
         await app.service.server.stop(0)
         await app.close()
+
+
+async def test_batch_upsert_counts_only_new_items_as_created(fleet):
+    a, b, c = uid("a"), uid("b"), uid("c")
+    first = await fleet.stub.UpsertItems(
+        features_pb2.UpsertItemsRequest(items=[features_pb2.Item(item_id=i, available=True) for i in (a, b)]),
+        timeout=5,
+    )
+    second = await fleet.stub.UpsertItems(
+        features_pb2.UpsertItemsRequest(
+            items=[features_pb2.Item(item_id=a, title="renamed", available=True), features_pb2.Item(item_id=c)]
+        ),
+        timeout=5,
+    )
+    assert (first.upserted, first.created) == (2, 2)
+    assert (second.upserted, second.created) == (2, 1)
+    assert fleet.pg("SELECT title FROM items WHERE item_id = %s", (a,)) == [("renamed",)]
+    assert json.loads(fleet.redis.hget(keys.item(c), "available")) == 0

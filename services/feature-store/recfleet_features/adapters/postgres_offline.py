@@ -55,30 +55,39 @@ class PostgresOfflineStore:
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute("SELECT item_id, categories FROM items WHERE item_id = ANY(%s) FOR UPDATE", (ids,))
             previous = {row[0]: list(row[1]) for row in await cur.fetchall()}
-            for item in items:
-                cur = await conn.execute(
+            async with conn.cursor() as cur:
+                # executemany pipelines the statements: one round trip for the batch.
+                await cur.executemany(
                     "INSERT INTO items (item_id, title, categories, creator, published_at, tags, age_rating,"
                     " regions, available) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (item_id) DO UPDATE SET title = EXCLUDED.title, categories = EXCLUDED.categories,"
                     " creator = EXCLUDED.creator, published_at = EXCLUDED.published_at, tags = EXCLUDED.tags,"
                     " age_rating = EXCLUDED.age_rating, regions = EXCLUDED.regions,"
                     " available = EXCLUDED.available, updated_at = now()"
-                    " RETURNING (xmax = 0)",
-                    (
-                        item.item_id,
-                        item.title,
-                        item.categories,
-                        item.creator,
-                        item.published_at,
-                        item.tags,
-                        item.age_rating,
-                        item.regions,
-                        item.available,
-                    ),
+                    " RETURNING item_id, (xmax = 0)",
+                    [
+                        (
+                            item.item_id,
+                            item.title,
+                            item.categories,
+                            item.creator,
+                            item.published_at,
+                            item.tags,
+                            item.age_rating,
+                            item.regions,
+                            item.available,
+                        )
+                        for item in items
+                    ],
+                    returning=True,
                 )
-                inserted = (await cur.fetchone())[0]
-                if inserted:
-                    created.add(item.item_id)
+                while True:
+                    # xmax = 0 on the returned row: it was inserted, not updated.
+                    item_id, inserted = await cur.fetchone()
+                    if inserted:
+                        created.add(item_id)
+                    if not cur.nextset():
+                        break
         return created, previous
 
     async def upsert_profile(self, profile: Profile) -> Profile:
