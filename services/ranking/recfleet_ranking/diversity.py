@@ -2,7 +2,7 @@
 
 Diversity (spec section 3): within the first `window` positions at most
 `max_per_category` items share a primary category, and no creator holds more than
-`max_creator_share` of the returned list. Greedy: each position takes the best-scored
+`max_creator_share` of those positions, nor of the whole returned list. Greedy: each position takes the best-scored
 remaining item that keeps both constraints; when none does ("when the catalog allows
 it"), the best item that keeps the category constraint, then the creator constraint,
 then simply the best remaining one. An empty creator is nobody and is never capped.
@@ -67,7 +67,9 @@ def diversify(
     """
     n = len(primary_categories)
     length = min(length, n)
-    cap = policy.creator_cap(length)
+    # The share holds within the window (the top 20 a user sees first) and over the list.
+    window_cap = policy.creator_cap(min(policy.window, length)) if policy.window else length
+    list_cap = policy.creator_cap(length)
     remaining = list(range(n))
     per_category: Counter = Counter()
     per_creator: Counter = Counter()
@@ -80,7 +82,9 @@ def diversify(
             category = primary_categories[i]
             return not in_window or not category or per_category[category] < policy.max_per_category
 
-        def creator_ok(i: int) -> bool:
+        cap = min(window_cap, list_cap) if in_window else list_cap
+
+        def creator_ok(i: int, cap: int = cap) -> bool:
             return not creators[i] or per_creator[creators[i]] < cap
 
         chosen_at = _first(remaining, lambda i: category_ok(i) and creator_ok(i))

@@ -33,6 +33,15 @@ def test_no_creator_above_its_share_and_empty_creator_is_nobody():
     assert placements[3].index == 10 and placements[3].rules == []
 
 
+def test_creator_share_holds_within_the_window_of_a_long_list():
+    creators = ["studio"] * 40 + [f"c{i}" for i in range(100)]
+    placements = diversify(["x"] * 140, creators, 100, DiversityPolicy(100, 20, 0.15))
+    top = Counter(creators[p.index] for p in placements[:20])
+    whole = Counter(creators[p.index] for p in placements)
+    assert top["studio"] == 3
+    assert whole["studio"] == 15
+
+
 def test_best_remaining_fill_when_catalog_cannot_satisfy():
     placements = diversify(["Drama"] * 5, ["same"] * 5, 5, DiversityPolicy(3, 20, 0.15))
     assert [p.index for p in placements] == [0, 1, 2, 3, 4]
