@@ -28,7 +28,6 @@ from pathlib import Path
 import grpc
 import httpx
 import psycopg
-
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet_store.kafka import LocalBroker, free_port, wait_for_port
 from recfleet_store.postgres import migrate

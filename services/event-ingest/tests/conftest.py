@@ -16,23 +16,23 @@ from recfleet_ingest.settings import IngestSettings
 
 def make_settings(pg: str, redis_url: str, bootstrap: str, **overrides) -> IngestSettings:
     tag = uuid.uuid4().hex[:8]
-    values = dict(
-        postgres_dsn=pg,
-        redis_url=redis_url,
-        kafka_bootstrap_servers=bootstrap,
-        events_topic=f"test.events.{tag}",
-        dead_letter_topic=f"test.dlq.{tag}",
-        users_topic=f"test.users.{tag}",
-        sink_group=f"sink-{tag}",
-        realtime_group=f"realtime-{tag}",
-        grpc_port=0,
-        metrics_port=0,
-        drain_seconds=0.0,
-        grace_seconds=1.0,
-        produce_timeout_seconds=5.0,
-        erased_refresh_seconds=0.5,
-        sink_max_wait_ms=100,
-    )
+    values = {
+        "postgres_dsn": pg,
+        "redis_url": redis_url,
+        "kafka_bootstrap_servers": bootstrap,
+        "events_topic": f"test.events.{tag}",
+        "dead_letter_topic": f"test.dlq.{tag}",
+        "users_topic": f"test.users.{tag}",
+        "sink_group": f"sink-{tag}",
+        "realtime_group": f"realtime-{tag}",
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "drain_seconds": 0.0,
+        "grace_seconds": 1.0,
+        "produce_timeout_seconds": 5.0,
+        "erased_refresh_seconds": 0.5,
+        "sink_max_wait_ms": 100,
+    }
     values.update(overrides)
     return IngestSettings(**values)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
+from kafka.structs import OffsetAndMetadata
 from prometheus_client import Gauge
 
 log = structlog.get_logger("recfleet.ingest.consumer")
@@ -89,22 +91,47 @@ class BatchConsumer:
             if highwater is not None and position is not None:
                 CONSUMER_LAG.labels(self.group, str(tp.partition)).set(max(0, highwater - position))
 
+    @staticmethod
+    def _next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets to commit once `records` are handled: one past the last per partition."""
+        last: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            last[tp] = max(record.offset, last.get(tp, -1))
+        return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced while the batch was written: its new owner re-reads it
+            # and the handler's idempotency absorbs the repeat.
+            log.warning("commit failed after a rebalance", group=self.group)
+
     def run(self) -> None:
-        """Blocking: consume until stop is set; the batch in hand is finished and committed."""
+        """Blocking: consume until stop is set; the batch in hand is finished and committed.
+
+        The handler of one batch runs in a worker thread while the next batch is fetched
+        and decoded, so the database's time overlaps with ours. Offsets of a batch are
+        committed only after its handler returned, and batches are handled in order.
+        """
         self.consumer = KafkaConsumer(self.topic, **self._config)
         log.info("consumer started", topic=self.topic, group=self.group)
-        try:
-            while not self.stop.is_set():
-                records = self._poll_batch()
-                if records:
-                    self.handler(records)
-                    try:
-                        self.consumer.commit()
-                    except CommitFailedError:
-                        # The group rebalanced while the batch was written: its new owner
-                        # re-reads it and the handler's idempotency absorbs the repeat.
-                        log.warning("commit failed after a rebalance", group=self.group)
-                self._record_lag()
-        finally:
-            self.consumer.close(autocommit=False)
-            log.info("consumer stopped", group=self.group)
+        pending: tuple[Future, dict] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.group}-handler") as worker:
+            try:
+                while not self.stop.is_set():
+                    records = self._poll_batch()
+                    if pending is not None:
+                        pending[0].result()
+                        self._commit(pending[1])
+                        pending = None
+                    if records:
+                        pending = (worker.submit(self.handler, records), self._next_offsets(records))
+                    self._record_lag()
+                if pending is not None:
+                    pending[0].result()
+                    self._commit(pending[1])
+            finally:
+                self.consumer.close(autocommit=False)
+                log.info("consumer stopped", group=self.group)
