@@ -115,9 +115,11 @@ def _load_split(dataset: str, fmt: str, protocol: str):
 
 
 def evaluate_command(
-    dataset: str = typer.Option(..., help="MovieLens directory, e.g. data/ml-latest-small or ../shared/datasets/ml-100k"),
-    fmt: str = typer.Option(..., "--format", help=f"one of {', '.join(FORMATS)}"),
-    protocol: str = typer.Option(..., help=f"one of {', '.join(PROTOCOLS)}"),
+    dataset: str = typer.Option(
+        "", help="MovieLens directory, e.g. ../shared/datasets/ml-100k; default RECFLEET_JOBS_DATA_DIR"
+    ),
+    fmt: str = typer.Option("ml-latest-small", "--format", help=f"one of {', '.join(FORMATS)}"),
+    protocol: str = typer.Option("recbole", help=f"one of {', '.join(PROTOCOLS)}"),
     model: str = typer.Option("als", help=f"one of {', '.join(MODELS)}"),
     version: str = typer.Option("", help="als: evaluate this version from the artifact store instead of training"),
     k: int = typer.Option(10, min=1, help="list length"),
@@ -130,8 +132,8 @@ def evaluate_command(
 ) -> None:
     """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
     _choice(model, MODELS, "--model")
-    data, split = _load_split(dataset, fmt, protocol)
     settings = JobSettings()
+    data, split = _load_split(dataset or settings.data_dir, fmt, protocol)
     started = time.perf_counter()
     details: dict = {}
     if model == "popular":

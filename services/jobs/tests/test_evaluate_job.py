@@ -76,3 +76,12 @@ def test_rule_formula_pipeline_is_measured():
     metrics = json.loads(result.output)
     assert metrics["model"] == "als+rules" and metrics["users_evaluated"] == 609
     assert 0 < metrics["ndcg@10"] < 1
+
+
+def test_defaults_evaluate_the_configured_data_dir(monkeypatch):
+    # The admin API and the CronJob may start `evaluate` with no dataset arguments.
+    monkeypatch.setenv("RECFLEET_JOBS_DATA_DIR", str(BUNDLED))
+    result = CliRunner().invoke(_app(), ["evaluate", "--model", "popular"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert (metrics["dataset"], metrics["protocol"], metrics["users_evaluated"]) == ("ml-latest-small", "recbole", 609)
