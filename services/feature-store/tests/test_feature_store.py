@@ -551,3 +551,19 @@ async def test_batch_upsert_counts_only_new_items_as_created(fleet):
     assert (second.upserted, second.created) == (2, 1)
     assert fleet.pg("SELECT title FROM items WHERE item_id = %s", (a,)) == [("renamed",)]
     assert json.loads(fleet.redis.hget(keys.item(c), "available")) == 0
+
+
+async def test_popular_pages_past_unavailable_items_in_one_round_trip(fleet):
+    category = uid("Genre")
+    ids = [f"{category}-{n}" for n in range(60)]
+    fleet.redis.zadd(keys.popular("7d", category), {item: 100 - n for n, item in enumerate(ids)})
+    for item in ids[:40]:
+        fleet.redis.hset(keys.item(item), "available", "0")
+    request = features_pb2.GetPopularItemsRequest(window="7d", category=category, limit=5, exclude_item_ids=[ids[41]])
+    await fleet.stub.GetPopularItems(request, timeout=5)
+
+    before = CountingConnection.sends
+    reply = await fleet.stub.GetPopularItems(request, timeout=5)
+    assert CountingConnection.sends - before == 1
+    assert [i.item_id for i in reply.items] == [ids[40], *ids[42:46]]
+    assert [i.score for i in reply.items] == [60, 58, 57, 56, 55]

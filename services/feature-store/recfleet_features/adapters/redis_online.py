@@ -42,6 +42,34 @@ end
 return cjson.encode(out)
 """
 
+# Pages through a popular set (KEYS[1]) from the top, `page` members at a time, and keeps
+# up to `limit` members that are not excluded and whose item hash does not say
+# available = 0 (no hash counts as available). Answers member, score, member, score, ...
+POPULAR_SCRIPT = """
+local prefix, limit, page = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local exclude = {}
+for id in string.gmatch(ARGV[4], '[^\\n]+') do exclude[id] = true end
+local out = {}
+local start = 0
+while #out < 2 * limit do
+  local batch = redis.call('ZREVRANGE', KEYS[1], start, start + page - 1, 'WITHSCORES')
+  for i = 1, #batch, 2 do
+    local id = batch[i]
+    if not exclude[id] then
+      local flag = redis.call('HGET', prefix .. id, 'available')
+      if flag ~= '0' and flag ~= 'false' and flag ~= '"0"' then
+        out[#out + 1] = id
+        out[#out + 1] = batch[i + 1]
+        if #out >= 2 * limit then break end
+      end
+    end
+  end
+  if #batch < 2 * page then break end
+  start = start + page
+end
+return out
+"""
+
 
 @dataclass
 class UserRead:
@@ -66,6 +94,7 @@ class RedisOnlineStore:
         self.serving_cache_seconds = serving_cache_seconds
         self._serving: tuple[float, str] | None = None
         self._item_rows = client.register_script(ITEM_ROWS_SCRIPT)
+        self._popular = client.register_script(POPULAR_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, serving_cache_seconds: float = 1.0, **pool_kwargs):
@@ -135,30 +164,13 @@ class RedisOnlineStore:
 
     async def popular(self, window: str, category: str, limit: int, exclude: set[str]) -> list[tuple[str, float]]:
         """Top `limit` of `rf:pop:<window>:<category>`, skipping excluded and unavailable
-        items; over-fetches so that skipped items rarely cost another page."""
-        key = keys.popular(window, category)
+        items, in one round trip (a script pages through the set with over-fetch)."""
         page = max(2 * (limit + len(exclude)), 32)
-        start = 0
-        chosen: list[tuple[str, float]] = []
-        while len(chosen) < limit:
-            members = await self.client.zrevrange(key, start, start + page - 1, withscores=True)
-            if not members:
-                break
-            candidates = [(_text(m), float(s)) for m, s in members if _text(m) not in exclude]
-            pipe = self.client.pipeline(transaction=False)
-            for item_id, _ in candidates:
-                pipe.hget(keys.item(item_id), "available")
-            flags = await pipe.execute() if candidates else []
-            for (item_id, score), flag in zip(candidates, flags):
-                if flag is not None and _is_unavailable(flag):
-                    continue
-                chosen.append((item_id, score))
-                if len(chosen) == limit:
-                    break
-            if len(members) < page:
-                break
-            start += page
-        return chosen
+        flat = await self._popular(
+            keys=[keys.popular(window, category)],
+            args=[keys.item(""), limit, page, "\n".join(sorted(exclude))],
+        )
+        return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def upsert_items(self, items: list[CatalogItem], previous_categories: dict[str, list[str]]) -> None:
         """Item hashes with every catalog field; available items join the popular sets of
@@ -226,11 +238,3 @@ def _json_or_none(raw: bytes | None):
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-def _is_unavailable(flag: bytes) -> bool:
-    try:
-        value = orjson.loads(flag)
-    except orjson.JSONDecodeError:
-        return False
-    return value in (0, False, "0", "false")
