@@ -36,7 +36,9 @@ log = get_logger("recfleet.gateway.pipeline")
 
 PATH_SERVICES = (CANDIDATE_GEN, RANKING, FEATURE_STORE)
 SHADOW_REQUESTS = Counter(
-    "recfleet_gateway_shadow_requests_total", "Calls mirrored to a canary, by service and outcome.", ["service", "outcome"]
+    "recfleet_gateway_shadow_requests_total",
+    "Calls mirrored to a canary, by service and outcome.",
+    ["service", "outcome"],
 )
 SHADOW_SECONDS = Histogram(
     "recfleet_gateway_shadow_seconds", "Latency of mirrored canary calls.", ["service"], buckets=LATENCY_BUCKETS
@@ -346,6 +348,7 @@ class Recommender:
                 if not isinstance(result, DOWNSTREAM_ERRORS):
                     raise result
                 failed = True
+                log.warning("cold-start candidate source failed", error=str(result))
                 continue
             groups.append(result)
         if failed:
@@ -353,13 +356,22 @@ class Recommender:
         return interleave(groups)
 
     async def _popular_items(
-        self, window: str, category: str, limit: int, exclude: list[str], user_id: str | None = None
+        self,
+        window: str,
+        category: str,
+        limit: int,
+        exclude: list[str],
+        user_id: str | None = None,
+        timeout: float | None = None,
     ) -> list[common_pb2.ScoredItem]:
+        """Popular items are candidate generation, not a user-feature read: they get the
+        candidate budget, not the feature store's tight one."""
         client = self.fleet.feature_store.pick(self.fleet.router, user_id)
         request = features_pb2.GetPopularItemsRequest(
             window=window, category=category, limit=limit, exclude_item_ids=exclude
         )
-        reply = await client.call("GetPopularItems", request)
+        budget = timeout if timeout is not None else self.settings.candidate_gen_timeout
+        reply = await client.call("GetPopularItems", request, timeout=budget)
         items = list(reply.items)
         for item in items:
             item.source = "trending" if window == "trending" else "popular"
@@ -424,8 +436,10 @@ class Recommender:
         when item features can be read."""
         want = self.settings.snapshot_size
         try:
+            # The last rung: it may use what is left of the request's budget.
+            last_rung = max(self.settings.candidate_gen_timeout, self.settings.ranking_timeout)
             popular = await self._popular_items(
-                "all", query.category, want * 2, list(constraints.seen_item_ids), query.user_id
+                "all", query.category, want * 2, list(constraints.seen_item_ids), query.user_id, last_rung
             )
         except DOWNSTREAM_ERRORS as error:
             raise Problem(503, "recommendations are unavailable: ranking and popular items both failed") from error
@@ -437,7 +451,8 @@ class Recommender:
             try:
                 reply = await client.call(
                     "GetItemFeatures",
-                    features_pb2.GetItemFeaturesRequest(
+                    timeout=self.settings.candidate_gen_timeout,
+                    request=features_pb2.GetItemFeaturesRequest(
                         item_ids=[i.item_id for i in popular], feature_names=["categories"]
                     ),
                 )
