@@ -66,6 +66,9 @@ class RankerTrainingParams:
     max_depth: int = 5
     min_data_in_leaf: int = 40
     freshness_half_life_days: float = 365.0
+    # Share of users trained without category affinities, so the model has a learned path
+    # for requests that carry none (cold users, a caller that does not send them).
+    affinity_dropout: float = 0.2
     seed: int = 42
 
     def __post_init__(self):
@@ -145,10 +148,10 @@ class PopularityClock:
         return self.count(item, -np.inf, t) / top if top > 0 else 0.0
 
 
-def _user_split(user_id: str, holdout_share: float) -> bool:
-    """True for held-out users (stable across runs)."""
-    digest = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "big")
-    return digest / 2**64 < holdout_share
+def _hash_below(key: str, share: float) -> bool:
+    """True for `share` of keys, the same ones across runs."""
+    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+    return digest / 2**64 < share
 
 
 def build_groups(
@@ -224,10 +227,11 @@ def build_groups(
                 )
             )
         assign_ranks(candidates)
-        user = UserContext(user_id, features=_user_features(history, catalog))
+        with_affinity = not _hash_below(user_id + ":affinity", params.affinity_dropout)
+        user = UserContext(user_id, features=_user_features(history, catalog, with_affinity))
         x = feature_matrix(candidates, user, t, params.freshness_half_life_days)
         rule, _ = rule_scores(candidates, t, weights_rules)
-        target = held if _user_split(user_id, params.holdout_share) else train
+        target = held if _hash_below(user_id, params.holdout_share) else train
         target.add(user_id, x, label_vector, rule, scores[rows])
     stats = {
         "events": len(events),
@@ -239,12 +243,14 @@ def build_groups(
     return train.build(), held.build(), stats
 
 
-def _user_features(history: list[str], catalog: dict[str, CatalogItem]) -> dict[str, float]:
-    counts: Counter = Counter()
-    for item in history:
-        counts.update(catalog.get(item, CatalogItem()).categories)
-    total = max(1, len(history))
-    features = {AFFINITY_PREFIX + category: n / total for category, n in counts.items()}
+def _user_features(history: list[str], catalog: dict[str, CatalogItem], with_affinity: bool) -> dict[str, float]:
+    features = {}
+    if with_affinity:
+        counts: Counter = Counter()
+        for item in history:
+            counts.update(catalog.get(item, CatalogItem()).categories)
+        total = max(1, len(history))
+        features = {AFFINITY_PREFIX + category: n / total for category, n in counts.items()}
     features["interaction_count"] = float(len(history))
     return features
 

@@ -75,6 +75,10 @@ class UserContext:
         return float(self.features.get(AFFINITY_PREFIX + category, 0.0))
 
     @property
+    def has_affinities(self) -> bool:
+        return any(name.startswith(AFFINITY_PREFIX) for name in self.features)
+
+    @property
     def interaction_count(self) -> float:
         return float(self.features.get("interaction_count", 0.0))
 

@@ -44,7 +44,8 @@ def feature_matrix(
     """An `n x len(FEATURE_NAMES)` float64 matrix, one row per candidate.
 
     Candidate ranks must be set (`features.assign_ranks`). `category_affinity` is the
-    user's highest affinity over the item's categories; `category_match` is 1 when any
+    user's highest affinity over the item's categories, missing (NaN) when the request
+    carries no affinities at all; `category_match` is 1 when any
     of the item's categories is one of the user's preferred categories.
     """
     n = len(candidates)
@@ -63,7 +64,12 @@ def feature_matrix(
     x[:, 6] = freshness_array(published, now, half_life_days)
     x[:, 7] = age_days_array(published, now)
     x[:, 8] = np.fromiter((1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n)
-    x[:, 9] = np.fromiter((max((user.affinity(k) for k in c.categories), default=0.0) for c in candidates), np.float64, n)
+    if user.has_affinities:
+        x[:, 9] = np.fromiter(
+            (max((user.affinity(k) for k in c.categories), default=0.0) for c in candidates), np.float64, n
+        )
+    else:
+        x[:, 9] = np.nan
     x[:, 10] = user.interaction_count
     return x
 
