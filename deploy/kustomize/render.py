@@ -45,7 +45,11 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def render_objects(values: dict) -> list[dict]:
-    """The chart's objects (hooks left out: kustomize has no `helm test`), managed-by kustomize."""
+    """The chart's objects, managed-by kustomize.
+
+    `helm test` pods are left out; hook Jobs (schema migrations) become plain Jobs, which
+    `kubectl apply -k` runs on first apply and again once the finished Job's TTL expires.
+    """
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(values, name=RELEASE, namespace=RELEASE)
     objects = []
@@ -53,8 +57,16 @@ def render_objects(values: dict) -> list[dict]:
         if not path.endswith(".yaml"):
             continue
         for doc in yaml.safe_load_all(manifests[path]):
-            if not doc or "helm.sh/hook" in (doc["metadata"].get("annotations") or {}):
+            if not doc:
                 continue
+            annotations = doc["metadata"].get("annotations") or {}
+            if "helm.sh/hook" in annotations:
+                if doc["kind"] != "Job":
+                    continue
+                for key in [k for k in annotations if k.startswith("helm.sh/hook")]:
+                    del annotations[key]
+                if not annotations:
+                    del doc["metadata"]["annotations"]
             _relabel(doc)
             objects.append(doc)
     return objects

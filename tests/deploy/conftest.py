@@ -139,6 +139,8 @@ def pod_spec(obj: dict) -> dict | None:
     kind = obj["kind"]
     if kind in ("Deployment", "StatefulSet"):
         return obj["spec"]["template"]["spec"]
+    if kind == "Job":
+        return obj["spec"]["template"]["spec"]
     if kind == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     if kind == "Pod":

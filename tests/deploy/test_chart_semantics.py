@@ -46,7 +46,7 @@ def names(objects, kind):
 
 
 def workloads(objects):
-    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "CronJob", "Pod")]
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "CronJob", "Job", "Pod")]
 
 
 def expected_workload_names(values, key, track):
@@ -304,6 +304,11 @@ def test_env_vars_match_the_settings_classes_both_ways(rendered, scenario):
             continue
         container = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0] if obj["kind"] == "CronJob" \
             else obj["spec"]["template"]["spec"]["containers"][0]
+        if container["name"] == "migrate":
+            # Runs before the ConfigMaps exist: the DSN from its Secret and nothing else.
+            assert [e["name"] for e in container["env"]] == ["RECFLEET_POSTGRES_DSN"]
+            assert "secretKeyRef" in container["env"][0]["valueFrom"]
+            continue
         cls = settings_class(container)
         env, from_maps = container_env(objects, container)
         duplicated = set(env) & set(from_maps)
@@ -329,6 +334,8 @@ def test_otel_variables_appear_only_when_tracing_is_on(rendered, merged_values, 
         if obj["kind"] == "Pod":
             continue
         spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]["template"]["spec"]
+        if spec["containers"][0]["name"] == "migrate":
+            continue
         names_ = {e["name"] for e in spec["containers"][0]["env"]}
         assert ("OTEL_EXPORTER_OTLP_ENDPOINT" in names_) == otel
 
@@ -351,6 +358,17 @@ def test_cronjobs_run_each_batch_job_once_at_a_time(rendered):
     assert set(commands) == REQUIRED_JOBS
     env = config_maps(rendered["default"])["recfleet-jobs-env"]
     assert env["RECFLEET_ARTIFACT_URL"] == "file:///artifacts"
+
+
+def test_migrations_run_before_install_and_upgrade_and_sample_data_only_on_request(rendered, kit):
+    migrate = next(o for o in rendered["default"] if o["kind"] == "Job" and o["metadata"]["name"] == "recfleet-migrate")
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert migrate["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "jobs"
+    assert not [o for o in rendered["default"] if o["metadata"]["name"] == "recfleet-load-movielens"]
+    objects = kit.render({"sampleData": {"enabled": True}})
+    load = next(o for o in objects if o["metadata"]["name"] == "recfleet-load-movielens")
+    assert load["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    assert load["spec"]["template"]["spec"]["containers"][0]["command"] == ["recfleet-jobs", "load-movielens"]
 
 
 def test_artifact_volume_is_read_only_for_the_services(rendered):

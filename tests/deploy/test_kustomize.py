@@ -19,6 +19,7 @@ def test_base_leaves_out_helm_test_hooks_and_optional_features(built_overlays, r
     base_kinds = {o["kind"] for o in render_module.render_objects(render_module.yaml.safe_load(
         (render_module.HERE / "base-values.yaml").read_text()))}
     assert "Pod" not in base_kinds
+    assert "Job" in base_kinds, "schema migrations run on apply too"
     assert not base_kinds & {"NetworkPolicy", "ServiceMonitor", "PrometheusRule", "HTTPRoute", "GRPCRoute"}
 
 
