@@ -109,15 +109,41 @@ def _kustomization(kind: str, resources: list[str], patches: list[str]) -> str:
 
 
 def _patch(before: dict, after: dict) -> dict:
-    """A strategic-merge patch turning `before` into `after`: the whole changed object.
+    """The smallest strategic-merge patch turning `before` into `after`.
 
-    Lists of containers and env merge by name, so a full object patch adds what is new
-    and rewrites what changed.
+    Maps keep only the keys that changed; lists of named items (containers, env, volumes,
+    ports) keep only the changed or new items, which kustomize merges by name; other lists
+    are replaced whole. Nothing the chart switches on ever removes a field, so the patch
+    never needs a deletion directive.
     """
-    del before
-    patch = copy.deepcopy(after)
-    patch["metadata"] = {"name": after["metadata"]["name"]}
-    return patch
+    patch = _changed(before, after)
+    metadata = {"name": after["metadata"]["name"], **patch.pop("metadata", {})}
+    return {"apiVersion": after["apiVersion"], "kind": after["kind"], "metadata": metadata, **patch}
+
+
+def _named(items) -> bool:
+    return isinstance(items, list) and bool(items) and all(isinstance(i, dict) and "name" in i for i in items)
+
+
+def _changed(before, after):
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = {}
+        for key, value in after.items():
+            if key not in before:
+                out[key] = value
+            elif before[key] != value:
+                out[key] = _changed(before[key], value)
+        return out
+    if _named(before) and _named(after):
+        old = {item["name"]: item for item in before}
+        out = []
+        for item in after:
+            if item["name"] not in old:
+                out.append(item)
+            elif old[item["name"]] != item:
+                out.append({"name": item["name"], **_changed(old[item["name"]], item)})
+        return out
+    return after
 
 
 def render_tree(base_values: dict | None = None) -> dict[str, str]:
