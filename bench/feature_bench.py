@@ -198,7 +198,9 @@ async def run(args) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel)
             stub = features_pb2_grpc.FeatureStoreStub(channel)
+            load_before = os.getloadavg()[0]
             latencies = await measure(stub, user, items, args.reads, args.warmup)
+            load_after = os.getloadavg()[0]
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)
@@ -212,6 +214,7 @@ async def run(args) -> None:
 
     figures = {name: summary(samples) for name, samples in latencies.items()}
     print(f"feature-store reads, 1 user + {args.items} items, {args.reads} sequential reads per series")
+    print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (client and server share the cores)")
     print(f"{'series':<15}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
     for name, row in figures.items():
         print(f"{name:<15}{row['p50_ms']:>9.3f}{row['p90_ms']:>9.3f}{row['p99_ms']:>9.3f}{row['max_ms']:>9.3f}")
@@ -222,6 +225,7 @@ async def run(args) -> None:
         "items": args.items,
         "reads": args.reads,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average_1m": [round(load_before, 2), round(load_after, 2)],
         "series": figures,
     }
     (RESULTS / "feature_read_latency.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -14,7 +14,7 @@ from . import metrics
 from .registry import ENTITIES, Registry
 from .rows import Constraints, Row, build_row, build_row_from_list, choose_vector, constraints_from, timestamp_field
 from .stores import OfflineFeatureStore, OnlineFeatureStore
-from .validation import CatalogItem, Profile, ValidationError, check_id, validate_items, validate_profile
+from .validation import CatalogItem, Profile, ValidationError, check_id, check_ids, validate_items, validate_profile
 
 POPULAR_WINDOWS = ("all", "7d", "trending")
 MAX_POPULAR = 1000
@@ -86,8 +86,7 @@ class FeatureService:
         `item_row_cache_size`); callers must not mutate them."""
         if len(item_ids) > self.max_items_per_read:
             raise ValidationError(f"item_ids: at most {self.max_items_per_read} per call (got {len(item_ids)})")
-        for index, item_id in enumerate(item_ids):
-            check_id(item_id, f"item_ids[{index}]")
+        check_ids(item_ids, "item_ids")
         views = self._views("item", names)
         fields = [view.name for view in views]
         fields += [timestamp_field(view.name) for view in views if view.freshness_seconds]

@@ -179,3 +179,18 @@ def test_running_category_counts_emit_one_value_per_user_and_timestamp():
         ("v", T, {"War": 1}),
     ]
     assert list(running_category_counts([])) == []
+
+
+def test_id_lists_are_checked_at_once_and_the_first_bad_one_is_named():
+    from .validation import check_ids
+
+    check_ids(["a", "b:1", "x" * 128], "ids")
+    check_ids([], "ids")
+    for ids, message in (
+        (["a", "b\nc"], "ids[1]: must be 1-128 characters of A-Z a-z 0-9 _ . : - (got 'b\\nc')"),
+        (["a", "", "c"], "ids[1]: required"),
+        (["a", "y" * 129], "ids[1]: must be 1-128 characters"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            check_ids(ids, "ids")
+        assert str(caught.value).startswith(message)

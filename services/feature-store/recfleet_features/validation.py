@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# Many ids at once, newline-joined: one regex call instead of one per id.
+ID_LIST_PATTERN = re.compile(r"(?:[A-Za-z0-9_.:-]{1,128}\n)*[A-Za-z0-9_.:-]{1,128}")
 COUNTRY_PATTERN = re.compile(r"[A-Z]{2}")
 AGE_RATINGS = (0, 7, 13, 16, 18)
 MAX_TITLE = 1000
@@ -74,6 +76,16 @@ def check_id(value: str, where: str) -> str:
     if not ID_PATTERN.fullmatch(value):
         raise ValidationError(f"{where}: must be 1-128 characters of A-Z a-z 0-9 _ . : - (got {value[:40]!r})")
     return value
+
+
+def check_ids(values: list[str], where: str) -> None:
+    """Every id valid, or ValidationError naming the first bad one as `where[i]`."""
+    joined = "\n".join(values)
+    # The count guards against an id that itself holds a newline posing as two ids.
+    if values and joined.count("\n") == len(values) - 1 and ID_LIST_PATTERN.fullmatch(joined):
+        return
+    for index, value in enumerate(values):
+        check_id(value, f"{where}[{index}]")
 
 
 def _labels(values: list[str], where: str, max_length: int = MAX_LABEL) -> list[str]:
