@@ -147,6 +147,7 @@ def test_routing_configmap_carries_the_weights_and_the_gateway_reads_it(rendered
         assert routing["services"][COMPONENTS[key][0]] == {
             "canary": canary["enabled"],
             "weight": canary["weight"] if canary["enabled"] else 0,
+            "shadow_percent": canary["shadowPercent"] if canary["enabled"] else 0,
         }
     gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "recfleet-gateway")
     pod = gateway["spec"]["template"]["spec"]
@@ -483,3 +484,16 @@ def test_gateway_api_routes_split_by_canary_weight(rendered):
         "recfleet-gateway": 95, "recfleet-gateway-canary": 5,
     }
     assert not [o for o in rendered["default"] if o["kind"] in ("GRPCRoute", "HTTPRoute")]
+
+
+def test_the_gateway_reads_the_rendered_routing_file(rendered, tmp_path):
+    traffic = pytest.importorskip("recfleet_store.traffic")
+    path = tmp_path / "routing.json"
+    path.write_text(config_maps(rendered["canaries-on"])["recfleet-routing"]["routing.json"])
+    states = traffic.effective(["ranking", "feature-store", "candidate-gen", "event-ingest"], {}, traffic.read_routing_file(str(path)), {})
+    assert {name: (s.weight, s.shadow_percent, s.source) for name, s in states.items()} == {
+        "ranking": (10, 20, "routing-file"),
+        "feature-store": (50, 0, "routing-file"),
+        "candidate-gen": (1, 0, "routing-file"),
+        "event-ingest": (100, 0, "routing-file"),
+    }

@@ -106,7 +106,7 @@ def test_prod_routes_ten_percent_of_ranking_to_its_canary(built_overlays):
 
     prod = _index(built_overlays["prod"])
     routing = json.loads(prod[("ConfigMap", "recfleet-routing")]["data"]["routing.json"])
-    assert routing["services"]["ranking"] == {"canary": True, "weight": 10}
+    assert routing["services"]["ranking"] == {"canary": True, "weight": 10, "shadow_percent": 0}
     canary = prod[("Deployment", "recfleet-ranking-canary")]["spec"]["template"]["spec"]["containers"][0]
     assert canary["image"] == "registry.example.com/recfleet/ranking:0.2.0-rc1"
     stable = prod[("Deployment", "recfleet-ranking")]["spec"]["template"]["spec"]["containers"][0]
