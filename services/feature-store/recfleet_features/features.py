@@ -157,6 +157,7 @@ class FeatureService:
             raise ValidationError(f"limit: must be between 1 and {MAX_POPULAR} (got {limit})")
         if len(category) > 128:
             raise ValidationError("category: at most 128 characters")
+        check_ids(exclude, "exclude_item_ids")
         items = await self.online.popular(window, category, limit, set(exclude))
         return items, "trending" if window == "trending" else "popular"
 

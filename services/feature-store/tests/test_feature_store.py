@@ -287,6 +287,11 @@ async def test_bad_reads_and_writes_say_which_field_and_why(fleet):
         features_pb2.GetPopularItemsRequest(window="30d"),
         "window: must be one of all, 7d, trending (got '30d')",
     )
+    await expect_invalid(
+        fleet.stub.GetPopularItems,
+        features_pb2.GetPopularItemsRequest(limit=5, exclude_item_ids=["ok", "no/slash"]),
+        "exclude_item_ids[1]: must be 1-128 characters of A-Z a-z 0-9 _ . : - (got 'no/slash')",
+    )
     items = [features_pb2.Item(item_id="a1"), features_pb2.Item(item_id="a2", age_rating=12)]
     await expect_invalid(
         fleet.stub.UpsertItems,
