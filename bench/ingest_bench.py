@@ -8,6 +8,7 @@ batches of --batch events in flight. Prints the figures and draws events acknowl
 events stored over time to bench/results/ingest_throughput.png.
 
     .venv/bin/python bench/ingest_bench.py --events 100000
+    .venv/bin/python bench/ingest_bench.py --events 100000 --start-gateway
     .venv/bin/python bench/ingest_bench.py --gateway http://127.0.0.1:8080 --api-key $KEY \\
         --postgres-dsn postgresql://postgres@127.0.0.1:5432/recfleet
 """
@@ -34,6 +35,7 @@ from recfleet_store.postgres import migrate
 
 RESULTS = Path(__file__).parent / "results"
 ADMIN_DSN = os.environ.get("RECFLEET_TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+BENCH_KEY = "bench-admin-key"
 TYPES = ("view", "click", "like", "watch", "add_to_cart")
 
 
@@ -63,7 +65,7 @@ def count_stored(dsn: str, run: str) -> int:
 class Fleet:
     """The parts under test, started as processes; stopped by the ExitStack."""
 
-    def __init__(self, stack: ExitStack, sinks: int):
+    def __init__(self, stack: ExitStack, sinks: int, gateway: bool = False):
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
             broker = LocalBroker.start()
@@ -86,6 +88,19 @@ class Fleet:
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL)
             stack.callback(self._stop, process)
         wait_for_port("127.0.0.1", self.port)
+        self.gateway_url = None
+        if gateway:
+            gateway_port = free_port()
+            redis_url = os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+            gateway_env = {**env, "RECFLEET_GATEWAY_PORT": str(gateway_port), "RECFLEET_REDIS_URL": redis_url,
+                           "RECFLEET_GATEWAY_EVENT_INGEST_TARGET": f"127.0.0.1:{self.port}",
+                           "RECFLEET_GATEWAY_METRICS_PORT": "0", "RECFLEET_GATEWAY_LOG_LEVEL": "WARNING",
+                           "RECFLEET_BOOTSTRAP_ADMIN_KEY": BENCH_KEY}
+            process = subprocess.Popen([sys.executable, "-m", "recfleet_gateway"], env=gateway_env,
+                                       stdout=subprocess.DEVNULL)
+            stack.callback(self._stop, process)
+            wait_for_port("127.0.0.1", gateway_port)
+            self.gateway_url = f"http://127.0.0.1:{gateway_port}"
 
     @staticmethod
     def _stop(process: subprocess.Popen) -> None:
@@ -163,7 +178,7 @@ async def measure(args, dsn: str, send, batches: list) -> dict:
         "stored": stored[-1][1],
         "batch": args.batch,
         "concurrency": args.concurrency,
-        "sinks": args.sinks if not args.gateway else None,
+        "sinks": None if args.gateway else args.sinks,
         "api_seconds": round(api_seconds, 2),
         "api_events_per_s": round(accepted / api_seconds),
         "end_to_end_seconds": round(end_to_end, 2),
@@ -198,7 +213,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sinks", type=int, default=1, help="sink processes in the consumer group")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the rows")
-    parser.add_argument("--gateway", help="post through this gateway URL instead of gRPC")
+    parser.add_argument("--gateway", help="post through this running gateway URL instead of gRPC")
+    parser.add_argument("--start-gateway", action="store_true",
+                        help="start a gateway in front of the started API and post through it")
     parser.add_argument("--api-key", default=os.environ.get("RECFLEET_BOOTSTRAP_ADMIN_KEY", ""))
     parser.add_argument("--postgres-dsn", default=os.environ.get("RECFLEET_POSTGRES_DSN",
                                                                  "postgresql://postgres@127.0.0.1:5432/recfleet"))
@@ -207,30 +224,34 @@ async def main() -> None:
     batches = make_batches(run, args.events, args.batch)
     RESULTS.mkdir(exist_ok=True)
 
-    if args.gateway:
-        headers = {"Authorization": f"Bearer {args.api_key}"}
-        async with httpx.AsyncClient(base_url=args.gateway, headers=headers, timeout=30) as client:
-            async def send(batch: list[dict]) -> int:
-                reply = await client.post("/v1/events", json={"events": batch})
-                reply.raise_for_status()
-                return reply.json()["accepted"]
+    with ExitStack() as stack:
+        fleet = None
+        if not args.gateway:
+            fleet = Fleet(stack, args.sinks, gateway=args.start_gateway)
+            await wait_serving(f"127.0.0.1:{fleet.port}")
+        gateway = args.gateway or (fleet.gateway_url if fleet else None)
+        if gateway:
+            key = args.api_key or BENCH_KEY
+            dsn = fleet.dsn if fleet else args.postgres_dsn
+            async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {key}"},
+                                         timeout=30) as client:
+                async def send(batch: list[dict]) -> int:
+                    reply = await client.post("/v1/events", json={"events": batch})
+                    reply.raise_for_status()
+                    return reply.json()["accepted"]
 
-            result = await measure(args, args.postgres_dsn, send, batches)
-        label, name = "REST gateway -> Postgres", "ingest_throughput_gateway"
-    else:
-        with ExitStack() as stack:
-            fleet = Fleet(stack, args.sinks)
-            target = f"127.0.0.1:{fleet.port}"
-            await wait_serving(target)
+                result = await measure(args, dsn, send, batches)
+            label, name = "REST gateway -> Postgres", "ingest_throughput_gateway"
+        else:
             requests = {id(b): to_request(b) for b in batches}
-            async with grpc.aio.insecure_channel(target) as channel:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{fleet.port}") as channel:
                 stub = ingest_pb2_grpc.EventIngestStub(channel)
 
                 async def send(batch: list[dict]) -> int:
                     return (await stub.Ingest(requests[id(batch)], timeout=30)).accepted
 
                 result = await measure(args, fleet.dsn, send, batches)
-        label, name = "gRPC Ingest -> Postgres", "ingest_throughput"
+            label, name = "gRPC Ingest -> Postgres", "ingest_throughput"
 
     plot(result, RESULTS / f"{name}.png", label)
     summary = {k: v for k, v in result.items() if k not in ("acked", "stored_samples")}
