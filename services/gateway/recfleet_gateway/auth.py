@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .problems import Problem
 
@@ -77,11 +78,17 @@ class ApiKeyStore:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT key_id, name, scopes FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (digest,)
-            )
-            row = await cur.fetchone()
+        try:
+            async with self._pool.connection(timeout=2.0) as conn:
+                cur = await conn.execute(
+                    "SELECT key_id, name, scopes FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (digest,)
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout) as error:
+            if cached is not None:
+                # Postgres is away: a key verified before stays valid until it is back.
+                return cached[1]
+            raise Problem(503, "API keys cannot be verified now; retry", headers={"Retry-After": "1"}) from error
         principal = Principal(row[0], row[1], frozenset(row[2])) if row else None
         if len(self._cache) > 10_000:
             self._cache.clear()

@@ -16,12 +16,18 @@ import secrets
 
 import orjson
 from prometheus_client import Counter
+from recfleet_runtime.logging import get_logger
 from recfleet_store import keys
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .problems import Problem
 
-CACHE_REQUESTS = Counter("recfleet_gateway_cache_requests_total", "Result cache lookups, by result.", ["result"])
+CACHE_REQUESTS = Counter(
+    "recfleet_gateway_cache_requests_total", "Result cache lookups, by result (hit, miss, error).", ["result"]
+)
+REDIS_ERRORS = (RedisError, OSError)
+log = get_logger("recfleet.gateway.cache")
 
 
 def pages_key(user_id: str) -> str:
@@ -40,31 +46,47 @@ class ResultCache:
         self._snapshot_ttl = snapshot_ttl_seconds
 
     async def get(self, user_id: str, digest: str) -> dict | None:
-        raw = await self._redis.hget(keys.result_cache(user_id), digest)
+        """The cached entry, or None on a miss. Redis being down is a miss: the cache
+        only saves work, it is never a reason to fail a request."""
+        try:
+            raw = await self._redis.hget(keys.result_cache(user_id), digest)
+        except REDIS_ERRORS as error:
+            CACHE_REQUESTS.labels("error").inc()
+            log.warning("result cache unavailable", error=str(error))
+            return None
         CACHE_REQUESTS.labels("hit" if raw else "miss").inc()
         return orjson.loads(raw) if raw else None
 
     async def put(self, user_id: str, digest: str, response: dict) -> None:
-        key = keys.result_cache(user_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, digest, orjson.dumps(response))
-            pipe.expire(key, self._ttl)
-            await pipe.execute()
+        await self._store(keys.result_cache(user_id), digest, response, self._ttl)
 
     async def put_snapshot(self, user_id: str, snapshot_id: str, snapshot: dict) -> None:
-        key = pages_key(user_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, snapshot_id, orjson.dumps(snapshot))
-            pipe.expire(key, self._snapshot_ttl)
-            await pipe.execute()
+        await self._store(pages_key(user_id), snapshot_id, snapshot, self._snapshot_ttl)
+
+    async def _store(self, key: str, field: str, value: dict, ttl: int) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, field, orjson.dumps(value))
+                pipe.expire(key, ttl)
+                await pipe.execute()
+        except REDIS_ERRORS as error:
+            log.warning("result cache unavailable; not stored", error=str(error))
 
     async def get_snapshot(self, user_id: str, snapshot_id: str) -> dict | None:
-        raw = await self._redis.hget(pages_key(user_id), snapshot_id)
+        try:
+            raw = await self._redis.hget(pages_key(user_id), snapshot_id)
+        except REDIS_ERRORS as error:
+            raise Problem(503, "the page cannot be read now; retry", headers={"Retry-After": "1"}) from error
         return orjson.loads(raw) if raw else None
 
     async def invalidate(self, *user_ids: str) -> None:
-        if user_ids:
+        if not user_ids:
+            return
+        try:
             await self._redis.unlink(*(keys.result_cache(u) for u in user_ids))
+        except REDIS_ERRORS as error:
+            # The entries expire with their TTL; the event path must not fail for this.
+            log.warning("result cache invalidation failed", error=str(error))
 
     async def forget_user(self, user_id: str) -> int:
         """Erasure: cached responses and snapshots."""

@@ -10,9 +10,16 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from prometheus_client import Counter
+from recfleet_runtime.logging import get_logger
+from redis.exceptions import RedisError
 
 from .problems import Problem
 
+RATE_LIMIT_ERRORS = Counter(
+    "recfleet_gateway_rate_limit_errors_total", "Requests let through because the limit store failed."
+)
+log = get_logger("recfleet.gateway.ratelimit")
 KEY_NAMESPACE = "key"
 USER_NAMESPACE = "user"
 
@@ -45,7 +52,17 @@ class RateLimiter:
     def key_limit(self, scope: str) -> RateLimitItem:
         return self._per_scope.get(scope, self._per_key)
 
-    async def check(self, key_id: str, scope: str, user_id: str | None) -> LimitState:
+    async def check(self, key_id: str, scope: str, user_id: str | None) -> LimitState | None:
+        """`count`, failing open: when Redis cannot be reached the request is let through
+        (and logged), because limits protect the fleet but must not take it down."""
+        try:
+            return await self.count(key_id, scope, user_id)
+        except (RedisError, OSError) as error:
+            RATE_LIMIT_ERRORS.inc()
+            log.warning("rate limits unavailable; request let through", error=str(error))
+            return None
+
+    async def count(self, key_id: str, scope: str, user_id: str | None) -> LimitState:
         """Counts one request against the key's and (when given) the user's window;
         raises a 429 Problem when one is exhausted. Returns the tightest state, for the
         `RateLimit-*` headers of a successful response. Both windows are counted

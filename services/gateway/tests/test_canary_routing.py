@@ -39,16 +39,16 @@ async def tracks_of(client, users) -> dict[str, str]:
 
 
 async def test_weight_routes_a_sticky_share_of_users_to_the_canary(canary_client, canary_fleet):
-    users = [f"warm-c{i}" for i in range(200)]
+    users = [f"warm-c{i}" for i in range(120)]
     assert set((await tracks_of(canary_client, users[:20])).values()) == {"stable"}
     reply = await canary_client.put("/admin/v1/traffic/ranking", json={"weight": 30, "shadow_percent": 0})
     assert reply.status_code == 200, reply.text
     first = await tracks_of(canary_client, users)
     on_canary = {u for u, t in first.items() if t == "canary"}
-    assert 30 <= len(on_canary) <= 90
+    assert 15 <= len(on_canary) <= 60  # 30% of 120, with room for chance
     assert canary_fleet.ranking_canary.servicer.requests
     # Repeats (served from the cache) keep naming the same track.
-    assert await tracks_of(canary_client, users[:50]) == {u: first[u] for u in users[:50]}
+    assert await tracks_of(canary_client, users[:30]) == {u: first[u] for u in users[:30]}
     await canary_client.put("/admin/v1/traffic/ranking", json={"weight": 60, "shadow_percent": 0})
     raised = await tracks_of(canary_client, users)
     assert on_canary <= {u for u, t in raised.items() if t == "canary"}

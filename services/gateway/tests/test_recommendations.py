@@ -209,3 +209,15 @@ async def test_popular_by_category(client):
     body = (await client.get("/v1/popular", params={"category": "action", "limit": 3, "window": "7d"})).json()
     assert [item["rank"] for item in body["items"]] == [1, 2, 3]
     assert body["window"] == "7d"
+
+
+async def test_redis_down_still_serves_recommendations(gateway_settings):
+    from conftest import http_client, running_app
+
+    settings = gateway_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    async with running_app(settings) as application, http_client(application) as http:
+        reply = await http.get("/v1/recommendations", params={"user_id": "warm-1", "limit": 5})
+        assert reply.status_code == 200, reply.text
+        assert len(reply.json()["items"]) == 5
+        metrics = (await http.get("/metrics")).text
+        assert 'recfleet_gateway_cache_requests_total{result="error"}' in metrics

@@ -1,0 +1,97 @@
+"""Known-answer tests of the gateway's pure pieces: track assignment, cursors, merging,
+error field paths and key extraction."""
+
+from __future__ import annotations
+
+import pytest
+from recfleet.common.v1 import common_pb2
+
+from .auth import key_from_headers
+from .cache import CursorCodec, parameters_digest
+from .clients import CANARY, STABLE, TrackRouter, tracks_header
+from .pipeline import interleave, merge_by_score, overlap_at_k
+from .problems import Problem, _field_path
+
+
+def scored(item_id: str, score: float) -> common_pb2.ScoredItem:
+    return common_pb2.ScoredItem(item_id=item_id, score=score)
+
+
+def test_track_router_moves_the_weight_share_sticky_and_monotone():
+    router = TrackRouter({"ranking": 10}, canaries={"ranking"})
+    users = [f"user-{i}" for i in range(10_000)]
+    first = {u: router.track_for("ranking", u) for u in users}
+    on_canary = {u for u, t in first.items() if t == CANARY}
+    assert 900 <= len(on_canary) <= 1100
+    assert {u: router.track_for("ranking", u) for u in users} == first
+    router.set_weight("ranking", 20)
+    raised = {u for u in users if router.track_for("ranking", u) == CANARY}
+    assert on_canary <= raised and 1900 <= len(raised) <= 2100
+
+
+def test_track_router_without_canary_is_always_stable_and_refuses_weights():
+    router = TrackRouter({"ranking": 50}, canaries=set())
+    assert router.track_for("ranking", "u1") == STABLE
+    with pytest.raises(LookupError):
+        router.set_weight("ranking", 10)
+    router.set_weight("ranking", 0)
+    with pytest.raises(ValueError):
+        TrackRouter(canaries={"ranking"}).set_weight("ranking", 101)
+
+
+def test_tracks_header_uses_the_fleet_order():
+    header = tracks_header({"feature-store": "stable", "ranking": "canary", "candidate-gen": "stable"})
+    assert header == "candidate-gen=stable, ranking=canary, feature-store=stable"
+
+
+def test_cursor_round_trip_and_refusals():
+    codec = CursorCodec("secret")
+    digest = parameters_digest({"user_id": "u1", "category": ""})
+    cursor = codec.encode(20, digest, "snap1")
+    assert codec.decode(cursor, digest) == (20, "snap1")
+    with pytest.raises(Problem):
+        codec.decode(cursor, parameters_digest({"user_id": "u2", "category": ""}))
+    with pytest.raises(Problem):
+        CursorCodec("other-secret").decode(cursor, digest)
+    with pytest.raises(Problem):
+        codec.decode("not-base64!!", digest)
+
+
+def test_parameters_digest_ignores_key_order():
+    assert parameters_digest({"a": 1, "b": [1, 2]}) == parameters_digest({"b": [1, 2], "a": 1})
+    assert parameters_digest({"a": 1}) != parameters_digest({"a": 2})
+
+
+def test_merge_by_score_keeps_best_score_once_and_excludes():
+    merged = merge_by_score([[scored("a", 0.5), scored("b", 0.9)], [scored("a", 0.7), scored("c", 0.1)]], 3, {"c"})
+    assert [(i.item_id, round(i.score, 2)) for i in merged] == [("b", 0.9), ("a", 0.7)]
+
+
+def test_interleave_round_robins_sources_without_duplicates():
+    out = interleave([[scored("a", 1), scored("b", 1)], [scored("a", 1), scored("c", 1), scored("d", 1)]])
+    assert [i.item_id for i in out] == ["a", "b", "c", "d"]
+
+
+def test_overlap_at_k():
+    assert overlap_at_k(["a", "b", "c", "d"], ["d", "c", "x", "y"], k=4) == 0.5
+    assert overlap_at_k([], ["a"]) == 1.0
+
+
+def test_field_paths():
+    assert _field_path(("body", "events", 3, "type")) == "body.events[3].type"
+    assert _field_path(("query", "limit")) == "query.limit"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "x_api_key", "expected"),
+    [
+        ("Bearer abc", None, "abc"),
+        ("bearer  abc ", None, "abc"),
+        ("Basic abc", None, None),
+        (None, "xyz", "xyz"),
+        ("Bearer ", "xyz", None),
+        (None, None, None),
+    ],
+)
+def test_key_from_headers(authorization, x_api_key, expected):
+    assert key_from_headers(authorization, x_api_key) == expected
