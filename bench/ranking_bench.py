@@ -16,6 +16,8 @@ their own processes (a scratch Postgres database, `--redis-url` for item feature
 scratch artifact directory holding the promoted ranker) and times `Rank` calls from this
 process, one in flight, limit 20: the feature-store hop (`GetItemFeatures` for every
 candidate) plus everything above, plus protobuf mapping both ways.
+`grpc-feature-store-only` times that GetItemFeatures call alone from this process; the
+difference is ranking's own share of a Rank call.
 
 Prints p50/p99 per series, writes a chart and the figures as JSON to bench/results/.
 The seeded Redis keys and the scratch database are removed afterwards. Nothing passes or
@@ -44,10 +46,11 @@ import psycopg
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet.common.v1 import common_pb2
+from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_jobs.ranker import RankerTrainingParams, TrainingGroups, train_booster
 from recfleet_ranking.adapters.models import write_ranker
-from recfleet_ranking.features import Candidate, UserContext, assign_ranks
+from recfleet_ranking.features import ITEM_FEATURE_NAMES, Candidate, UserContext, assign_ranks
 from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix, model_meta
 from recfleet_ranking.pipeline import RankingPipeline, RankQuery
 from recfleet_store import keys
@@ -150,6 +153,24 @@ async def wait_serving(target: str, seconds: float = 60) -> None:
     raise RuntimeError(f"{target} did not become SERVING")
 
 
+async def bench_feature_store(target: str, calls: int) -> dict:
+    """The feature-store hop alone: the GetItemFeatures call ranking makes per Rank."""
+    results = {}
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = features_pb2_grpc.FeatureStoreStub(channel)
+        for n in SIZES:
+            request = features_pb2.GetItemFeaturesRequest(
+                item_ids=[f"bench-{i}" for i in range(n)], feature_names=list(ITEM_FEATURE_NAMES)
+            )
+            samples = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                await stub.GetItemFeatures(request, timeout=2)
+                samples.append(time.perf_counter() - started)
+            results[n] = percentiles(samples[calls // 10 :])
+    return {"grpc-feature-store-only": results}
+
+
 async def bench_grpc(target: str, calls: int) -> dict:
     results = {}
     async with grpc.aio.insecure_channel(target) as channel:
@@ -208,7 +229,8 @@ def run_fleet(args, model_text: str, calls: int) -> dict:
             await wait_serving(f"127.0.0.1:{features_port}")
             await wait_serving(f"127.0.0.1:{ranking_port}")
             await bench_grpc(f"127.0.0.1:{ranking_port}", 50)  # warm-up: connections, caches
-            return await bench_grpc(f"127.0.0.1:{ranking_port}", calls)
+            ranked = await bench_grpc(f"127.0.0.1:{ranking_port}", calls)
+            return {**ranked, **await bench_feature_store(f"127.0.0.1:{features_port}", calls)}
 
         return asyncio.run(measure())
     finally:
@@ -266,8 +288,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     chart(results, RESULTS / "ranking_latency.png")
     (RESULTS / "ranking_latency.json").write_text(json.dumps(
-        {"results": results, "calls": args.calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        {"results": results, "calls": args.calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                "load_average_1m": round(os.getloadavg()[0], 2)},
          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"wrote {RESULTS / 'ranking_latency.png'} and ranking_latency.json")
 
 
