@@ -13,6 +13,7 @@ flight) and records each call's latency from send to answer:
 - user: GetUserFeatures (hash, vector of the named version, seen set; one Redis round trip);
 - items-all: GetItemFeatures for every item, all 12 item features;
 - items-ranking: GetItemFeatures for every item, the 8 features the ranker reads;
+- items-columnar: the same with `columnar` set (one repeated field per feature);
 - user+items: both calls, concurrently, as the gateway and ranking issue them.
 
 Prints p50/p90/p99/max per series and writes a CDF chart and the figures as JSON to
@@ -114,6 +115,9 @@ async def measure(stub, user: str, items: list[str], reads: int, warmup: int) ->
     user_request = features_pb2.GetUserFeaturesRequest(user_id=user, model_version=VERSION)
     all_request = features_pb2.GetItemFeaturesRequest(item_ids=items)
     ranking_request = features_pb2.GetItemFeaturesRequest(item_ids=items, feature_names=RANKING_FEATURES)
+    columnar_request = features_pb2.GetItemFeaturesRequest(
+        item_ids=items, feature_names=RANKING_FEATURES, columnar=True
+    )
 
     async def both():
         await asyncio.gather(
@@ -124,6 +128,7 @@ async def measure(stub, user: str, items: list[str], reads: int, warmup: int) ->
         "user": lambda: stub.GetUserFeatures(user_request, timeout=1),
         "items-all": lambda: stub.GetItemFeatures(all_request, timeout=1),
         "items-ranking": lambda: stub.GetItemFeatures(ranking_request, timeout=1),
+        "items-columnar": lambda: stub.GetItemFeatures(columnar_request, timeout=1),
         "user+items": both,
     }
     latencies: dict[str, list[float]] = {}

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from . import metrics
-from .registry import ENTITIES, Registry
+from .registry import ENTITIES, FeatureView, Registry
 from .rows import Constraints, Row, build_row, build_row_from_list, choose_vector, constraints_from, timestamp_field
 from .stores import OfflineFeatureStore, OnlineFeatureStore
 from .validation import CatalogItem, Profile, ValidationError, check_id, check_ids, validate_items, validate_profile
@@ -48,7 +48,8 @@ class FeatureService:
         self.item_row_cache_size = item_row_cache_size
         self._item_rows: dict[tuple, Row] = {}
 
-    def _views(self, entity: str, names: list[str], where: str = "feature_names"):
+    def views(self, entity: str, names: list[str], where: str = "feature_names") -> list[FeatureView]:
+        """The views `names` asks for (all of the entity's when empty), or ValidationError."""
         views = self.registry.for_entity(entity)
         if not names:
             return list(views.values())
@@ -61,7 +62,7 @@ class FeatureService:
         """Features (defaults for missing/stale), the vector of `model_version` (or of the
         serving version), constraints and the interaction count, in one Redis round trip."""
         check_id(user_id, "user_id")
-        views = self._views("user", names)
+        views = self.views("user", names)
         read = await self.online.read_user(user_id, need_serving_version=not model_version)
         version = model_version or read.serving_version or ""
         vector, status = choose_vector(read.vectors, version)
@@ -87,7 +88,7 @@ class FeatureService:
         if len(item_ids) > self.max_items_per_read:
             raise ValidationError(f"item_ids: at most {self.max_items_per_read} per call (got {len(item_ids)})")
         check_ids(item_ids, "item_ids")
-        views = self._views("item", names)
+        views = self.views("item", names)
         fields = [view.name for view in views]
         fields += [timestamp_field(view.name) for view in views if view.freshness_seconds]
         texts = await self.online.read_items(item_ids, fields) if item_ids else []

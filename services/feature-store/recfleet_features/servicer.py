@@ -50,6 +50,25 @@ def fill_row(target: features_pb2.FeatureRow, row: Row) -> None:
     target.defaulted.extend(row.defaulted)
 
 
+def fill_columns(reply: features_pb2.GetItemFeaturesResponse, views: list[FeatureView], rows: list[Row]) -> None:
+    """One column per view, values in row order, defaulted positions listed."""
+    defaulted: dict[str, list[int]] = {view.name: [] for view in views}
+    for index, row in enumerate(rows):
+        for name in row.defaulted:
+            defaulted[name].append(index)
+    for view in views:
+        column = reply.columns.add(name=view.name, defaulted=defaulted[view.name])
+        values = [row.values[view.name] for row in rows]
+        if view.type == "number":
+            column.numbers.extend(values)
+        elif view.type == "text":
+            column.texts.extend(values)
+        else:
+            lists = column.lists
+            for value in values:
+                lists.add().values.extend(value)
+
+
 def view_message(view: FeatureView) -> features_pb2.FeatureView:
     message = features_pb2.FeatureView(
         name=view.name,
@@ -124,10 +143,15 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
         return reply
 
     async def GetItemFeatures(self, request, context):
+        names = list(request.feature_names)
         try:
-            rows = await self.features.get_items(list(request.item_ids), list(request.feature_names))
+            rows = await self.features.get_items(list(request.item_ids), names)
         except ValidationError as error:
             return await _invalid(context, error)
+        reply = features_pb2.GetItemFeaturesResponse()
+        if request.columnar:
+            fill_columns(reply, self.features.views("item", names), rows)
+            return reply
         messages = []
         for row in rows:
             message = self._row_messages.get(row)
@@ -136,7 +160,6 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
                 fill_row(message, row)
                 self._row_messages[row] = message
             messages.append(message)
-        reply = features_pb2.GetItemFeaturesResponse()
         reply.rows.extend(messages)
         return reply
 

@@ -572,3 +572,27 @@ async def test_popular_pages_past_unavailable_items_in_one_round_trip(fleet):
     assert CountingConnection.sends - before == 1
     assert [i.item_id for i in reply.items] == [ids[40], *ids[42:46]]
     assert [i.score for i in reply.items] == [60, 58, 57, 56, 55]
+
+
+async def test_columnar_item_read_matches_the_rows(fleet):
+    put_json(fleet.redis, keys.item("k1"), {"title": "One", "categories": ["Drama", "War"], "popularity": 0.25})
+    put_json(fleet.redis, keys.item("k3"), {"title": "Three"})
+    names = ["title", "categories", "popularity"]
+    reply = await fleet.stub.GetItemFeatures(
+        features_pb2.GetItemFeaturesRequest(item_ids=["k1", "k2", "k3"], feature_names=names, columnar=True),
+        timeout=5,
+    )
+    assert not reply.rows
+    columns = {column.name: column for column in reply.columns}
+    assert [column.name for column in reply.columns] == names
+    assert list(columns["title"].texts) == ["One", "", "Three"]
+    assert list(columns["title"].defaulted) == [1]
+    assert [list(v.values) for v in columns["categories"].lists] == [["Drama", "War"], [], []]
+    assert list(columns["categories"].defaulted) == [1, 2]
+    assert list(columns["popularity"].numbers) == [0.25, 0, 0]
+    assert list(columns["popularity"].defaulted) == [1, 2]
+
+    every = await fleet.stub.GetItemFeatures(
+        features_pb2.GetItemFeaturesRequest(item_ids=["k1"], columnar=True), timeout=5
+    )
+    assert {column.name for column in every.columns} == ITEM_FEATURES
