@@ -1,3 +1,5 @@
+import asyncio
+
 import psycopg
 import pytest
 from recfleet_ranking.adapters.models import (
@@ -9,7 +11,7 @@ from recfleet_ranking.adapters.models import (
 )
 from recfleet_ranking.learned import FEATURE_NAMES
 from recfleet_store.artifacts import DirectoryArtifactStore
-from recfleet_store.registry import promote, register_version
+from recfleet_store.registry import promote, register_version, rollback
 
 
 def publish(store, dsn, version, model, serve=True):
@@ -68,3 +70,32 @@ async def test_registry_serving_version_pinned_version_and_on_demand_versions(
     assert pinned.serving.version == "ranker-20260102T000000Z"
     await versions.close()
     await pinned.close()
+
+
+async def test_promotion_and_rollback_reach_a_running_service_within_a_poll(
+    artifact_dir, fresh_pg_dsn, popularity_model
+):
+    store = DirectoryArtifactStore(artifact_dir)
+    publish(store, fresh_pg_dsn, "ranker-20260101T000000Z", popularity_model)
+    publish(store, fresh_pg_dsn, "ranker-20260102T000000Z", popularity_model, serve=False)
+    versions = RankerVersions(store, fresh_pg_dsn)
+    await versions.refresh()
+    poller = asyncio.create_task(versions.poll(0.05))
+
+    async def serving_becomes(version):
+        for _ in range(100):
+            if versions.serving.version == version:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    try:
+        with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+            promote(conn, "ranker", "ranker-20260102T000000Z")
+        assert await serving_becomes("ranker-20260102T000000Z")
+        with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+            rollback(conn, "ranker")
+        assert await serving_becomes("ranker-20260101T000000Z")
+    finally:
+        poller.cancel()
+        await versions.close()
