@@ -497,3 +497,39 @@ def test_the_gateway_reads_the_rendered_routing_file(rendered, tmp_path):
         "candidate-gen": (1, 0, "routing-file"),
         "event-ingest": (100, 0, "routing-file"),
     }
+
+
+# Metric families the alerts and dashboards use that the services do not export yet; each
+# has a fallback in the same expression (issue 6: requested from the gateway and
+# candidate-gen owners). Remove a name once its service exports it.
+NOT_YET_EXPORTED = {"recfleet_gateway_recommendations_total", "recfleet_candidates_index_built_timestamp_seconds"}
+
+
+def exported_metric_families(root) -> set[str]:
+    names = set()
+    for path in list((root / "services").rglob("*.py")) + list((root / "libs").rglob("*.py")):
+        names.update(re.findall(r'(?:Counter|Gauge|Histogram|Summary)\(\s*"([a-z_:]+)"', path.read_text()))
+    return names
+
+
+def test_alerts_and_dashboards_query_metrics_the_services_export(rendered, kit):
+    exported = exported_metric_families(kit.ROOT)
+    queries = [
+        r["expr"] for o in rendered["default"] if o["kind"] == "PrometheusRule"
+        for g in o["spec"]["groups"] for r in g["rules"]
+    ]
+    for cm in rendered["default"]:
+        if cm["kind"] == "ConfigMap" and "grafana_dashboard" in cm["metadata"]["labels"]:
+            board = json.loads(next(iter(cm["data"].values())))
+            queries += [t["expr"] for p in board["panels"] for t in p["targets"]]
+    # Metric names only: drop label matchers and by/without/ignoring label lists first.
+    bare = [re.sub(r"\{[^}]*\}|\b(?:by|without|ignoring|on)\s*\([^)]*\)", " ", q) for q in queries]
+    used = {m for q in bare for m in re.findall(r"\b((?:recfleet|grpc)_[a-z_]+)\b", q)}
+    assert len(used) > 15
+    unknown = set()
+    for name in used:
+        family = re.sub(r"_(bucket|count|sum)$", "", name)
+        if name not in exported and family not in exported and name not in NOT_YET_EXPORTED:
+            unknown.add(name)
+    assert unknown == set()
+    assert NOT_YET_EXPORTED.isdisjoint(exported), "exported now: drop it from NOT_YET_EXPORTED and its fallback"
