@@ -76,6 +76,8 @@ def test_event_id_must_be_a_uuid_and_is_normalised():
 
 def test_context_must_be_an_object():
     assert reason(context=[1, 2])[0] == "context"
+    assert reason(context={"note": "a\x00b"}) == ("context", "must not contain NUL characters")
+    assert validate_event(raw(context={"note": "a\\u0000b"}), NOW).context == {"note": "a\\u0000b"}
 
 
 def test_batch_limit_and_erased_users():

@@ -143,6 +143,16 @@ def _check_timestamp(value: Any, now: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def validate_event(raw: Mapping[str, Any], now: datetime, request_id: str = "") -> Event:
     """Check one event given as a mapping of its fields; raises InvalidEvent.
 
@@ -161,6 +171,9 @@ def validate_event(raw: Mapping[str, Any], now: datetime, request_id: str = "") 
         context = {}
     if not isinstance(context, dict):
         raise InvalidEvent("context", "must be a JSON object")
+    if context and _has_nul(context):
+        # Postgres jsonb cannot hold a NUL character; say so now rather than dead-letter it.
+        raise InvalidEvent("context", "must not contain NUL characters")
     event_id = _check_event_id(raw.get("event_id"))
     return Event(event_id, user_id, item_id, kind, value, timestamp, context, raw.get("request_id") or request_id)
 

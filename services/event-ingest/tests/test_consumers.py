@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import orjson
+import psycopg
 import pytest
 import redis
 from kafka import KafkaProducer
@@ -24,7 +25,7 @@ from .test_ingest_api import read_topic
 
 
 async def test_realtime_updater_fills_seen_recent_counters_and_drops_the_cache(api, settings, start_role):
-    _, stub = api
+    ingest, stub = api
     client = redis.Redis.from_url(settings.redis_url)
     client.hset(keys.item("m1"), mapping={"categories": orjson.dumps(["Drama", "War"])})
     client.hset(keys.item("m2"), mapping={"categories": orjson.dumps(["Drama"])})
@@ -35,6 +36,11 @@ async def test_realtime_updater_fills_seen_recent_counters_and_drops_the_cache(a
     events = [event("u1", "m1", at=base - timedelta(seconds=30)), event("u1", "m2", at=base - timedelta(seconds=20)),
               event("u1", "m3", at=base - timedelta(seconds=10))]
     assert (await stub.Ingest(ingest_pb2.IngestRequest(events=events), timeout=10)).accepted == 3
+    # A user erased after their event reached the topic gets no features from it.
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('gone', 'r-0')")
+    late = validate_event({"user_id": "gone", "item_id": "m1", "type": "view"}, datetime.now(UTC))
+    await asyncio.to_thread(ingest.producer.send_and_wait, settings.events_topic, [("gone", late.to_json())])
 
     start_role(realtime.run, settings)
     assert await asyncio.to_thread(wait_until, lambda: client.scard(keys.user_seen("u1")) == 3)
@@ -46,6 +52,9 @@ async def test_realtime_updater_fills_seen_recent_counters_and_drops_the_cache(a
     assert orjson.loads(user[b"last_seen_at"]) == int((base - timedelta(seconds=10)).timestamp())
     assert orjson.loads(client.hget(keys.item("m1"), "interaction_count")) == 1
     assert not client.exists(keys.result_cache("u1"))
+    await asyncio.sleep(1.0)
+    assert not client.exists(keys.user("gone"), keys.user_seen("gone"), keys.user_recent("gone"))
+    assert orjson.loads(client.hget(keys.item("m1"), "interaction_count")) == 1
     client.close()
 
 
@@ -92,10 +101,12 @@ async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(set
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4()),
                                                                         "type": "hover"}))
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(good))
-    # Valid JSON that Postgres refuses (jsonb has no NUL character): dead-lettered, and
-    # the rest of its batch is still stored.
+    # A valid event that Postgres refuses (here: a constraint the database gained since):
+    # dead-lettered, and the rest of its batch is still stored.
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (item_id <> 'poison')")
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(
-        {**good, "event_id": str(uuid.uuid4()), "context": {"note": "a\u0000b"}}))
+        {**good, "event_id": str(uuid.uuid4()), "item_id": "poison"}))
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4())}))
     producer.flush()
     producer.close()
@@ -104,7 +115,7 @@ async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(set
     dead = await asyncio.to_thread(read_topic, settings.kafka_bootstrap_servers, settings.dead_letter_topic, 3, 20.0)
     letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["reason"])
     assert [d["source"] for d in letters] == ["sink", "sink", "sink"]
-    assert letters[0]["reason"].startswith("postgres: ") and "a\\u0000b" in letters[0]["event"]
+    assert letters[0]["reason"].startswith("postgres: ") and '"item_id":"poison"' in letters[0]["event"]
     assert letters[1]["event"] == "{not json" and letters[1]["reason"].startswith("record: not JSON")
     assert letters[2]["reason"].startswith("type: must be one of")
     assert dead[0].key == b"u1"

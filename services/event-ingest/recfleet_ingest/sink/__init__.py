@@ -90,13 +90,14 @@ class SinkHandler:
         raise AssertionError("unreachable: retrying re-raises")
 
     def _write_one_by_one(self, events: list[Event]) -> tuple[SinkOutcome, list[tuple[str, bytes]]]:
-        """Postgres refused the batch's data: store what it accepts, dead-letter the rest."""
+        """Postgres refused the batch's data (a value it cannot hold, a constraint added
+        since the event was accepted): store what it accepts, dead-letter the rest."""
         stored = duplicate = erased = 0
         dead: list[tuple[str, bytes]] = []
         for event in events:
             try:
                 outcome = self._write([event])
-            except psycopg.DataError as error:
+            except (psycopg.DataError, psycopg.IntegrityError) as error:
                 reason = f"postgres: {str(error).splitlines()[0]}"
                 dead.append((event.user_id, orjson.dumps(
                     {"event": event.to_json().decode(), "reason": reason, "source": self.source})))
@@ -109,7 +110,7 @@ class SinkHandler:
         events, dead = split_valid(records, datetime.now(UTC), self.source)
         try:
             outcome = self._write(events)
-        except psycopg.DataError:
+        except (psycopg.DataError, psycopg.IntegrityError):
             outcome, refused = self._write_one_by_one(events)
             dead.extend(refused)
         if dead:
