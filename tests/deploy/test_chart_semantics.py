@@ -33,6 +33,7 @@ SETTINGS_BY_ENTRYPOINT = {
     "recfleet-jobs": "recfleet_jobs.settings:JobSettings",
 }
 SECRETS = {"RECFLEET_POSTGRES_DSN", "RECFLEET_REDIS_URL", "RECFLEET_BOOTSTRAP_ADMIN_KEY"}
+
 VERSION_LABELS = {"app.kubernetes.io/version", "helm.sh/chart", "app.kubernetes.io/managed-by"}
 TRACK = "recfleet.io/track"
 
@@ -533,3 +534,13 @@ def test_alerts_and_dashboards_query_metrics_the_services_export(rendered, kit):
             unknown.add(name)
     assert unknown == set()
     assert NOT_YET_EXPORTED.isdisjoint(exported), "exported now: drop it from NOT_YET_EXPORTED and its fallback"
+
+
+def test_the_cursor_secret_comes_from_a_secret_when_one_is_named(rendered):
+    objects = rendered["production"]
+    gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "recfleet-gateway")
+    env, from_maps = container_env(objects, gateway["spec"]["template"]["spec"]["containers"][0])
+    assert env["RECFLEET_GATEWAY_CURSOR_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "recfleet-gateway-cursor", "key": "cursor-secret",
+    }
+    assert "RECFLEET_GATEWAY_CURSOR_SECRET" not in from_maps

@@ -199,6 +199,10 @@ Secrets, the track, the shard and the pod name are set on the container instead.
 {{- $_ := set $data (printf "%sCANDIDATE_GEN_CANARY_TARGETS" $c.prefix) (ternary (include "recfleet.candidateTargets" (dict "root" $root "track" "canary")) "" (and $cg.enabled $cg.canary.enabled)) -}}
 {{- $_ := set $data (printf "%sCANARY_WEIGHTS" $c.prefix) (include "recfleet.canaryWeights" $root) -}}
 {{- $_ := set $data (printf "%sROUTING_FILE" $c.prefix) "/etc/recfleet/routing/routing.json" -}}
+{{- if $root.Values.cursorSecret.existingSecret -}}
+{{- /* Set from its Secret on the container instead. */ -}}
+{{- $_ := unset $data (printf "%sCURSOR_SECRET" $c.prefix) -}}
+{{- end -}}
 {{- else -}}
 {{- if $v.ports.grpc -}}
 {{- $_ := set $data (printf "%sGRPC_PORT" $c.prefix) (toString $v.ports.grpc) -}}
@@ -256,6 +260,13 @@ Secrets, the track, the shard and the pod name are set on the container instead.
       key: {{ $root.Values.bootstrapAdminKey.secretKey }}
       # Optional: without the Secret the gateway accepts only keys stored in Postgres.
       optional: true
+{{- end }}
+{{- if and (eq $c.key "gateway") $root.Values.cursorSecret.existingSecret }}
+- name: RECFLEET_GATEWAY_CURSOR_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.cursorSecret.existingSecret }}
+      key: {{ $root.Values.cursorSecret.secretKey }}
 {{- end }}
 {{- if eq $c.key "candidateGen" }}
 - name: POD_NAME
