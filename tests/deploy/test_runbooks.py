@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,20 @@ def test_safe_blocks_only_read(path):
     for block in safe_blocks(path.read_text()):
         for line in block.splitlines():
             assert not MUTATING.search(line), f"{path.name}: '{line}' changes state but is marked safe"
+
+
+@pytest.mark.parametrize("path", runbooks(), ids=lambda p: p.name)
+def test_every_command_block_is_valid_shell(path):
+    for block in re.findall(r"^```sh(?: safe)?\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL):
+        result = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{path.name}:\n{block}\n{result.stderr}"
+
+
+def test_safe_blocks_use_only_tools_a_local_fleet_has():
+    tools = {"curl", "psql", "redis-cli", "awk", ".venv/bin/recfleetctl", ".venv/bin/python"}
+    for path in runbooks():
+        for block in safe_blocks(path.read_text()):
+            for line in block.splitlines():
+                unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "ARG", line)
+                for command in re.split(r"&&|\|\||\||;", unquoted):
+                    assert command.split()[0] in tools, f"{path.name}: {command.strip()}"
