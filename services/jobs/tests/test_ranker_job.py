@@ -12,7 +12,7 @@ from recfleet_jobs.__main__ import _load, app
 from recfleet_jobs.ranker import PopularityClock, RankerTrainingParams, ndcg_at, train_ranker
 from recfleet_ranking.adapters.models import load_ranker
 from recfleet_store.artifacts import DirectoryArtifactStore
-from recfleet_store.registry import serving_version
+from recfleet_store.registry import get_version, serving_version
 from typer.testing import CliRunner
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
@@ -38,11 +38,14 @@ def load_movielens(dsn: str, max_users: int) -> None:
                                 float(r["rating"]), ts))
 
 
-def test_popularity_is_point_in_time():
-    clock = PopularityClock.build(np.array(["a", "a", "b", "a"], dtype=object), np.array([1.0, 2.0, 3.0, 4.0]))
+def test_popularity_is_point_in_time_and_weighted():
+    clock = PopularityClock.build(
+        np.array(["a", "a", "b", "a"], dtype=object), np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 1.0, 4.0, 1.0])
+    )
     assert clock.popularity("a", 3.0) == 1.0  # a has 2, the most popular has 2
     assert clock.popularity("b", 3.0) == 0.0  # b's interaction at 3 is not before 3
-    assert clock.popularity("b", 3.5) == 0.5
+    assert clock.popularity("b", 3.5) == 1.0  # b has 4, now the most popular
+    assert clock.popularity("a", 3.5) == 0.5
     assert clock.count("a", 1.5, 10) == 2
 
 
@@ -53,22 +56,26 @@ def test_ndcg_known_answer():
     assert ndcg_at(scores, labels, [3, 3]) == pytest.approx(0.75)
 
 
-def test_train_ranker_beats_rules_and_registers_a_loadable_version(fresh_pg_dsn, artifact_dir, monkeypatch):
-    load_movielens(fresh_pg_dsn, max_users=200)
+def test_train_ranker_beats_rules_and_writes_a_loadable_candidate_version(fresh_pg_dsn, artifact_dir):
+    load_movielens(fresh_pg_dsn, max_users=400)
     store = DirectoryArtifactStore(artifact_dir)
     summary = train_ranker(fresh_pg_dsn, store, RankerTrainingParams(), promote=False)
     metrics = summary["metrics"]
-    assert metrics["holdout_users"] > 10
+    assert metrics["holdout_users"] > 30
     assert metrics["ndcg@10"] > metrics["ndcg@10_rules"]
     ranker = load_ranker(store, summary["version"], summary["artifact_uri"])
     assert ranker.version == summary["version"]
     with psycopg.connect(fresh_pg_dsn) as conn:
         assert serving_version(conn, "ranker") is None
+        assert get_version(conn, summary["version"])["metrics"]["ndcg@10"] == metrics["ndcg@10"]
 
+
+def test_train_ranker_command_promotes(fresh_pg_dsn, artifact_dir, monkeypatch):
+    load_movielens(fresh_pg_dsn, max_users=60)
     monkeypatch.setenv("RECFLEET_POSTGRES_DSN", fresh_pg_dsn)
     monkeypatch.setenv("RECFLEET_ARTIFACT_URL", str(artifact_dir))
     _load()
-    result = CliRunner().invoke(app, ["train-ranker", "--promote", "--rounds", "20"])
+    result = CliRunner().invoke(app, ["train-ranker", "--promote", "--rounds", "10"])
     assert result.exit_code == 0, result.output
     promoted = json.loads(result.output.strip().splitlines()[-1])
     with psycopg.connect(fresh_pg_dsn) as conn:
