@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -46,6 +47,8 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
     candidates: dict[str, Candidate] = {}
     for index, scored in enumerate(request.candidates):
         _check_id(scored.item_id, f"candidates[{index}].item_id")
+        if not math.isfinite(scored.score):
+            raise InvalidArgument(f"candidates[{index}].score: must be a finite number, got {scored.score}")
         known = candidates.get(scored.item_id)
         if known is None or scored.score > known.score:
             candidates[scored.item_id] = Candidate(scored.item_id, scored.score, scored.source)
