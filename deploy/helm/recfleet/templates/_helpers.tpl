@@ -302,7 +302,9 @@ Secrets, the track, the shard and the pod name are set on the container instead.
 - name: OTEL_TRACES_SAMPLER_ARG
   value: {{ .root.Values.otel.samplerArg | quote }}
 - name: OTEL_RESOURCE_ATTRIBUTES
-  value: {{ printf "service.namespace=recfleet,deployment.environment=%s,recfleet.track=%s" .root.Values.otel.environment .track | quote }}
+  {{- $attributes := list "service.namespace=recfleet" (printf "recfleet.track=%s" .track) }}
+  {{- with .root.Values.otel.environment }}{{ $attributes = append $attributes (printf "deployment.environment=%s" .) }}{{ end }}
+  value: {{ join "," $attributes | quote }}
 {{- end -}}
 
 {{/* Restricted pod security (Pod Security Standards "restricted"). */}}
