@@ -544,3 +544,19 @@ def test_the_cursor_secret_comes_from_a_secret_when_one_is_named(rendered):
         "name": "recfleet-gateway-cursor", "key": "cursor-secret",
     }
     assert "RECFLEET_GATEWAY_CURSOR_SECRET" not in from_maps
+
+
+def test_every_cronjob_command_and_its_arguments_parse_in_the_jobs_cli(rendered):
+    jobs_cli = importlib.import_module("recfleet_jobs.__main__")
+    typer_main = importlib.import_module("typer.main")
+    jobs_cli._load()
+    group = typer_main.get_command(jobs_cli.app)
+    parsed = set()
+    for cron in by_kind(rendered["default"], "CronJob"):
+        container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        name, args = container["command"][1], container.get("args", [])
+        command = group.get_command(None, name)
+        assert command is not None, f"recfleet-jobs has no command {name}"
+        command.make_context(name, list(args))  # raises on an unknown option or a bad value
+        parsed.add(name)
+    assert parsed == REQUIRED_JOBS
