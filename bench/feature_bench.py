@@ -16,7 +16,8 @@ flight) and records each call's latency from send to answer:
 - items-columnar: the same with `columnar` set (one repeated field per feature);
 - user+items: both calls, concurrently, as the gateway and ranking issue them.
 
-Prints p50/p90/p99/max per series and writes a CDF chart and the figures as JSON to
+Prints p50/p90/p99/max per series, with the CPU milliseconds per read that the server
+process and this client spent (a figure other load on the machine hardly moves), and writes a CDF chart and the figures as JSON to
 bench/results/. The seeded keys are deleted afterwards. Nothing passes or fails on time.
 """
 
@@ -111,7 +112,17 @@ async def wait_serving(channel: grpc.aio.Channel, timeout: float = 60) -> None:
     raise RuntimeError("feature-store did not become SERVING")
 
 
-async def measure(stub, user: str, items: list[str], reads: int, warmup: int) -> dict[str, list[float]]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    stub, user: str, items: list[str], reads: int, warmup: int, server_pid: int
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """Latency samples per series, and CPU milliseconds per read spent by the server and
+    by this client (insensitive to other load on the machine, unlike the latencies)."""
     user_request = features_pb2.GetUserFeaturesRequest(user_id=user, model_version=VERSION)
     all_request = features_pb2.GetItemFeaturesRequest(item_ids=items)
     ranking_request = features_pb2.GetItemFeaturesRequest(item_ids=items, feature_names=RANKING_FEATURES)
@@ -132,16 +143,22 @@ async def measure(stub, user: str, items: list[str], reads: int, warmup: int) ->
         "user+items": both,
     }
     latencies: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, float]] = {}
     for name, call in series.items():
         for _ in range(warmup):
             await call()
         samples = []
+        server_before, client_before = process_cpu_seconds(server_pid), time.process_time()
         for _ in range(reads):
             started = time.perf_counter()
             await call()
             samples.append((time.perf_counter() - started) * 1000)
+        cpu[name] = {
+            "server_cpu_ms_per_read": round((process_cpu_seconds(server_pid) - server_before) * 1000 / reads, 3),
+            "client_cpu_ms_per_read": round((time.process_time() - client_before) * 1000 / reads, 3),
+        }
         latencies[name] = samples
-    return latencies
+    return latencies, cpu
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -204,7 +221,7 @@ async def run(args) -> None:
             await wait_serving(channel)
             stub = features_pb2_grpc.FeatureStoreStub(channel)
             load_before = os.getloadavg()[0]
-            latencies = await measure(stub, user, items, args.reads, args.warmup)
+            latencies, cpu = await measure(stub, user, items, args.reads, args.warmup, server.pid)
             load_after = os.getloadavg()[0]
     finally:
         server.terminate()
@@ -217,12 +234,15 @@ async def run(args) -> None:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    figures = {name: summary(samples) for name, samples in latencies.items()}
+    figures = {name: {**summary(samples), **cpu[name]} for name, samples in latencies.items()}
     print(f"feature-store reads, 1 user + {args.items} items, {args.reads} sequential reads per series")
     print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (client and server share the cores)")
-    print(f"{'series':<15}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    print(f"{'series':<15}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'server cpu':>12}{'client cpu':>12}")
     for name, row in figures.items():
-        print(f"{name:<15}{row['p50_ms']:>9.3f}{row['p90_ms']:>9.3f}{row['p99_ms']:>9.3f}{row['max_ms']:>9.3f}")
+        print(
+            f"{name:<15}{row['p50_ms']:>9.3f}{row['p90_ms']:>9.3f}{row['p99_ms']:>9.3f}{row['max_ms']:>9.3f}"
+            f"{row['server_cpu_ms_per_read']:>12.3f}{row['client_cpu_ms_per_read']:>12.3f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / "feature_read_latency.png"
     chart(latencies, args.items, png)

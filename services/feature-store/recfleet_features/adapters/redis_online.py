@@ -70,6 +70,17 @@ end
 return out
 """
 
+# The whole user read: features hash, vectors hash, the seen set as ONE newline-joined
+# string (item ids cannot hold a newline; parsing thousands of set members one by one is
+# the slow part of a pipelined read in Python) and, when ARGV[1] is "1", the serving
+# version.
+USER_READ_SCRIPT = """
+local seen = table.concat(redis.call('SMEMBERS', KEYS[3]), '\\n')
+local serving = false
+if ARGV[1] == '1' then serving = redis.call('GET', KEYS[4]) end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), seen, serving}
+"""
+
 
 @dataclass
 class UserRead:
@@ -95,6 +106,7 @@ class RedisOnlineStore:
         self._serving: tuple[float, str] | None = None
         self._item_rows = client.register_script(ITEM_ROWS_SCRIPT)
         self._popular = client.register_script(POPULAR_SCRIPT)
+        self._user_read = client.register_script(USER_READ_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, serving_cache_seconds: float = 1.0, **pool_kwargs):
@@ -111,29 +123,26 @@ class RedisOnlineStore:
 
     async def read_user(self, user_id: str, need_serving_version: bool) -> UserRead:
         """The user's hash, vectors, seen set and (when asked and not cached) the serving
-        version, in one round trip."""
+        version, in one round trip (one script call)."""
         now = time.monotonic()
         fetch_serving = need_serving_version and (
             self._serving is None or now - self._serving[0] > self.serving_cache_seconds
         )
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(keys.user(user_id))
-        pipe.hgetall(keys.user_vectors(user_id))
-        pipe.smembers(keys.user_seen(user_id))
-        if fetch_serving:
-            pipe.get(keys.SERVING_VERSION)
-        results = await pipe.execute()
+        user_hash, vectors, seen, serving_raw = await self._user_read(
+            keys=[keys.user(user_id), keys.user_vectors(user_id), keys.user_seen(user_id), keys.SERVING_VERSION],
+            args=["1" if fetch_serving else "0"],
+        )
         serving = None
         if fetch_serving:
-            serving = _text(results[3]) if results[3] is not None else ""
+            serving = _text(serving_raw) if serving_raw else ""
             self._serving = (now, serving)
         elif need_serving_version and self._serving is not None:
             serving = self._serving[1]
         return UserRead(
-            stored=decode_hash(results[0]),
-            vectors=results[1],
+            stored=decode_hash(_pairs(user_hash)),
+            vectors=_pairs(vectors),
             serving_version=serving,
-            seen={_text(item) for item in results[2]},
+            seen=set(_text(seen).split("\n")) if seen else set(),
         )
 
     async def read_items(self, item_ids: list[str], fields: list[str]) -> list[str]:
@@ -229,6 +238,11 @@ class RedisOnlineStore:
         async for key in self.client.scan_iter(match=f"{keys.PREFIX}:*{{{user_id}}}*", count=1000):
             names.add(_text(key))
         return int(await self.client.delete(*names))
+
+
+def _pairs(flat: list) -> dict:
+    """A flat [field, value, ...] HGETALL answer (as scripts return it) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _json_or_none(raw: bytes | None):
