@@ -1,5 +1,5 @@
 """The gateway's outermost ASGI layer: request id, body size limit, response headers
-(`X-Request-ID`, `Recfleet-Tracks`, `RateLimit-*`), request metrics, and a problem+json
+(`X-Request-ID`, `Recfleet-Tracks`), request metrics, and a problem+json
 answer for anything that escaped the handlers."""
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ class GatewayMiddleware:
         request_id = incoming if REQUEST_ID_RE.match(incoming) else new_request_id()
         tracks: dict[str, str] = {}
         tokens = (request_id_var.set(request_id), tracks_var.set(tracks), deadline_var.set(None))
-        state = scope.setdefault("state", {})
-        state["ratelimit"] = None
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -60,11 +58,6 @@ class GatewayMiddleware:
                 out["X-Request-ID"] = request_id
                 if tracks:
                     out["Recfleet-Tracks"] = tracks_header(tracks)
-                limit = state.get("ratelimit")
-                if limit is not None and "ratelimit-limit" not in out:
-                    out["RateLimit-Limit"] = str(limit.limit)
-                    out["RateLimit-Remaining"] = str(limit.remaining)
-                    out["RateLimit-Reset"] = str(limit.reset_seconds)
             await send(message)
 
         try:

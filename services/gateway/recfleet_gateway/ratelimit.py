@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
@@ -22,13 +21,6 @@ RATE_LIMIT_ERRORS = Counter(
 log = get_logger("recfleet.gateway.ratelimit")
 KEY_NAMESPACE = "key"
 USER_NAMESPACE = "user"
-
-
-@dataclass(frozen=True)
-class LimitState:
-    limit: int
-    remaining: int
-    reset_seconds: int
 
 
 def storage_uri(redis_url: str) -> str:
@@ -52,46 +44,45 @@ class RateLimiter:
     def key_limit(self, scope: str) -> RateLimitItem:
         return self._per_scope.get(scope, self._per_key)
 
-    async def check(self, key_id: str, scope: str, user_id: str | None) -> LimitState | None:
+    async def check(self, key_id: str, scope: str, user_id: str | None) -> None:
         """`count`, failing open: when Redis cannot be reached the request is let through
         (and logged), because limits protect the fleet but must not take it down."""
         try:
-            return await self.count(key_id, scope, user_id)
+            await self.count(key_id, scope, user_id)
         except (RedisError, OSError) as error:
             RATE_LIMIT_ERRORS.inc()
             log.warning("rate limits unavailable; request let through", error=str(error))
-            return None
 
-    async def count(self, key_id: str, scope: str, user_id: str | None) -> LimitState:
+    async def count(self, key_id: str, scope: str, user_id: str | None) -> None:
         """Counts one request against the key's and (when given) the user's window;
-        raises a 429 Problem when one is exhausted. Returns the tightest state, for the
-        `RateLimit-*` headers of a successful response. Both windows are counted
-        concurrently: one Redis round trip each for the hit and for the stats."""
+        raises a 429 Problem with `Retry-After` and `RateLimit-*` headers when one is
+        exhausted. Both windows are counted concurrently; a window's stats are read only
+        when it refused, so an allowed request costs one Redis round trip per window."""
         windows = [(self.key_limit(scope), KEY_NAMESPACE, key_id)]
         if user_id:
             windows.append((self._per_user, USER_NAMESPACE, user_id))
-        allowed = await asyncio.gather(*(self._strategy.hit(item, ns, ident) for item, ns, ident in windows))
-        stats = await asyncio.gather(*(self._strategy.get_window_stats(item, ns, ident) for item, ns, ident in windows))
-        now = time.time()
-        states = []
-        for (item, namespace, _), ok, window in zip(windows, allowed, stats, strict=True):
-            reset = max(1, math.ceil(window.reset_time - now))
-            state = LimitState(item.amount, max(0, window.remaining), reset)
-            if not ok:
-                raise Problem(
-                    429,
-                    f"rate limit of {item} per {namespace} exceeded; retry in {reset} s",
-                    headers={
-                        "Retry-After": str(reset),
-                        "RateLimit-Limit": str(state.limit),
-                        "RateLimit-Remaining": "0",
-                        "RateLimit-Reset": str(reset),
-                    },
-                    limit=str(item),
-                    scope=namespace,
-                )
-            states.append(state)
-        return min(states, key=lambda state: state.remaining)
+        if len(windows) == 1:
+            item, namespace, identifier = windows[0]
+            allowed = [await self._strategy.hit(item, namespace, identifier)]
+        else:
+            allowed = await asyncio.gather(*(self._strategy.hit(item, ns, ident) for item, ns, ident in windows))
+        for (item, namespace, identifier), ok in zip(windows, allowed, strict=True):
+            if ok:
+                continue
+            window = await self._strategy.get_window_stats(item, namespace, identifier)
+            reset = max(1, math.ceil(window.reset_time - time.time()))
+            raise Problem(
+                429,
+                f"rate limit of {item} per {namespace} exceeded; retry in {reset} s",
+                headers={
+                    "Retry-After": str(reset),
+                    "RateLimit-Limit": str(item.amount),
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": str(reset),
+                },
+                limit=str(item),
+                scope=namespace,
+            )
 
     async def forget_user(self, user_id: str) -> None:
         """Removes the user's counters (erasure)."""

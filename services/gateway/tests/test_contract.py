@@ -142,11 +142,11 @@ async def test_rate_limit_per_user_gives_429_with_retry_after(gateway_settings):
         for _ in range(3):
             reply = await http.get("/v1/recommendations", params={"user_id": "warm-1"})
             assert reply.status_code == 200
-            assert reply.headers["RateLimit-Limit"] == "3"
         limited = await http.get("/v1/recommendations", params={"user_id": "warm-1"})
         assert_problem(limited, 429)
         assert 1 <= int(limited.headers["Retry-After"]) <= 60
         assert limited.headers["RateLimit-Remaining"] == "0"
+        assert limited.headers["RateLimit-Limit"] == "3"
         assert int(limited.headers["RateLimit-Reset"]) == int(limited.headers["Retry-After"])
         # Another user is not limited by this one's window.
         assert (await http.get("/v1/recommendations", params={"user_id": "warm-2"})).status_code == 200

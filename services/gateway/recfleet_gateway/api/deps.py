@@ -16,7 +16,7 @@ from ..problems import Problem
 from ..schemas import ID_PATTERN, ProblemDetails
 
 PROBLEM = {"model": ProblemDetails, "content": {"application/problem+json": {}}}
-COMMON_ERRORS = {400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM}
+COMMON_ERRORS = {400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM, 500: PROBLEM}
 _allowed_cache: dict[int, frozenset[str]] = {}
 
 
@@ -74,7 +74,7 @@ def authorize(scope: str, user_from: str | None = None) -> Callable:
             user_id = request.path_params.get(user_from) or request.query_params.get(user_from)
             if user_id is not None and not _valid_id(user_id):
                 user_id = None
-        request.state.ratelimit = await services.limiter.check(principal.key_id, scope, user_id)
+        await services.limiter.check(principal.key_id, scope, user_id)
         reject_unknown_query(request)
         return principal
 
