@@ -7,13 +7,12 @@ import asyncio
 import psycopg
 import redis
 import structlog
-from recfleet.features.v1 import features_pb2_grpc
 from recfleet_runtime import tracing
 from recfleet_runtime.grpcserver import GrpcService
 
 from . import registry
 from .features import FeatureService
-from .servicer import SERVICE_NAME, FeatureStoreServicer
+from .servicer import SERVICE_NAME, FeatureStoreServicer, add_to_server
 from .settings import FeatureSettings
 from .stores import open_offline_store, open_online_store
 
@@ -43,7 +42,7 @@ class FeatureStoreApp:
             item_row_cache_size=settings.item_row_cache_size,
         )
         self.service = GrpcService("feature-store", settings, [SERVICE_NAME])
-        features_pb2_grpc.add_FeatureStoreServicer_to_server(FeatureStoreServicer(self.features), self.service.server)
+        add_to_server(FeatureStoreServicer(self.features), self.service.server)
         self._ready = False
 
     async def stores_answer(self) -> bool:

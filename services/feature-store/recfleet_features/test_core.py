@@ -194,3 +194,17 @@ def test_id_lists_are_checked_at_once_and_the_first_bad_one_is_named():
         with pytest.raises(ValidationError) as caught:
             check_ids(ids, "ids")
         assert str(caught.value).startswith(message)
+
+
+def test_pre_encoded_rows_parse_as_the_response_message():
+    from recfleet.features.v1 import features_pb2
+
+    from .servicer import ROWS_FIELD, repeated_field_entry
+
+    rows = []
+    for size in (0, 5, 200, 20000):
+        row = features_pb2.FeatureRow(entity_id="i" * size or "x")
+        row.values["title"].text = "t" * size
+        rows.append(row)
+    encoded = b"".join(repeated_field_entry(ROWS_FIELD, row.SerializeToString()) for row in rows)
+    assert list(features_pb2.GetItemFeaturesResponse.FromString(encoded).rows) == rows
