@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--items", type=int, default=500)
-    parser.add_argument("--redis-url", default=os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    parser.add_argument("--redis-url", default=os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument(
         "--postgres-admin-dsn",
         default=os.environ.get("RECFLEET_TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
