@@ -19,6 +19,8 @@ from .clients import tracks_header, tracks_var
 from .problems import PROBLEM_MEDIA_TYPE, problem_body
 
 log = get_logger("recfleet.gateway")
+access_log = get_logger("recfleet.gateway.access")
+QUIET_ROUTES = frozenset({"/healthz/live", "/healthz/ready", "/metrics"})
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 REQUESTS = Counter("recfleet_gateway_requests_total", "REST requests, by route and status.", ["route", "status"])
@@ -82,8 +84,15 @@ class GatewayMiddleware:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
+            seconds = time.perf_counter() - started
             REQUESTS.labels(name, str(status)).inc()
-            REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+            REQUEST_SECONDS.labels(name).observe(seconds)
+            if name not in QUIET_ROUTES:
+                # One line per request, carrying the trace and request ids (the logging
+                # processors add them) so a request can be followed across services.
+                access_log.info(
+                    "request", method=scope["method"], route=name, status=status, ms=round(seconds * 1000, 2)
+                )
             for var, token in zip((request_id_var, tracks_var, deadline_var), tokens, strict=True):
                 var.reset(token)
 

@@ -221,3 +221,29 @@ async def test_redis_down_still_serves_recommendations(gateway_settings):
         assert len(reply.json()["items"]) == 5
         metrics = (await http.get("/metrics")).text
         assert 'recfleet_gateway_cache_requests_total{result="error"}' in metrics
+
+
+async def test_the_gateway_logs_each_request_with_its_trace_id(client, capsys):
+    import json
+    import logging
+
+    import structlog
+    from recfleet_runtime.logging import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("gateway")
+    try:
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        headers = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01", "X-Request-ID": "req-log-1"}
+        await client.get("/v1/popular", headers=headers)
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    access = [line for line in lines if line.get("event") == "request"]
+    assert access, lines
+    assert access[-1]["trace_id"] == trace_id
+    assert access[-1]["request_id"] == "req-log-1"
+    assert access[-1]["route"] == "/v1/popular" and access[-1]["status"] == 200
