@@ -23,7 +23,7 @@ _CREATE_INCOMING = """
 CREATE TEMP TABLE incoming (
     event_id uuid NOT NULL, user_id text NOT NULL, item_id text NOT NULL, type text NOT NULL,
     value double precision, ts timestamptz NOT NULL, context jsonb NOT NULL
-) ON COMMIT DROP
+) ON COMMIT DELETE ROWS
 """
 
 _STORE_NEW = """
@@ -65,9 +65,17 @@ class EventSink:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
+            conn = psycopg.connect(
                 self.dsn, connect_timeout=self.connect_timeout, application_name=SINK_APPLICATION_NAME
             )
+            # One staging table per connection, emptied at every commit: no catalog churn per batch.
+            try:
+                with conn.transaction():
+                    conn.execute(_CREATE_INCOMING)
+            except psycopg.Error:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def write(self, events: Sequence[Event]) -> SinkOutcome:
@@ -82,7 +90,6 @@ class EventSink:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("LOCK TABLE erased_users IN SHARE MODE")
-                cur.execute(_CREATE_INCOMING)
                 with cur.copy("COPY incoming (event_id, user_id, item_id, type, value, ts, context) FROM STDIN") as copy:
                     for e in events:
                         copy.write_row(
