@@ -14,6 +14,7 @@ import psycopg
 import redis
 import structlog
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 from prometheus_client import Counter
 
 from ..adapters.consumer import BatchConsumer
@@ -89,7 +90,7 @@ def run(settings: IngestSettings, stop: threading.Event) -> None:
     """Blocking: the updater's consume loop until `stop` is set."""
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     dead_letters = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
-    for attempt in retrying(stop, Exception):
+    for attempt in retrying(stop, KafkaError):
         with attempt:
             dead_letters.connect()
     handler = RealtimeHandler(

@@ -15,6 +15,7 @@ import orjson
 import psycopg
 import structlog
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
@@ -130,7 +131,7 @@ def run(settings: IngestSettings, stop: threading.Event) -> None:
     """Blocking: the sink's consume loop until `stop` is set."""
     sink = EventSink(settings.postgres_dsn)
     dead_letters = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
-    for attempt in retrying(stop, Exception):
+    for attempt in retrying(stop, KafkaError):
         with attempt:
             dead_letters.connect()
     handler = SinkHandler(sink, dead_letters, settings.dead_letter_topic, stop)
