@@ -50,3 +50,13 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", ".state", "gen"):
         assert entry in ignored
+
+
+def test_make_images_builds_every_dockerfile_with_the_chart_tag():
+    result = subprocess.run(
+        ["make", "-n", "images", "IMAGE_REGISTRY=registry.example.com/rf"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "for image in gateway candidate-gen ranking feature-store event-ingest jobs;" in result.stdout
+    assert "docker build -f services/$image/Dockerfile -t registry.example.com/rf/$image:0.1.0 ." in result.stdout
+    assert set(IMAGES) == {p.parent.name for p in (ROOT / "services").glob("*/Dockerfile")}
