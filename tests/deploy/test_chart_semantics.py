@@ -231,6 +231,9 @@ def test_every_container_runs_with_restricted_pod_security(rendered, kit, scenar
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
         assert pod.get("automountServiceAccountToken") is False, where
         tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        restricted_types = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+        assert all(set(v) - {"name"} <= restricted_types for v in pod["volumes"]), where
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), where
         for container in pod["containers"]:
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, where
