@@ -4,8 +4,11 @@ prod differs from dev only where it is meant to."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
+import yaml
 
 
 def test_base_and_components_are_up_to_date_with_the_chart(render_module, kit):
@@ -113,3 +116,21 @@ def test_prod_routes_ten_percent_of_ranking_to_its_canary(built_overlays):
     assert stable["image"] == "registry.example.com/recfleet/ranking:0.1.0"
     gateway_env = prod[("ConfigMap", "recfleet-gateway-env")]["data"]
     assert gateway_env["RECFLEET_GATEWAY_RANKING_CANARY_TARGET"] == "recfleet-ranking-canary:50071"
+
+
+@pytest.mark.parametrize("component", ["network-policies", "service-monitors", "canary", "otel"])
+def test_each_component_applies_on_the_base_alone(kit, tmp_path, component):
+    # kustomize wants relative paths: build from a copy of base and components.
+    for part in ("base", "components"):
+        shutil.copytree(kit.KUSTOMIZE / part, tmp_path / part)
+    overlay = tmp_path / "overlays" / "only"
+    overlay.mkdir(parents=True)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [../../base]\ncomponents: [../../components/{component}]\n"
+    )
+    result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    errors = {f"{o['kind']}/{o['metadata']['name']}": kit.validation_errors(o) for o in objects}
+    assert {k: v for k, v in errors.items() if v} == {}
