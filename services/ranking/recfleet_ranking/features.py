@@ -70,13 +70,24 @@ class UserContext:
     preferred_categories: frozenset[str] = frozenset()
     seen_item_ids: frozenset[str] = frozenset()
     features: Mapping[str, float] = field(default_factory=dict)
+    _affinities: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     def affinity(self, category: str) -> float:
         return float(self.features.get(AFFINITY_PREFIX + category, 0.0))
 
     @property
     def has_affinities(self) -> bool:
-        return any(name.startswith(AFFINITY_PREFIX) for name in self.features)
+        return bool(self.affinities)
+
+    @property
+    def affinities(self) -> dict[str, float]:
+        """Category -> affinity, from the `affinity:<category>` features."""
+        cached = self._affinities
+        if cached is None:
+            cut = len(AFFINITY_PREFIX)
+            cached = {k[cut:]: float(v) for k, v in self.features.items() if k.startswith(AFFINITY_PREFIX)}
+            self._affinities = cached
+        return cached
 
     @property
     def interaction_count(self) -> float:

@@ -41,7 +41,7 @@ def is_unavailable(item: Candidate) -> bool:
 
 
 def is_blocked(item: Candidate, user: UserContext) -> bool:
-    return any(category in user.blocked_categories for category in item.categories)
+    return not user.blocked_categories.isdisjoint(item.categories)
 
 
 def is_age_restricted(item: Candidate, user: UserContext) -> bool:

@@ -64,10 +64,10 @@ def feature_matrix(
     x[:, 6] = freshness_array(published, now, half_life_days)
     x[:, 7] = age_days_array(published, now)
     x[:, 8] = np.fromiter((1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n)
-    if user.has_affinities:
-        x[:, 9] = np.fromiter(
-            (max((user.affinity(k) for k in c.categories), default=0.0) for c in candidates), np.float64, n
-        )
+    affinities = user.affinities
+    if affinities:
+        get = affinities.get
+        x[:, 9] = [max([get(k, 0.0) for k in c.categories], default=0.0) for c in candidates]
     else:
         x[:, 9] = np.nan
     x[:, 10] = user.interaction_count
