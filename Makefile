@@ -29,7 +29,7 @@ $(GEN_STAMP): $(PROTOS) .venv/.stamp
 protos: $(GEN_STAMP)  ## generate Python code and type stubs from protos/ into gen/python
 
 run: install  ## prepare data, train, start the whole fleet; serves the gateway on 127.0.0.1:$${RECFLEET_GATEWAY_PORT:-8080}
-	$(PY) -m recfleet_ctl.localfleet run
+	$(PY) -m recfleet_ctl.localfleet run $(if $(RETRAIN),--retrain)
 
 test: install  ## the whole test suite against real Postgres, Redis and a Kafka-protocol broker
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
