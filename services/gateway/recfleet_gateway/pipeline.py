@@ -189,7 +189,9 @@ class Recommender:
         snapshot_id = secrets.token_hex(8)
         await self.cache.put_snapshot(query.user_id, snapshot_id, snapshot)
         response = self._response(query, snapshot, 0, fixed_digest, snapshot_id)
-        await self.cache.put(query.user_id, cache_digest, {"response": response, "tracks": snapshot["tracks"]})
+        if not snapshot["degraded"]:
+            # A degraded list is not kept: the next request may find the fleet whole again.
+            await self.cache.put(query.user_id, cache_digest, {"response": response, "tracks": snapshot["tracks"]})
         return response
 
     async def _page(self, query: RecommendationQuery, fixed_digest: str) -> dict:

@@ -247,3 +247,13 @@ async def test_the_gateway_logs_each_request_with_its_trace_id(client, capsys):
     assert access[-1]["trace_id"] == trace_id
     assert access[-1]["request_id"] == "req-log-1"
     assert access[-1]["route"] == "/v1/popular" and access[-1]["status"] == 200
+
+
+async def test_a_degraded_list_is_not_cached(client, fleet):
+    await fleet.shards[1].stop()
+    params = {"user_id": "warm-11", "limit": 5}
+    first = (await client.get("/v1/recommendations", params=params)).json()
+    assert first["degraded"] == ["candidate-gen-shard-1-unavailable"]
+    before = len(fleet.ranking.servicer.requests)
+    await client.get("/v1/recommendations", params=params)
+    assert len(fleet.ranking.servicer.requests) == before + 1
