@@ -231,7 +231,7 @@ async def test_the_gateway_logs_each_request_with_its_trace_id(client, capsys):
     from recfleet_runtime.logging import configure_logging
 
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
+    saved_handlers, saved_level = root.handlers[:], root.level
     configure_logging("gateway")
     try:
         trace_id = "0af7651916cd43dd8448eb211c80319c"
@@ -240,8 +240,8 @@ async def test_the_gateway_logs_each_request_with_its_trace_id(client, capsys):
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     finally:
         structlog.reset_defaults()
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
     access = [line for line in lines if line.get("event") == "request"]
     assert access, lines
     assert access[-1]["trace_id"] == trace_id
