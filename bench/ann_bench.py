@@ -239,13 +239,22 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"faiss {faiss.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible")
+    # Queries/s are only comparable on an idle machine: record how busy it was.
+    load_before = os.getloadavg()
     print(HEADER)
     rows = run(args)
+    load_after = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"ann_{args.items}x{args.dim}_{args.distribution}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows]}, indent=2))
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps(
+            {"args": vars(args), "load_average": [load_before, load_after], "rows": [asdict(r) for r in rows]},
+            indent=2,
+        )
+    )
     chart(rows, args, RESULTS / f"{stem}.png")
     print(f"\nwrote {RESULTS / (stem + '.png')} and .json")
+    print(f"1-minute load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores")
     print(HEADER)
     for row in rows:
         print_row(row)
