@@ -11,7 +11,6 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from recfleet.common.v1 import common_pb2
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 
