@@ -116,9 +116,28 @@ def _crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
         crd = yaml.safe_load(path.read_text())
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
-            schema = version["schema"]["openAPIV3Schema"]
+            schema = _closed(version["schema"]["openAPIV3Schema"])
             validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
     return validators
+
+
+def _closed(schema: dict) -> dict:
+    """Strict mode for a CRD schema: the API server prunes unknown fields silently, so a typo
+    would vanish on apply; here an unknown field is an error (as kubernetes-validate's
+    strict mode does for built-in kinds)."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: _closed(sub) for name, sub in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _closed(out["additionalProperties"])
+    if isinstance(out.get("items"), dict):
+        out["items"] = _closed(out["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [_closed(sub) for sub in out[key]]
+    return out
 
 
 def validation_errors(obj: dict) -> list[str]:

@@ -36,6 +36,13 @@ def test_crd_validation_catches_a_bad_servicemonitor(rendered, kit):
     assert kit.validation_errors(broken)
 
 
+def test_crd_validation_is_strict_about_unknown_fields(rendered, kit):
+    monitor = next(o for o in rendered["default"] if o["kind"] == "ServiceMonitor")
+    typo = {**monitor["spec"]["endpoints"][0], "scrapeTimout": "5s"}
+    broken = kit.strip(monitor) | {"spec": {**monitor["spec"], "endpoints": [typo]}}
+    assert any("scrapeTimout" in e for e in kit.validation_errors(broken))
+
+
 def test_strict_validation_catches_an_unknown_field(rendered, kit):
     deployment = next(o for o in rendered["default"] if o["kind"] == "Deployment")
     broken = kit.strip(deployment) | {"spec": {**deployment["spec"], "replicaCount": 3}}
