@@ -48,7 +48,8 @@ def check_shard(shard: LoadedShard, sample: int, min_recall: float, seed: int = 
     self_scores = np.einsum("ij,ij->i", queries, queries)
     expected = [i for i, (row, truth) in enumerate(zip(rows, exact, strict=True)) if row in truth]
     missed = [
-        int(rows[i]) for i in expected
+        int(rows[i])
+        for i in expected
         if rows[i] not in approx[i] and not np.any(np.abs(approx_scores[i] - self_scores[i]) <= tolerance[i])
     ]
     report = SanityReport(len(rows), len(expected), len(expected) - len(missed), recall)

@@ -9,6 +9,7 @@ from recfleet_models.index import METRIC, LoadedShard, ShardManifest, ShardRejec
 
 from recfleet_candidates.retrieval import InvalidArgument, as_query, check_k, top_k
 from recfleet_candidates.sanity import check_shard
+from recfleet_candidates.served_index import ServedIndex
 from recfleet_candidates.shard_identity import resolve_shard
 
 
@@ -74,3 +75,37 @@ def test_sanity_refuses_low_recall():
     ivf.nprobe = 1
     with pytest.raises(ShardRejected, match="recall@10"):
         check_shard(shard_of_vectors(vectors, ivf), sample=50, min_recall=0.99)
+
+
+def versioned(version: str, vectors: np.ndarray) -> LoadedShard:
+    shard = shard_of_vectors(vectors)
+    shard.version = version
+    return shard
+
+
+async def test_swap_keeps_the_previous_version_for_pinned_requests_and_refusals_keep_serving():
+    rng = np.random.default_rng(2)
+    shards = {name: versioned(name, rng.standard_normal((100, 4))) for name in ("v1", "v2")}
+
+    def load(version: str, shard: int) -> LoadedShard:
+        if version not in shards:
+            raise ShardRejected(f"checksum mismatch for {version}")
+        return shards[version]
+
+    served = ServedIndex(0, 1, load, sanity_sample=20, min_sanity_recall=0.9, keep_previous_seconds=60)
+    assert await served.reload("v1") and served.version == "v1"
+    assert await served.reload("v2") and served.version == "v2"
+    assert served.for_version("v1") is shards["v1"] and served.for_version("v2") is shards["v2"]
+    assert not await served.reload("v3")
+    status = served.status()
+    assert (status.model_version, status.refused_version, status.last_reload) == (
+        "v2",
+        "v3",
+        "checksum mismatch for v3",
+    )
+    assert await served.reload("v1") and served.version == "v1" and served.status().last_reload == "ok"
+
+    no_grace = ServedIndex(0, 1, load, sanity_sample=20, min_sanity_recall=0.9, keep_previous_seconds=0)
+    await no_grace.reload("v1")
+    await no_grace.reload("v2")
+    assert no_grace.for_version("v1") is None
