@@ -1,6 +1,8 @@
 """Point-in-time correct training rows: each event gets the features as they were at the
 event's timestamp (the latest offline value with event_time <= ts), never a value written
-later. Pure: histories come from the offline store through an adapter.
+later. Last-interaction times without a stored history of their own are derived from the
+interaction count history (see DERIVED_FROM). Pure: histories come from the offline store
+through an adapter.
 """
 
 from __future__ import annotations
@@ -47,8 +49,20 @@ class History:
         position = bisect_right(self.times, ts)
         return self.values[position - 1] if position else default
 
+    def last_time_as_of(self, ts: datetime, default: Any) -> Any:
+        """Epoch seconds of the latest event_time <= ts, else `default`."""
+        position = bisect_right(self.times, ts)
+        return float(int(self.times[position - 1].timestamp())) if position else default
+
 
 Histories = dict[tuple[str, str, str], History]
+
+# Features whose history is the times of another's: the last interaction time as of ts is
+# the time of the latest running interaction count at or before ts.
+DERIVED_FROM = {
+    ("user", "last_seen_at"): "interaction_count",
+    ("item", "last_interaction_at"): "interaction_count",
+}
 
 
 def column(view: FeatureView) -> str:
@@ -69,8 +83,13 @@ def training_rows(events: Iterable[Event], histories: Histories, views: list[Fea
         }
         for view in views:
             entity_id = event.user_id if view.entity == "user" else event.item_id
-            history = histories.get((view.entity, entity_id, view.name), empty)
-            value = history.as_of(event.ts, view.default)
+            history = histories.get((view.entity, entity_id, view.name))
+            source = DERIVED_FROM.get((view.entity, view.name))
+            if history is None and source is not None:
+                source_history = histories.get((view.entity, entity_id, source), empty)
+                value = source_history.last_time_as_of(event.ts, view.default)
+            else:
+                value = (history or empty).as_of(event.ts, view.default)
             try:
                 row[column(view)] = view.coerce(value)
             except ValueError:

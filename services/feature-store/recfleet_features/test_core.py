@@ -142,6 +142,19 @@ def test_point_in_time_join_never_uses_a_later_value():
     assert [r["item__popularity"] for r in rows] == [0.1, 0.1, 0.7, 0.7]
 
 
+def test_last_interaction_time_is_derived_from_the_count_history():
+    views = [REGISTRY.view("user", "last_seen_at"), REGISTRY.view("item", "last_interaction_at")]
+    count = History()
+    count.add(T, 1)
+    count.add(T + timedelta(hours=2), 2)
+    histories = {("user", "u", "interaction_count"): count}
+    events = [Event("u", "i", T + timedelta(minutes=m), "click", None) for m in (-1, 0, 90, 120)]
+    rows = list(training_rows(events, histories, views))
+    seen = [r["user__last_seen_at"] for r in rows]
+    assert seen == [0.0, T.timestamp(), T.timestamp(), (T + timedelta(hours=2)).timestamp()]
+    assert {r["item__last_interaction_at"] for r in rows} == {0.0}
+
+
 def test_window_start():
     mark = datetime(2025, 5, 1, tzinfo=UTC)
     assert window_start(mark, None, full=True) == BEGINNING

@@ -135,6 +135,10 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
     assert [(r["user_id"], r["item_id"]) for r in rows] == [("u1", "m1"), ("u1", "m2"), ("u1", "m1"), ("u2", "m2")]
     counts = [float(r["user__interaction_count"]) for r in rows]
     assert counts == [1, 2, 3, 1]
+    hours = [0, 1, 2, 3]
+    assert [float(r["user__last_seen_at"]) for r in rows] == [(T0 + timedelta(hours=h)).timestamp() for h in hours]
+    # m2 was first used at T0+1h: that row already sees it, the later m2 row sees 2 uses.
+    assert [float(r["item__interaction_count"]) for r in rows] == [1, 1, 2, 2]
     assert float(rows[1]["item__popularity"]) == 0.9
     assert float(rows[3]["item__popularity"]) == 0.5
     assert float(rows[0]["item__popularity"]) == 0  # m1 never had a popularity value

@@ -58,18 +58,18 @@ WHERE p.updated_at > %(start)s AND p.updated_at <= %(until)s
 ON CONFLICT (entity, entity_id, feature, event_time) DO UPDATE SET value = EXCLUDED.value
 """
 
-# Running counters per (entity, ts): the value each feature had right after the events at
-# ts, so a point-in-time read sees exactly the events up to then.
+# Running interaction counts per (entity, ts): the value right after the events at ts, so
+# a point-in-time read sees exactly the events up to then. The times of these rows are
+# the entity's interaction times, so `last_seen_at` / `last_interaction_at` are not
+# stored as history of their own: point-in-time reads derive them from these rows.
 RUNNING_OFFLINE_SQL = """
 INSERT INTO offline_features (entity, entity_id, feature, value, event_time)
-SELECT %(entity)s::text, g.id, f.key, f.value, g.ts
+SELECT %(entity)s::text, g.id, 'interaction_count', to_jsonb(g.running), g.ts
 FROM (
     SELECT e.{column} AS id, e.ts, sum(count(*)) OVER (PARTITION BY e.{column} ORDER BY e.ts) AS running
     FROM events e JOIN {affected} a ON a.id = e.{column}
     GROUP BY e.{column}, e.ts
-) g,
-LATERAL jsonb_each(jsonb_build_object(
-    'interaction_count', g.running, %(last_name)s::text, floor(extract(epoch FROM g.ts)))) f
+) g
 ON CONFLICT (entity, entity_id, feature, event_time) DO UPDATE SET value = EXCLUDED.value
 WHERE offline_features.value IS DISTINCT FROM EXCLUDED.value
 """
@@ -189,12 +189,9 @@ class OfflineBatch:
         params = {"start": start, "until": until, "known_since": KNOWN_SINCE}
         written = self.conn.execute(CATALOG_OFFLINE_SQL, params).rowcount
         written += self.conn.execute(PROFILE_OFFLINE_SQL, params).rowcount
-        for entity, column, affected, last_name in (
-            ("user", "user_id", "affected_users", "last_seen_at"),
-            ("item", "item_id", "affected_items", "last_interaction_at"),
-        ):
+        for entity, column, affected in (("user", "user_id", "affected_users"), ("item", "item_id", "affected_items")):
             sql = RUNNING_OFFLINE_SQL.format(column=column, affected=affected)
-            written += self.conn.execute(sql, {"entity": entity, "last_name": last_name}).rowcount
+            written += self.conn.execute(sql, {"entity": entity}).rowcount
         return written
 
     def user_category_events(self) -> list[tuple[str, datetime, list[str] | None]]:
