@@ -69,10 +69,6 @@ class RankerTrainingParams:
     # Share of users trained without category affinities, so the model has a learned path
     # for requests that carry none (cold users, a caller that does not send them).
     affinity_dropout: float = 0.2
-    # "last": each user's last interactions are the labels (serving: predict what comes
-    # next). "random": a random share of them, with features as of the end of the log
-    # (offline protocols whose test set is a random split, e.g. recommenders-ml100k).
-    label_mode: str = "last"
     seed: int = 42
 
     def __post_init__(self):
@@ -82,8 +78,6 @@ class RankerTrainingParams:
             raise ValueError("holdout_share must be in (0, 1)")
         if self.als_candidates < 1:
             raise ValueError("als_candidates must be at least 1")
-        if self.label_mode not in ("last", "random"):
-            raise ValueError(f"label_mode must be 'last' or 'random', got {self.label_mode!r}")
 
 
 @dataclass
@@ -167,10 +161,6 @@ class PopularityClock:
         return self.count(item, -np.inf, t) / top if top > 0 else 0.0
 
 
-def _seed(key: str, seed: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
-
-
 def _hash_below(key: str, share: float) -> bool:
     """True for `share` of keys, the same ones across runs."""
     digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
@@ -196,21 +186,10 @@ def build_groups(
     boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
     history_mask = np.zeros(len(users), dtype=bool)
     splits: dict[str, tuple[float, set[str], list[str]]] = {}
-    end_of_log = float(times.max()) + 1.0 if len(times) else 0.0
     for start, end in itertools.pairwise(boundaries):
         n = end - start
         n_labels = int(min(params.max_labels, max(1, round(params.label_share * n))))
         if n - n_labels < params.min_history:
-            continue
-        if params.label_mode == "random":
-            rng = np.random.default_rng(_seed(str(users[start]), params.seed))
-            picked = np.zeros(n, dtype=bool)
-            picked[rng.choice(n, n_labels, replace=False)] = True
-            history_mask[start:end] = ~picked
-            history = items[start:end][~picked].tolist()
-            labels = set(items[start:end][picked].tolist()) - set(history)
-            if labels:
-                splits[str(users[start])] = (end_of_log, labels, history)
             continue
         cut = end - n_labels
         t = float(times[cut])
@@ -223,10 +202,8 @@ def build_groups(
         if labels:
             splits[str(users[start])] = (t, labels, history)
 
-    # Time split: popularity at `t` from every interaction before it. Random split: the
-    # label interactions are hidden from popularity, as a test set is.
-    known = history_mask if params.label_mode == "random" else np.ones(len(items), dtype=bool)
-    clock = PopularityClock.build(items[known], times[known], weights[known])
+    # Popularity at a user's `t` counts every interaction before it, other users' included.
+    clock = PopularityClock.build(items, times, weights)
     matrix, user_index, item_index = build_interaction_matrix(
         users[history_mask], items[history_mask], kinds[history_mask].tolist(), values[history_mask].tolist(),
         als_params,
@@ -369,88 +346,6 @@ def evaluate(booster: lgb.Booster, held: TrainingGroups) -> dict[str, float]:
         "ndcg@10_als": round(ndcg_at(held.als_scores, held.labels, held.sizes), 4),
         "holdout_users": len(held.sizes),
     }
-
-
-def _concat(a: TrainingGroups, b: TrainingGroups) -> TrainingGroups:
-    return TrainingGroups(
-        np.vstack([a.features, b.features]), np.concatenate([a.labels, b.labels]), a.sizes + b.sizes,
-        a.user_ids + b.user_ids, np.concatenate([a.rule_scores, b.rule_scores]),
-        np.concatenate([a.als_scores, b.als_scores]),
-    )
-
-
-class RankerRecommender:
-    """The full pipeline offline: ALS retrieval re-ranked by a ranker, both trained on the
-    train part only (for `recfleet_models.evaluation.evaluate`).
-
-    The ranker learns from the train ratings as `train-ranker` does, with labels drawn the
-    way the protocol draws its test set (by default a random quarter of each user's
-    ratings, for random-split protocols such as recommenders-ml100k); at recommendation
-    time the features are computed as of just after the newest train rating, the user's
-    affinities from all of their train ratings.
-    """
-
-    name = "als+ranker"
-
-    def __init__(self, movies, als_params: ALSParams | None = None,
-                 params: RankerTrainingParams | None = None, candidates: int = 100):
-        self.catalog = {
-            str(m.movie_id): CatalogItem(
-                tuple(m.genres), datetime(m.year, 1, 1, tzinfo=UTC).timestamp() if m.year and m.year > 1970 else 0.0
-            )
-            for m in movies
-        }
-        self.als_params = als_params or ALSParams()
-        # Random-split protocols hide a random quarter of each user's ratings: the ranker
-        # learns from the same kind of labels.
-        self.params = params or RankerTrainingParams(label_mode="random", label_share=0.25, max_labels=50)
-        self.candidates = candidates
-
-    def fit(self, train) -> None:
-        from recfleet_models.evaluation import AlsRecommender
-
-        n = len(train)
-        events = EventLog(
-            train.user_ids.astype(str).astype(object), train.movie_ids.astype(str).astype(object),
-            train.timestamps.astype(np.float64), np.full(n, "rating", dtype=object), train.ratings.astype(np.float64),
-        )
-        groups, held, self.stats = build_groups(events, self.catalog, self.als_params, self.params)
-        self.booster = train_booster(_concat(groups, held), self.params)
-        self.retrieval = AlsRecommender(self.als_params)
-        self.retrieval.fit(train)
-        weights = event_weights(events.types.tolist(), events.values.tolist(), self.als_params)
-        self.clock = PopularityClock.build(events.item_ids, events.timestamps, weights)
-        self.now = float(events.timestamps.max()) + 1.0
-        self.history: dict[str, list[str]] = defaultdict(list)
-        for user, item in zip(events.user_ids.tolist(), events.item_ids.tolist(), strict=True):
-            self.history[user].append(item)
-
-    def recommend(self, users, k: int, seen) -> dict[int, list[int]]:
-        model = self.retrieval.model
-        lists = self.retrieval.recommend(users, max(k, self.candidates), seen)
-        out = {}
-        for user, items in lists.items():
-            if not items:
-                continue
-            row = model.user_row(str(user))
-            columns = [model.item_row(str(item)) for item in items]
-            scores = model.item_factors[columns] @ model.user_factors[row]
-            candidates = []
-            for item, score in zip(items, scores.tolist(), strict=True):
-                info = self.catalog.get(str(item), CatalogItem())
-                candidates.append(Candidate(
-                    str(item), float(score), "als", categories=info.categories, published_at=info.published_at,
-                    age_rating=0, popularity=self.clock.popularity(str(item), self.now),
-                    popularity_7d=self.clock.count(str(item), self.now - WEEK, self.now),
-                ))
-            assign_ranks(candidates)
-            user_context = UserContext(str(user), features=_user_features(self.history[str(user)], self.catalog, True))
-            predicted = self.booster.predict(
-                feature_matrix(candidates, user_context, self.now, self.params.freshness_half_life_days), num_threads=1
-            )
-            order = np.argsort(-predicted, kind="stable")[:k]
-            out[user] = [items[i] for i in order]
-        return out
 
 
 def als_params_of(store: ArtifactStore, conn: psycopg.Connection) -> tuple[ALSParams, str]:

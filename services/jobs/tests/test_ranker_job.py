@@ -9,9 +9,7 @@ import numpy as np
 import psycopg
 import pytest
 from recfleet_jobs.__main__ import _load, app
-from recfleet_jobs.ranker import PopularityClock, RankerRecommender, RankerTrainingParams, ndcg_at, train_ranker
-from recfleet_models.data import read_ml_latest_small
-from recfleet_models.protocols import make_split
+from recfleet_jobs.ranker import PopularityClock, RankerTrainingParams, ndcg_at, train_ranker
 from recfleet_ranking.adapters.models import load_ranker
 from recfleet_store.artifacts import DirectoryArtifactStore
 from recfleet_store.registry import get_version, serving_version
@@ -92,16 +90,3 @@ def test_train_ranker_without_events_says_so(fresh_pg_dsn, artifact_dir, monkeyp
     assert result.exit_code == 1
     assert "no events" in result.output
 
-
-def test_full_pipeline_recommender_ranks_unseen_items_for_every_test_user():
-    dataset = read_ml_latest_small(DATA)
-    ratings = dataset.ratings.subset(dataset.ratings.user_ids <= 150)
-    split = make_split(ratings, "recommenders-ml100k")
-    recommender = RankerRecommender(dataset.movies)
-    recommender.fit(split.train)
-    users = sorted(set(split.test.user_ids.tolist()))
-    lists = recommender.recommend(users, 10, split.seen())
-    seen = {(u, i) for u, i in zip(split.train.user_ids.tolist(), split.train.movie_ids.tolist(), strict=True)}
-    assert len(lists) > 100
-    assert all(len(items) == 10 and len(set(items)) == 10 for items in lists.values())
-    assert not any((user, item) in seen for user, items in lists.items() for item in items)
