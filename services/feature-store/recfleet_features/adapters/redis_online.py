@@ -1,6 +1,6 @@
 """The online store in Redis (key layout: docs/CONTRACTS.md, `recfleet_store.keys`).
 
-Every read a request makes is one pipeline, so one network round trip.
+Every read a request makes is one script call or one pipeline, so one network round trip.
 """
 
 from __future__ import annotations
