@@ -3,8 +3,8 @@ recfleet chart helpers.
 
 Every workload is described once in "recfleet.components": its values key, its name in
 object names, its settings prefix and the backing systems its settings class reads. The
-templates loop over that list, so all components share one values shape and one set of
-manifests.
+files under templates/<component>/ render it through the named templates in
+_components.tpl, so all components share one values shape and one set of manifests.
 */}}
 
 {{- define "recfleet.name" -}}
