@@ -20,6 +20,7 @@ import typer
 from recfleet_models.als import WEIGHTINGS, ALSParams, event_weights
 from recfleet_models.data import FORMATS, read_movielens
 from recfleet_models.evaluation import AlsRecommender, PopularRecommender, SarRecommender, evaluate
+from recfleet_models.pipeline_eval import FEATURE_SETS, PipelineParams, RankerPipelineRecommender
 from recfleet_models.popularity import normalise, window_scores
 from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
 from recfleet_store.artifacts import open_artifact_store
@@ -82,7 +83,7 @@ class RulePipelineRecommender:
         return out
 from .settings import JobSettings
 
-MODELS = ("popular", "sar", "als", "als+rules")
+MODELS = ("popular", "sar", "als", "als+rules", "als+ranker")
 # The documented search space of tune-als (docs/evaluation.md).
 GRID = {
     "factors": (64, 128),
@@ -129,9 +130,19 @@ def evaluate_command(
     alpha: float | None = typer.Option(None),
     rating_offset: float | None = typer.Option(None),
     weighting: str | None = typer.Option(None, help=f"one of {', '.join(WEIGHTINGS)}"),
+    ranker_candidates: int = typer.Option(
+        PipelineParams.als_candidates, min=1, help="als+ranker: ALS candidates per user the ranker orders"
+    ),
+    ranker_features: str = typer.Option(
+        PipelineParams.feature_set, help=f"als+ranker: one of {', '.join(FEATURE_SETS)} (extended = offline-only extras)"
+    ),
+    ranker_folds: int = typer.Option(PipelineParams.folds, min=1, help="als+ranker: label folds carved from train"),
 ) -> None:
     """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
     _choice(model, MODELS, "--model")
+    _choice(ranker_features, FEATURE_SETS, "--ranker-features")
+    if model == "als+ranker" and version:
+        raise typer.BadParameter("als+ranker trains its own ALS models on the train part", param_hint="--version")
     settings = JobSettings()
     data, split = _load_split(dataset or settings.data_dir, fmt, protocol)
     started = time.perf_counter()
@@ -161,7 +172,18 @@ def evaluate_command(
         details = {"params": params.as_dict()}
     if model == "als+rules":
         recommender = RulePipelineRecommender(recommender, data.movies)
+    if model == "als+ranker":
+        try:
+            ranker_params = PipelineParams(
+                als_candidates=ranker_candidates, feature_set=ranker_features, folds=ranker_folds,
+                label_share=min(PipelineParams.label_share, 1.0 / ranker_folds),
+            )
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+        recommender = RankerPipelineRecommender(data.movies, recommender.params, ranker_params)
     metrics = evaluate(split, recommender, k)
+    if model == "als+ranker":
+        details.update(recommender.details())
     out = {
         "dataset": fmt,
         "protocol": protocol,
