@@ -253,15 +253,14 @@ class Recommender:
         except (*DOWNSTREAM_ERRORS, NoCandidatesError) as error:
             log.warning("ranking not possible; serving popular items", error=str(error) or "no candidates")
             degraded.append("no-candidates" if isinstance(error, NoCandidatesError) else "ranking-unavailable")
-            items = await self._popular_fallback(query, constraints, degraded)
-            return {
-                "items": items,
-                "model_version": "popular",
-                "served_by": "popular",
-                "degraded": degraded,
-                "cold_start": cold_start,
-            }
+            return await self._popular_snapshot(query, constraints, degraded, cold_start)
         degraded.extend(d for d in ranked.degraded if d not in degraded)
+        if not ranked.items:
+            # Ranking answered but kept nothing (its own dependencies failed, or every
+            # candidate was filtered): an empty list helps no one, popular items might.
+            log.warning("ranking returned no items; serving popular items", degraded=list(ranked.degraded))
+            degraded.append("ranking-empty")
+            return await self._popular_snapshot(query, constraints, degraded, cold_start)
         served_by = ranked.served_by or "rules"
         items = []
         for item in ranked.items:
@@ -279,6 +278,18 @@ class Recommender:
             "items": items,
             "model_version": model_version(als_version, served_by, ranked.ranker_version),
             "served_by": served_by,
+            "degraded": degraded,
+            "cold_start": cold_start,
+        }
+
+    async def _popular_snapshot(
+        self, query: RecommendationQuery, constraints: common_pb2.UserConstraints, degraded: list[str], cold_start: bool
+    ) -> dict:
+        items = await self._popular_fallback(query, constraints, degraded)
+        return {
+            "items": items,
+            "model_version": "popular",
+            "served_by": "popular",
             "degraded": degraded,
             "cold_start": cold_start,
         }

@@ -200,11 +200,15 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
         super().__init__()
         self.requests: list[ranking_pb2.RankRequest] = []
         self.metadata: list[dict[str, str]] = []
+        # When set, answers with no items and these degraded reasons.
+        self.empty_with: list[str] | None = None
 
     async def Rank(self, request, context):
         await self.enter(context, "Rank")
         self.requests.append(request)
         self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+        if self.empty_with is not None:
+            return ranking_pb2.RankResponse(served_by="rules", degraded=self.empty_with)
         seen = set(request.constraints.seen_item_ids)
         blocked = set(request.constraints.blocked_categories)
         kept = [

@@ -257,3 +257,11 @@ async def test_a_degraded_list_is_not_cached(client, fleet):
     before = len(fleet.ranking.servicer.requests)
     await client.get("/v1/recommendations", params=params)
     assert len(fleet.ranking.servicer.requests) == before + 1
+
+
+async def test_an_empty_ranking_answer_falls_back_to_popular(client, fleet):
+    fleet.ranking.servicer.empty_with = ["feature-store-unavailable"]
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-12", "limit": 5})).json()
+    assert body["served_by"] == "popular"
+    assert body["degraded"] == ["feature-store-unavailable", "ranking-empty"]
+    assert len(body["items"]) == 5 and not {"m1", "m2"} & {i["item_id"] for i in body["items"]}
