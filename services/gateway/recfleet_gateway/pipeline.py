@@ -129,6 +129,14 @@ def interleave(groups: list[list[common_pb2.ScoredItem]]) -> list[common_pb2.Sco
     return out
 
 
+def shard_failure(error: BaseException) -> str:
+    """How a shard failed, for `degraded`: a shard serving another model version than the
+    user's vector refuses (FAILED_PRECONDITION) rather than mixing versions."""
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return "version-mismatch"
+    return "unavailable"
+
+
 def replay_tracks(tracks: dict[str, str]) -> None:
     """A cached list names the tracks that produced it."""
     for service, track in tracks.items():
@@ -332,7 +340,7 @@ class Recommender:
             if isinstance(reply, BaseException):
                 if not isinstance(reply, DOWNSTREAM_ERRORS):
                     raise reply
-                degraded.append(f"{shard.name}-unavailable")
+                degraded.append(f"{shard.name}-{shard_failure(reply)}")
                 continue
             groups.append(list(reply.items))
         merged = merge_by_score(groups, self.settings.candidates_per_shard * max(1, len(shards)))

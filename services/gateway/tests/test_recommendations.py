@@ -265,3 +265,12 @@ async def test_an_empty_ranking_answer_falls_back_to_popular(client, fleet):
     assert body["served_by"] == "popular"
     assert body["degraded"] == ["feature-store-unavailable", "ranking-empty"]
     assert len(body["items"]) == 5 and not {"m1", "m2"} & {i["item_id"] for i in body["items"]}
+
+
+async def test_a_shard_on_another_model_version_is_named(client, fleet):
+    import grpc
+
+    fleet.shards[0].servicer.failing = grpc.StatusCode.FAILED_PRECONDITION
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-13", "limit": 5})).json()
+    assert body["degraded"] == ["candidate-gen-shard-0-version-mismatch"]
+    assert len(body["items"]) == 5
