@@ -14,15 +14,28 @@ log = get_logger("recfleet.gateway.jobs")
 JOB_NAMES = ("train-als", "build-index", "train-ranker", "materialize", "popularity", "evaluate")
 
 
+class JobAlreadyRunning(Exception):
+    def __init__(self, name: str, job_id: str):
+        super().__init__(f"{name} is already running as {job_id}")
+        self.job_id = job_id
+
+
 class JobRunner:
     def __init__(self, pool: AsyncConnectionPool, command: list[str] | None = None, output_limit: int = 65_536):
         self._pool = pool
         self._command = list(command) if command else [sys.executable, "-m", "recfleet_jobs"]
         self._output_limit = output_limit
         self._tasks: set[asyncio.Task] = set()
+        # name -> job id, for the jobs this process runs now.
+        self._running: dict[str, str] = {}
 
     async def start(self, name: str) -> dict:
+        """Queues a job; JobAlreadyRunning when this gateway runs one of that name now."""
+        running = self._running.get(name)
+        if running is not None:
+            raise JobAlreadyRunning(name, running)
         job_id = "job_" + secrets.token_hex(10)
+        self._running[name] = job_id
         async with self._pool.connection() as conn:
             await conn.execute("INSERT INTO jobs (job_id, name, status) VALUES (%s, %s, 'queued')", (job_id, name))
         task = asyncio.create_task(self._run(job_id, name))
@@ -43,6 +56,12 @@ class JobRunner:
         return dict(zip(("job_id", "name", "status", "output", "created_at", "finished_at"), row, strict=True))
 
     async def _run(self, job_id: str, name: str) -> None:
+        try:
+            await self._execute(job_id, name)
+        finally:
+            self._running.pop(name, None)
+
+    async def _execute(self, job_id: str, name: str) -> None:
         async with self._pool.connection() as conn:
             await conn.execute("UPDATE jobs SET status = 'running' WHERE job_id = %s", (job_id,))
         try:

@@ -164,3 +164,18 @@ async def test_jobs_run_and_report(client):
     assert "ran job popularity" in done["output"]
     assert_problem(await client.post("/admin/v1/jobs/rm-rf"), 400)
     assert_problem(await client.get("/admin/v1/jobs/job_unknown"), 404)
+
+
+async def test_a_job_already_running_is_409(gateway_settings):
+    import sys
+
+    from conftest import http_client, running_app
+
+    slow = [sys.executable, "-c", "import sys, time; time.sleep(1); print('ran job', sys.argv[1])"]
+    settings = gateway_settings.model_copy(update={"jobs_command": slow})
+    async with running_app(settings) as application, http_client(application) as http:
+        first = (await http.post("/admin/v1/jobs/materialize")).json()
+        second = await http.post("/admin/v1/jobs/materialize")
+        assert assert_problem(second, 409)["job_id"] == first["job_id"]
+        await wait_for(http, f"/admin/v1/jobs/{first['job_id']}", lambda b: b["status"] == "succeeded")
+        assert (await http.post("/admin/v1/jobs/materialize")).status_code == 202

@@ -10,7 +10,7 @@ import redis
 from fastapi import APIRouter, Depends, Path
 from recfleet_store import registry
 
-from ..jobs import JOB_NAMES
+from ..jobs import JOB_NAMES, JobAlreadyRunning
 from ..problems import Problem
 from ..responses import JSONBody
 from ..schemas import (
@@ -106,11 +106,14 @@ async def rollback(*, kind: Kind, services: Services):
     "/jobs/{name}",
     status_code=202,
     response_model=JobOut,
-    responses=COMMON_ERRORS,
+    responses={**COMMON_ERRORS, 409: PROBLEM},
     summary="Run a batch job now",
 )
 async def start_job(*, name: Annotated[Literal[JOB_NAMES], Path(description="Job name.")], services: Services):  # type: ignore[valid-type]
-    job = await services.jobs.start(name)
+    try:
+        job = await services.jobs.start(name)
+    except JobAlreadyRunning as error:
+        raise Problem(409, str(error), job_id=error.job_id) from None
     return JSONBody(job, status_code=202, headers={"Location": f"/admin/v1/jobs/{job['job_id']}"})
 
 
