@@ -3,9 +3,12 @@ prod differs from dev only where it is meant to."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -118,19 +121,42 @@ def test_prod_routes_ten_percent_of_ranking_to_its_canary(built_overlays):
     assert gateway_env["RECFLEET_GATEWAY_RANKING_CANARY_TARGET"] == "recfleet-ranking-canary:50071"
 
 
-@pytest.mark.parametrize("component", ["network-policies", "service-monitors", "canary", "otel"])
-def test_each_component_applies_on_the_base_alone(kit, tmp_path, component):
-    # kustomize wants relative paths: build from a copy of base and components.
+COMPONENTS = ["network-policies", "service-monitors", "canary", "otel"]
+COMBINATIONS = [list(c) for n in range(1, len(COMPONENTS) + 1) for c in itertools.combinations(COMPONENTS, n)]
+
+
+@pytest.fixture(scope="module")
+def combination_builds(kit, tmp_path_factory):
+    """Every combination built once, several kustomize processes at a time."""
+    root = tmp_path_factory.mktemp("kustomize")
     for part in ("base", "components"):
-        shutil.copytree(kit.KUSTOMIZE / part, tmp_path / part)
-    overlay = tmp_path / "overlays" / "only"
-    overlay.mkdir(parents=True)
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [../../base]\ncomponents: [../../components/{component}]\n"
-    )
-    result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+        shutil.copytree(kit.KUSTOMIZE / part, root / part)
+
+    def build(components):
+        overlay = root / "overlays" / "+".join(components)
+        overlay.mkdir(parents=True)
+        (overlay / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            "resources: [../../base]\ncomponents: [" + ", ".join(f"../../components/{c}" for c in components) + "]\n"
+        )
+        return subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = pool.map(build, COMBINATIONS)
+        return {"+".join(c): r for c, r in zip(COMBINATIONS, results)}
+
+
+VALIDATED: set[str] = set()
+
+
+@pytest.mark.parametrize("components", COMBINATIONS, ids=lambda c: "+".join(c))
+def test_every_combination_of_components_builds_valid_objects(kit, combination_builds, components):
+    result = combination_builds["+".join(components)]
     assert result.returncode == 0, result.stderr
-    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
-    errors = {f"{o['kind']}/{o['metadata']['name']}": kit.validation_errors(o) for o in objects}
+    errors = {}
+    for obj in (d for d in yaml.safe_load_all(result.stdout) if d):
+        digest = json.dumps(obj, sort_keys=True)
+        if digest not in VALIDATED:
+            errors[f"{obj['kind']}/{obj['metadata']['name']}"] = kit.validation_errors(obj)
+            VALIDATED.add(digest)
     assert {k: v for k, v in errors.items() if v} == {}
