@@ -30,6 +30,8 @@ RANKER_CIRCUIT_OPEN = "ranker-circuit-open"
 
 @dataclass(slots=True)
 class RankQuery:
+    """One Rank call in domain terms; `limit` 0 means every candidate that passes."""
+
     user: UserContext
     candidates: list[Candidate]
     limit: int = 0
@@ -39,6 +41,8 @@ class RankQuery:
 
 @dataclass(slots=True)
 class RankedEntry:
+    """One returned item; `contributions` and `rules` are filled only with `explain`."""
+
     item_id: str
     rank: int
     score: float
@@ -50,6 +54,8 @@ class RankedEntry:
 
 @dataclass(slots=True)
 class RankOutcome:
+    """The answer: items in order, who scored them, fallbacks taken, filtered counts."""
+
     items: list[RankedEntry]
     served_by: str
     ranker_version: str

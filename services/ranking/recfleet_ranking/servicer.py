@@ -65,6 +65,8 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+    """Rank: validate, fetch item features, run the pipeline, answer; GetModelStatus."""
+
     def __init__(
         self,
         pipeline: RankingPipeline,
@@ -111,6 +113,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
 
 def to_response(outcome) -> ranking_pb2.RankResponse:
+    """The RankResponse for a pipeline outcome; explanations only where they were computed."""
     response = ranking_pb2.RankResponse(
         served_by=outcome.served_by,
         ranker_version=outcome.ranker_version,

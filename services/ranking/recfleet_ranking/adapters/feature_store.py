@@ -15,6 +15,7 @@ SERVICE = "recfleet.features.v1.FeatureStore"
 
 
 def feature_store_client(target: str, timeout: float) -> Downstream:
+    """The feature-store dependency: deadline, breaker, retries for GetItemFeatures."""
     return Downstream(
         name="feature-store",
         target=target,
