@@ -290,15 +290,17 @@ data:
 {{- end }}
 {{- end -}}
 
-{{/* A component's NetworkPolicy: who may call it (the call edges of the fleet, the helm test pod, Prometheus) and what it may reach. */}}
+{{/*
+A component's NetworkPolicy: who may call it (the components whose `calls` name it, the
+helm test pod, Prometheus) and what it may reach (what it `calls`, its backing systems).
+*/}}
 {{- define "recfleet.networkpolicy" -}}
 {{- $root := .root -}}
 {{- $c := include "recfleet.component" . | fromYaml -}}
 {{- $v := index $root.Values $c.key -}}
 {{- if $root.Values.networkPolicy.enabled }}
 {{- $np := $root.Values.networkPolicy }}
-{{- $edges := dict "gateway" (list "feature-store" "candidate-gen" "ranking" "event-ingest") "ranking" (list "feature-store") }}
-{{- $ports := dict "feature-store" $root.Values.featureStore.ports.grpc "candidate-gen" $root.Values.candidateGen.ports.grpc "ranking" $root.Values.ranking.ports.grpc "event-ingest" $root.Values.eventIngest.ports.grpc }}
+{{- $registry := include "recfleet.components" $root | fromYamlArray }}
 {{- if $v.enabled }}
 {{- $sel := dict "root" $root "component" $c.name }}
 ---
@@ -338,11 +340,11 @@ spec:
         - port: grpc
           protocol: TCP
       from:
-        {{- range $caller, $callees := $edges }}
-        {{- if has $c.name $callees }}
+        {{- range $caller := $registry }}
+        {{- if has $c.name (default (list) $caller.calls) }}
         - podSelector:
             matchLabels:
-              {{- include "recfleet.selectorLabels" (dict "root" $root "component" $caller) | nindent 14 }}
+              {{- include "recfleet.selectorLabels" (dict "root" $root "component" $caller.name) | nindent 14 }}
         {{- end }}
         {{- end }}
         - podSelector:
@@ -356,14 +358,16 @@ spec:
         {{- toYaml $np.metricsFrom | nindent 8 }}
     {{- end }}
   egress:
-    {{- range $callee := (default (list) (get $edges $c.name)) }}
+    {{- range $callee := $registry }}
+    {{- if has $callee.name (default (list) $c.calls) }}
     - to:
         - podSelector:
             matchLabels:
-              {{- include "recfleet.selectorLabels" (dict "root" $root "component" $callee) | nindent 14 }}
+              {{- include "recfleet.selectorLabels" (dict "root" $root "component" $callee.name) | nindent 14 }}
       ports:
-        - port: {{ get $ports $callee }}
+        - port: {{ (index $root.Values $callee.key).ports.grpc }}
           protocol: TCP
+    {{- end }}
     {{- end }}
     {{- include "recfleet.backendEgress" (dict "root" $root "uses" $c.uses) | nindent 4 }}
 {{- end }}

@@ -24,7 +24,11 @@ _components.tpl, so all components share one values shape and one set of manifes
 {{- end -}}
 {{- end -}}
 
-{{/* The component registry (see the file comment). kind: http, grpc or consumer. */}}
+{{/*
+The component registry (see the file comment). kind: http, grpc or consumer; uses: the
+backing systems its settings read; calls: the fleet services it calls over gRPC (the
+NetworkPolicies allow exactly these edges).
+*/}}
 {{- define "recfleet.components" -}}
 - key: gateway
   name: gateway
@@ -32,6 +36,7 @@ _components.tpl, so all components share one values shape and one set of manifes
   prefix: RECFLEET_GATEWAY_
   args: ["python", "-m", "recfleet_gateway"]
   uses: [postgres, redis, bootstrapAdminKey]
+  calls: [feature-store, candidate-gen, ranking, event-ingest]
 - key: candidateGen
   name: candidate-gen
   kind: grpc
@@ -46,6 +51,7 @@ _components.tpl, so all components share one values shape and one set of manifes
   prefix: RECFLEET_RANKING_
   args: ["python", "-m", "recfleet_ranking"]
   uses: [postgres, artifacts]
+  calls: [feature-store]
 - key: featureStore
   name: feature-store
   kind: grpc
