@@ -117,6 +117,15 @@ class RedisOnlineStore:
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
+    async def warm_up(self) -> None:
+        """Load the scripts and run each read once, so the first requests do not pay for
+        script compilation, NOSCRIPT retries or new connections."""
+        for script in (self._item_rows, self._popular, self._user_read):
+            await self.client.script_load(script.script)
+        await self.read_user("warm-up", need_serving_version=True)
+        await self.read_items(["warm-up"], ["title"])
+        await self.popular("all", "", 1, set())
+
     async def close(self) -> None:
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
