@@ -52,7 +52,8 @@ CARVES = ("random", "recent")
 # the candidate's popularity among users whose top genre it shares, relative to the
 # candidate set; the item's mean rating and the user's mean rating; an item-kNN score
 # (sum of the co-occurrence cosine between the candidate and each history item, over
-# the history length) and the same relative to the best candidate's.
+# the history length) and the same relative to the best candidate's; the candidate's
+# score under a second ALS (SECOND_ALS) standardised over the user's candidates.
 EXTENDED_FEATURES = (
     "candidate_score_z",
     "history_similarity_max",
@@ -62,7 +63,10 @@ EXTENDED_FEATURES = (
     "user_mean_rating",
     "cooccurrence_score",
     "cooccurrence_rel",
+    "second_als_score_z",
 )
+# The second retrieval model of the extended set: tune-als's choice on ml-100k.
+SECOND_ALS = ALSParams(factors=128, regularization=60.0, alpha=4.0)
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,13 @@ def candidate_groups(
     users: Sequence[int],
     seen: Mapping[int, set[int]],
     params: PipelineParams,
+    second: AlsModel | None = None,
 ) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
     """Per user with a factor row: (users, candidate item ids, feature matrix).
 
     Candidates: ALS top `als_candidates` plus `popular_candidates` most popular items,
-    `seen` excluded; features as `feature_names(params.feature_set)` lists them.
+    `seen` excluded; features as `feature_names(params.feature_set)` lists them
+    (`second`, the SECOND_ALS model fitted on the same ratings, is needed for "extended").
     """
     from recfleet_ranking.features import Candidate, UserContext, assign_ranks
     from recfleet_ranking.learned import feature_matrix
@@ -295,14 +301,33 @@ def candidate_groups(
             context = UserContext(str(user), features=store.user_features(user))
             x = feature_matrix(candidates, context, store.now, params.freshness_half_life_days)
             if unit is not None:
-                x = np.hstack([x, _extended(user, cols, candidate_scores, ids, unit, item_col, store, knn[r, cols])])
+                alt = _second_scores(second, user, ids)
+                x = np.hstack(
+                    [x, _extended(user, cols, candidate_scores, ids, unit, item_col, store, knn[r, cols], alt)]
+                )
             out_users.append(user)
             out_items.append(ids)
             out_x.append(x)
     return out_users, out_items, out_x
 
 
-def _extended(user, cols, scores, ids, unit, item_col, store: OfflineFeatureStore, knn: np.ndarray) -> np.ndarray:
+def _second_scores(model: AlsModel | None, user: int, ids: np.ndarray) -> np.ndarray:
+    if model is None:
+        raise ValueError("the extended feature set needs the second ALS model")
+    row = model.user_row(str(user))
+    cols = [model.item_row(str(i)) for i in ids.tolist()]
+    if row is None:
+        return np.zeros(len(ids))
+    vector = model.user_factors[row]
+    return np.array([float(model.item_factors[c] @ vector) if c is not None else 0.0 for c in cols])
+
+
+def _z(values: np.ndarray) -> np.ndarray:
+    std = float(values.std())
+    return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+
+
+def _extended(user, cols, scores, ids, unit, item_col, store: OfflineFeatureStore, knn, alt) -> np.ndarray:
     x = np.empty((len(cols), len(EXTENDED_FEATURES)), dtype=np.float64)
     std = float(scores.std())
     x[:, 0] = (scores - scores.mean()) / std if std > 0 else 0.0
@@ -323,7 +348,16 @@ def _extended(user, cols, scores, ids, unit, item_col, store: OfflineFeatureStor
     x[:, 6] = knn / max(1, len(history_cols))
     top = float(knn.max()) if knn.size else 0.0
     x[:, 7] = knn / top if top > 0 else 0.0
+    x[:, 8] = _z(alt)
     return x
+
+
+def _fit_second(ratings: Ratings, params: PipelineParams) -> AlsModel | None:
+    if params.feature_set != "extended":
+        return None
+    model = AlsRecommender(SECOND_ALS)
+    model.fit(ratings)
+    return model.model
 
 
 def group_ndcg(groups: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> float:
@@ -380,7 +414,8 @@ def train_ranker(train: Ratings, movies: Sequence[Movie], als_params: ALSParams,
         for user, item in zip(labels.user_ids.tolist(), labels.movie_ids.tolist()):
             truth.setdefault(user, set()).add(item)
         seen = {user: set(items) for user, items in store.history.items()}
-        users, items, xs = candidate_groups(inner.model, store, sorted(truth), seen, params)
+        second = _fit_second(history, params)
+        users, items, xs = candidate_groups(inner.model, store, sorted(truth), seen, params, second)
         for user, ids, x in zip(users, items, xs):
             y = np.fromiter((1.0 if i in truth[user] else 0.0 for i in ids.tolist()), np.float64, len(ids))
             if y.sum() == 0:
@@ -448,6 +483,7 @@ class RankerPipelineRecommender:
     def fit(self, train: Ratings) -> None:
         self.fit_result = train_ranker(train, self.movies, self.als_params, self.params)
         self.retrieval.fit(train)
+        self.second = _fit_second(train, self.params)
         self.store = OfflineFeatureStore(train, self.movies, self.als_params)
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
@@ -457,7 +493,7 @@ class RankerPipelineRecommender:
         for user, item in zip(seen.user_ids.tolist(), seen.movie_ids.tolist()):
             seen_sets.setdefault(user, set()).add(item)
         params = replace(self.params, als_candidates=max(self.params.als_candidates, k))
-        out_users, items, xs = candidate_groups(self.retrieval.model, self.store, users, seen_sets, params)
+        out_users, items, xs = candidate_groups(self.retrieval.model, self.store, users, seen_sets, params, self.second)
         if not out_users:
             return {}
         booster = self.fit_result.booster

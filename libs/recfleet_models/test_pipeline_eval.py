@@ -139,3 +139,29 @@ def test_offline_feature_store_affinities_are_genre_shares(sample):
     shares = [v for k, v in features.items() if k.startswith("affinity:")]
     assert shares and all(0 < v <= 1 for v in shares)
     assert max(store.popularity.values()) == pytest.approx(1.0)
+
+
+def test_extended_features_are_finite_and_consistent(sample, fitted):
+    from dataclasses import replace
+
+    from recfleet_models.pipeline_eval import EXTENDED_FEATURES, feature_names
+
+    _, split = sample
+    recommender, _ = fitted
+    store = recommender.store
+    model = recommender.retrieval.model
+    users = sorted(set(split.test.user_ids.tolist()))[:20]
+    seen = {u: set(store.history[u]) for u in users}
+    params = replace(FAST, feature_set="extended")
+    # With the retrieval model as its own second model, both standardised scores agree.
+    _, items, xs = candidate_groups(model, store, users, seen, params, second=model)
+    names = feature_names("extended")
+    z, z2 = names.index("candidate_score_z"), names.index("second_als_score_z")
+    similarity = names.index("history_similarity_max")
+    for ids, x in zip(items, xs):
+        assert x.shape == (len(ids), len(names)) and names[-len(EXTENDED_FEATURES) :] == EXTENDED_FEATURES
+        assert np.isfinite(np.delete(x, names.index("category_affinity"), axis=1)).all()
+        np.testing.assert_allclose(x[:, z], x[:, z2], atol=1e-5)
+        assert (x[:, similarity] <= 1 + 1e-6).all()
+        rel = x[:, names.index("cooccurrence_rel")]
+        assert rel.max() == pytest.approx(1.0)
