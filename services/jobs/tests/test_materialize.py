@@ -152,3 +152,16 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
 
     with pytest.raises(AssertionError, match="must end in .csv or .parquet"):
         cli("export-training-set", "--out", str(tmp_path / "training.txt"))
+
+
+def test_users_being_erased_are_not_materialized(cli, fresh_pg_dsn, redis_url):
+    seed(fresh_pg_dsn)
+    with psycopg.connect(fresh_pg_dsn) as conn:
+        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('u2', 'r-1')")
+    report = cli("materialize")
+    client = redis.Redis.from_url(redis_url)
+    assert report["users"] == 1
+    assert client.exists(keys.user("u1"), keys.user_seen("u1")) == 2
+    assert client.exists(keys.user("u2"), keys.user_seen("u2")) == 0
+    with psycopg.connect(fresh_pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM offline_features WHERE entity_id = 'u2'").fetchone() == (0,)

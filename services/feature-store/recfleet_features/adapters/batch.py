@@ -105,12 +105,15 @@ class OfflineBatch:
         self.conn.commit()
 
     def mark_affected(self, start: datetime, until: datetime) -> tuple[int, int]:
-        """Temp tables of the users and items with events received in (start, until];
-        returns their sizes."""
+        """Temp tables of the users (not being erased) and items with events received in
+        (start, until]; returns their sizes."""
         self.conn.execute("DROP TABLE IF EXISTS affected_users, affected_items")
         self.conn.execute(
+            # Users whose erasure was requested are skipped: their events may not be
+            # deleted yet, and materializing them would bring their keys back.
             "CREATE TEMP TABLE affected_users ON COMMIT DROP AS SELECT DISTINCT user_id AS id FROM events"
-            " WHERE received_at > %s AND received_at <= %s",
+            " WHERE received_at > %s AND received_at <= %s"
+            " AND user_id NOT IN (SELECT user_id FROM erased_users)",
             (start, until),
         )
         self.conn.execute(
