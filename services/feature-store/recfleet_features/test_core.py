@@ -24,6 +24,18 @@ def test_bundled_registry_has_typed_defaults():
     assert REGISTRY.unknown("user", ["age", "height"]) == ["height"]
 
 
+def test_a_registry_file_given_by_path_replaces_the_bundled_one(tmp_path):
+    path = tmp_path / "views.yaml"
+    path.write_text(
+        "views:\n  - {name: score, entity: item, type: number, source: test, freshness: 60, default: 0.5, version: 2}\n"
+    )
+    loaded = registry.load(path)
+    assert [(v.name, v.entity, v.default, v.freshness_seconds, v.version) for v in loaded.views] == [
+        ("score", "item", 0.5, 60, 2)
+    ]
+    assert loaded.for_entity("user") == {}
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [
