@@ -3,20 +3,16 @@ app over real Redis and Postgres, and HTTP clients holding keys of each scope.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
-import httpx
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from gateway_scripted_fleet import ScriptedFleet
-from recfleet_gateway.app import create_app
+from gateway_test_support import ADMIN_KEY, http_client, running_app
 from recfleet_gateway.settings import GatewaySettings
-
-ADMIN_KEY = "test-bootstrap-admin-key"
 
 
 @pytest.fixture
@@ -46,19 +42,6 @@ def gateway_settings(fleet, pg_dsn, redis_url):
         metrics_port=0,
         jobs_command=[sys.executable, "-c", "import sys; print('ran job', sys.argv[1])"],
     )
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: GatewaySettings):
-    """The gateway app with its start-up and shutdown run around the block."""
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-def http_client(application, key: str | None = ADMIN_KEY) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://gateway", headers=headers)
 
 
 @pytest.fixture

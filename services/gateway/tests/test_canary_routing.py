@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 from gateway_scripted_fleet import ScriptedFleet
-
-from conftest import http_client, running_app
+from gateway_test_support import http_client, running_app
 
 
 @pytest.fixture

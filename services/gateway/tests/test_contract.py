@@ -6,21 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from gateway_test_support import ADMIN_KEY, assert_problem, http_client, running_app
 from recfleet_gateway.auth import SCOPES
-
-from conftest import ADMIN_KEY, http_client, running_app
-
-PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
-
-
-def assert_problem(reply, status: int) -> dict:
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"] == "application/problem+json"
-    body = reply.json()
-    assert PROBLEM_KEYS <= set(body)
-    assert body["status"] == status
-    assert body["request_id"] == reply.headers["X-Request-ID"]
-    return body
 
 
 async def test_unknown_query_parameter_is_named(client):

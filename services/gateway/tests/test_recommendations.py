@@ -212,7 +212,7 @@ async def test_popular_by_category(client):
 
 
 async def test_redis_down_still_serves_recommendations(gateway_settings):
-    from conftest import http_client, running_app
+    from gateway_test_support import http_client, running_app
 
     settings = gateway_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     async with running_app(settings) as application, http_client(application) as http:

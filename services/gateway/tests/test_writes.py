@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import psycopg
 import redis
+from gateway_test_support import assert_problem
 from recfleet_store import keys, registry
-from test_contract import assert_problem
 
 
 async def wait_for(client, path: str, done, timeout: float = 10.0) -> dict:
@@ -169,7 +169,7 @@ async def test_jobs_run_and_report(client):
 async def test_a_job_already_running_is_409(gateway_settings):
     import sys
 
-    from conftest import http_client, running_app
+    from gateway_test_support import http_client, running_app
 
     slow = [sys.executable, "-c", "import sys, time; time.sleep(1); print('ran job', sys.argv[1])"]
     settings = gateway_settings.model_copy(update={"jobs_command": slow})

@@ -1,0 +1,37 @@
+"""Helpers the gateway tests share: the app with its lifespan, HTTP clients holding a
+key, and the problem+json assertion. (A module of its own: test modules import it by
+this unique name.)"""
+
+from __future__ import annotations
+
+import contextlib
+
+import httpx
+from recfleet_gateway.app import create_app
+from recfleet_gateway.settings import GatewaySettings
+
+ADMIN_KEY = "test-bootstrap-admin-key"
+PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: GatewaySettings):
+    """The gateway app with its start-up and shutdown run around the block."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def http_client(application, key: str | None = ADMIN_KEY) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://gateway", headers=headers)
+
+
+def assert_problem(reply, status: int) -> dict:
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/problem+json"
+    body = reply.json()
+    assert PROBLEM_KEYS <= set(body)
+    assert body["status"] == status
+    assert body["request_id"] == reply.headers["X-Request-ID"]
+    return body
