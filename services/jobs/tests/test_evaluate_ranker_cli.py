@@ -1,0 +1,44 @@
+"""`evaluate --model als+ranker` from the command line on the bundled data."""
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from recfleet_jobs import evaluate
+from typer.testing import CliRunner
+
+BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
+COMMON = ["--dataset", str(BUNDLED), "--format", "ml-latest-small", "--protocol", "recbole"]
+FAST = ["--factors", "16", "--iterations", "5", "--ranker-candidates", "30", "--ranker-folds", "1"]
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    evaluate.register(app)
+    return app
+
+
+def test_ranker_pipeline_is_measured_with_its_training_summary():
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--model", "als+ranker", *FAST])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["model"] == "als+ranker" and metrics["users_evaluated"] == 609
+    assert 0 < metrics["ndcg@10"] < 1
+    ranker = metrics["ranker"]
+    assert ranker["training_groups"] > ranker["validation_groups"] > 0
+    assert ranker["params"]["als_candidates"] == 30 and ranker["params"]["folds"] == 1
+    assert "candidate_score" in ranker["feature_names"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ranker-features", "everything"], "everything"),
+        (["--version", "als-20260101T000000Z-0000"], "trains its own ALS"),
+    ],
+)
+def test_bad_ranker_arguments_are_named(args, message):
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--model", "als+ranker", *args], env={"COLUMNS": "500"})
+    assert result.exit_code == 2
+    assert message in result.output
