@@ -33,6 +33,10 @@ from .responses import JSONBody
 from .settings import GatewaySettings
 from .traffic import TrafficController
 
+# A Redis that stops answering must cost a request a fraction of its budget, not hang
+# it: the cache and the limits fail open (see cache.py and ratelimit.py).
+REDIS_TIMEOUTS = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
+
 
 @dataclass
 class Gateway:
@@ -53,7 +57,7 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis_url, **REDIS_TIMEOUTS)
         pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
         fleet = Fleet(settings)
         cache = ResultCache(

@@ -34,8 +34,17 @@ def storage_uri(redis_url: str) -> str:
 class RateLimiter:
     """Checks and counts one hit against a key's limit and, when given, a user's limit."""
 
-    def __init__(self, redis_url: str, per_key: str, per_user: str, per_scope: dict[str, str] | None = None):
-        self._storage = RedisStorage(storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl")
+    def __init__(
+        self,
+        redis_url: str,
+        per_key: str,
+        per_user: str,
+        per_scope: dict[str, str] | None = None,
+        **redis_options: float,
+    ):
+        self._storage = RedisStorage(
+            storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl", **redis_options
+        )
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
         self._per_key = parse(per_key)
         self._per_user = parse(per_user)
