@@ -253,3 +253,4 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"]
     downstreams: int
+    not_serving: list[str] = Field(description="Canary targets that are down (they do not affect readiness).")

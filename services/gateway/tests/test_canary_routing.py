@@ -79,3 +79,12 @@ async def test_shadow_mirrors_without_changing_responses(canary_client, canary_f
     metrics = (await canary_client.get("/metrics")).text
     assert 'recfleet_gateway_shadow_requests_total{outcome="ok",service="ranking"}' in metrics
     assert len(canary_fleet.ranking_canary.servicer.requests) >= 1
+
+
+async def test_a_down_canary_does_not_make_the_gateway_unready(canary_client, canary_fleet):
+    await canary_fleet.ranking_canary.stop()
+    reply = await canary_client.get("/healthz/ready")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["not_serving"] == ["ranking:canary"]
+    await canary_fleet.ranking.stop()
+    assert (await canary_client.get("/healthz/ready")).status_code == 503

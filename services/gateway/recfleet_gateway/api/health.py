@@ -27,11 +27,14 @@ async def live():
 )
 async def ready(*, services: Services):
     not_serving = await services.fleet.not_serving()
-    if not_serving:
+    # A canary that is down does not make the gateway unready: its users are served by
+    # stable once the analysis or an operator sets its weight to 0.
+    stable_down = [name for name in not_serving if not name.endswith(":canary")]
+    if stable_down:
         raise Problem(
             503, f"not serving: {', '.join(not_serving)}", kind="not-ready", title="Not Ready", not_serving=not_serving
         )
-    return JSONBody({"status": "ready", "downstreams": len(services.fleet.downstreams())})
+    return JSONBody({"status": "ready", "downstreams": len(services.fleet.downstreams()), "not_serving": not_serving})
 
 
 @router.get(
