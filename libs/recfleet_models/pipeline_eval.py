@@ -39,6 +39,10 @@ import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
+# The ranking service's own feature code: what is evaluated here is what it serves.
+from recfleet_ranking.features import AFFINITY_PREFIX, Candidate, UserContext, assign_ranks
+from recfleet_ranking.learned import FEATURE_NAMES, feature_matrix
+
 from .als import AlsModel, ALSParams, event_weights, top_k_batch
 from .data import Movie, Ratings
 from .evaluation import AlsRecommender
@@ -117,8 +121,6 @@ class PipelineParams:
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
     """Every column `candidate_groups` computes for a feature set, in order."""
-    from recfleet_ranking.learned import FEATURE_NAMES
-
     return FEATURE_NAMES + (EXTENDED_FEATURES if feature_set == "extended" else ())
 
 
@@ -193,8 +195,6 @@ class OfflineFeatureStore:
         self.genre_popularity = genre_pop
 
     def user_features(self, user: int) -> dict[str, float]:
-        from recfleet_ranking.features import AFFINITY_PREFIX
-
         history = self.history.get(user, [])
         counts = Counter(g for item in history for g in self.genres.get(item, ()))
         total = max(1, len(history))
@@ -223,9 +223,6 @@ def candidate_groups(
     `seen` excluded; features as `feature_names(params.feature_set)` lists them
     (`second`, the SECOND_ALS model fitted on the same ratings, is needed for "extended").
     """
-    from recfleet_ranking.features import Candidate, UserContext, assign_ranks
-    from recfleet_ranking.learned import feature_matrix
-
     item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
     item_col = {int(item): col for col, item in enumerate(item_ids.tolist())}
     popular_cols = np.array(
@@ -300,7 +297,7 @@ def candidate_groups(
             assign_ranks(candidates)
             context = UserContext(str(user), features=store.user_features(user))
             x = feature_matrix(candidates, context, store.now, params.freshness_half_life_days)
-            if unit is not None:
+            if extended:
                 alt = _second_scores(second, user, ids)
                 x = np.hstack(
                     [x, _extended(user, cols, candidate_scores, ids, unit, item_col, store, knn[r, cols], alt)]
@@ -329,8 +326,7 @@ def _z(values: np.ndarray) -> np.ndarray:
 
 def _extended(user, cols, scores, ids, unit, item_col, store: OfflineFeatureStore, knn, alt) -> np.ndarray:
     x = np.empty((len(cols), len(EXTENDED_FEATURES)), dtype=np.float64)
-    std = float(scores.std())
-    x[:, 0] = (scores - scores.mean()) / std if std > 0 else 0.0
+    x[:, 0] = _z(scores)
     history_cols = [item_col[i] for i in store.history.get(user, ()) if i in item_col]
     if history_cols:
         sims = unit[cols] @ unit[history_cols].T
@@ -509,6 +505,7 @@ class RankerPipelineRecommender:
         return out
 
     def details(self) -> dict:
+        """The training summary `evaluate` prints under "ranker"."""
         fit = self.fit_result
         return {
             "ranker": {
