@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from redis.asyncio import Redis
 
 KEY_PREFIX = "rf:traffic:"
+# Set of the services the admin API has state for, so a refresh reads exactly those.
+SERVICES_KEY = "rf:traffic-services"
 
 
 class TrafficFrozen(RuntimeError):
@@ -58,16 +60,26 @@ class TrafficStore:
         self.redis = redis
 
     async def overrides(self) -> dict[str, dict]:
-        """Every service the admin API set, with its stored fields."""
-        found = {}
-        async for key in self.redis.scan_iter(match=f"{KEY_PREFIX}*"):
-            key = key.decode() if isinstance(key, bytes) else key
-            raw = await self.redis.hgetall(key)
-            found[key[len(KEY_PREFIX):]] = {
-                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                for k, v in raw.items()
-            }
-        return found
+        """Every service the admin API set, with its stored fields, in one round trip."""
+        names = sorted(n.decode() if isinstance(n, bytes) else n for n in await self.redis.smembers(SERVICES_KEY))
+        if not names:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(KEY_PREFIX + name)
+            rows = await pipe.execute()
+        return {
+            name: {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                   for k, v in raw.items()}
+            for name, raw in zip(names, rows, strict=True)
+            if raw
+        }
+
+    async def _write(self, service: str, fields: dict) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(KEY_PREFIX + service, mapping=fields)
+            pipe.sadd(SERVICES_KEY, service)
+            await pipe.execute()
 
     async def set(self, service: str, weight: int, shadow_percent: int, actor: str) -> TrafficState:
         validate_percent("weight", weight)
@@ -77,21 +89,23 @@ class TrafficStore:
             reason = current.get(b"reason", b"").decode()
             raise TrafficFrozen(f"{service} was rolled back ({reason}); acknowledge before raising its weight")
         fields = {"weight": weight, "shadow_percent": shadow_percent, "updated_at": time.time(), "updated_by": actor}
-        await self.redis.hset(KEY_PREFIX + service, mapping=fields)
+        await self._write(service, fields)
         return await self.state(service)
 
     async def rollback(self, service: str, reason: str, actor: str) -> TrafficState:
         fields = {"weight": 0, "frozen": 1, "reason": reason, "updated_at": time.time(), "updated_by": actor}
-        await self.redis.hset(KEY_PREFIX + service, mapping=fields)
+        await self._write(service, fields)
         return await self.state(service)
 
     async def ack(self, service: str, actor: str) -> TrafficState:
-        await self.redis.hset(KEY_PREFIX + service, mapping={"frozen": 0, "updated_at": time.time(), "updated_by": actor})
+        await self._write(service, {"frozen": 0, "updated_at": time.time(), "updated_by": actor})
         return await self.state(service)
 
     async def state(self, service: str) -> TrafficState:
-        raw = (await self.overrides()).get(service, {})
-        return state_from(service, raw, "admin")
+        raw = await self.redis.hgetall(KEY_PREFIX + service)
+        fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                  for k, v in raw.items()}
+        return state_from(service, fields, "admin")
 
 
 def state_from(service: str, fields: dict, source: str) -> TrafficState:
