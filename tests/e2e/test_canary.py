@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def set_traffic(api, service: str, weight: int, shadow: int = 0) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-pytestmark = pytest.mark.e2e
+# The session fleet starts inside the first test's time budget (training included).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
 
