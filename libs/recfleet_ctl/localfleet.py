@@ -152,6 +152,7 @@ class LocalFleet:
                        RECFLEET_CANDIDATES_SHARD_COUNT=str(self.config.shard_count),
                        RECFLEET_CANDIDATES_REGISTRY_POLL_SECONDS="2")
         elif name == "ranking":
+            env.setdefault("RECFLEET_RANKING_FEATURE_STORE_TIMEOUT", "0.1")
             env.update(RECFLEET_RANKING_GRPC_PORT=str(p[f"ranking{suffix}"]),
                        RECFLEET_RANKING_METRICS_PORT=str(p[f"ranking{suffix}-metrics"]),
                        RECFLEET_RANKING_FEATURE_STORE_TARGET=f"127.0.0.1:{p['feature-store']}")
@@ -159,6 +160,12 @@ class LocalFleet:
             env.update(RECFLEET_INGEST_GRPC_PORT=str(p[f"event-ingest{suffix}"]),
                        RECFLEET_INGEST_METRICS_PORT=str(p[f"{name}{suffix}-metrics"]))
         elif name == "gateway":
+            # Every process of the fleet shares this machine's cores, so a hop waits for a
+            # core as well as for its work: the budgets are wider than a cluster's.
+            env.setdefault("RECFLEET_GATEWAY_FEATURE_STORE_TIMEOUT", "0.1")
+            env.setdefault("RECFLEET_GATEWAY_CANDIDATE_GEN_TIMEOUT", "0.15")
+            env.setdefault("RECFLEET_GATEWAY_RANKING_TIMEOUT", "0.3")
+            env.setdefault("RECFLEET_GATEWAY_REQUEST_TIMEOUT", "1.0")
             env.update(
                 RECFLEET_GATEWAY_HOST=self.config.gateway_host,
                 RECFLEET_GATEWAY_PORT=str(self.config.gateway_port),
