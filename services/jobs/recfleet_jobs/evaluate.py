@@ -2,7 +2,9 @@
 
 `evaluate` splits a MovieLens directory with a named protocol (recfleet_models.protocols),
 fits a model on the train part (or loads an ALS version from the artifact store) and
-prints the metrics as JSON. `tune-als` grid-searches ALS hyper-parameters on a validation
+prints the metrics as JSON; `--model als+ranker` is the full pipeline, ALS retrieval
+re-ranked by a LightGBM ranker trained on the train part only
+(recfleet_models.pipeline_eval). `tune-als` grid-searches ALS hyper-parameters on a validation
 split carved from the train part only (the test part is never looked at) and prints a
 table; `--report-test` then scores the best setting once on the test part.
 """
