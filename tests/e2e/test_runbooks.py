@@ -42,6 +42,17 @@ def test_safe_commands_run(runbook, fleet):
         KAFKA_BOOTSTRAP_SERVERS=fleet.kafka_bootstrap or "",
         RECFLEET_ARTIFACT_URL=fleet.artifact_url,
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        RECFLEET_GRPC_TARGETS=" ".join(
+            f"127.0.0.1:{port}" for name, port in fleet.ports.items()
+            if not name.endswith("-metrics") and "canary" not in name
+        ),
+        RECFLEET_INGEST_TARGET=f"127.0.0.1:{fleet.ports['event-ingest']}",
+        **{
+            f"RECFLEET_{key}_METRICS_URL": f"http://127.0.0.1:{fleet.ports[name]}"
+            for key, name in (("FEATURES", "feature-store-metrics"), ("RANKING", "ranking-metrics"),
+                              ("INGEST", "event-ingest-metrics"), ("SINK", "event-sink-metrics"),
+                              ("REALTIME", "event-realtime-metrics"), ("SHARD0", "candidate-gen-0-metrics"))
+        },
     )
     for block in blocks:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env,
