@@ -11,8 +11,10 @@ from recfleet.candidates.v1 import candidates_pb2_grpc
 from recfleet_runtime.grpcserver import GrpcService
 from recfleet_store.artifacts import open_artifact_store
 
+from .adapters.catalog import CatalogReader
 from .adapters.registry import RegistryReader
 from .adapters.shards import ArtifactShardSource
+from .metadata_items import MetadataItems
 from .served_index import ServedIndex
 from .servicer import SERVICE_NAME, CandidateServicer
 from .settings import CandidateSettings
@@ -38,11 +40,22 @@ class CandidateApp:
             settings.search_threads,
             settings.keep_previous_seconds,
         )
+        self.metadata = MetadataItems(
+            shard,
+            settings.shard_count,
+            CatalogReader(settings.postgres_dsn),
+            source.item_factors,
+            settings.metadata_min_tag_items,
+        )
         self.registry = RegistryReader(settings.postgres_dsn)
         self.service = GrpcService("candidate-gen", settings, [SERVICE_NAME])
         candidates_pb2_grpc.add_CandidateServiceServicer_to_server(
             CandidateServicer(
-                self.index, self.wanted_version, settings.inline_search_max_flat_items, settings.search_threads
+                self.index,
+                self.metadata,
+                self.wanted_version,
+                settings.inline_search_max_flat_items,
+                settings.search_threads,
             ),
             self.service.server,
         )
@@ -52,6 +65,17 @@ class CandidateApp:
         return self.settings.model_version or await self.registry.serving_version()
 
     async def poll_once(self) -> None:
+        """Keep the shard on the wanted version, then its metadata items on the catalog."""
+        await self._follow_registry()
+        current = self.index.current
+        if current is None:
+            return
+        try:
+            await self.metadata.refresh(current)
+        except Exception:  # the shard keeps serving the last metadata items it had
+            log.exception("metadata items refresh failed", shard=self.index.shard, version=current.version)
+
+    async def _follow_registry(self) -> None:
         version = await self.wanted_version()
         if not version or version == self.index.version:
             return
@@ -79,3 +103,4 @@ class CandidateApp:
 
     async def close(self) -> None:
         await self.registry.close()
+        await self.metadata.close()

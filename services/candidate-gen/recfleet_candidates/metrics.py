@@ -14,6 +14,11 @@ INDEX_VERSION = Gauge(
     ["shard", "version", "index_type"],
 )
 INDEX_ITEMS = Gauge("recfleet_candidates_index_items", "Items in the served shard.", ["shard"])
+METADATA_ITEMS = Gauge(
+    "recfleet_candidates_metadata_items",
+    "New items the shard serves from metadata vectors (not yet in the served model version).",
+    ["shard"],
+)
 SEARCH_SECONDS = Histogram(
     "recfleet_candidates_search_seconds",
     "FAISS search time per request, by RPC.",

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
-from recfleet_models.index import LoadedShard
 
 MAX_K = 1000
 MAX_EXCLUDED = 10_000
+# The `source` of items placed by their metadata instead of model factors.
+METADATA_SOURCE = "metadata"
+
+
+class Searchable(Protocol):
+    """An inner-product index over item ids: a loaded shard or the metadata items."""
+
+    item_ids: list[str]
+    rows: dict[str, int]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class InvalidArgument(ValueError):
@@ -41,7 +52,7 @@ def as_query(values: Sequence[float], dimension: int, version: str, field: str =
     return query
 
 
-def top_k(shard: LoadedShard, query: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+def top_k(shard: Searchable, query: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
     """The shard's best k items by inner product, none of them excluded.
 
     Asks the index for k more than the number of excluded ids that live in this shard,
@@ -60,3 +71,20 @@ def top_k(shard: LoadedShard, query: np.ndarray, k: int, exclude: Iterable[str] 
         if len(found) == k:
             break
     return found
+
+
+def merged_top_k(
+    shard: Searchable,
+    metadata: Searchable | None,
+    query: np.ndarray,
+    k: int,
+    exclude: set[str],
+    source: str,
+) -> list[tuple[str, float, str]]:
+    """The best k of the shard and its metadata items together, by score, each with its
+    source: `source` for the shard's items, METADATA_SOURCE for the others."""
+    found = [(item, score, source) for item, score in top_k(shard, query, k, exclude)]
+    if metadata is not None:
+        found += [(item, score, METADATA_SOURCE) for item, score in top_k(metadata, query, k, exclude)]
+        found.sort(key=lambda entry: -entry[1])
+    return found[:k]

@@ -14,7 +14,8 @@ from recfleet.common.v1 import common_pb2
 from recfleet_models.index import LoadedShard
 
 from . import metrics
-from .retrieval import InvalidArgument, as_query, check_excluded, check_k, top_k
+from .metadata_items import MetadataItems
+from .retrieval import InvalidArgument, as_query, check_excluded, check_k, merged_top_k
 from .served_index import ServedIndex
 
 SERVICE_NAME = candidates_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name
@@ -25,11 +26,13 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
     def __init__(
         self,
         index: ServedIndex,
+        metadata: MetadataItems,
         resolve_version: Callable[[], Awaitable[str | None]],
         inline_search_max_flat_items: int,
         search_threads: int = 1,
     ):
         self.index = index
+        self.metadata = metadata
         self._resolve_version = resolve_version
         self._inline_limit = inline_search_max_flat_items
         self._threads = search_threads
@@ -78,9 +81,10 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             query = as_query(request.query_vector, shard.dimension, shard.version)
         except InvalidArgument as error:
             await self._invalid(context, error)
-        found = await self._search(shard, "Retrieve", lambda: top_k(shard, query, k, excluded))
+        extra = self.metadata.for_version(shard.version)
+        found = await self._search(shard, "Retrieve", lambda: merged_top_k(shard, extra, query, k, excluded, "als"))
         return candidates_pb2.RetrieveResponse(
-            items=[common_pb2.ScoredItem(item_id=item, score=score, source="als") for item, score in found],
+            items=[common_pb2.ScoredItem(item_id=item, score=score, source=source) for item, score, source in found],
             shard=self.index.shard,
             model_version=shard.version,
         )
@@ -92,7 +96,11 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
                 raise InvalidArgument("item_id", "is required")
             k = check_k(request.k)
             excluded = check_excluded(request.exclude_item_ids) | {request.item_id}
+            extra = self.metadata.for_version(shard.version)
             own = shard.vector_of(request.item_id)
+            if own is None and extra is not None:
+                # A new item the version has no factors for is placed by its metadata.
+                own = extra.vector_of(request.item_id)
             if own is not None:
                 query = own.reshape(1, -1)
             elif request.query_vector:
@@ -105,9 +113,11 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
                 )
         except InvalidArgument as error:
             await self._invalid(context, error)
-        found = await self._search(shard, "SimilarItems", lambda: top_k(shard, query, k, excluded))
+        found = await self._search(
+            shard, "SimilarItems", lambda: merged_top_k(shard, extra, query, k, excluded, "similar")
+        )
         return candidates_pb2.SimilarItemsResponse(
-            items=[common_pb2.ScoredItem(item_id=item, score=score, source="similar") for item, score in found],
+            items=[common_pb2.ScoredItem(item_id=item, score=score, source=source) for item, score, source in found],
             shard=self.index.shard,
             model_version=shard.version,
             query_vector=query[0].tolist() if own is not None else [],
@@ -125,6 +135,7 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             dimension=status.dimension,
             last_reload=status.last_reload,
             refused_version=status.refused_version,
+            metadata_item_count=extra.item_count if (extra := self.metadata.for_version(status.model_version)) else 0,
         )
 
     async def GetShardStatus(self, request, context):

@@ -26,3 +26,6 @@ class CandidateSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
     # Seconds the version swapped out keeps answering requests pinned to it, while the
     # other shards of the fleet finish their own swap.
     keep_previous_seconds: float = 30.0
+    # Cold-start items: tags carried by fewer of the version's items than this are not
+    # used to place new items (categories need one item).
+    metadata_min_tag_items: int = 5

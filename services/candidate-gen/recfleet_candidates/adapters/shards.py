@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from recfleet_models.index import LoadedShard, ShardRejected, als_prefix, load_shard
+import numpy as np
+from recfleet_models.index import LoadedShard, ShardRejected, als_prefix, load_shard, read_item_factors
 from recfleet_store.artifacts import ArtifactStore
 
 
@@ -24,3 +25,7 @@ class ArtifactShardSource:
             if factors is not None and int(factors) != loaded.dimension:
                 raise ShardRejected(f"index dimension {loaded.dimension} != model factors {factors}")
         return loaded
+
+    def item_factors(self, version: str) -> tuple[list[str], np.ndarray]:
+        """Every item id of the version and its factors (checked against checksums.json)."""
+        return read_item_factors(self.store, version)
