@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from recfleet_models.index import METRIC, LoadedShard, ShardManifest, ShardRejected
 
-from recfleet_candidates.retrieval import InvalidArgument, as_query, check_k, top_k
+from recfleet_candidates.metadata_items import MetadataIndex
+from recfleet_candidates.retrieval import InvalidArgument, as_query, check_k, merged_top_k, top_k
 from recfleet_candidates.sanity import check_shard
 from recfleet_candidates.served_index import ServedIndex
 from recfleet_candidates.shard_identity import resolve_shard
@@ -41,6 +42,24 @@ def test_exclusions_never_shorten_the_answer():
     assert top_k(shard, query, 2) == [("i0", 5.0), ("i1", 4.0)]
     assert top_k(shard, query, 2, {"i0", "i1", "elsewhere"}) == [("i2", 3.0), ("i3", 2.0)]
     assert top_k(shard, query, 10, {"i4"}) == [("i0", 5.0), ("i1", 4.0), ("i2", 3.0), ("i3", 2.0)]
+
+
+def test_metadata_items_merge_by_score_with_their_source_and_exclusions():
+    shard = shard_of_vectors(np.array([[5.0], [3.0], [1.0]]))
+    placed = MetadataIndex.build("als-t", 1, {"new-4": np.array([4.0]), "new-2": np.array([2.0])})
+    query = np.array([[1.0]], dtype=np.float32)
+    assert merged_top_k(shard, placed, query, 3, set(), "als") == [
+        ("i0", 5.0, "als"),
+        ("new-4", 4.0, "metadata"),
+        ("i1", 3.0, "als"),
+    ]
+    assert merged_top_k(shard, placed, query, 3, {"i0", "new-4"}, "als") == [
+        ("i1", 3.0, "als"),
+        ("new-2", 2.0, "metadata"),
+        ("i2", 1.0, "als"),
+    ]
+    assert merged_top_k(shard, None, query, 2, set(), "similar") == [("i0", 5.0, "similar"), ("i1", 3.0, "similar")]
+    assert placed.vector_of("new-2") == pytest.approx([2.0]) and placed.vector_of("i0") is None
 
 
 def test_request_checks_name_the_field():
