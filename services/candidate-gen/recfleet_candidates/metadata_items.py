@@ -101,20 +101,25 @@ class MetadataItems:
         return current
 
     async def refresh(self, shard: LoadedShard) -> None:
-        """Bring the index up to date with `shard`'s version and the catalog's changes."""
+        """Bring the index up to date with `shard`'s version and the catalog's changes.
+
+        The reads and the computation run in a worker thread; only the swap of the
+        reference happens on the event loop."""
         async with self._lock:
-            if shard.version != self._version:
-                rows = await self._catalog.all_items()
-                changed = await asyncio.to_thread(self._load_version, shard, rows)
-            else:
-                rows = await self._catalog.changed_since(self._watermark)
-                changed = self._apply(shard, rows) if rows else False
-            if changed:
-                self.current = MetadataIndex.build(shard.version, shard.dimension, dict(self._placed))
-                metrics.METADATA_ITEMS.labels(self._label).set(self.current.item_count)
-                log.info(
-                    "metadata items refreshed", version=shard.version, shard=self.shard, items=self.current.item_count
-                )
+            rebuilt = await asyncio.to_thread(self._refresh, shard)
+            if rebuilt is None:
+                return
+            self.current = rebuilt
+            metrics.METADATA_ITEMS.labels(self._label).set(rebuilt.item_count)
+            log.info("metadata items refreshed", version=shard.version, shard=self.shard, items=rebuilt.item_count)
+
+    def _refresh(self, shard: LoadedShard) -> MetadataIndex | None:
+        """The new index when anything changed, else None."""
+        if shard.version != self._version:
+            changed = self._load_version(shard, self._catalog.all_items())
+        else:
+            changed = self._apply(shard, self._catalog.changed_since(self._watermark))
+        return MetadataIndex.build(shard.version, shard.dimension, dict(self._placed)) if changed else None
 
     def _load_version(self, shard: LoadedShard, rows: list[CatalogRow]) -> bool:
         item_ids, factors = self._read_factors(shard.version)
@@ -158,4 +163,5 @@ class MetadataItems:
         return changed
 
     async def close(self) -> None:
-        await self._catalog.close()
+        async with self._lock:
+            await asyncio.to_thread(self._catalog.close)

@@ -23,37 +23,42 @@ class CatalogRow:
 
 
 class CatalogReader:
-    """Reads item metadata; one lazily (re)opened connection, dropped after an error so the
-    next call reconnects (the error itself propagates to the caller)."""
+    """Reads item metadata over one lazily (re)opened connection, dropped after an error so
+    the next call reconnects (the error itself propagates to the caller).
+
+    Blocking on purpose: callers run it in a worker thread, because turning a million
+    rows into Python objects would otherwise hold the event loop for seconds. Calls must
+    not overlap (the caller serialises them).
+    """
 
     def __init__(self, dsn: str):
         self.dsn = dsn
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.Connection | None = None
 
-    async def _rows(self, query: str, params: tuple = ()) -> list[CatalogRow]:
+    def _rows(self, query: str, params: tuple = ()) -> list[CatalogRow]:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
-            async with self._conn.cursor() as cursor:
-                await cursor.execute(query, params)
-                rows = await cursor.fetchall()
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            with self._conn.cursor() as cursor:
+                cursor.execute(query, params)
+                rows = cursor.fetchall()
         except psycopg.Error:
-            await self.close()
+            self.close()
             raise
         return [CatalogRow(row[0], tuple(row[1]), tuple(row[2]), row[3], row[4]) for row in rows]
 
-    async def all_items(self) -> list[CatalogRow]:
+    def all_items(self) -> list[CatalogRow]:
         """Every item of the catalog."""
-        return await self._rows("SELECT item_id, categories, tags, available, updated_at FROM items")
+        return self._rows("SELECT item_id, categories, tags, available, updated_at FROM items")
 
-    async def changed_since(self, watermark: datetime) -> list[CatalogRow]:
+    def changed_since(self, watermark: datetime) -> list[CatalogRow]:
         """Items inserted or updated after `watermark` (minus the commit lag)."""
-        return await self._rows(
+        return self._rows(
             "SELECT item_id, categories, tags, available, updated_at FROM items WHERE updated_at > %s",
             (watermark - COMMIT_LAG,),
         )
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await conn.close()
+            conn.close()
