@@ -3,6 +3,8 @@ are retrieved, found similar and dropped again before and after the next retrain
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
@@ -142,3 +144,30 @@ async def test_tags_place_items_only_when_enough_of_the_versions_items_carry_the
         assert {item.item_id for item in found[: PER_GROUP + 1]} == {i for i in ids if categories[i] == "horror"} | {
             "tagged-dark"
         }
+
+
+async def test_an_unreadable_catalog_keeps_the_last_metadata_items_serving(catalog, grouped, wait_until):
+    ids, _, _ = grouped
+    new = next(f"fresh-comedy-{n}" for n in range(100) if shard_of(f"fresh-comedy-{n}", 2) == 0)
+    async with catalog.shard_server(0) as s:
+        add_item(catalog.conn, new, ["comedy"])
+
+        async def placed():
+            return (await status(s)).metadata_item_count == 1
+
+        await wait_until(placed)
+        catalog.conn.execute("ALTER TABLE items RENAME TO items_elsewhere")
+        try:
+            # Let several polls fail against the missing table.
+            await asyncio.sleep(0.5)
+            found = await retrieve([s], [0.0, 0.0, 1.0, 0.0], k=100)
+            assert len(found) == len([i for i in ids if shard_of(i, 2) == 0]) + 1
+            assert next(item for item in found if item.item_id == new).source == "metadata"
+        finally:
+            catalog.conn.execute("ALTER TABLE items_elsewhere RENAME TO items")
+        add_item(catalog.conn, new, ["comedy"], available=False)
+
+        async def withdrawn():
+            return (await status(s)).metadata_item_count == 0
+
+        await wait_until(withdrawn)
