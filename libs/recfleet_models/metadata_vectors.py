@@ -56,9 +56,7 @@ def _means(
     )
     counts = np.asarray(membership.sum(axis=1)).ravel()
     sums = np.asarray(membership @ factors, dtype=np.float32)
-    return {
-        name: sums[index] / counts[index] for name, index in names.items() if counts[index] >= max(1, min_items)
-    }
+    return {name: sums[index] / counts[index] for name, index in names.items() if counts[index] >= max(1, min_items)}
 
 
 @dataclass(frozen=True)
