@@ -19,12 +19,13 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import problems
-from .api import admin, catalog, events, health, recommendations, traffic, users
+from .api import admin, catalog, events, experiments, health, recommendations, traffic, users
 from .api.admin import Registry
 from .auth import ApiKeyStore
 from .cache import CursorCodec, ResultCache
 from .clients import Fleet
 from .erasure import ErasureService
+from .exposures import ExperimentBook, ExperimentStore, ExposureLog
 from .jobs import JobRunner
 from .middleware import GatewayMiddleware
 from .pipeline import Recommender
@@ -54,6 +55,7 @@ class Gateway:
     jobs: JobRunner
     registry: Registry
     traffic: TrafficController
+    experiments: ExperimentBook
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
@@ -81,6 +83,12 @@ class Gateway:
             analysis_seconds=settings.canary_analysis_seconds,
         )
         await traffic.start()
+        experiments = ExperimentBook(
+            ExperimentStore(pool),
+            ExposureLog(pool, settings.exposure_flush_seconds, settings.exposure_buffer_limit),
+            settings.experiments_refresh_seconds,
+        )
+        await experiments.start()
         return cls(
             settings=settings,
             fleet=fleet,
@@ -89,15 +97,19 @@ class Gateway:
             keys=ApiKeyStore(pool, settings.bootstrap_admin_key, settings.api_key_cache_seconds),
             limiter=limiter,
             cache=cache,
-            recommender=Recommender(settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow),
+            recommender=Recommender(
+                settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow, experiments
+            ),
             erasures=ErasureService(pool, fleet, cache, limiter),
             jobs=JobRunner(pool, settings.jobs_command or None, settings.job_output_limit_bytes),
             registry=Registry(settings.postgres_dsn, settings.redis_url),
             traffic=traffic,
+            experiments=experiments,
         )
 
     async def close(self) -> None:
         await self.traffic.stop()
+        await self.experiments.stop()
         await self.erasures.drain()
         await self.fleet.close()
         await self.pool.close()
@@ -159,7 +171,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation)
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
-    for module in (recommendations, events, catalog, users, admin, traffic, health):
+    for module in (recommendations, events, catalog, users, admin, traffic, experiments, health):
         app.include_router(module.router)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -29,8 +30,12 @@ from recfleet_runtime.resilience import CircuitOpenError
 
 from .cache import CursorCodec, ResultCache, parameters_digest
 from .clients import CANDIDATE_GEN, FEATURE_STORE, RANKING, STABLE, Fleet, record_track, tracks_var
+from .experiments import Assignment, ranking_choice
 from .problems import Problem
 from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from .exposures import ExperimentBook
 
 log = get_logger("recfleet.gateway.pipeline")
 
@@ -165,6 +170,7 @@ class Recommender:
         cache: ResultCache,
         cursors: CursorCodec,
         shadow: Callable[[str], bool] = lambda service: False,
+        experiments: ExperimentBook | None = None,
     ):
         self.settings = settings
         self.fleet = fleet
@@ -173,6 +179,8 @@ class Recommender:
         # Whether to mirror this call of a service to its canary (the traffic controller).
         self.shadow = shadow
         self._shadow_tasks: set[asyncio.Task] = set()
+        # Running experiments: assignment, and the exposure log every response feeds.
+        self.experiments = experiments
 
     # -- recommendations -------------------------------------------------------------
 
@@ -180,26 +188,38 @@ class Recommender:
         deadline_var.set(time.monotonic() + self.settings.request_timeout)
         fixed_digest = parameters_digest(query.fixed_parameters())
         if query.cursor:
-            return await self._page(query, fixed_digest)
+            return self._exposed(await self._page(query, fixed_digest))
+        chosen = self.experiments.assign(query.user_id, query.surface) if self.experiments else None
         # The tracks this user is routed to are part of the key: a weight change that
         # moves the user to another track must not be answered from the old track's list.
+        # So is the experiment variant: starting or stopping an experiment changes the list.
         router = self.fleet.router
         routed = {service: router.track_for(service, query.user_id) for service in PATH_SERVICES}
-        cache_digest = parameters_digest({"query": query.cache_digest(), "tracks": routed})
+        cache_digest = parameters_digest(
+            {"query": query.cache_digest(), "tracks": routed, "experiment": chosen.as_response() if chosen else None}
+        )
         cached = await self.cache.get(query.user_id, cache_digest)
         if cached is not None:
             replay_tracks(cached.get("tracks", {}))
             response = cached["response"]
+            # Each response has its own request id, so that events attribute to it.
             response["request_id"] = request_id_var.get()
-            return response
-        snapshot = await self._rank_fresh(query)
+            return self._exposed(response)
+        snapshot = await self._rank_fresh(query, chosen)
         snapshot["tracks"] = dict(tracks_var.get() or {})
+        snapshot["experiment"] = chosen.as_response() if chosen else None
         snapshot_id = secrets.token_hex(8)
         await self.cache.put_snapshot(query.user_id, snapshot_id, snapshot)
         response = self._response(query, snapshot, 0, fixed_digest, snapshot_id)
         if not snapshot["degraded"]:
             # A degraded list is not kept: the next request may find the fleet whole again.
             await self.cache.put(query.user_id, cache_digest, {"response": response, "tracks": snapshot["tracks"]})
+        return self._exposed(response)
+
+    def _exposed(self, response: dict) -> dict:
+        """Log the exposure (in the background) when the response is part of an experiment."""
+        if self.experiments is not None:
+            self.experiments.expose(response)
         return response
 
     async def _page(self, query: RecommendationQuery, fixed_digest: str) -> dict:
@@ -234,10 +254,10 @@ class Recommender:
             "served_by": snapshot["served_by"],
             "degraded": snapshot["degraded"],
             "cold_start": snapshot["cold_start"],
-            "experiment": None,
+            "experiment": snapshot.get("experiment"),
         }
 
-    async def _rank_fresh(self, query: RecommendationQuery) -> dict:
+    async def _rank_fresh(self, query: RecommendationQuery, chosen: Assignment | None = None) -> dict:
         degraded: list[str] = []
         user = await self._user_context(query.user_id, degraded)
         seen = list(dict.fromkeys([*user.constraints.seen_item_ids, *query.exclude]))
@@ -257,7 +277,7 @@ class Recommender:
         try:
             if not candidates:
                 raise NoCandidatesError
-            ranked = await self._rank(query, user, candidates, constraints)
+            ranked = await self._rank(query, user, candidates, constraints, chosen)
         except (*DOWNSTREAM_ERRORS, NoCandidatesError) as error:
             log.warning("ranking not possible; serving popular items", error=str(error) or "no candidates")
             degraded.append("no-candidates" if isinstance(error, NoCandidatesError) else "ranking-unavailable")
@@ -413,6 +433,7 @@ class Recommender:
         user: UserContext,
         candidates: list[common_pb2.ScoredItem],
         constraints: common_pb2.UserConstraints,
+        chosen: Assignment | None = None,
     ) -> ranking_pb2.RankResponse:
         client = self.fleet.ranking.pick(self.fleet.router, query.user_id)
         request = ranking_pb2.RankRequest(
@@ -424,6 +445,7 @@ class Recommender:
             surface=query.surface,
             category=query.category,
             user_features=user.numeric_features,
+            **(ranking_choice(chosen.ranker_version) if chosen else {}),
         )
         if client.track == STABLE and self.shadow(RANKING) and self.fleet.ranking.canary is not None:
             primary = await client.call("Rank", request)

@@ -63,3 +63,9 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # how often the canary analysis runs.
     traffic_refresh_seconds: float = 1.0
     canary_analysis_seconds: float = 5.0
+    # Experiments (issue 7): how often every replica re-reads the running experiments,
+    # how often buffered exposures are written to Postgres, and how many may wait in
+    # memory when Postgres is away (the oldest are dropped beyond that).
+    experiments_refresh_seconds: float = 5.0
+    exposure_flush_seconds: float = 1.0
+    exposure_buffer_limit: int = 100_000

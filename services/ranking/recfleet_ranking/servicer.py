@@ -15,7 +15,7 @@ from .adapters.feature_store import load_item_features
 from .adapters.models import RankerVersions
 from .features import Candidate, UserContext
 from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
-from .pipeline import RankingPipeline, RankQuery
+from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankQuery
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 RANKER_VERSION_UNAVAILABLE = "ranker-version-unavailable"
@@ -89,13 +89,16 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         degraded = await load_item_features(self.feature_store, query.candidates)
-        ranker = await self.versions.get(request.ranker_version)
-        if ranker is None and request.ranker_version:
+        ranker = None if request.force_rules else await self.versions.get(request.ranker_version)
+        if ranker is None and request.ranker_version and not request.force_rules:
             degraded.append(RANKER_VERSION_UNAVAILABLE)
             ranker = self.versions.serving
         started = time.perf_counter()
         outcome = self.pipeline.rank(query, ranker, degraded=degraded)
         CORE_SECONDS.observe(time.perf_counter() - started)
+        if request.force_rules:
+            # Rules were asked for (an experiment's "rules" variant): not a degradation.
+            outcome.degraded = [reason for reason in outcome.degraded if reason != RANKER_UNAVAILABLE]
         RANK_CALLS.labels(outcome.served_by).inc()
         for reason in outcome.degraded:
             DEGRADED.labels(reason).inc()

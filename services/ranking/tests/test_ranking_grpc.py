@@ -150,6 +150,12 @@ async def test_learned_ranker_from_the_registry_and_version_requests(
 
         other = await stub.Rank(request(constraints=adult, ranker_version="ranker-20990101T000000Z"), timeout=5)
         assert other.served_by == "ranker" and list(other.degraded) == ["ranker-version-unavailable"]
+
+        # An experiment's "rules" variant: the rule formula although a ranker serves, and
+        # that is not reported as a degradation.
+        rules = await stub.Rank(request(constraints=adult, force_rules=True, explain=True), timeout=5)
+        assert rules.served_by == "rules" and rules.ranker_version == "" and list(rules.degraded) == []
+        assert "popularity_rel" not in rules.items[0].explanation.contributions
     finally:
         await stop_ranking(service, servicer, channel)
 
