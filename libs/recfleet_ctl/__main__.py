@@ -22,7 +22,9 @@ models_app = typer.Typer(help="Model and index versions.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Batch jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 traffic_app = typer.Typer(help="Canary weights, shadow traffic, rollback.", no_args_is_help=True)
+experiments_app = typer.Typer(help="Online experiments: create, list, stop, readout.", no_args_is_help=True)
 app.add_typer(traffic_app, name="traffic")
+app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
@@ -215,6 +217,92 @@ def traffic_step(
                 raise typer.Exit(1)
             time.sleep(min(2.0, pause))
     console.print(f"[green]{service} promoted to 100%[/]")
+
+
+def parse_variant(text: str) -> dict:
+    """`NAME=SHARE:RANKER` (RANKER: `rules`, `serving` or a ranker version; `serving`
+    when left out) -> the admin API's variant object."""
+    name, sep, rest = text.partition("=")
+    share, _, ranker = rest.partition(":")
+    try:
+        value = float(share)
+    except ValueError:
+        value = None
+    if not sep or not name or value is None:
+        raise typer.BadParameter(f"{text!r}: expected NAME=SHARE[:RANKER], e.g. control=0.5:rules")
+    return {"name": name, "share": value, "ranker_version": ranker or "serving"}
+
+
+@experiments_app.command("create")
+def experiments_create(
+    name: str,
+    variants: list[str] = typer.Option(
+        ..., "--variant", help="NAME=SHARE[:RANKER], repeat; the first is the control; RANKER: rules, serving or a version"
+    ),
+    salt: str = typer.Option("", help="bucketing salt (default: the name)"),
+    surface: str = typer.Option("", help="only requests for this surface take part (default: all)"),
+) -> None:
+    """Start an experiment, e.g. `--variant control=0.5:rules --variant treatment=0.5:serving`."""
+    body = {"name": name, "variants": [parse_variant(v) for v in variants]}
+    if salt:
+        body["salt"] = salt
+    if surface:
+        body["surface"] = surface
+    emit(request("POST", "/admin/v1/experiments", json=body), False)
+
+
+@experiments_app.command("list")
+def experiments_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Experiments, newest first, with their variants and status."""
+    data = request("GET", "/admin/v1/experiments")
+    if as_json:
+        emit(data, True)
+        return
+    table = Table("name", "status", "surface", "variants", "created", "stopped")
+    for row in data.get("experiments", []):
+        variants = ", ".join(f"{v['name']}={v['share']:g}:{v['ranker_version']}" for v in row["variants"])
+        table.add_row(row["name"], row["status"], row.get("surface") or "(all)", variants,
+                      str(row.get("created_at", "")), str(row.get("stopped_at") or ""))
+    console.print(table)
+
+
+@experiments_app.command("stop")
+def experiments_stop(name: str) -> None:
+    """Stop an experiment: responses leave it within seconds; exposures and readout stay."""
+    emit(request("POST", f"/admin/v1/experiments/{name}/stop"), False)
+
+
+def _fraction(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+@experiments_app.command("readout")
+def experiments_readout(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Per variant exposures, clicks, CTR, lift with its 95% CI and p-value; SRM check."""
+    data = request("GET", f"/admin/v1/experiments/{name}/readout")
+    if as_json:
+        emit(data, True)
+        return
+    table = Table("variant", "exposures", "clicks", "ctr", "lift", "relative", "95% CI", "p-value")
+    for row in data["variants"]:
+        interval = row.get("ci95")
+        table.add_row(
+            row["variant"] + (" (control)" if row["variant"] == data["control"] else ""),
+            str(row["exposures"]),
+            str(row["clicks"]),
+            _fraction(row["ctr"]),
+            _fraction(row.get("lift")),
+            "" if row.get("relative_lift") is None else f"{row['relative_lift']:+.1%}",
+            "" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]",
+            _fraction(row.get("p_value")),
+        )
+    console.print(f"experiment {data['experiment']} ({data['status']})")
+    console.print(table)
+    srm = data["srm"]
+    if srm["mismatch"]:
+        console.print(f"[red]sample ratio mismatch (p={srm['p_value']:.2g}): the split is broken; do not trust the lift[/]")
+    else:
+        console.print(f"sample ratio ok (p={srm['p_value']:.2g})")
 
 
 def main() -> None:

@@ -5,12 +5,15 @@ over exposures and attributed events."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from gateway_test_support import assert_problem
+from gateway_test_support import ADMIN_KEY, assert_problem
 
 CONTROL_TREATMENT = [
     {"name": "control", "share": 0.5, "ranker_version": "rules"},
@@ -230,3 +233,74 @@ async def test_readout_flags_a_skewed_split(client, pg_dsn):
     # Equal CTRs: no lift to speak of.
     assert body["variants"][1]["lift"] == pytest.approx(0.0)
     assert body["variants"][1]["p_value"] > 0.5
+
+
+@pytest.fixture
+async def served(app):
+    """The gateway on a real port, for the CLI."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def recfleetctl(url: str, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "recfleet_ctl",
+        "--url",
+        url,
+        "--key",
+        ADMIN_KEY,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    output, _ = await process.communicate()
+    return process.returncode, output.decode()
+
+
+async def test_recfleetctl_experiments(served, pg_dsn):
+    code, out = await recfleetctl(
+        served,
+        "experiments",
+        "create",
+        "cli-exp",
+        "--variant",
+        "control=0.5:rules",
+        "--variant",
+        "treatment=0.5:serving",
+        "--surface",
+        "home",
+    )
+    assert code == 0, out
+    code, out = await recfleetctl(served, "experiments", "list")
+    assert code == 0 and "cli-exp" in out and "control=0.5:rules" in out and "running" in out
+    code, out = await recfleetctl(served, "experiments", "create", "bad", "--variant", "control=half")
+    assert code != 0 and "NAME=SHARE" in out
+    code, out = await recfleetctl(served, "experiments", "create", "other", "--variant", "a=0.5", "--variant", "b=0.5")
+    assert code == 1 and "409" in out and "cli-exp" in out
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        insert_exposures(conn, "cli-exp", "control", 3000, 300, "ctl")
+        insert_exposures(conn, "cli-exp", "treatment", 2000, 260, "trt")
+    code, out = await recfleetctl(served, "experiments", "readout", "cli-exp", "--json")
+    assert code == 0, out
+    readout = json.loads(out)
+    assert [v["clicks"] for v in readout["variants"]] == [300, 260] and readout["srm"]["mismatch"] is True
+    code, out = await recfleetctl(served, "experiments", "readout", "cli-exp")
+    assert code == 0 and "sample ratio mismatch" in out and "+30.0%" in out
+    code, out = await recfleetctl(served, "experiments", "stop", "cli-exp")
+    assert code == 0 and '"stopped"' in out
