@@ -22,9 +22,11 @@ def set_traffic(api, service: str, weight: int, shadow: int = 0) -> None:
     time.sleep(1.5)  # every replica converges within one refresh
 
 
-def ranking_track(reply: httpx.Response) -> str:
+def ranking_track(reply: httpx.Response) -> str | None:
+    """The ranking track that served the response; None when it never reached ranking
+    (a fallback that served popular items without ranking them)."""
     tracks = dict(part.strip().split("=") for part in reply.headers["Recfleet-Tracks"].split(","))
-    return tracks["ranking"]
+    return tracks.get("ranking")
 
 
 async def tracks_for(fleet, users: list[str], concurrency: int = 16) -> dict[str, str]:
@@ -52,17 +54,19 @@ def test_weight_without_a_canary_target_is_refused(api):
 def test_weight_moves_that_share_of_users_and_sticks(api, fleet):
     set_traffic(api, "ranking", 10)
     users = [f"canary-{i}" for i in range(10_000)]
-    tracks = asyncio.run(tracks_for(fleet, users))
-    on_canary = {u for u, t in tracks.items() if t == "canary"}
-    assert 900 <= len(on_canary) <= 1100, len(on_canary)
+    tracks = {u: t for u, t in asyncio.run(tracks_for(fleet, users)).items() if t is not None}
+    assert len(tracks) >= 9_500  # nearly every call reached ranking
+    share = sum(t == "canary" for t in tracks.values()) / len(tracks)
+    assert 0.09 <= share <= 0.11, share
 
-    sample = users[:300]
+    sample = [u for u in users[:400] if u in tracks]
     again = asyncio.run(tracks_for(fleet, sample))
-    assert all(again[u] == tracks[u] for u in sample)  # one user, one track
+    assert all(again[u] == tracks[u] for u in sample if again[u] is not None)  # one user, one track
 
     set_traffic(api, "ranking", 20)
     raised = asyncio.run(tracks_for(fleet, sample))
-    assert {u for u in sample if tracks[u] == "canary"} <= {u for u in sample if raised[u] == "canary"}
+    moved_back = [u for u in sample if tracks[u] == "canary" and raised[u] == "stable"]
+    assert not moved_back
     set_traffic(api, "ranking", 0)
 
 
