@@ -23,6 +23,8 @@ CREATE TABLE exposures (
 );
 CREATE INDEX exposures_experiment ON exposures (experiment, variant);
 CREATE INDEX exposures_request_id ON exposures (request_id);
+-- User erasure deletes a user's exposures.
+CREATE INDEX exposures_user_id ON exposures (user_id);
 
 -- Attribution: clients send the request id that showed an item back in the event's
 -- context; the readout finds events by it. Partial, so events without one cost nothing.

@@ -100,7 +100,7 @@ class Gateway:
             recommender=Recommender(
                 settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow, experiments
             ),
-            erasures=ErasureService(pool, fleet, cache, limiter),
+            erasures=ErasureService(pool, fleet, cache, limiter, experiments.exposures),
             jobs=JobRunner(pool, settings.jobs_command or None, settings.job_output_limit_bytes),
             registry=Registry(settings.postgres_dsn, settings.redis_url),
             traffic=traffic,

@@ -2,8 +2,8 @@
 
 The request is recorded first (so the receipt exists even if the gateway dies), then
 each store erases the user: event-ingest (events, Kafka tombstone), the feature store
-(online and offline features, profile) and the gateway's own Redis state (result cache,
-rate-limit counters). `stores` records each store's outcome; `completed_at` is set once
+(online and offline features, profile) and the gateway's own state (result cache,
+rate-limit counters, experiment exposures, buffered or written). `stores` records each store's outcome; `completed_at` is set once
 all succeeded. A failed store is retried a few times, then left `failed` for an operator.
 """
 
@@ -21,6 +21,7 @@ from recfleet_runtime.logging import get_logger
 
 from .cache import ResultCache
 from .clients import Fleet
+from .exposures import ExposureLog
 from .pipeline import DOWNSTREAM_ERRORS
 from .ratelimit import RateLimiter
 
@@ -38,8 +39,16 @@ def receipt_status(completed: bool, stores: dict) -> str:
 
 
 class ErasureService:
-    def __init__(self, pool: AsyncConnectionPool, fleet: Fleet, cache: ResultCache, limiter: RateLimiter):
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        fleet: Fleet,
+        cache: ResultCache,
+        limiter: RateLimiter,
+        exposures: ExposureLog | None = None,
+    ):
         self._pool = pool
+        self._exposures = exposures
         self._fleet = fleet
         self._cache = cache
         self._limiter = limiter
@@ -121,7 +130,8 @@ class ErasureService:
         async def gateway() -> dict:
             removed = await self._cache.forget_user(user_id)
             await self._limiter.forget_user(user_id)
-            return {"cache_keys_removed": removed, "rate_limit_counters": "cleared"}
+            exposures = await self._exposures.erase_user(user_id) if self._exposures is not None else 0
+            return {"cache_keys_removed": removed, "rate_limit_counters": "cleared", "exposures_removed": exposures}
 
         try:
             results = await asyncio.gather(

@@ -152,6 +152,17 @@ class ExposureLog:
             del self._buffer[:overflow]
             EXPOSURES.labels("dropped").inc(overflow)
 
+    async def erase_user(self, user_id: str) -> int:
+        """Erasure: the user's exposures, buffered and written; returns how many went.
+        Under the flush lock, so that a batch being written cannot bring them back."""
+        async with self._lock:
+            kept = [row for row in self._buffer if row[3] != user_id]
+            removed = len(self._buffer) - len(kept)
+            self._buffer[:] = kept
+            async with self.pool.connection() as conn:
+                cur = await conn.execute("DELETE FROM exposures WHERE user_id = %s", (user_id,))
+                return removed + cur.rowcount
+
     @property
     def pending(self) -> int:
         return len(self._buffer)
@@ -163,6 +174,7 @@ class ExposureLog:
             if not rows:
                 return 0
             try:
+                rows = await self._without_erased(rows)
                 async with (
                     self.pool.connection() as conn,
                     conn.cursor() as cur,
@@ -182,6 +194,14 @@ class ExposureLog:
                 return 0
             EXPOSURES.labels("written").inc(len(rows))
             return len(rows)
+
+    async def _without_erased(self, rows: list[tuple]) -> list[tuple]:
+        """Users erased on any replica since these rows were buffered stay erased."""
+        users = sorted({row[3] for row in rows})
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT user_id FROM erased_users WHERE user_id = ANY (%s)", (users,))
+            erased = {user for (user,) in await cur.fetchall()}
+        return [row for row in rows if row[3] not in erased] if erased else rows
 
 
 class ExperimentBook:

@@ -304,3 +304,30 @@ async def test_recfleetctl_experiments(served, pg_dsn):
     assert code == 0 and "sample ratio mismatch" in out and "+30.0%" in out
     code, out = await recfleetctl(served, "experiments", "stop", "cli-exp")
     assert code == 0 and '"stopped"' in out
+
+
+async def test_erasure_removes_exposures_and_erased_users_are_not_written(client, app, pg_dsn):
+    assert (await create(client)).status_code == 201
+    await client.get("/v1/recommendations", params={"user_id": "erase-me"})
+    assert len(await exposures_of(pg_dsn, "ranker-vs-rules", 1)) == 1
+    receipt = (await client.delete("/v1/users/erase-me")).json()
+    deadline = asyncio.get_running_loop().time() + 10
+    while receipt["status"] == "pending" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        receipt = (await client.get(f"/v1/erasures/{receipt['receipt_id']}")).json()
+    assert receipt["stores"]["gateway"]["exposures_removed"] == 1
+    assert await exposures_of(pg_dsn, "ranker-vs-rules", 0) == []
+
+    # A user erased elsewhere (another replica, event-ingest) while an exposure waits in
+    # this replica's buffer: the flush leaves it out.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('erased-elsewhere', 'er_x')")
+    try:
+        await client.get("/v1/recommendations", params={"user_id": "erased-elsewhere"})
+        await client.get("/v1/recommendations", params={"user_id": "still-here"})
+        await app.state.gateway.experiments.exposures.flush()
+        rows = await exposures_of(pg_dsn, "ranker-vs-rules", 1)
+        assert [r[2] for r in rows] == ["still-here"]
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM erased_users WHERE user_id = 'erased-elsewhere'")
