@@ -29,7 +29,7 @@ def ranking_track(reply: httpx.Response) -> str | None:
     return tracks.get("ranking")
 
 
-async def tracks_for(fleet, users: list[str], concurrency: int = 16) -> dict[str, str]:
+async def tracks_for(fleet, users: list[str], concurrency: int = 8) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {fleet.config.admin_key}"}
     found: dict[str, str] = {}
     gate = asyncio.Semaphore(concurrency)
