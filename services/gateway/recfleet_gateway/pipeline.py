@@ -179,6 +179,9 @@ class Recommender:
         # Whether to mirror this call of a service to its canary (the traffic controller).
         self.shadow = shadow
         self._shadow_tasks: set[asyncio.Task] = set()
+        # The last popular list seen per category: the ladder's final rung when the feature
+        # store cannot answer (its breaker open, or the machine overloaded).
+        self._last_popular: dict[str, list[common_pb2.ScoredItem]] = {}
         # Running experiments: assignment, and the exposure log every response feeds.
         self.experiments = experiments
 
@@ -414,6 +417,8 @@ class Recommender:
         budget = timeout if timeout is not None else self.settings.candidate_gen_timeout
         reply = await client.call("GetPopularItems", request, timeout=budget)
         items = list(reply.items)
+        if window == "all":
+            self._last_popular[category] = items
         for item in items:
             item.source = "trending" if window == "trending" else "popular"
         return items
@@ -485,7 +490,10 @@ class Recommender:
                 "all", query.category, want * 2, list(constraints.seen_item_ids), query.user_id, last_rung
             )
         except DOWNSTREAM_ERRORS as error:
-            raise Problem(503, "recommendations are unavailable: ranking and popular items both failed") from error
+            popular = self._last_popular.get(query.category)
+            if popular is None:
+                raise Problem(503, "recommendations are unavailable: ranking and popular items both failed") from error
+            degraded.append("popular-from-memory")
         seen = set(constraints.seen_item_ids)
         popular = [item for item in popular if item.item_id not in seen]
         blocked = set(constraints.blocked_categories)

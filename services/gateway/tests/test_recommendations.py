@@ -274,3 +274,17 @@ async def test_a_shard_on_another_model_version_is_named(client, fleet):
     body = (await client.get("/v1/recommendations", params={"user_id": "warm-13", "limit": 5})).json()
     assert body["degraded"] == ["candidate-gen-shard-0-version-mismatch"]
     assert len(body["items"]) == 5
+
+
+async def test_the_last_rung_remembers_popular_items_when_the_feature_store_is_down(client, fleet):
+    import grpc
+
+    assert (await client.get("/v1/popular", params={"limit": 5})).status_code == 200  # a popular list is remembered
+    fleet.ranking.servicer.failing = grpc.StatusCode.UNAVAILABLE
+    fleet.features.servicer.failing = grpc.StatusCode.UNAVAILABLE
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-22", "limit": 5})
+    body = reply.json()
+    assert reply.status_code == 200, body
+    assert body["served_by"] == "popular"
+    assert "popular-from-memory" in body["degraded"]
+    assert len(body["items"]) == 5
