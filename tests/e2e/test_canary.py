@@ -58,6 +58,8 @@ def test_weight_moves_that_share_of_users_and_sticks(api, fleet):
     assert len(tracks) >= 9_500  # nearly every call reached ranking
     share = sum(t == "canary" for t in tracks.values()) / len(tracks)
     assert 0.09 <= share <= 0.11, share
+    state = next(s for s in api.get("/admin/v1/traffic").json()["services"] if s["service"] == "ranking")
+    assert not state["frozen"], state  # the healthy canary was never rolled back
 
     sample = [u for u in users[:400] if u in tracks]
     again = asyncio.run(tracks_for(fleet, sample))

@@ -3,6 +3,7 @@ the routers, errors to problem+json, and the observability layers."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -71,14 +72,21 @@ class Gateway:
             settings.rate_limit_per_user,
             settings.rate_limits_per_scope,
         )
+        default_gates = Gates(
+            max_error_rate=settings.canary_max_error_rate,
+            max_p99_seconds=settings.canary_max_p99_seconds,
+            window_seconds=settings.canary_window_seconds,
+            min_requests=settings.canary_min_requests,
+        )
         traffic = TrafficController(
             fleet,
             TrafficStore(redis),
             pool,
             settings.routing_file,
             settings.canary_weights,
-            gates={},
-            default_gates=Gates(),
+            gates={service: dataclasses.replace(default_gates, **overrides)
+                   for service, overrides in settings.canary_gates.items()},
+            default_gates=default_gates,
             refresh_seconds=settings.traffic_refresh_seconds,
             analysis_seconds=settings.canary_analysis_seconds,
         )

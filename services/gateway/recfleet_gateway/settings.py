@@ -63,6 +63,13 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # how often the canary analysis runs.
     traffic_refresh_seconds: float = 1.0
     canary_analysis_seconds: float = 5.0
+    # Canary gates (spec: error rate > 1% or p99 > 200 ms over the window rolls back),
+    # and per-service overrides, e.g. {"ranking": {"max_p99_seconds": 0.1}}.
+    canary_max_error_rate: float = 0.01
+    canary_max_p99_seconds: float = 0.2
+    canary_window_seconds: float = 60.0
+    canary_min_requests: int = 50
+    canary_gates: dict[str, dict[str, float]] = Field(default_factory=dict)
     # Experiments (issue 7): how often every replica re-reads the running experiments,
     # how often buffered exposures are written to Postgres, and how many may wait in
     # memory when Postgres is away (the oldest are dropped beyond that).
