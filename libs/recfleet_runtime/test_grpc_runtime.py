@@ -90,8 +90,9 @@ async def test_deadline_of_the_caller_caps_downstream_calls():
     middle = await start(ScriptedRanking(downstream=downstream(leaf.port)))
     client = downstream(middle.port)
     await client.call("Rank", ranking_pb2.RankRequest(), timeout=0.3)
-    # The middle hop asked for 5 s, but only what was left of the caller's 0.3 s went on.
-    assert 0 < leaf_servicer.seen_remaining[0] <= 0.3
+    # The middle hop asked for 5 s, but only what was left of the caller's 0.3 s went on
+    # (gRPC carries deadlines as rounded timeouts, hence the small margin).
+    assert 0 < leaf_servicer.seen_remaining[0] < 0.35
     await asyncio.gather(client.close(), leaf.stop(), middle.stop())
 
 
