@@ -82,6 +82,27 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
         raise typer.Exit(1)
 
 
+@app.command("index")
+def index_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Index version, item count and last reload outcome of every candidate-gen shard."""
+    data = request("GET", "/admin/v1/index")
+    if as_json:
+        emit(data, True)
+        return
+    table = Table("shard", "track", "target", "version", "index", "items", "last reload", "refused")
+    for shard in data.get("shards", []):
+        table.add_row(str(shard.get("shard", "?")), shard.get("track", ""), shard.get("target", ""),
+                      shard.get("model_version", ""), shard.get("index_type", ""), str(shard.get("item_count", "")),
+                      shard.get("last_reload") or shard.get("error", ""), shard.get("refused_version", ""))
+    console.print(table)
+
+
+@app.command("cache-flush")
+def cache_flush(user_id: str) -> None:
+    """Drop one user's cached recommendations (they are recomputed on the next call)."""
+    emit(request("DELETE", f"/admin/v1/cache/{user_id}"), False)
+
+
 @models_app.command("list")
 def models_list(kind: str = typer.Option("", help="als or ranker"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Registered versions with their status."""

@@ -127,3 +127,19 @@ def test_a_killed_shard_leaves_partial_results(api, fleet):
         assert any("candidate-gen" in reason and "1" in reason for reason in body["degraded"]), body["degraded"]
     finally:
         fleet.restart_process("candidate-gen-1")
+
+
+def test_operations_cli_reports_shards_and_flushes_a_cache(fleet):
+    import json
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "recfleet_ctl", "--url", fleet.gateway_url, "--key", fleet.config.admin_key]
+    index = subprocess.run([*base, "index", "--json"], capture_output=True, text=True, timeout=60)
+    assert index.returncode == 0, index.stderr
+    shards = json.loads(index.stdout)["shards"]
+    stable = [s for s in shards if s["track"] == "stable"]
+    assert sorted(s["shard"] for s in stable) == [0, 1]
+    assert all(s["model_version"].startswith("als-") and int(s["item_count"]) > 0 for s in stable)
+    flushed = subprocess.run([*base, "cache-flush", "1"], capture_output=True, text=True, timeout=60)
+    assert flushed.returncode == 0 and "flushed" in flushed.stdout

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import problems
-from .api import admin, catalog, events, experiments, health, recommendations, traffic, users
+from .api import admin, catalog, events, experiments, health, ops, recommendations, traffic, users
 from .api.admin import Registry
 from .auth import ApiKeyStore
 from .cache import CursorCodec, ResultCache
@@ -179,7 +179,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation)
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
-    for module in (recommendations, events, catalog, users, admin, traffic, experiments, health):
+    for module in (recommendations, events, catalog, users, admin, ops, traffic, experiments, health):
         app.include_router(module.router)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
