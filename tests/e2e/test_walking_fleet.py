@@ -127,6 +127,7 @@ def test_a_killed_shard_leaves_partial_results(api, fleet):
         assert any("candidate-gen" in reason and "1" in reason for reason in body["degraded"]), body["degraded"]
     finally:
         fleet.restart_process("candidate-gen-1")
+        fleet.wait_ready()
 
 
 def test_operations_cli_reports_shards_and_flushes_a_cache(fleet):
