@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--cache-hits", action="store_true", help="repeat parameters so the result cache answers")
     parser.add_argument("--start-fleet", action="store_true", help="start a local fleet on free ports first")
+    parser.add_argument("--shadow", type=int, default=None,
+                        help="with --start-fleet: start a ranking canary and mirror this percent of calls to it")
     parser.add_argument("--plumbing", action="store_true",
                         help="start the gateway in front of gRPC servers that do no work (the ceiling)")
     args = parser.parse_args()
@@ -168,9 +170,16 @@ def main() -> None:
 
         config = FleetConfig.from_env()
         config.gateway_port, config.free_ports = free_port(), True
+        if args.shadow is not None:
+            config.canaries = ("ranking",)
         fleet = LocalFleet(config)
         fleet.start()
         url, key = fleet.gateway_url, config.admin_key
+        if args.shadow is not None:
+            reply = httpx.put(f"{url}/admin/v1/traffic/ranking", json={"weight": 0, "shadow_percent": args.shadow},
+                              headers={"Authorization": f"Bearer {key}"})
+            reply.raise_for_status()
+            time.sleep(2)
     plumbing: list = []
     if args.plumbing:
         url, key, plumbing = start_plumbing()
@@ -186,6 +195,8 @@ def main() -> None:
     name = "e2e_latency_cache_hits" if args.cache_hits else "e2e_latency"
     if args.plumbing:
         name = "plumbing_latency"
+    if args.shadow is not None:
+        name = f"e2e_latency_shadow_{args.shadow}"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
     draw(rows, RESULTS / f"{name}.png", "recommendations through the gateway" + (" (cache hits)" if args.cache_hits else ""))
     print(f"wrote {RESULTS / (name + '.png')}")
