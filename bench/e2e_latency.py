@@ -38,12 +38,13 @@ async def run_rate(client: httpx.AsyncClient, rate: float, seconds: float, cache
     served_by: dict[str, int] = {}
     total = int(rate * seconds)
     rng = random.Random(42)
+    nonce = random.getrandbits(32)  # a fresh surface per run: earlier runs' cached lists never answer
 
     async def one(index: int) -> None:
         user = str(rng.randint(1, 610))
         params = {"user_id": user, "limit": 20}
         if not cache_hits:
-            params["surface"] = f"bench-{index}"
+            params["surface"] = f"bench-{nonce:x}-{index}"
         started = time.perf_counter()
         try:
             reply = await client.get("/v1/recommendations", params=params)
