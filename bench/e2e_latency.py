@@ -20,7 +20,10 @@ import statistics
 import time
 from pathlib import Path
 
+import httptools
 import httpx
+import orjson
+from loadgen import ConnectionLost, LeanClient
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -29,10 +32,10 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def run_rate(client: httpx.AsyncClient, rate: float, seconds: float, cache_hits: bool) -> dict:
+async def run_rate(client: LeanClient, rate: float, seconds: float, cache_hits: bool) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     served_by: dict[str, int] = {}
@@ -47,15 +50,15 @@ async def run_rate(client: httpx.AsyncClient, rate: float, seconds: float, cache
             params["surface"] = f"bench-{nonce:x}-{index}"
         started = time.perf_counter()
         try:
-            reply = await client.get("/v1/recommendations", params=params)
+            status, body = await client.get("/v1/recommendations", params)
             elapsed = time.perf_counter() - started
-            if reply.status_code == 200:
+            if status == 200:
                 latencies.append(elapsed)
-                rung = reply.json().get("served_by", "?")
+                rung = orjson.loads(body).get("served_by", "?")
                 served_by[rung] = served_by.get(rung, 0) + 1
             else:
-                errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
-        except httpx.HTTPError as error:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+        except (OSError, TimeoutError, ConnectionLost, httptools.HttpParserError) as error:
             errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
 
     began = time.perf_counter()
@@ -83,9 +86,8 @@ async def run_rate(client: httpx.AsyncClient, rate: float, seconds: float, cache
 
 
 async def bench(url: str, key: str, rates: list[float], seconds: float, cache_hits: bool) -> list[dict]:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=10) as client:
+    client = LeanClient(url, {"Authorization": f"Bearer {key}"}, timeout=10)
+    try:
         await run_rate(client, 20, 2, cache_hits)  # warm-up: connections, caches, JIT-free paths
         rows = []
         for rate in rates:
@@ -98,6 +100,8 @@ async def bench(url: str, key: str, rates: list[float], seconds: float, cache_hi
                 flush=True,
             )
         return rows
+    finally:
+        await client.close()
 
 
 def draw(rows: list[dict], path: Path, title: str) -> None:
@@ -125,7 +129,6 @@ def start_plumbing() -> tuple[str, str, list]:
 
     sys.path.insert(0, str(Path(__file__).parent))
     import plumbing
-
     from recfleet_store.kafka import free_port
 
     shard_count = 2

@@ -9,6 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 _configured = False
 
@@ -18,8 +19,16 @@ def configure_tracing(service: str) -> None:
     if _configured:
         return
     _configured = True
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)}))
     exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none")
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    if exporter == "none" and "OTEL_TRACES_SAMPLER" not in os.environ:
+        # Nothing would export the spans: record none. Unsampled spans still carry trace
+        # and span ids, so log lines keep their trace id and traceparent still propagates.
+        provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
+    else:
+        # OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose the sampler (the chart
+        # sets a parent-based ratio).
+        provider = TracerProvider(resource=resource)
     if exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

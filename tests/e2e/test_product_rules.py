@@ -15,6 +15,9 @@ from psycopg.rows import dict_row
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 RESTRICTED_USER = "10"  # a MovieLens user with history, given a minor's profile below
+# Ranking reuses item features for RECFLEET_RANKING_ITEM_CACHE_SECONDS (5 s by default):
+# the documented bound on how long a catalog change takes to reach every ranked list.
+CATALOG_REACHES_RANKING_SECONDS = 5.6
 
 
 def catalog(fleet, item_ids) -> dict[str, dict]:
@@ -62,12 +65,14 @@ def restricted_catalog(api, fleet):
         )
     batch = [{"item_id": i, **as_body(before[i], **c)} for i, c in changes.items()]
     assert api.post("/v1/items:batch", json={"items": batch}).status_code == 200
+    time.sleep(CATALOG_REACHES_RANKING_SECONDS)
     reply = api.put(f"/v1/users/{RESTRICTED_USER}/profile",
                     json={"age": 12, "country": "DE", "blocked_categories": ["Documentary"]})
     assert reply.status_code == 200, reply.text
     yield changes
     api.post("/v1/items:batch", json={"items": [{"item_id": i, **as_body(r)} for i, r in before.items()]})
     api.put(f"/v1/users/{RESTRICTED_USER}/profile", json={})
+    time.sleep(CATALOG_REACHES_RANKING_SECONDS)
 
 
 def test_no_filtered_item_ever_appears(api, fleet, restricted_catalog):

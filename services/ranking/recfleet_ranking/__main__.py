@@ -12,6 +12,7 @@ from recfleet_store.artifacts import open_artifact_store
 from .adapters.feature_store import feature_store_client
 from .adapters.models import RankerVersions
 from .diversity import DiversityPolicy
+from .item_cache import ItemFeatureCache
 from .pipeline import RankingPipeline
 from .rules import RuleWeights
 from .servicer import RankingServicer
@@ -48,6 +49,7 @@ def build(settings: RankingSettings) -> tuple[GrpcService, RankingServicer]:
         feature_store_client(settings.feature_store_target, settings.feature_store_timeout),
         max_candidates=settings.max_candidates,
         inject_error_rate=settings.inject_error_rate,
+        item_cache=ItemFeatureCache(settings.item_cache_seconds, settings.item_cache_max_items),
     )
     service = GrpcService("ranking", settings, [SERVICE_NAME])
     ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, service.server)

@@ -14,6 +14,7 @@ from recfleet_runtime.grpcclient import Downstream
 from .adapters.feature_store import load_item_features
 from .adapters.models import RankerVersions
 from .features import Candidate, UserContext
+from .item_cache import ItemFeatureCache
 from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
 from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankQuery
 
@@ -74,12 +75,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         feature_store: Downstream,
         max_candidates: int = 1000,
         inject_error_rate: float = 0.0,
+        item_cache: ItemFeatureCache | None = None,
     ):
         self.pipeline = pipeline
         self.versions = versions
         self.feature_store = feature_store
         self.max_candidates = max_candidates
         self.inject_error_rate = inject_error_rate
+        self.item_cache = item_cache if item_cache is not None else ItemFeatureCache(0)
 
     async def Rank(self, request, context):
         if self.inject_error_rate and random.random() < self.inject_error_rate:
@@ -88,7 +91,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             query = parse_request(request, self.max_candidates)
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        degraded = await load_item_features(self.feature_store, query.candidates)
+        degraded = await load_item_features(self.feature_store, query.candidates, self.item_cache)
         ranker = None if request.force_rules else await self.versions.get(request.ranker_version)
         if ranker is None and request.ranker_version and not request.force_rules:
             degraded.append(RANKER_VERSION_UNAVAILABLE)

@@ -27,6 +27,10 @@ class RankingSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
     inject_error_rate: float = 0.0
     # Most candidates one Rank call may carry (one GetItemFeatures batch).
     max_candidates: int = 1000
+    # Seconds item features read from the feature store are reused (0 = read every call):
+    # the bound on how long a catalog change takes to reach ranking.
+    item_cache_seconds: float = 5.0
+    item_cache_max_items: int = 200_000
     # Time the learned ranker may take per call before rules take over.
     model_budget_ms: float = 20.0
     # Consecutive model failures that open its breaker, and the seconds it stays open.

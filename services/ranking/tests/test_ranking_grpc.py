@@ -1,5 +1,6 @@
 """A real ranking server over gRPC, with the real feature-store service reading Redis."""
 
+import asyncio
 import socket
 
 import grpc
@@ -197,3 +198,44 @@ async def test_bad_requests_and_the_error_drill(pg_dsn, artifact_dir):
         assert "inject_error_rate" in drill.value.details()
     finally:
         await stop_ranking(service, servicer, channel)
+
+
+async def test_item_features_are_reused_for_the_cache_ttl_and_outlive_a_feature_store_outage(
+    redis_url, pg_dsn, artifact_dir
+):
+    fill_redis(redis_url)
+    app = FeatureStoreApp(
+        FeatureSettings(redis_url=redis_url, postgres_dsn=pg_dsn, grpc_port=0, metrics_port=0,
+                        drain_seconds=0, grace_seconds=0)
+    )
+    port = await app.service.start("127.0.0.1:0")
+    assert await app.warm_up()
+    await app.service.health.set_serving(True)
+    service, servicer, channel, stub = await start_ranking(
+        f"127.0.0.1:{port}", pg_dsn, artifact_dir, item_cache_seconds=1.0
+    )
+    adult = common_pb2.UserConstraints(age=30)
+    try:
+        first = await stub.Rank(request(constraints=adult), timeout=5)
+        assert "5" not in {i.item_id for i in first.items} and first.filtered["unavailable"] == 1
+
+        # Item 5 comes back into the catalog: ranking sees it within the cache's TTL.
+        client = redis.Redis.from_url(redis_url)
+        client.hset(keys.item("5"), "available", b"1")
+        client.close()
+        cached = await stub.Rank(request(constraints=adult), timeout=5)
+        assert "5" not in {i.item_id for i in cached.items}
+        await asyncio.sleep(1.2)
+        fresh = await stub.Rank(request(constraints=adult), timeout=5)
+        assert "5" in {i.item_id for i in fresh.items} and "unavailable" not in fresh.filtered
+
+        # The feature store goes away: what ranking read before still filters a minor.
+        await app.service.stop()
+        await asyncio.sleep(1.2)
+        minor = await stub.Rank(request(constraints=common_pb2.UserConstraints(age=14, country="DE")), timeout=5)
+        assert "feature-store-unavailable" in minor.degraded
+        assert {i.item_id for i in minor.items} == {"1", "4", "5", "6", "7", "8"}
+        assert minor.filtered["age"] == 2
+    finally:
+        await stop_ranking(service, servicer, channel)
+        await app.close()

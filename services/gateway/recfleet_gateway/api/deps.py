@@ -20,8 +20,9 @@ COMMON_ERRORS = {400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM, 500: PR
 _allowed_cache: dict[int, frozenset[str]] = {}
 
 
-def gateway(request: Request):
-    """The `Gateway` built at start-up (see app.py)."""
+async def gateway(request: Request):
+    """The `Gateway` built at start-up (see app.py). A coroutine: FastAPI runs a plain
+    function dependency in a worker thread, a hop every request would pay for."""
     return request.app.state.gateway
 
 

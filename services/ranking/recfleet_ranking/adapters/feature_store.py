@@ -1,14 +1,15 @@
-"""Item features for the candidates, from the feature store in one `GetItemFeatures` call."""
+"""Item features for the candidates: from the in-process cache, and what it lacks from the
+feature store in one columnar `GetItemFeatures` call."""
 
 from __future__ import annotations
 
 import grpc
-import orjson
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.resilience import CircuitOpenError
 
 from ..features import ITEM_FEATURE_NAMES, Candidate
+from ..item_cache import ItemFeatureCache, ItemFeatures, Known
 
 FEATURE_STORE_UNAVAILABLE = "feature-store-unavailable"
 SERVICE = "recfleet.features.v1.FeatureStore"
@@ -26,82 +27,78 @@ def feature_store_client(target: str, timeout: float) -> Downstream:
     )
 
 
-def _value(value: features_pb2.FeatureValue | None):
-    if value is None:
-        return None
-    kind = value.WhichOneof("kind")
-    if kind == "number":
-        return value.number
-    if kind == "text":
-        return value.text
-    if kind == "strings":
-        return tuple(value.strings.values)
-    return None
+def _decode_columns(item_ids: list[str], columns) -> dict[str, Known]:
+    """ItemFeatures per item from a columnar GetItemFeatures answer (None: unknown item)."""
+    by_name = {column.name: column for column in columns}
+    count = len(item_ids)
+    defaulted = [0] * count
+    for column in columns:
+        for position in column.defaulted:
+            defaulted[position] += 1
+
+    def numbers(name: str, default: float) -> list[float]:
+        column = by_name.get(name)
+        return list(column.numbers) if column is not None and len(column.numbers) == count else [default] * count
+
+    def texts(name: str) -> list[str]:
+        column = by_name.get(name)
+        return list(column.texts) if column is not None and len(column.texts) == count else [""] * count
+
+    def lists(name: str) -> list[tuple[str, ...]]:
+        column = by_name.get(name)
+        if column is None or len(column.lists) != count:
+            return [()] * count
+        return [tuple(entry.values) for entry in column.lists]
+
+    categories, regions = lists("categories"), lists("regions")
+    creators = texts("creator")
+    published, age, available = numbers("published_at", 0.0), numbers("age_rating", 0.0), numbers("available", 1.0)
+    popularity, popularity_7d = numbers("popularity", 0.0), numbers("popularity_7d", 0.0)
+    unknown_at = len(columns)
+    decoded: dict[str, Known] = {}
+    for index, item_id in enumerate(item_ids):
+        if unknown_at and defaulted[index] >= unknown_at:
+            decoded[item_id] = None
+            continue
+        decoded[item_id] = ItemFeatures(
+            categories=categories[index],
+            creator=creators[index],
+            published_at=published[index],
+            age_rating=int(age[index]),
+            regions=tuple(region.upper() for region in regions[index]),
+            available=bool(available[index]),
+            popularity=popularity[index],
+            popularity_7d=popularity_7d[index],
+        )
+    return decoded
 
 
-def _strings(value: features_pb2.FeatureValue | None) -> tuple[str, ...]:
-    """A list feature, whether it came as a string list or as JSON text."""
-    if value is None:
-        return ()
-    kind = value.WhichOneof("kind")
-    if kind == "strings":
-        return tuple(value.strings.values)
-    text = value.text if kind == "text" else ""
-    if text.startswith("["):
-        try:
-            return tuple(str(v) for v in orjson.loads(text))
-        except orjson.JSONDecodeError:
-            return ()
-    return (text,) if text else ()
+async def load_item_features(client: Downstream, candidates: list[Candidate], cache: ItemFeatureCache) -> list[str]:
+    """Fill the candidates' item features from the cache, reading only what it lacks in
+    one columnar `GetItemFeatures` call; returns the degradations taken (empty when fine).
 
-
-def _number(value: features_pb2.FeatureValue | None, default: float = 0.0) -> float:
-    if value is None:
-        return default
-    if value.WhichOneof("kind") == "number":
-        return value.number
-    try:
-        return float(_value(value))
-    except (TypeError, ValueError):
-        return default
-
-
-def apply_row(candidate: Candidate, row: features_pb2.FeatureRow) -> None:
-    """Copy a feature row onto the candidate.
-
-    A row with every feature defaulted describes an item the store does not know: its
-    features stay unknown (age rating None), so the age filter treats it as restricted.
+    When the feature store cannot answer, expired cache entries still serve; items with
+    none keep unknown features.
     """
-    values = row.values
-    if not values or (len(row.defaulted) >= len(ITEM_FEATURE_NAMES) and set(row.defaulted).issuperset(ITEM_FEATURE_NAMES)):
-        return
-    get = values.get
-    candidate.categories = _strings(get("categories"))
-    creator = get("creator")
-    candidate.creator = str(_value(creator) or "") if creator is not None else ""
-    candidate.published_at = _number(get("published_at"))
-    candidate.age_rating = int(_number(get("age_rating")))
-    regions = _strings(get("regions"))
-    candidate.regions = tuple(r.upper() for r in regions) if regions else ()
-    candidate.available = bool(_number(get("available"), 1.0))
-    candidate.popularity = _number(get("popularity"))
-    candidate.popularity_7d = _number(get("popularity_7d"))
-
-
-async def load_item_features(client: Downstream, candidates: list[Candidate]) -> list[str]:
-    """Fill the candidates' item features; returns the degradations taken (empty when fine)."""
     if not candidates:
         return []
-    request = features_pb2.GetItemFeaturesRequest(
-        item_ids=[c.item_id for c in candidates], feature_names=list(ITEM_FEATURE_NAMES)
-    )
-    try:
-        response = await client.call("GetItemFeatures", request)
-    except (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError):
-        return [FEATURE_STORE_UNAVAILABLE]
-    by_id = {row.entity_id: row for row in response.rows}
+    found, missing = cache.lookup(c.item_id for c in candidates)
+    degraded: list[str] = []
+    if missing:
+        request = features_pb2.GetItemFeaturesRequest(
+            item_ids=missing, feature_names=list(ITEM_FEATURE_NAMES), columnar=True
+        )
+        try:
+            response = await client.call("GetItemFeatures", request)
+        except (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError):
+            degraded.append(FEATURE_STORE_UNAVAILABLE)
+            found.update(cache.stale(missing))
+        else:
+            read = _decode_columns(missing, response.columns)
+            cache.store(read)
+            found.update(read)
     for candidate in candidates:
-        row = by_id.get(candidate.item_id)
-        if row is not None:
-            apply_row(candidate, row)
-    return []
+        features = found.get(candidate.item_id)
+        if features is not None:
+            features.apply(candidate)
+    return degraded
