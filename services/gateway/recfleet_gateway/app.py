@@ -181,7 +181,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
     for module in (recommendations, events, catalog, users, admin, ops, traffic, experiments, health):
         app.include_router(module.router)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        GatewayMiddleware, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight
+    )
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     # One server span per request; the per-message send/receive spans cost more than

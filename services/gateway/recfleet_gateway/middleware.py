@@ -1,6 +1,6 @@
-"""The gateway's outermost ASGI layer: request id, body size limit, response headers
-(`X-Request-ID`, `Recfleet-Tracks`), request metrics, and a problem+json
-answer for anything that escaped the handlers."""
+"""The gateway's outermost ASGI layer: request id, load shedding, body size limit,
+response headers (`X-Request-ID`, `Recfleet-Tracks`), request metrics, and a
+problem+json answer for anything that escaped the handlers."""
 
 from __future__ import annotations
 
@@ -21,9 +21,13 @@ from .problems import PROBLEM_MEDIA_TYPE, problem_body
 log = get_logger("recfleet.gateway")
 access_log = get_logger("recfleet.gateway.access")
 QUIET_ROUTES = frozenset({"/healthz/live", "/healthz/ready", "/metrics"})
+# Probes, metrics and the operators' API answer even when the gateway sheds load: a
+# rollback must get through while the fleet is overloaded.
+NEVER_SHED_PREFIXES = ("/healthz/", "/metrics", "/admin/")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 REQUESTS = Counter("recfleet_gateway_requests_total", "REST requests, by route and status.", ["route", "status"])
+SHED = Counter("recfleet_gateway_shed_total", "Requests refused with 503 because too many were in flight.")
 REQUEST_SECONDS = Histogram(
     "recfleet_gateway_request_seconds", "REST request latency, by route.", ["route"], buckets=LATENCY_BUCKETS
 )
@@ -34,9 +38,15 @@ class BodyTooLarge(Exception):
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    """`max_in_flight` bounds the requests one process works on at once (0 = no bound).
+    Beyond it a request is refused at once with 503 and Retry-After: under overload a
+    quick refusal the client can retry beats every request queueing past its deadline."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_in_flight: int = 0):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +72,16 @@ class GatewayMiddleware:
                     out["Recfleet-Tracks"] = tracks_header(tracks)
             await send(message)
 
+        sheddable = self.max_in_flight > 0 and not scope["path"].startswith(NEVER_SHED_PREFIXES)
+        if sheddable:
+            self.in_flight += 1
         try:
+            if sheddable and self.in_flight > self.max_in_flight:
+                SHED.inc()
+                status = 503
+                body = problem_body(503, f"the gateway is at capacity ({self.max_in_flight} requests in flight); retry shortly")
+                await _send_problem(send_with_headers, 503, body, {"Retry-After": "1"})
+                return
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(send_with_headers)
@@ -82,6 +101,8 @@ class GatewayMiddleware:
                 await _send_problem(send_with_headers, 500, body)
             status = 500
         finally:
+            if sheddable:
+                self.in_flight -= 1
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             seconds = time.perf_counter() - started
@@ -127,16 +148,12 @@ class GatewayMiddleware:
         await _send_problem(send, 413, body)
 
 
-async def _send_problem(send: Send, status: int, body: dict) -> None:
+async def _send_problem(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
     payload = orjson.dumps(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    raw_headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})

@@ -23,6 +23,9 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     ranking_timeout: float = 0.08
     event_ingest_timeout: float = 10.0
     request_timeout: float = 0.5
+    # Requests one process works on at once before it answers 503 + Retry-After (load
+    # shedding; probes, /metrics and /admin are never shed). 0 = no bound.
+    max_in_flight: int = 64
     candidates_per_shard: int = 200
     cold_start_threshold: int = 5
     bootstrap_admin_key: str = shared("RECFLEET_BOOTSTRAP_ADMIN_KEY", "", "accepted with every scope")
