@@ -23,6 +23,15 @@ def item(item_id: str) -> str:
     return f"{PREFIX}:i:{item_id}"
 
 
+def item_buckets(item_id: str) -> str:
+    """Hash: the item's interactions per time bucket, by event time, for the windowed counts
+    (`interactions_1h`, `_24h`, `_7d` in the item hash). Field `<bucket seconds>:<bucket
+    start epoch>` (5-minute buckets back 1 hour, hourly ones back 7 days), value the count;
+    expired buckets are deleted and the key expires 8 days after its last write. A prefix
+    of its own (not `rf:i:<item>:...`) because item ids may contain `:`."""
+    return f"{PREFIX}:ib:{item_id}"
+
+
 def popular(window: str, category: str = "") -> str:
     """Sorted set: item -> popularity score in a window, optionally per category."""
     return f"{PREFIX}:pop:{window}:{category or '*'}"

@@ -1,6 +1,6 @@
 """Real-time feature updates from a batch of events, pure: what to write to Redis given
 what Redis holds now. The updater reads the current state, plans, and writes it all in
-one pipeline."""
+one pipeline. Windowed item counts follow `windows`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .validation import Event
+from .windows import bucket_increments, expired_fields, window_counts
 
 
 @dataclass
@@ -19,14 +20,20 @@ class UserState:
 
 @dataclass
 class ItemState:
+    """What the plan needs of an item: its categories, latest interaction and time
+    buckets (bucket field -> events, see `windows`)."""
+
     categories: list[str] = field(default_factory=list)
     last_interaction_at: int | None = None
+    buckets: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class FeatureUpdates:
     """Everything one batch changes. `recent` lists are oldest first (pushed in order, so
-    the newest ends up at the head of the Redis list)."""
+    the newest ends up at the head of the Redis list). Every item of the batch gets its
+    window counts as of `windows_at` (epoch seconds), computed from its buckets with the
+    batch's increments and without the expired buckets."""
 
     user_increments: dict[str, int] = field(default_factory=dict)
     user_last_seen: dict[str, int] = field(default_factory=dict)
@@ -35,6 +42,10 @@ class FeatureUpdates:
     recent: dict[str, list[str]] = field(default_factory=dict)
     item_increments: dict[str, int] = field(default_factory=dict)
     item_last_interaction: dict[str, int] = field(default_factory=dict)
+    item_bucket_increments: dict[str, dict[str, int]] = field(default_factory=dict)
+    item_expired_buckets: dict[str, list[str]] = field(default_factory=dict)
+    item_windows: dict[str, dict[str, int]] = field(default_factory=dict)
+    windows_at: int = 0
 
 
 def plan_updates(
@@ -42,9 +53,11 @@ def plan_updates(
     users: Mapping[str, UserState],
     items: Mapping[str, ItemState],
     recent_cap: int,
+    now: int,
 ) -> FeatureUpdates:
-    """Counters add up, timestamps only move forward, categories come from the item."""
-    updates = FeatureUpdates()
+    """Counters add up, timestamps only move forward, categories come from the item,
+    window counts are those at `now` (epoch seconds) by event time."""
+    updates = FeatureUpdates(windows_at=now)
     ordered = sorted(events, key=lambda e: e.timestamp)
     user_counts: Counter[str] = Counter()
     item_counts: Counter[str] = Counter()
@@ -53,12 +66,14 @@ def plan_updates(
     seen: dict[str, dict[str, None]] = defaultdict(dict)
     user_latest: dict[str, int] = {}
     item_latest: dict[str, int] = {}
+    item_times: dict[str, list[int]] = defaultdict(list)
     for event in ordered:
         at = int(event.timestamp.timestamp())
         user_counts[event.user_id] += 1
         item_counts[event.item_id] += 1
         user_latest[event.user_id] = max(at, user_latest.get(event.user_id, at))
         item_latest[event.item_id] = max(at, item_latest.get(event.item_id, at))
+        item_times[event.item_id].append(at)
         recent[event.user_id].append(event.item_id)
         seen[event.user_id][event.item_id] = None
         for category in items.get(event.item_id, ItemState()).categories:
@@ -71,6 +86,17 @@ def plan_updates(
     for item_id, at in item_latest.items():
         known = items.get(item_id, ItemState()).last_interaction_at
         updates.item_last_interaction[item_id] = at if known is None else max(at, known)
+    for item_id, times in item_times.items():
+        stored = items.get(item_id, ItemState()).buckets
+        added = bucket_increments(times, now)
+        expired = expired_fields(stored, now)
+        live = Counter(stored)
+        live.update(added)
+        for name in expired:
+            del live[name]
+        updates.item_bucket_increments[item_id] = dict(added)
+        updates.item_expired_buckets[item_id] = expired
+        updates.item_windows[item_id] = window_counts(live, now)
     for user_id, deltas in category_deltas.items():
         merged = Counter(users.get(user_id, UserState()).category_counts)
         merged.update(deltas)

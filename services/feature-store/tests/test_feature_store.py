@@ -49,6 +49,9 @@ ITEM_FEATURES = {
     "popularity_7d",
     "interaction_count",
     "last_interaction_at",
+    "interactions_1h",
+    "interactions_24h",
+    "interactions_7d",
 }
 
 
@@ -135,6 +138,11 @@ async def test_registry_lists_every_contract_feature(fleet):
     assert by_entity == {"user": USER_FEATURES, "item": ITEM_FEATURES}
     available = next(v for v in reply.views if v.entity == "item" and v.name == "available")
     assert available.default_value.number == 1
+    windowed = {v.name: v for v in reply.views if v.entity == "item" and v.name.startswith("interactions_")}
+    assert {name: v.freshness_seconds for name, v in windowed.items()} == {
+        "interactions_1h": 300, "interactions_24h": 3600, "interactions_7d": 21600,
+    }
+    assert all(v.type == "number" and v.default_value.number == 0 for v in windowed.values())
 
 
 async def test_user_read_is_one_round_trip_with_defaults_vector_and_constraints(fleet):
@@ -252,6 +260,34 @@ async def test_stale_values_fall_back_to_the_default(fleet):
         (item,),
     )
     assert ("popularity", 0.9) in stored and ("popularity", 0.7) in stored and ("interaction_count", 4) in stored
+
+
+async def test_windowed_counts_fall_back_to_zero_once_no_event_refreshed_them(fleet):
+    item = uid("i")
+    now = time.time()
+    # As the realtime consumer writes them: each count with the time it was computed.
+    put_json(fleet.redis, keys.item(item), {
+        "interactions_1h": 5, "_ts:interactions_1h": now - 400,
+        "interactions_24h": 7, "_ts:interactions_24h": now - 400,
+        "interactions_7d": 9, "_ts:interactions_7d": now - 7 * 3600,
+        "interaction_count": 12,
+    })
+    names = ["interactions_1h", "interactions_24h", "interactions_7d", "interaction_count"]
+    read = await fleet.stub.GetItemFeatures(
+        features_pb2.GetItemFeaturesRequest(item_ids=[item], feature_names=names), timeout=5
+    )
+    row = read.rows[0]
+    assert {name: value_of(row.values[name]) for name in names} == {
+        "interactions_1h": 0, "interactions_24h": 7, "interactions_7d": 0, "interaction_count": 12,
+    }
+    assert set(row.defaulted) == {"interactions_1h", "interactions_7d"}
+
+    put_json(fleet.redis, keys.item(item), {"interactions_1h": 2, "_ts:interactions_1h": time.time()})
+    read = await fleet.stub.GetItemFeatures(
+        features_pb2.GetItemFeaturesRequest(item_ids=[item], feature_names=names), timeout=5
+    )
+    assert value_of(read.rows[0].values["interactions_1h"]) == 2
+    assert "interactions_1h" not in read.rows[0].defaulted
 
 
 async def test_bad_reads_and_writes_say_which_field_and_why(fleet):

@@ -2,7 +2,8 @@
 
 Per batch: re-check the records (bad ones go to the dead-letter topic), drop events of
 erased users, read the state the batch needs in one round trip, write the planned
-updates in one pipeline, and only then let the consumer commit offsets.
+updates in one pipeline (window counts as of the time of the write), and only then let
+the consumer commit offsets.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class RealtimeHandler:
         for attempt in retrying(self.stop, redis.ConnectionError, redis.TimeoutError):
             with attempt:
                 users, items = self.writer.read_state({e.user_id for e in kept}, {e.item_id for e in kept})
-                self.writer.apply(plan_updates(kept, users, items, self.writer.recent_cap))
+                now = int(datetime.now(UTC).timestamp())
+                self.writer.apply(plan_updates(kept, users, items, self.writer.recent_cap, now))
         REALTIME_EVENTS.labels("applied").inc(len(kept))
 
 
