@@ -32,50 +32,42 @@ REGION = "region"
 CATEGORY = "category"
 
 
-def is_seen(item: Candidate, user: UserContext) -> bool:
-    return item.item_id in user.seen_item_ids
+@dataclass(frozen=True, slots=True)
+class UserFilter:
+    """The filters for one user and request, with what depends on the user worked out
+    once: `reason` then runs for every candidate of the call."""
 
+    seen: frozenset[str]
+    blocked: frozenset[str]
+    max_rating: int
+    country: str
+    category: str
 
-def is_unavailable(item: Candidate) -> bool:
-    return not item.available
+    @classmethod
+    def for_user(cls, user: UserContext, category: str = "") -> UserFilter:
+        max_rating = user.age if user.age > 0 else UNKNOWN_AGE_MAX_RATING
+        return cls(user.seen_item_ids, user.blocked_categories, max_rating, user.country.upper(), category)
 
-
-def is_blocked(item: Candidate, user: UserContext) -> bool:
-    return not user.blocked_categories.isdisjoint(item.categories)
-
-
-def is_age_restricted(item: Candidate, user: UserContext) -> bool:
-    rating = ADULT_AGE if item.age_rating is None else item.age_rating
-    if user.age <= 0:
-        return rating > UNKNOWN_AGE_MAX_RATING
-    return rating > user.age
-
-
-def is_region_restricted(item: Candidate, user: UserContext) -> bool:
-    if not item.regions:
-        return False
-    return not user.country or user.country.upper() not in item.regions
-
-
-def is_outside_category(item: Candidate, category: str) -> bool:
-    return bool(category) and category not in item.categories
+    def reason(self, item: Candidate) -> str | None:
+        """The first filter that removes the item, or None when it may be shown."""
+        if item.item_id in self.seen:
+            return SEEN
+        if not item.available:
+            return UNAVAILABLE
+        if self.blocked and not self.blocked.isdisjoint(item.categories):
+            return BLOCKED_CATEGORY
+        if (ADULT_AGE if item.age_rating is None else item.age_rating) > self.max_rating:
+            return AGE
+        if item.regions and (not self.country or self.country not in item.regions):
+            return REGION
+        if self.category and self.category not in item.categories:
+            return CATEGORY
+        return None
 
 
 def reason_to_filter(item: Candidate, user: UserContext, category: str = "") -> str | None:
     """The first filter that removes the item, or None when it may be shown."""
-    if is_seen(item, user):
-        return SEEN
-    if is_unavailable(item):
-        return UNAVAILABLE
-    if is_blocked(item, user):
-        return BLOCKED_CATEGORY
-    if is_age_restricted(item, user):
-        return AGE
-    if is_region_restricted(item, user):
-        return REGION
-    if is_outside_category(item, category):
-        return CATEGORY
-    return None
+    return UserFilter.for_user(user, category).reason(item)
 
 
 @dataclass(slots=True)
@@ -86,10 +78,11 @@ class FilterResult:
 
 def apply_filters(candidates: list[Candidate], user: UserContext, category: str = "") -> FilterResult:
     """Keep the candidates the user may see; count the others by reason."""
+    reason_for = UserFilter.for_user(user, category).reason
     kept: list[Candidate] = []
     removed: Counter = Counter()
     for item in candidates:
-        reason = reason_to_filter(item, user, category)
+        reason = reason_for(item)
         if reason is None:
             kept.append(item)
         else:

@@ -52,3 +52,10 @@ def test_user_fields_reach_the_query():
 def test_malformed_fields_are_named(fields, message):
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_request(request(**fields), max_candidates=10)
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "ok\n", "", "x" * 129, "sp ace"])
+def test_every_malformed_candidate_id_is_named(bad):
+    candidates = [common_pb2.ScoredItem(item_id="fine", score=1.0), common_pb2.ScoredItem(item_id=bad)]
+    with pytest.raises(InvalidArgument, match=r"candidates\[1\]\.item_id"):
+        parse_request(request(candidates=candidates), 1000)
