@@ -57,17 +57,18 @@ class ResultCache:
         CACHE_REQUESTS.labels("hit" if raw else "miss").inc()
         return orjson.loads(raw) if raw else None
 
-    async def put(self, user_id: str, digest: str, response: dict) -> None:
-        await self._store(keys.result_cache(user_id), digest, response, self._ttl)
-
-    async def put_snapshot(self, user_id: str, snapshot_id: str, snapshot: dict) -> None:
-        await self._store(pages_key(user_id), snapshot_id, snapshot, self._snapshot_ttl)
-
-    async def _store(self, key: str, field: str, value: dict, ttl: int) -> None:
+    async def put(self, user_id: str, snapshot_id: str, snapshot: dict, digest: str | None, entry: dict) -> None:
+        """Stores a fresh ranked list's snapshot and, when `digest` is given, the cached
+        response `entry` under it, in one round trip."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, field, orjson.dumps(value))
-                pipe.expire(key, ttl)
+                pages = pages_key(user_id)
+                pipe.hset(pages, snapshot_id, orjson.dumps(snapshot))
+                pipe.expire(pages, self._snapshot_ttl)
+                if digest is not None:
+                    responses = keys.result_cache(user_id)
+                    pipe.hset(responses, digest, orjson.dumps(entry))
+                    pipe.expire(responses, self._ttl)
                 await pipe.execute()
         except REDIS_ERRORS as error:
             log.warning("result cache unavailable; not stored", error=str(error))

@@ -212,11 +212,13 @@ class Recommender:
         snapshot["tracks"] = dict(tracks_var.get() or {})
         snapshot["experiment"] = chosen.as_response() if chosen else None
         snapshot_id = secrets.token_hex(8)
-        await self.cache.put_snapshot(query.user_id, snapshot_id, snapshot)
         response = self._response(query, snapshot, 0, fixed_digest, snapshot_id)
-        if not snapshot["degraded"]:
-            # A degraded list is not kept: the next request may find the fleet whole again.
-            await self.cache.put(query.user_id, cache_digest, {"response": response, "tracks": snapshot["tracks"]})
+        # A degraded list is not kept: the next request may find the fleet whole again.
+        # Its snapshot is, so that the cursor just issued stays valid.
+        digest = None if snapshot["degraded"] else cache_digest
+        await self.cache.put(
+            query.user_id, snapshot_id, snapshot, digest, {"response": response, "tracks": snapshot["tracks"]}
+        )
         return self._exposed(response)
 
     def _exposed(self, response: dict) -> dict:
