@@ -36,56 +36,80 @@ def _split_method(full_method: str) -> tuple[str, str]:
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Metrics, request id and deadline propagation for unary-unary RPCs."""
+    """Metrics, request id and deadline propagation for unary-unary RPCs.
+
+    The observed handler of each method is built once and reused: the per-call values
+    (request id, deadline) come from the call's context."""
+
+    def __init__(self) -> None:
+        self._observed: dict[str, tuple[object, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        service, method = _split_method(handler_call_details.method)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        request_id = metadata.get(REQUEST_ID_HEADER)
-        behaviour = handler.unary_unary
+        full_method = handler_call_details.method
+        known = self._observed.get(full_method)
+        if known is not None and known[0] is handler.unary_unary:
+            return known[1]
+        observed = _observed_handler(full_method, handler)
+        self._observed[full_method] = (handler.unary_unary, observed)
+        return observed
 
-        async def observed(request, context: grpc.aio.ServicerContext):
-            started = time.perf_counter()
-            remaining = context.time_remaining()
-            deadline_token = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
-            request_token = request_id_var.set(request_id)
-            code = grpc.StatusCode.OK
-            try:
-                return await behaviour(request, context)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code = grpc.StatusCode.UNKNOWN
-                log.exception("rpc failed", grpc_method=method)
-                raise
-            finally:
-                if code is grpc.StatusCode.OK and context.code() not in (None, grpc.StatusCode.OK):
-                    code = context.code()
-                elapsed = time.perf_counter() - started
-                GRPC_SERVER_HANDLED.labels("unary", service, method, code.name).inc()
-                GRPC_SERVER_SECONDS.labels("unary", service, method).observe(elapsed)
-                # One access line per call: it carries the trace and request ids, so one
-                # request can be followed through every service's log. Health probes
-                # arrive every second from every balancer and stay at debug level.
-                if service == HEALTH_SERVICE:
-                    log.debug("rpc", grpc_method=method, grpc_code=code.name, ms=round(elapsed * 1000, 3))
-                else:
-                    log.info("rpc", grpc_method=method, grpc_code=code.name, ms=round(elapsed * 1000, 3))
-                deadline_var.reset(deadline_token)
-                request_id_var.reset(request_token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+def _request_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return value
+    return None
+
+
+def _observed_handler(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    service, method = _split_method(full_method)
+    behaviour = handler.unary_unary
+    handled: dict[grpc.StatusCode, object] = {}
+    seconds = GRPC_SERVER_SECONDS.labels("unary", service, method)
+    # One access line per call: it carries the trace and request ids, so one request can
+    # be followed through every service's log. Health probes arrive every second from
+    # every balancer and stay at debug level.
+    access = log.debug if service == HEALTH_SERVICE else log.info
+
+    async def observed(request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        remaining = context.time_remaining()
+        deadline_token = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
+        request_token = request_id_var.set(_request_id(context))
+        code = grpc.StatusCode.OK
+        try:
+            return await behaviour(request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
+            log.exception("rpc failed", grpc_method=method)
+            raise
+        finally:
+            if code is grpc.StatusCode.OK and context.code() not in (None, grpc.StatusCode.OK):
+                code = context.code()
+            elapsed = time.perf_counter() - started
+            counter = handled.get(code)
+            if counter is None:
+                counter = handled[code] = GRPC_SERVER_HANDLED.labels("unary", service, method, code.name)
+            counter.inc()
+            seconds.observe(elapsed)
+            access("rpc", grpc_method=method, grpc_code=code.name, ms=round(elapsed * 1000, 3))
+            deadline_var.reset(deadline_token)
+            request_id_var.reset(request_token)
+
+    return grpc.unary_unary_rpc_method_handler(
+        observed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class Health:
