@@ -83,11 +83,11 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             await self._invalid(context, error)
         extra = self.metadata.for_version(shard.version)
         found = await self._search(shard, "Retrieve", lambda: merged_top_k(shard, extra, query, k, excluded, "als"))
-        return candidates_pb2.RetrieveResponse(
-            items=[common_pb2.ScoredItem(item_id=item, score=score, source=source) for item, score, source in found],
-            shard=self.index.shard,
-            model_version=shard.version,
-        )
+        response = candidates_pb2.RetrieveResponse(shard=self.index.shard, model_version=shard.version)
+        add = response.items.add
+        for item, score, source in found:
+            add(item_id=item, score=score, source=source)
+        return response
 
     async def SimilarItems(self, request, context):
         shard = await self._served(request.model_version, context)
