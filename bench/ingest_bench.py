@@ -7,6 +7,10 @@ event-ingest API and the Postgres sink. Load comes from this process: --concurre
 batches of --batch events in flight. Prints the figures and draws events acknowledged and
 events stored over time to bench/results/ingest_throughput.png.
 
+With the parts it started, it also prints the CPU time each one spent per 1,000 events
+(`cpu_ms_per_1k_events`, Linux only): on a shared machine events/s moves with everything
+else running, CPU time per event much less.
+
     .venv/bin/python bench/ingest_bench.py --events 100000
     .venv/bin/python bench/ingest_bench.py --events 100000 --start-gateway
     .venv/bin/python bench/ingest_bench.py --gateway http://127.0.0.1:8080 --api-key $KEY \\
@@ -25,6 +29,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import httpx
@@ -57,6 +62,51 @@ def to_request(events: list[dict]) -> ingest_pb2.IngestRequest:
     return request
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of named processes since `start`."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.started: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.started = {name: process_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def add(self, name: str, pid: int) -> None:
+        """A process that appeared after `start` (its CPU until then counts too)."""
+        self.pids[name] = pid
+
+    def per_1k_events(self, events: int) -> dict[str, float]:
+        used = {name: process_cpu_seconds(pid) - self.started.get(name, 0.0) for name, pid in self.pids.items()}
+        used["total"] = sum(used.values())
+        return {name: round(seconds * 1e6 / events, 1) for name, seconds in used.items()}
+
+
+def sink_backend_pids(dsn: str) -> list[int]:
+    """The Postgres backends serving the sinks, so their CPU is counted with the rest."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+            ("recfleet-ingest-sink",),
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+class Started(NamedTuple):
+    role: str
+    process: subprocess.Popen
+
+
 def count_stored(dsn: str, run: str) -> int:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM events WHERE user_id LIKE %s", (f"{run}-%",)).fetchone()[0]
@@ -66,11 +116,13 @@ class Fleet:
     """The parts under test, started as processes; stopped by the ExitStack."""
 
     def __init__(self, stack: ExitStack, sinks: int, gateway: bool = False):
+        self.started: list[Started] = []
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
             broker = LocalBroker.start()
             stack.callback(broker.stop)
             bootstrap = broker.bootstrap
+            self.started.append(Started("broker", broker.process))
         name = f"recfleet_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -84,9 +136,11 @@ class Fleet:
                "RECFLEET_USERS_TOPIC": f"bench.users.{tag}", "RECFLEET_INGEST_SINK_GROUP": f"bench-sink-{tag}",
                "RECFLEET_INGEST_GRPC_PORT": str(self.port), "RECFLEET_INGEST_METRICS_PORT": "0",
                "RECFLEET_INGEST_LOG_LEVEL": "WARNING"}
-        for module in ("recfleet_ingest", *["recfleet_ingest.sink"] * sinks):
+        sink_roles = ["sink"] if sinks == 1 else [f"sink {n + 1}" for n in range(sinks)]
+        for role, module in (("api", "recfleet_ingest"), *((r, "recfleet_ingest.sink") for r in sink_roles)):
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL)
             stack.callback(self._stop, process)
+            self.started.append(Started(role, process))
         wait_for_port("127.0.0.1", self.port)
         self.gateway_url = None
         if gateway:
@@ -99,6 +153,7 @@ class Fleet:
             process = subprocess.Popen([sys.executable, "-m", "recfleet_gateway"], env=gateway_env,
                                        stdout=subprocess.DEVNULL)
             stack.callback(self._stop, process)
+            self.started.append(Started("gateway", process))
             wait_for_port("127.0.0.1", gateway_port)
             self.gateway_url = f"http://127.0.0.1:{gateway_port}"
 
@@ -162,16 +217,24 @@ async def sample_stored(dsn: str, run: str, expected: int, began: float, timeout
     return samples
 
 
-async def measure(args, dsn: str, send, batches: list) -> dict:
+async def measure(args, dsn: str, send, batches: list, fleet: Fleet | None) -> dict:
     run_prefix = batches[0][0]["user_id"].rsplit("-", 1)[0]
     total = sum(len(b) for b in batches)
     acked: list[tuple[float, int]] = []
+    meter = CpuMeter({"load generator": os.getpid()} | ({s.role: s.process.pid for s in fleet.started} if fleet else {}))
+    meter.start()
     began = time.perf_counter()
     sampler = asyncio.create_task(sample_stored(dsn, run_prefix, total, began, args.timeout))
     accepted = await drive(send, batches, args.concurrency, acked, began)
     api_seconds = time.perf_counter() - began
     stored = await sampler
     end_to_end = stored[-1][0]
+    cpu = None
+    if fleet:
+        backends = await asyncio.to_thread(sink_backend_pids, dsn)
+        for n, pid in enumerate(backends, start=1):
+            meter.add("postgres (sink)" if len(backends) == 1 else f"postgres (sink {n})", pid)
+        cpu = meter.per_1k_events(stored[-1][1])
     return {
         "events": total,
         "accepted": accepted,
@@ -183,6 +246,7 @@ async def measure(args, dsn: str, send, batches: list) -> dict:
         "api_events_per_s": round(accepted / api_seconds),
         "end_to_end_seconds": round(end_to_end, 2),
         "end_to_end_events_per_s": round(stored[-1][1] / end_to_end),
+        "cpu_ms_per_1k_events": cpu,
         "acked": acked,
         "stored_samples": stored,
     }
@@ -220,6 +284,8 @@ async def main() -> None:
     parser.add_argument("--postgres-dsn", default=os.environ.get("RECFLEET_POSTGRES_DSN",
                                                                  "postgresql://postgres@127.0.0.1:5432/recfleet"))
     args = parser.parse_args()
+    # What the rest of the machine was doing before this run started its own processes.
+    load_before = round(os.getloadavg()[0], 2)
     run = f"bench{uuid.uuid4().hex[:6]}"
     batches = make_batches(run, args.events, args.batch)
     RESULTS.mkdir(exist_ok=True)
@@ -233,14 +299,17 @@ async def main() -> None:
         if gateway:
             key = args.api_key or BENCH_KEY
             dsn = fleet.dsn if fleet else args.postgres_dsn
-            async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {key}"},
-                                         timeout=30) as client:
+            # Bodies are encoded before the clock starts, as the gRPC requests are: the load
+            # generator shares the cores with what it measures.
+            bodies = {id(b): json.dumps({"events": b}).encode() for b in batches}
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=30) as client:
                 async def send(batch: list[dict]) -> int:
-                    reply = await client.post("/v1/events", json={"events": batch})
+                    reply = await client.post("/v1/events", content=bodies[id(batch)])
                     reply.raise_for_status()
                     return reply.json()["accepted"]
 
-                result = await measure(args, dsn, send, batches)
+                result = await measure(args, dsn, send, batches, fleet)
             label, name = "REST gateway -> Postgres", "ingest_throughput_gateway"
         else:
             requests = {id(b): to_request(b) for b in batches}
@@ -250,11 +319,12 @@ async def main() -> None:
                 async def send(batch: list[dict]) -> int:
                     return (await stub.Ingest(requests[id(batch)], timeout=30)).accepted
 
-                result = await measure(args, fleet.dsn, send, batches)
+                result = await measure(args, fleet.dsn, send, batches, fleet)
             label, name = "gRPC Ingest -> Postgres", "ingest_throughput"
 
     plot(result, RESULTS / f"{name}.png", label)
     summary = {k: v for k, v in result.items() if k not in ("acked", "stored_samples")}
+    summary["load_average_before"] = load_before
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"path": label, **summary}, indent=2))
 

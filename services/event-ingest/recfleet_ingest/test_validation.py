@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -12,6 +12,7 @@ from recfleet_ingest.validation import (
     BatchTooLarge,
     InvalidEvent,
     parse_record,
+    rfc3339,
     validate_batch,
     validate_event,
 )
@@ -71,13 +72,24 @@ def test_timestamps_within_1990_and_five_minutes_ahead():
 def test_event_id_must_be_a_uuid_and_is_normalised():
     given = uuid.uuid4()
     assert validate_event(raw(event_id=str(given).upper()), NOW).event_id == str(given)
+    assert validate_event(raw(event_id="{" + str(given) + "}"), NOW).event_id == str(given)
+    assert validate_event(raw(event_id=str(given)), NOW).event_id == str(given)
     assert reason(event_id="123")[0] == "event_id"
+    assert reason(event_id=str(given) + "\n")[0] == "event_id"
+
+
+def test_one_timestamp_spelling_on_the_topic():
+    east = timezone(timedelta(hours=2))
+    assert rfc3339(datetime(2026, 1, 1, 1, 0, tzinfo=east)) == "2025-12-31T23:00:00.000000Z"
+    assert rfc3339(datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC)) == "2026-01-01T00:00:00.000005Z"
 
 
 def test_context_must_be_an_object():
     assert reason(context=[1, 2])[0] == "context"
     assert reason(context={"note": "a\x00b"}) == ("context", "must not contain NUL characters")
     assert validate_event(raw(context={"note": "a\\u0000b"}), NOW).context == {"note": "a\\u0000b"}
+    assert reason(context={"deep": [{"x": ["ok", "a\x00"]}]})[0] == "context"
+    assert reason(context={"key\x00": 1})[0] == "context"
 
 
 def test_batch_limit_and_erased_users():

@@ -18,6 +18,8 @@ EVENT_TYPES = frozenset(
     {"view", "click", "add_to_cart", "purchase", "like", "dislike", "share", "watch", "rating", "skip"}
 )
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# A UUID already spelt the way the topic carries it (lower-case hex, hyphenated).
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 RATING_MIN = 0.5
 RATING_MAX = 5.0
 EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
@@ -89,7 +91,8 @@ class BatchVerdict:
 
 def rfc3339(moment: datetime) -> str:
     """UTC, microseconds, `Z` suffix: one spelling for every timestamp on the topic."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # isoformat of a UTC time ends in "+00:00".
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _check_id(name: str, value: Any) -> str:
@@ -103,6 +106,8 @@ def _check_event_id(value: Any) -> str:
         return str(uuid.uuid4())
     if not isinstance(value, str):
         raise InvalidEvent("event_id", "must be a UUID string")
+    if CANONICAL_UUID.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:
@@ -144,12 +149,17 @@ def _check_timestamp(value: Any, now: datetime) -> datetime:
 
 
 def _has_nul(value: Any) -> bool:
+    # Plain loops: this runs on every event's context, and generators cost more here.
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        for key, item in value.items():
+            if _has_nul(key) or _has_nul(item):
+                return True
+    elif isinstance(value, list):
+        for item in value:
+            if _has_nul(item):
+                return True
     return False
 
 

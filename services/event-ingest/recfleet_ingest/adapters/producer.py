@@ -8,18 +8,43 @@ every call (it is thread-safe and batches records of concurrent calls together).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
 
 import structlog
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 log = structlog.get_logger("recfleet.ingest.producer")
+
+# Distinct keys whose hash is remembered (a few MiB at most).
+KEY_HASH_CACHE_SIZE = 65_536
 
 
 class ProduceFailed(RuntimeError):
     """The broker did not acknowledge every record in time: nothing may be reported accepted."""
+
+
+class KeyHashPartitioner(DefaultPartitioner):
+    """Kafka's default keyed partitioning (murmur2 of the key, as the Java client does, so
+    a user's events share a partition whichever client wrote them), remembering the hash
+    of recent keys: kafka-python hashes in pure Python, a few microseconds a record, and
+    the same users send event after event."""
+
+    def __init__(self, cache_size: int = KEY_HASH_CACHE_SIZE):
+        super().__init__()
+        self._hash = functools.lru_cache(maxsize=cache_size)(murmur2)
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        if serialized_key is None:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        partitions = cluster.partitions_for_topic(topic)
+        if partitions is None:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        ordered = sorted(partitions)
+        return ordered[(self._hash(serialized_key) & 0x7FFFFFFF) % len(ordered)]
 
 
 def producer_config(bootstrap: str, timeout_seconds: float) -> dict:
@@ -37,9 +62,12 @@ def producer_config(bootstrap: str, timeout_seconds: float) -> dict:
         "delivery_timeout_ms": max(timeout_ms + 1000, 2000),
         "linger_ms": 5,
         "batch_size": 256 * 1024,
-        # lz4 is not installed here; gzip is always available.
+        # gzip costs less CPU than no compression: kafka-python computes each batch's
+        # CRC-32C in pure Python over the compressed bytes, about a sixth of the raw
+        # JSON here (lz4 would need the lz4 package, which is not installed).
         "compression_type": "gzip",
         "max_in_flight_requests_per_connection": 5,
+        "partitioner": KeyHashPartitioner(),
     }
 
 
@@ -69,7 +97,11 @@ class EventProducer:
         try:
             futures = [self._producer.send(topic, key=key.encode(), value=value) for key, value in records]
             for future in futures:
-                future.get(timeout=max(0.0, deadline - time.monotonic()))
+                # Records of one broker batch complete together: only the first of them waits.
+                if not future.is_done:
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+                if future.failed():
+                    raise future.exception
         except KafkaError as error:
             raise ProduceFailed(f"broker did not acknowledge: {type(error).__name__}: {error}") from error
 
