@@ -11,10 +11,12 @@ field, then a client in this process issues reads one after another (closed loop
 flight) and records each call's latency from send to answer:
 
 - user: GetUserFeatures (hash, vector of the named version, seen set; one Redis round trip);
-- items-all: GetItemFeatures for every item, all 12 item features;
+- items-all: GetItemFeatures for every item, every item feature of the registry (15);
 - items-ranking: GetItemFeatures for every item, the 8 features the ranker reads;
-- items-columnar: the same with `columnar` set (one repeated field per feature);
-- user+items: both calls, concurrently, as the gateway and ranking issue them.
+- items-columnar: the same with `columnar` set (one repeated field per feature), as
+  ranking asks for them;
+- user+items: the user read and the columnar item read, concurrently, as the gateway and
+  ranking issue them.
 
 Prints p50/p90/p99/max per series, with the CPU milliseconds per read that the server
 process and this client spent (a figure other load on the machine hardly moves), and writes a CDF chart and the figures as JSON to
@@ -132,7 +134,7 @@ async def measure(
 
     async def both():
         await asyncio.gather(
-            stub.GetUserFeatures(user_request, timeout=1), stub.GetItemFeatures(ranking_request, timeout=1)
+            stub.GetUserFeatures(user_request, timeout=1), stub.GetItemFeatures(columnar_request, timeout=1)
         )
 
     series = {

@@ -8,16 +8,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from . import metrics
 from .registry import ENTITIES, FeatureView, Registry
-from .rows import Constraints, Row, build_row, build_row_from_list, choose_vector, constraints_from, timestamp_field
+from .rows import (
+    CONSTRAINT_FIELDS,
+    Constraints,
+    Row,
+    build_row,
+    build_row_from_list,
+    choose_vector,
+    constraints_from,
+    decode_values,
+    stored_fields,
+)
 from .stores import OfflineFeatureStore, OnlineFeatureStore
 from .validation import CatalogItem, Profile, ValidationError, check_id, check_ids, validate_items, validate_profile
 
 POPULAR_WINDOWS = ("all", "7d", "trending")
 MAX_POPULAR = 1000
+# User hash fields a user read needs besides the rows' own.
+USER_READ_FIELDS = (*CONSTRAINT_FIELDS, "interaction_count")
 
 
 @dataclass
@@ -46,7 +56,8 @@ class FeatureService:
         self.offline = offline
         self.max_items_per_read = max_items_per_read
         self.item_row_cache_size = item_row_cache_size
-        self._item_rows: dict[tuple, Row] = {}
+        # Rows by the fields they were read from, then by (item id, stored values' text).
+        self._item_rows: dict[tuple[str, ...], dict[tuple[str, str], Row]] = {}
 
     def views(self, entity: str, names: list[str], where: str = "feature_names") -> list[FeatureView]:
         """The views `names` asks for (all of the entity's when empty), or ValidationError."""
@@ -63,7 +74,8 @@ class FeatureService:
         serving version), constraints and the interaction count, in one Redis round trip."""
         check_id(user_id, "user_id")
         views = self.views("user", names)
-        read = await self.online.read_user(user_id, need_serving_version=not model_version)
+        fields = list(dict.fromkeys([*stored_fields(views), *USER_READ_FIELDS]))
+        read = await self.online.read_user(user_id, fields, need_serving_version=not model_version)
         version = model_version or read.serving_version or ""
         vector, status = choose_vector(read.vectors, version)
         row = build_row(user_id, read.stored, views, time.time())
@@ -89,34 +101,31 @@ class FeatureService:
             raise ValidationError(f"item_ids: at most {self.max_items_per_read} per call (got {len(item_ids)})")
         check_ids(item_ids, "item_ids")
         views = self.views("item", names)
-        fields = [view.name for view in views]
-        fields += [timestamp_field(view.name) for view in views if view.freshness_seconds]
+        fields = stored_fields(views)
         texts = await self.online.read_items(item_ids, fields) if item_ids else []
         now = time.time()
-        fields_key = tuple(fields)
-        cache = self._item_rows
-        rows = []
-        built = defaulted = 0
-        for item_id, text in zip(item_ids, texts):
-            # A row is a function of the stored values (and time, through expires_at), so
-            # the text read from Redis is a safe cache key.
-            key = (fields_key, item_id, text)
-            row = cache.get(key)
-            if row is None or row.expires_at <= now:
-                try:
-                    values = orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    values = await self.online.read_item_values(item_id, fields)
-                row = build_row_from_list(item_id, fields, values, views, now)
-                built += 1
-                if len(cache) >= self.item_row_cache_size:
-                    cache.clear()
-                cache[key] = row
-            defaulted += len(row.defaulted)
-            rows.append(row)
+        # A row is a function of the stored values (and time, through expires_at), so
+        # the text read from Redis is a safe cache key. Usually every row is cached:
+        # lookups and the freshness test run as bulk operations, not a loop per item.
+        cache = self._item_rows.setdefault(tuple(fields), {})
+        cache_keys = list(zip(item_ids, texts))
+        rows = list(map(cache.get, cache_keys))
+        to_build = [index for index, row in enumerate(rows) if row is None or row.expires_at <= now]
+        for index in to_build:
+            item_id = item_ids[index]
+            values = decode_values(texts[index], len(fields))
+            if values is None:
+                values = await self.online.read_item_values(item_id, fields)
+            rows[index] = build_row_from_list(item_id, fields, values, views, now)
+        if to_build:
+            if sum(map(len, self._item_rows.values())) + len(to_build) > self.item_row_cache_size:
+                self._item_rows.clear()
+                cache = self._item_rows[tuple(fields)] = {}
+            cache.update((cache_keys[index], rows[index]) for index in to_build[: self.item_row_cache_size])
+        defaulted = sum([len(row.defaulted) for row in rows])
         metrics.ITEMS_PER_READ.observe(len(item_ids))
-        metrics.ITEM_ROWS.labels("built").inc(built)
-        metrics.ITEM_ROWS.labels("cache_hit").inc(len(rows) - built)
+        metrics.ITEM_ROWS.labels("built").inc(len(to_build))
+        metrics.ITEM_ROWS.labels("cache_hit").inc(len(rows) - len(to_build))
         if defaulted:
             metrics.DEFAULTED.labels("item").inc(defaulted)
         return rows

@@ -1,15 +1,18 @@
 """Turning raw online-store hashes into feature rows, and user vectors into answers.
 
-Pure: the adapters hand over what Redis returned (bytes), this module decides what a
-caller sees. Values in the hashes are JSON; a field `_ts:<feature>` (epoch seconds), when
+Pure: the adapters hand over what Redis returned, this module decides what a caller
+sees. Values in the hashes are JSON; a field `_ts:<feature>` (epoch seconds), when
 present, says when the feature was written and makes it stale after the view's freshness.
-Writers that do not track time (the realtime consumer) simply omit it: their values
-never go stale.
+`WriteFeatures` writes one beside every value, and the realtime consumer beside the
+windowed counts it computes (interactions_1h, _24h, _7d). Writers that do not track time
+(materialization, the popularity job, the realtime consumer for its running counters)
+omit it: their values never go stale.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +22,8 @@ import orjson
 from .registry import FeatureView
 
 TIMESTAMP_PREFIX = "_ts:"
-PROFILE_FIELDS = ("preferred_categories", "blocked_categories", "liked_items", "age", "country")
+# The user hash fields `constraints_from` reads.
+CONSTRAINT_FIELDS = ("blocked_categories", "preferred_categories", "age", "country")
 
 
 @dataclass(eq=False)
@@ -40,6 +44,12 @@ def timestamp_field(name: str) -> str:
     return f"{TIMESTAMP_PREFIX}{name}"
 
 
+def stored_fields(views: list[FeatureView]) -> list[str]:
+    """The hash fields rows of `views` are built from: each feature, then the `_ts:` field
+    of each feature that can go stale."""
+    return [view.name for view in views] + [timestamp_field(view.name) for view in views if view.freshness_seconds]
+
+
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -53,6 +63,17 @@ def decode_hash(raw: dict) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             continue
     return decoded
+
+
+def decode_values(text: str | bytes, count: int) -> list | None:
+    """The `count` values of stored JSON texts joined by commas (how the online store
+    answers a hash's fields), or None when a value in it is not JSON."""
+    try:
+        values = orjson.loads(b"[" + text + b"]" if isinstance(text, bytes) else f"[{text}]")
+    except orjson.JSONDecodeError:
+        return None
+    # A value that is not JSON can still splice into valid JSON ("1,2"): the count tells.
+    return values if len(values) == count else None
 
 
 def build_row(entity_id: str, stored: dict[str, Any], views: list[FeatureView], now: float) -> Row:
@@ -129,8 +150,9 @@ class Constraints:
     seen_item_ids: list[str]
 
 
-def constraints_from(stored: dict[str, Any], seen: set | list) -> Constraints:
-    """The user's filtering constraints from the decoded user hash and seen set."""
+def constraints_from(stored: dict[str, Any], seen: Iterable[str]) -> Constraints:
+    """The user's filtering constraints from the decoded user hash (its CONSTRAINT_FIELDS)
+    and the ids in the seen set."""
 
     def strings(name: str) -> list[str]:
         value = stored.get(name)
@@ -143,5 +165,5 @@ def constraints_from(stored: dict[str, Any], seen: set | list) -> Constraints:
         preferred_categories=strings("preferred_categories"),
         age=int(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else 0,
         country=country if isinstance(country, str) else "",
-        seen_item_ids=sorted(_text(item) for item in seen),
+        seen_item_ids=sorted(seen),
     )

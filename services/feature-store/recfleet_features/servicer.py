@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import weakref
 from datetime import UTC
+from itertools import repeat
 
 import grpc
 import orjson
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 
+from . import wire
 from .features import FeatureService
 from .registry import FeatureView
 from .rows import Row
@@ -17,22 +18,17 @@ from .validation import CatalogItem, Profile, ValidationError
 
 SERVICE = features_pb2.DESCRIPTOR.services_by_name["FeatureStore"]
 SERVICE_NAME = SERVICE.full_name
-ROWS_FIELD = features_pb2.GetItemFeaturesResponse.DESCRIPTOR.fields_by_name["rows"].number
+_ANSWER = features_pb2.GetItemFeaturesResponse.DESCRIPTOR.fields_by_name
+ROWS_FIELD, COLUMNS_FIELD = _ANSWER["rows"].number, _ANSWER["columns"].number
+_COLUMN = features_pb2.FeatureColumn.DESCRIPTOR.fields_by_name
+COLUMN_NAME, COLUMN_NUMBERS, COLUMN_TEXTS, COLUMN_LISTS, COLUMN_DEFAULTED = (
+    _COLUMN[name].number for name in ("name", "numbers", "texts", "lists", "defaulted")
+)
+STRING_LIST_VALUES = features_pb2.StringList.DESCRIPTOR.fields_by_name["values"].number
 # GetItemFeatures answers bytes it assembled itself: a 500-item answer is the
-# concatenation of cached, already encoded rows, where building the message would copy
-# every row and serialize it again (most of the call's CPU).
+# concatenation of cached, already encoded rows (or column cells), where building the
+# message would copy every value into it and serialize it again (most of the call's CPU).
 PRE_SERIALIZED = ("GetItemFeatures",)
-
-
-def repeated_field_entry(number: int, payload: bytes) -> bytes:
-    """One entry of a repeated message field in protobuf wire format (tag, length, bytes)."""
-    head = bytearray([number << 3 | 2])
-    size = len(payload)
-    while size > 0x7F:
-        head.append(size & 0x7F | 0x80)
-        size >>= 7
-    head.append(size)
-    return bytes(head) + payload
 
 
 def add_to_server(servicer: FeatureStoreServicer, server: grpc.aio.Server) -> None:
@@ -83,23 +79,42 @@ def fill_row(target: features_pb2.FeatureRow, row: Row) -> None:
     target.defaulted.extend(row.defaulted)
 
 
-def fill_columns(reply: features_pb2.GetItemFeaturesResponse, views: list[FeatureView], rows: list[Row]) -> None:
-    """One column per view, values in row order, defaulted positions listed."""
+def row_entry(row: Row) -> bytes:
+    """The row as one entry of GetItemFeaturesResponse.rows."""
+    message = features_pb2.FeatureRow()
+    fill_row(message, row)
+    return wire.length_delimited(ROWS_FIELD, message.SerializeToString())
+
+
+def column_cells(row: Row, views: list[FeatureView]) -> tuple:
+    """The row's value for each view as its column carries it: a number as it is (a
+    column packs them all at once), a text or a list as its encoded column entry."""
+    cells = []
+    for view in views:
+        value = row.values[view.name]
+        if view.type == "number":
+            cells.append(value)
+        elif view.type == "text":
+            cells.append(wire.length_delimited(COLUMN_TEXTS, value.encode()))
+        else:
+            cells.append(wire.length_delimited(COLUMN_LISTS, wire.string_entries(STRING_LIST_VALUES, value)))
+    return tuple(cells)
+
+
+def encode_columns(views: list[FeatureView], rows: list[Row], cells: list[tuple]) -> bytes:
+    """GetItemFeaturesResponse.columns from each row's `column_cells`: one column per
+    view, values in row order, defaulted positions listed."""
     defaulted: dict[str, list[int]] = {view.name: [] for view in views}
     for index, row in enumerate(rows):
         for name in row.defaulted:
             defaulted[name].append(index)
-    for view in views:
-        column = reply.columns.add(name=view.name, defaulted=defaulted[view.name])
-        values = [row.values[view.name] for row in rows]
-        if view.type == "number":
-            column.numbers.extend(values)
-        elif view.type == "text":
-            column.texts.extend(values)
-        else:
-            lists = column.lists
-            for value in values:
-                lists.add().values.extend(value)
+    parts = []
+    for view, column in zip(views, zip(*cells) if cells else repeat(())):
+        body = wire.length_delimited(COLUMN_NAME, view.name.encode())
+        body += wire.packed_doubles(COLUMN_NUMBERS, column) if view.type == "number" else b"".join(column)
+        body += wire.packed_varints(COLUMN_DEFAULTED, defaulted[view.name])
+        parts.append(wire.length_delimited(COLUMNS_FIELD, body))
+    return b"".join(parts)
 
 
 def view_message(view: FeatureView) -> features_pb2.FeatureView:
@@ -148,8 +163,13 @@ async def _invalid(context: grpc.aio.ServicerContext, error: ValidationError):
 class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
     def __init__(self, features: FeatureService):
         self.features = features
-        # Encoded `rows` entries of shared item rows, alive as long as the row is cached.
-        self._row_bytes: weakref.WeakKeyDictionary[Row, bytes] = weakref.WeakKeyDictionary()
+        # Item rows are shared between reads while their stored values do not change
+        # (FeatureService's row cache): their encodings are kept beside them, by row
+        # identity, within the same bound. A row is always built for one list of views
+        # (the cache keys on it), so its column cells are too.
+        self._encodings_kept = features.item_row_cache_size
+        self._row_entries: dict[Row, bytes] = {}
+        self._column_cells: dict[Row, tuple] = {}
 
     async def GetUserFeatures(self, request, context):
         try:
@@ -163,16 +183,12 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
         if found.vector is not None:
             reply.user_vector.values.extend(found.vector)
             reply.user_vector.model_version = found.vector_version
-        c = found.constraints
-        reply.constraints.CopyFrom(
-            common_pb2.UserConstraints(
-                blocked_categories=c.blocked_categories,
-                preferred_categories=c.preferred_categories,
-                age=c.age,
-                country=c.country,
-                seen_item_ids=c.seen_item_ids,
-            )
-        )
+        c, constraints = found.constraints, reply.constraints
+        constraints.blocked_categories.extend(c.blocked_categories)
+        constraints.preferred_categories.extend(c.preferred_categories)
+        constraints.age = c.age
+        constraints.country = c.country
+        constraints.seen_item_ids.extend(c.seen_item_ids)
         return reply
 
     async def GetItemFeatures(self, request, context):
@@ -182,18 +198,18 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
         except ValidationError as error:
             return await _invalid(context, error)
         if request.columnar:
-            reply = features_pb2.GetItemFeaturesResponse()
-            fill_columns(reply, self.features.views("item", names), rows)
-            return reply.SerializeToString()
-        parts = []
-        for row in rows:
-            encoded = self._row_bytes.get(row)
-            if encoded is None:
-                message = features_pb2.FeatureRow()
-                fill_row(message, row)
-                encoded = self._row_bytes[row] = repeated_field_entry(ROWS_FIELD, message.SerializeToString())
-            parts.append(encoded)
-        return b"".join(parts)
+            views = self.features.views("item", names)
+            kept = self._column_cells
+            cells = [kept.get(row) or self._keep(kept, row, column_cells(row, views)) for row in rows]
+            return encode_columns(views, rows, cells)
+        kept = self._row_entries
+        return b"".join([kept.get(row) or self._keep(kept, row, row_entry(row)) for row in rows])
+
+    def _keep(self, kept: dict, row: Row, encoding):
+        if len(kept) >= self._encodings_kept:
+            kept.clear()
+        kept[row] = encoding
+        return encoding
 
     async def WriteFeatures(self, request, context):
         rows = [(row.entity_id, {name: from_value(v) for name, v in row.values.items()}) for row in request.rows]

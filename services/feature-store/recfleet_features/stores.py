@@ -13,7 +13,7 @@ class UserReadResult(Protocol):
     stored: dict[str, Any]
     vectors: dict
     serving_version: str | None
-    seen: set[str]
+    seen: list[str]
 
 
 class OnlineFeatureStore(Protocol):
@@ -25,7 +25,7 @@ class OnlineFeatureStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def read_user(self, user_id: str, need_serving_version: bool) -> UserReadResult: ...
+    async def read_user(self, user_id: str, fields: list[str], need_serving_version: bool) -> UserReadResult: ...
 
     async def read_items(self, item_ids: list[str], fields: list[str]) -> list[str]: ...
 

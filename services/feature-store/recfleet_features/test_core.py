@@ -10,7 +10,7 @@ import pytest
 from . import registry
 from .materialization import BEGINNING, OVERLAP, window_start
 from .pointintime import Event, History, training_rows
-from .rows import build_row, choose_vector, constraints_from, timestamp_field
+from .rows import build_row, choose_vector, constraints_from, decode_values, timestamp_field
 from .validation import CatalogItem, Profile, ValidationError, validate_items, validate_profile
 
 REGISTRY = registry.load()
@@ -101,6 +101,15 @@ def test_row_uses_stored_values_and_defaults_missing_stale_and_mistyped_ones():
     assert "title" not in row.defaulted and "creator" in row.defaulted
 
 
+def test_joined_values_decode_only_when_each_is_json():
+    assert decode_values('0.5,null,["a, b"],"x"', 4) == [0.5, None, ["a, b"], "x"]
+    assert decode_values(b'{"k": 1}', 1) == [{"k": 1}]
+    assert decode_values("", 0) == []
+    assert decode_values("not json,1", 2) is None
+    # A value that is not JSON but splices into valid JSON is caught by the count.
+    assert decode_values("1,2,3", 2) is None
+
+
 def test_vector_is_returned_only_for_its_version():
     stored = {b"als-2": np.array([1, 2], dtype="<f4").tobytes(), b"als-1": b"\0" * 8}
     assert choose_vector(stored, "als-2") == ([1.0, 2.0], "")
@@ -110,7 +119,7 @@ def test_vector_is_returned_only_for_its_version():
 
 
 def test_constraints_tolerate_missing_and_odd_values():
-    c = constraints_from({"age": "old", "country": 5, "blocked_categories": ["X"]}, {b"b", b"a"})
+    c = constraints_from({"age": "old", "country": 5, "blocked_categories": ["X"]}, {"b", "a"})
     assert (c.age, c.country, c.blocked_categories, c.seen_item_ids) == (0, "", ["X"], ["a", "b"])
 
 
@@ -224,12 +233,59 @@ def test_id_lists_are_checked_at_once_and_the_first_bad_one_is_named():
 def test_pre_encoded_rows_parse_as_the_response_message():
     from recfleet.features.v1 import features_pb2
 
-    from .servicer import ROWS_FIELD, repeated_field_entry
+    from .rows import Row
+    from .servicer import row_entry
 
-    rows = []
-    for size in (0, 5, 200, 20000):
-        row = features_pb2.FeatureRow(entity_id="i" * size or "x")
-        row.values["title"].text = "t" * size
-        rows.append(row)
-    encoded = b"".join(repeated_field_entry(ROWS_FIELD, row.SerializeToString()) for row in rows)
-    assert list(features_pb2.GetItemFeaturesResponse.FromString(encoded).rows) == rows
+    rows = [
+        Row("i" * size or "x", {"title": "t" * size}, ["title"] if size == 5 else []) for size in (0, 5, 200, 20000)
+    ]
+    answer = features_pb2.GetItemFeaturesResponse.FromString(b"".join(map(row_entry, rows)))
+    assert [(r.entity_id, r.values["title"].text, list(r.defaulted)) for r in answer.rows] == [
+        (row.entity_id, row.values["title"], row.defaulted) for row in rows
+    ]
+
+
+def test_columns_assembled_from_cells_are_the_message_protobuf_would_build():
+    from recfleet.features.v1 import features_pb2
+
+    from .servicer import column_cells, encode_columns
+
+    views = [REGISTRY.view("item", name) for name in ("popularity", "creator", "categories", "title")]
+    now = T.timestamp()
+    stored = [
+        {"popularity": 0.25, "creator": "Zoë", "categories": ["Drama", "War"], "title": "x" * 300},
+        {},
+        {"popularity": -0.0, "creator": "", "categories": [""], "title": "T"},
+    ] + [{"popularity": float(n), "categories": ["c"] * (n % 3)} for n in range(200)]
+    rows = [build_row(f"i{n}", values, views, now) for n, values in enumerate(stored)]
+    expected = features_pb2.GetItemFeaturesResponse()
+    for view in views:
+        column = expected.columns.add(name=view.name)
+        column.defaulted.extend(n for n, row in enumerate(rows) if view.name in row.defaulted)
+        values = [row.values[view.name] for row in rows]
+        if view.type == "number":
+            column.numbers.extend(values)
+        elif view.type == "text":
+            column.texts.extend(values)
+        else:
+            for value in values:
+                column.lists.add().values.extend(value)
+    encoded = encode_columns(views, rows, [column_cells(row, views) for row in rows])
+    assert encoded == expected.SerializeToString()
+    assert features_pb2.GetItemFeaturesResponse.FromString(encoded) == expected
+
+    empty = features_pb2.GetItemFeaturesResponse.FromString(encode_columns(views, [], []))
+    assert [(c.name, len(c.numbers), len(c.texts), len(c.lists)) for c in empty.columns] == [
+        (view.name, 0, 0, 0) for view in views
+    ]
+
+
+def test_wire_varints_match_protobuf():
+    from recfleet.features.v1 import features_pb2
+
+    from . import wire
+
+    positions = [0, 1, 127, 128, 300, 16383, 16384, 2**31 - 1]
+    column = features_pb2.FeatureColumn(defaulted=positions)
+    assert wire.packed_varints(5, positions) == column.SerializeToString()
+    assert wire.packed_varints(5, []) == wire.packed_doubles(2, []) == b""

@@ -510,6 +510,14 @@ async def test_a_value_that_is_not_json_counts_as_missing_without_losing_the_row
     assert value_of(good.values["title"]) == "Good" and list(good.defaulted) == []
 
 
+async def test_a_user_value_that_is_not_json_counts_as_missing_without_losing_the_others(fleet):
+    user = uid("u")
+    fleet.redis.hset(keys.user(user), mapping={"age": "30", "country": "not json", "interaction_count": "4"})
+    reply = await fleet.stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id=user), timeout=5)
+    assert reply.constraints.age == 30 and reply.constraints.country == "" and reply.interaction_count == 4
+    assert "country" in reply.features.defaulted and "age" not in reply.features.defaulted
+
+
 async def test_item_rows_follow_changes_in_redis(fleet):
     put_json(fleet.redis, keys.item("c1"), {"popularity": 0.1})
     request = features_pb2.GetItemFeaturesRequest(item_ids=["c1"], feature_names=["popularity"])

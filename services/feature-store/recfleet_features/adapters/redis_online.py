@@ -13,31 +13,33 @@ import orjson
 import redis.asyncio as aioredis
 from recfleet_store import keys
 
-from ..rows import decode_hash, decode_vector, encode_value, timestamp_field
+from ..rows import decode_hash, decode_values, decode_vector, encode_value, timestamp_field
 from ..validation import CatalogItem, Profile
 
 WINDOWS = ("all", "7d", "trending")
 
 # Reads the same fields of many item hashes and answers ONE JSON document: a list of
-# per-item texts `[v, ...]` (null where absent). The stored values are JSON already, so
-# they are spliced in as they are: the client parses one string instead of thousands of
+# per-item texts, each the stored values of the fields joined by commas (null where
+# absent), i.e. the inside of a JSON array. The stored values are JSON already, so they
+# are spliced in as they are: the client parses one string instead of thousands of
 # replies (most of the cost of a 500-item read in Python), and an item's text is a
-# ready-made cache key for the row built from it. Ids and field names travel as two
+# ready-made cache key for the row built from it. Absent fields are replaced in HMGET's
+# own answer and joined without brackets because each string built per item is a
+# measurable share of the script's time in Redis. Ids and field names travel as two
 # newline-joined arguments (ids cannot hold a newline) because packing a thousand
 # arguments costs more client time than the script: the hash keys are therefore not
 # declared, which standalone Redis allows (a Redis Cluster would need per-slot batches).
 ITEM_ROWS_SCRIPT = """
 local fields = {}
 for name in string.gmatch(ARGV[3], '[^\\n]+') do fields[#fields + 1] = name end
+local count, prefix = #fields, ARGV[1]
 local out = {}
 for id in string.gmatch(ARGV[2], '[^\\n]+') do
-  local values = redis.call('HMGET', ARGV[1] .. id, unpack(fields))
-  local parts = {}
-  for j = 1, #fields do
-    local value = values[j]
-    if value then parts[j] = value else parts[j] = 'null' end
+  local values = redis.call('HMGET', prefix .. id, unpack(fields))
+  for j = 1, count do
+    if not values[j] then values[j] = 'null' end
   end
-  out[#out + 1] = '[' .. table.concat(parts, ',') .. ']'
+  out[#out + 1] = table.concat(values, ',')
 end
 return cjson.encode(out)
 """
@@ -70,27 +72,36 @@ end
 return out
 """
 
-# The whole user read: features hash, vectors hash, the seen set as ONE newline-joined
+# The whole user read: the fields named in ARGV[2] (newline-separated) of the features
+# hash, joined like an item's text, the vectors hash, the seen set as ONE newline-joined
 # string (item ids cannot hold a newline; parsing thousands of set members one by one is
 # the slow part of a pipelined read in Python) and, when ARGV[1] is "1", the serving
 # version.
 USER_READ_SCRIPT = """
+local fields = {}
+for name in string.gmatch(ARGV[2], '[^\\n]+') do fields[#fields + 1] = name end
+local values = {}
+if #fields > 0 then values = redis.call('HMGET', KEYS[1], unpack(fields)) end
+for j = 1, #fields do
+  if not values[j] then values[j] = 'null' end
+end
 local seen = table.concat(redis.call('SMEMBERS', KEYS[3]), '\\n')
 local serving = false
 if ARGV[1] == '1' then serving = redis.call('GET', KEYS[4]) end
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), seen, serving}
+return {table.concat(values, ','), redis.call('HGETALL', KEYS[2]), seen, serving}
 """
 
 
 @dataclass
 class UserRead:
-    """What one user read returned: the decoded hash, stored vectors (version -> bytes),
-    the serving version (None when the request named one) and the seen set."""
+    """What one user read returned: the decoded values of the fields asked for (absent
+    ones left out), stored vectors (version -> bytes), the serving version (None when the
+    request named one) and the seen set."""
 
     stored: dict[str, Any]
     vectors: dict[str, bytes]
     serving_version: str | None
-    seen: set[str]
+    seen: list[str]
 
 
 def _text(value) -> str:
@@ -122,7 +133,7 @@ class RedisOnlineStore:
         script compilation, NOSCRIPT retries or new connections."""
         for script in (self._item_rows, self._popular, self._user_read):
             await self.client.script_load(script.script)
-        await self.read_user("warm-up", need_serving_version=True)
+        await self.read_user("warm-up", ["age"], need_serving_version=True)
         await self.read_items(["warm-up"], ["title"])
         await self.popular("all", "", 1, set())
 
@@ -130,16 +141,18 @@ class RedisOnlineStore:
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
 
-    async def read_user(self, user_id: str, need_serving_version: bool) -> UserRead:
-        """The user's hash, vectors, seen set and (when asked and not cached) the serving
-        version, in one round trip (one script call)."""
+    async def read_user(self, user_id: str, fields: list[str], need_serving_version: bool) -> UserRead:
+        """The user's `fields`, vectors, seen set and (when asked and not cached) the serving
+        version, in one round trip (one script call); a second one only when a stored
+        value is not JSON (that value counts as absent)."""
         now = time.monotonic()
         fetch_serving = need_serving_version and (
             self._serving is None or now - self._serving[0] > self.serving_cache_seconds
         )
-        user_hash, vectors, seen, serving_raw = await self._user_read(
-            keys=[keys.user(user_id), keys.user_vectors(user_id), keys.user_seen(user_id), keys.SERVING_VERSION],
-            args=["1" if fetch_serving else "0"],
+        user_key = keys.user(user_id)
+        text, vectors, seen, serving_raw = await self._user_read(
+            keys=[user_key, keys.user_vectors(user_id), keys.user_seen(user_id), keys.SERVING_VERSION],
+            args=["1" if fetch_serving else "0", "\n".join(fields)],
         )
         serving = None
         if fetch_serving:
@@ -147,17 +160,20 @@ class RedisOnlineStore:
             self._serving = (now, serving)
         elif need_serving_version and self._serving is not None:
             serving = self._serving[1]
+        values = decode_values(text, len(fields))
+        if values is None:
+            values = await self._hash_values(user_key, fields)
         return UserRead(
-            stored=decode_hash(_pairs(user_hash)),
+            stored={name: value for name, value in zip(fields, values) if value is not None},
             vectors=_pairs(vectors),
             serving_version=serving,
-            seen=set(_text(seen).split("\n")) if seen else set(),
+            seen=_text(seen).split("\n") if seen else [],
         )
 
     async def read_items(self, item_ids: list[str], fields: list[str]) -> list[str]:
-        """Per item, the JSON text of its `fields` values in order (null where absent), in
-        one round trip. A value that is not JSON makes its item's text unparseable; such
-        items are re-read with `read_item_values`."""
+        """Per item, the stored JSON texts of its `fields` in order joined by commas (null
+        where absent), in one round trip (`rows.decode_values` decodes one). A value that is not
+        JSON makes its item's text undecodable; such items are re-read with `read_item_values`."""
         if not item_ids:
             return []
         document = await self._item_rows(args=[keys.item(""), "\n".join(item_ids), "\n".join(fields)])
@@ -165,7 +181,10 @@ class RedisOnlineStore:
 
     async def read_item_values(self, item_id: str, fields: list[str]) -> list:
         """The decoded values of one item's `fields`; values that are not JSON count as absent."""
-        return [_json_or_none(value) for value in await self.client.hmget(keys.item(item_id), fields)]
+        return await self._hash_values(keys.item(item_id), fields)
+
+    async def _hash_values(self, key: str, fields: list[str]) -> list:
+        return [_json_or_none(value) for value in await self.client.hmget(key, fields)]
 
     async def write(self, entity: str, rows: dict[str, dict[str, Any]], event_time: float) -> None:
         """Feature values (JSON) and the time they were written, for freshness checks."""
