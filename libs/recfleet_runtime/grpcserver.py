@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import tracing
 from .context import REQUEST_ID_HEADER, deadline_var, request_id_var
+from .heap import settle_heap
 from .metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_SECONDS, start_metrics_server
 from .settings import ServiceSettings
 
@@ -191,6 +192,8 @@ async def serve(
     tasks = [asyncio.create_task(job()) for job in background]
     try:
         if await warm_up():
+            # What warm-up loaded (index, model, clients) lives as long as the process.
+            settle_heap()
             await service.health.set_serving(True)
             log.info("serving", service=service.name)
         else:

@@ -5,7 +5,6 @@ from recfleet_runtime.logging import configure_logging
 from recfleet_runtime.tracing import configure_tracing, instrument_psycopg
 
 from .app import IngestApi
-from .roles import settle_heap
 from .settings import IngestSettings
 
 
@@ -15,7 +14,6 @@ async def main() -> None:
     configure_tracing("event-ingest")
     instrument_psycopg()
     api = IngestApi(settings)
-    settle_heap()
     await serve(api.service, api.warm_up, background=[api.refresh_erased_forever], close=api.close)
 
 

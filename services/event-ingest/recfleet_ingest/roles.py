@@ -1,14 +1,13 @@
-"""Process bootstrap shared by the consumer roles (logs, metrics, topics, SIGTERM), and the
-heap settling every event-ingest process does once started."""
+"""Process bootstrap shared by the consumer roles (logs, metrics, topics, SIGTERM)."""
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 from collections.abc import Callable
 
 import structlog
+from recfleet_runtime.heap import settle_heap
 from recfleet_runtime.logging import configure_logging
 from recfleet_runtime.metrics import start_metrics_server
 from recfleet_store.kafka import ensure_topics, fleet_topics
@@ -16,24 +15,6 @@ from recfleet_store.kafka import ensure_topics, fleet_topics
 from .settings import IngestSettings
 
 log = structlog.get_logger("recfleet.ingest")
-
-
-# Container allocations between young-generation collections (CPython's default is 700).
-YOUNG_GC_THRESHOLD = 50_000
-
-
-def settle_heap() -> None:
-    """Once start-up is done: keep what it allocated (modules, classes, clients) out of
-    every later collection, and collect young objects less often.
-
-    Each batch allocates thousands of short-lived objects (and kafka-python a few per
-    record that live until the broker answers); with the defaults the collector rescanned
-    the whole start-up heap every second or so and took 10-20% of these processes' CPU
-    under load. Plain reference counting still frees almost everything at once.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def ensure_fleet_topics(settings: IngestSettings, timeout: float = 30.0) -> None:

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from psycopg_pool import AsyncConnectionPool
 from recfleet_runtime import tracing
 from recfleet_runtime.canary import Gates
+from recfleet_runtime.heap import settle_heap
 from recfleet_store.postgres import open_pool
 from recfleet_store.traffic import TrafficStore
 from redis.asyncio import Redis
@@ -164,6 +165,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.instrument_redis()
         app.state.gateway = await Gateway.open(settings)
+        settle_heap()
         try:
             yield
         finally:
