@@ -48,6 +48,10 @@ def erased(user_id: str) -> str:
 
 SERVING_VERSION = f"{PREFIX}:model:als:serving"
 
+# Pub/sub channel: a JSON list of item ids whose catalog fields just changed (the feature
+# store publishes on every upsert; ranking drops those items from its in-process cache).
+ITEMS_CHANGED = f"{PREFIX}:items:changed"
+
 
 def user_vectors(user_id: str) -> str:
     """Hash: model version -> user vector as little-endian float32 bytes."""

@@ -9,6 +9,7 @@ from recfleet_runtime.resilience import CircuitBreaker
 from recfleet_runtime.tracing import configure_tracing
 from recfleet_store.artifacts import open_artifact_store
 
+from .adapters.catalog_changes import follow_catalog_changes
 from .adapters.feature_store import feature_store_client
 from .adapters.models import RankerVersions
 from .diversity import DiversityPolicy
@@ -70,11 +71,15 @@ async def main() -> None:
     async def poll() -> None:
         await servicer.versions.poll(settings.registry_poll_seconds)
 
+    async def catalog_changes() -> None:
+        await follow_catalog_changes(settings.redis_url, servicer.item_cache)
+
     async def close() -> None:
         await servicer.versions.close()
         await servicer.feature_store.close()
 
-    await serve(service, warm_up, background=[poll], close=close)
+    background = [poll, catalog_changes] if settings.follow_catalog_changes else [poll]
+    await serve(service, warm_up, background=background, close=close)
 
 
 if __name__ == "__main__":

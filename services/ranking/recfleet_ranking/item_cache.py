@@ -5,7 +5,9 @@ regions, availability, popularity) for up to 1,000 candidates, and those values 
 rarely: the catalog on an upsert, popularity once a day. Reading them from the feature
 store on every call cost more than ranking itself, so ranking keeps what it read for
 `ttl_seconds` and asks the feature store only for the items it lacks or holds too long.
-A catalog change therefore reaches ranking within `ttl_seconds`.
+A catalog upsert is also announced (adapters/catalog_changes.py) and drops the items at
+once; `ttl_seconds` bounds staleness when an announcement is missed and for values
+written without one (popularity).
 
 Pure: no network; the clock is injectable for tests.
 """
@@ -89,6 +91,15 @@ class ItemFeatureCache:
         """Expired entries still held: better than nothing when the feature store is down."""
         entries = self._entries
         return {item_id: entries[item_id][0] for item_id in item_ids if item_id in entries}
+
+    def forget(self, item_ids: Iterable[str]) -> None:
+        """Drop these items: their catalog fields changed."""
+        entries = self._entries
+        for item_id in item_ids:
+            entries.pop(item_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def store(self, read: dict[str, Known]) -> None:
         if not self.ttl_seconds or not read:

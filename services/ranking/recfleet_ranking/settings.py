@@ -1,10 +1,10 @@
 """ranking settings (env prefix RECFLEET_RANKING_)."""
 
 from pydantic_settings import SettingsConfigDict
-from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, ServiceSettings
+from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, RedisSettings, ServiceSettings
 
 
-class RankingSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
+class RankingSettings(ServiceSettings, PostgresSettings, RedisSettings, ArtifactSettings):
     model_config = SettingsConfigDict(env_prefix="RECFLEET_RANKING_", extra="ignore", populate_by_name=True)
 
     grpc_port: int = 50071
@@ -27,10 +27,12 @@ class RankingSettings(ServiceSettings, PostgresSettings, ArtifactSettings):
     inject_error_rate: float = 0.0
     # Most candidates one Rank call may carry (one GetItemFeatures batch).
     max_candidates: int = 1000
-    # Seconds item features read from the feature store are reused (0 = read every call):
-    # the bound on how long a catalog change takes to reach ranking.
+    # Seconds item features read from the feature store are reused (0 = read every call).
+    # Catalog upserts are announced on Redis and drop their items at once; this bounds
+    # staleness when an announcement is missed. follow_catalog_changes off = TTL only.
     item_cache_seconds: float = 5.0
     item_cache_max_items: int = 200_000
+    follow_catalog_changes: bool = True
     # Time the learned ranker may take per call before rules take over.
     model_budget_ms: float = 20.0
     # Consecutive model failures that open its breaker, and the seconds it stays open.

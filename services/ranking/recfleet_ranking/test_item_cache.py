@@ -56,3 +56,19 @@ def test_apply_copies_every_feature_onto_the_candidate():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         ItemFeatureCache(**kwargs)
+
+
+def test_forget_and_clear_drop_entries_before_their_ttl():
+    cache = ItemFeatureCache(60)
+    cache.store({"a": ItemFeatures(), "b": ItemFeatures(), "c": None})
+    cache.forget(["a", "missing"])
+    assert cache.lookup(["a", "b", "c"])[1] == ["a"]
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_announcements_are_read_leniently():
+    from .adapters.catalog_changes import changed_ids
+
+    assert changed_ids(b'["1", "x:2"]') == ["1", "x:2"]
+    assert changed_ids(b"not json") == [] and changed_ids(b'{"a": 1}') == []

@@ -239,3 +239,33 @@ async def test_item_features_are_reused_for_the_cache_ttl_and_outlive_a_feature_
     finally:
         await stop_ranking(service, servicer, channel)
         await app.close()
+
+
+async def test_a_catalog_upsert_reaches_ranking_at_once_through_the_announcement(feature_store, redis_url, pg_dsn,
+                                                                                  artifact_dir):
+    from recfleet.features.v1 import features_pb2, features_pb2_grpc
+    from recfleet_ranking.adapters.catalog_changes import follow_catalog_changes
+
+    service, servicer, channel, stub = await start_ranking(feature_store, pg_dsn, artifact_dir, item_cache_seconds=600)
+    follower = asyncio.create_task(follow_catalog_changes(redis_url, servicer.item_cache))
+    features_channel = grpc.aio.insecure_channel(feature_store)
+    catalog = features_pb2_grpc.FeatureStoreStub(features_channel)
+    adult = common_pb2.UserConstraints(age=30)
+    try:
+        await asyncio.sleep(0.3)  # subscribed
+        first = await stub.Rank(request(constraints=adult), timeout=5)
+        assert "1" in {i.item_id for i in first.items}
+        # Item 1 is withdrawn through the feature store: far inside the 600 s TTL, ranking
+        # stops showing it as soon as the announcement arrives.
+        withdrawn = features_pb2.Item(item_id="1", categories=["Drama"], available=False)
+        await catalog.UpsertItems(features_pb2.UpsertItemsRequest(items=[withdrawn]), timeout=5)
+        for _ in range(50):
+            ranked = await stub.Rank(request(constraints=adult), timeout=5)
+            if "1" not in {i.item_id for i in ranked.items}:
+                break
+            await asyncio.sleep(0.05)
+        assert "1" not in {i.item_id for i in ranked.items} and ranked.filtered["unavailable"] == 2
+    finally:
+        follower.cancel()
+        await features_channel.close()
+        await stop_ranking(service, servicer, channel)

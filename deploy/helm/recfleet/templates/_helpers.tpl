@@ -50,7 +50,7 @@ NetworkPolicies allow exactly these edges).
   service: ranking
   prefix: RECFLEET_RANKING_
   args: ["python", "-m", "recfleet_ranking"]
-  uses: [postgres, artifacts]
+  uses: [postgres, redis, artifacts]
   calls: [feature-store]
 - key: featureStore
   name: feature-store

@@ -228,6 +228,9 @@ class RedisOnlineStore:
                 for window in WINDOWS:
                     for category in {"", *item.categories, *old}:
                         pipe.zrem(keys.popular(window, category), item.item_id)
+        # After the writes, in the same round trip: every ranking replica forgets these
+        # items and reads them again on its next call.
+        pipe.publish(keys.ITEMS_CHANGED, orjson.dumps([item.item_id for item in items]))
         await pipe.execute()
 
     async def put_profile(self, profile: Profile) -> None:
