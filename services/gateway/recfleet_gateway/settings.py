@@ -46,8 +46,8 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # replica takes at most this long to apply).
     api_key_cache_seconds: float = 5.0
     readiness_cache_seconds: float = 1.0
-    # Secret for signing pagination cursors; empty means one random secret per process
-    # (cursors then only work on the replica that issued them).
+    # Secret for signing pagination cursors; empty means one random secret per replica,
+    # shared by its workers (cursors then only work on the replica that issued them).
     cursor_secret: str = ""
     cursor_ttl_seconds: int = 1800
     # How many ranked items one recommendation snapshot keeps for pagination.
