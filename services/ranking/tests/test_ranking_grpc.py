@@ -9,10 +9,12 @@ import psycopg
 import pytest
 import redis
 from recfleet.common.v1 import common_pb2
+from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
 from recfleet_ranking.__main__ import build
+from recfleet_ranking.adapters.catalog_changes import follow_catalog_changes
 from recfleet_ranking.adapters.models import write_ranker
 from recfleet_ranking.settings import RankingSettings
 from recfleet_store import keys
@@ -48,8 +50,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-async def feature_store(redis_url, pg_dsn):
+async def start_feature_store(redis_url, pg_dsn) -> tuple[FeatureStoreApp, str]:
+    """The real feature-store service over the seeded Redis: (app, target)."""
     fill_redis(redis_url)
     app = FeatureStoreApp(
         FeatureSettings(redis_url=redis_url, postgres_dsn=pg_dsn, grpc_port=0, metrics_port=0,
@@ -58,7 +60,13 @@ async def feature_store(redis_url, pg_dsn):
     port = await app.service.start("127.0.0.1:0")
     assert await app.warm_up()
     await app.service.health.set_serving(True)
-    yield f"127.0.0.1:{port}"
+    return app, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def feature_store(redis_url, pg_dsn):
+    app, target = await start_feature_store(redis_url, pg_dsn)
+    yield target
     await app.service.stop()
     await app.close()
 
@@ -203,17 +211,8 @@ async def test_bad_requests_and_the_error_drill(pg_dsn, artifact_dir):
 async def test_item_features_are_reused_for_the_cache_ttl_and_outlive_a_feature_store_outage(
     redis_url, pg_dsn, artifact_dir
 ):
-    fill_redis(redis_url)
-    app = FeatureStoreApp(
-        FeatureSettings(redis_url=redis_url, postgres_dsn=pg_dsn, grpc_port=0, metrics_port=0,
-                        drain_seconds=0, grace_seconds=0)
-    )
-    port = await app.service.start("127.0.0.1:0")
-    assert await app.warm_up()
-    await app.service.health.set_serving(True)
-    service, servicer, channel, stub = await start_ranking(
-        f"127.0.0.1:{port}", pg_dsn, artifact_dir, item_cache_seconds=1.0
-    )
+    app, target = await start_feature_store(redis_url, pg_dsn)
+    service, servicer, channel, stub = await start_ranking(target, pg_dsn, artifact_dir, item_cache_seconds=1.0)
     adult = common_pb2.UserConstraints(age=30)
     try:
         first = await stub.Rank(request(constraints=adult), timeout=5)
@@ -243,9 +242,6 @@ async def test_item_features_are_reused_for_the_cache_ttl_and_outlive_a_feature_
 
 async def test_a_catalog_upsert_reaches_ranking_at_once_through_the_announcement(feature_store, redis_url, pg_dsn,
                                                                                   artifact_dir):
-    from recfleet.features.v1 import features_pb2, features_pb2_grpc
-    from recfleet_ranking.adapters.catalog_changes import follow_catalog_changes
-
     service, servicer, channel, stub = await start_ranking(feature_store, pg_dsn, artifact_dir, item_cache_seconds=600)
     follower = asyncio.create_task(follow_catalog_changes(redis_url, servicer.item_cache))
     features_channel = grpc.aio.insecure_channel(feature_store)
