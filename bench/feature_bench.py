@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import time
 import uuid
@@ -43,6 +42,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_store import keys
+from recfleet_store.kafka import free_port
 from recfleet_store.postgres import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,12 +57,6 @@ RANKING_FEATURES = [
     "regions",
     "available",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seed(client: redis.Redis, user: str, items: list[str]) -> None:

@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matri
 from recfleet_ranking.pipeline import RankingPipeline, RankQuery
 from recfleet_store import keys
 from recfleet_store.artifacts import DirectoryArtifactStore
+from recfleet_store.kafka import free_port
 from recfleet_store.postgres import migrate
 from recfleet_store.registry import promote, register_version
 
@@ -130,12 +130,6 @@ def bench_core(ranker: LearnedRanker, calls: int) -> dict:
                 samples.append(time.perf_counter() - started)
             results.setdefault(series, {})[n] = percentiles(samples[calls // 10 :])
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_serving(target: str, seconds: float = 60) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +24,7 @@ from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
 from recfleet_store import keys
+from recfleet_store.kafka import free_port
 
 USER_FEATURES = {
     "interaction_count",
@@ -557,9 +557,7 @@ async def wait_for_status(port: int, wanted: int, timeout: float = 10) -> int:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 async def test_health_follows_redis_going_away_and_coming_back(pg_dsn):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        redis_port = sock.getsockname()[1]
+    redis_port = free_port()
     server = start_redis(redis_port)
     app = FeatureStoreApp(settings(pg_dsn, f"redis://127.0.0.1:{redis_port}/0", store_check_seconds=0.1))
     port = await app.service.start("127.0.0.1:0")

@@ -238,13 +238,10 @@ async def test_readout_flags_a_skewed_split(client, pg_dsn):
 @pytest.fixture
 async def served(app):
     """The gateway on a real port, for the CLI."""
-    import socket
-
     import uvicorn
+    from recfleet_store.kafka import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -1,7 +1,6 @@
 """A real ranking server over gRPC, with the real feature-store service reading Redis."""
 
 import asyncio
-import socket
 
 import grpc
 import orjson
@@ -19,6 +18,7 @@ from recfleet_ranking.adapters.models import write_ranker
 from recfleet_ranking.settings import RankingSettings
 from recfleet_store import keys
 from recfleet_store.artifacts import DirectoryArtifactStore
+from recfleet_store.kafka import free_port
 from recfleet_store.registry import promote, register_version
 
 NOW = 1_790_000_000
@@ -42,12 +42,6 @@ def fill_redis(redis_url):
                   "popularity_7d": 0.1, **features}
         client.hset(keys.item(item_id), mapping={k: orjson.dumps(v) for k, v in values.items()})
     client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_feature_store(redis_url, pg_dsn) -> tuple[FeatureStoreApp, str]:

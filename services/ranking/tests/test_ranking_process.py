@@ -4,7 +4,6 @@ a Rank call, and a clean stop on SIGTERM."""
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet.common.v1 import common_pb2
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from recfleet_store.kafka import free_port
 
 
 @pytest.fixture
