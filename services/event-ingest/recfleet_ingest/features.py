@@ -8,8 +8,9 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from recfleet_store.windows import bucket_increments, expired_fields, window_counts
+
 from .validation import Event
-from .windows import bucket_increments, expired_fields, window_counts
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import registry as registry_module
 from .adapters.batch import OfflineBatch, OnlineBatch
 from .aggregates import running_category_counts
-from .pointintime import column, training_rows
+from .pointintime import column, stored_features, training_rows
 
 # Rows committed with an older timestamp than the watermark (long transactions) are
 # picked up by re-reading this much before it; re-reading is harmless.
@@ -173,7 +173,7 @@ def export_training_set(
     views = registry.views
     offline = OfflineBatch(pg_dsn)
     try:
-        histories = offline.histories([(view.entity, view.name) for view in views])
+        histories = offline.histories(stored_features(views))
         rows = training_rows(offline.events(since, until), histories, views)
         columns = ["user_id", "item_id", "ts", "type", "value", *(column(view) for view in views)]
         rows = tqdm(rows, unit="row", desc="training set", disable=not progress, mininterval=0.5)

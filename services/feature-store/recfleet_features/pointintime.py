@@ -1,17 +1,19 @@
 """Point-in-time correct training rows: each event gets the features as they were at the
 event's timestamp (the latest offline value with event_time <= ts), never a value written
 later. Last-interaction times without a stored history of their own are derived from the
-interaction count history (see DERIVED_FROM). Pure: histories come from the offline store
-through an adapter.
+interaction count history (see DERIVED_FROM), and so are the windowed counts (see
+WINDOWED_FROM). Pure: histories come from the offline store through an adapter.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from recfleet_store.windows import WINDOWS, Window
 
 from .registry import FeatureView
 
@@ -49,6 +51,11 @@ class History:
         position = bisect_right(self.times, ts)
         return self.values[position - 1] if position else default
 
+    def before(self, ts: datetime, default: Any) -> Any:
+        """The latest value with event_time < ts, else `default`."""
+        position = bisect_left(self.times, ts)
+        return self.values[position - 1] if position else default
+
     def last_time_as_of(self, ts: datetime, default: Any) -> Any:
         """Epoch seconds of the latest event_time <= ts, else `default`."""
         position = bisect_right(self.times, ts)
@@ -63,6 +70,35 @@ DERIVED_FROM = {
     ("user", "last_seen_at"): "interaction_count",
     ("item", "last_interaction_at"): "interaction_count",
 }
+
+
+# Windowed counts as of ts from the running interaction count: the events at or before ts
+# less those before the first bucket the window still counted at ts. Buckets and windows
+# are the realtime consumer's own (recfleet_store.windows), so a training row holds what
+# the online store would have served at that moment.
+WINDOWED_FROM = {("item", window.feature): window for window in WINDOWS}
+RUNNING_COUNT = "interaction_count"
+
+
+def windowed_count_as_of(running: History, ts: datetime, window: Window) -> int:
+    """Events in `window` at ts, from the history of the running interaction count."""
+    edge = int(ts.timestamp()) - window.seconds
+    first_counted = -(-edge // window.bucket_seconds) * window.bucket_seconds
+    total = running.as_of(ts, 0)
+    left = running.before(datetime.fromtimestamp(first_counted, UTC), 0)
+    return int(total) - int(left)
+
+
+def stored_features(views: list[FeatureView]) -> list[tuple[str, str]]:
+    """The (entity, feature) histories the views need: their own and those they derive from."""
+    needed = {(view.entity, view.name) for view in views}
+    for view in views:
+        key = (view.entity, view.name)
+        if key in WINDOWED_FROM:
+            needed.add((view.entity, RUNNING_COUNT))
+        if key in DERIVED_FROM:
+            needed.add((view.entity, DERIVED_FROM[key]))
+    return sorted(needed)
 
 
 def column(view: FeatureView) -> str:
@@ -85,7 +121,11 @@ def training_rows(events: Iterable[Event], histories: Histories, views: list[Fea
             entity_id = event.user_id if view.entity == "user" else event.item_id
             history = histories.get((view.entity, entity_id, view.name))
             source = DERIVED_FROM.get((view.entity, view.name))
-            if history is None and source is not None:
+            window = WINDOWED_FROM.get((view.entity, view.name))
+            if history is None and window is not None:
+                running = histories.get((view.entity, entity_id, RUNNING_COUNT), empty)
+                value = windowed_count_as_of(running, event.ts, window)
+            elif history is None and source is not None:
                 source_history = histories.get((view.entity, entity_id, source), empty)
                 value = source_history.last_time_as_of(event.ts, view.default)
             else:

@@ -139,6 +139,10 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
     assert [float(r["user__last_seen_at"]) for r in rows] == [(T0 + timedelta(hours=h)).timestamp() for h in hours]
     # m2 was first used at T0+1h: that row already sees it, the later m2 row sees 2 uses.
     assert [float(r["item__interaction_count"]) for r in rows] == [1, 1, 2, 2]
+    # Windowed counts as the realtime buckets served them then: the row two hours after
+    # m1's first use no longer counts it in the last hour, but does in the last day.
+    windowed = [[float(r[f"item__interactions_{w}"]) for w in ("1h", "24h", "7d")] for r in rows]
+    assert windowed == [[1, 1, 1], [1, 1, 1], [1, 2, 2], [1, 2, 2]]
     assert float(rows[1]["item__popularity"]) == 0.9
     assert float(rows[3]["item__popularity"]) == 0.5
     assert float(rows[0]["item__popularity"]) == 0  # m1 never had a popularity value

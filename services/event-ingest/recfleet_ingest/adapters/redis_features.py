@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import redis
 from recfleet_store import keys
+from recfleet_store.windows import BUCKETS_TTL_SECONDS
 
 from ..features import FeatureUpdates, ItemState, UserState
-from ..windows import BUCKETS_TTL_SECONDS
 
 # The feature store's freshness stamp beside a value (docs/CONTRACTS.md): the window
 # counts carry the time they were computed, so a count that no new event refreshes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from recfleet_ingest.windows import (
+from recfleet_store.windows import (
     BUCKETS_TTL_SECONDS,
     DAY,
     HOUR,
