@@ -143,8 +143,14 @@ def start_plumbing() -> tuple[str, str, list]:
 
     sys.path.insert(0, str(Path(__file__).parent))
     import plumbing
+    from recfleet_runtime.settings import PostgresSettings
     from recfleet_store.kafka import free_port
+    from recfleet_store.postgres import ensure_database, migrate
 
+    # The gateway reads API keys and traffic weights from Postgres, as in the real fleet.
+    dsn = PostgresSettings().postgres_dsn
+    ensure_database(dsn)
+    migrate(dsn)
     shard_count = 2
     ports = {name: free_port() for name in ("feature-store", "ranking", "event-ingest")}
     ports.update({f"candidate-gen-{s}": free_port() for s in range(shard_count)})

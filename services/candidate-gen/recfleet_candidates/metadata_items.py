@@ -87,7 +87,7 @@ class MetadataItems:
         self.current: MetadataIndex | None = None
         self._vectors: MetadataVectors | None = None
         self._version = ""
-        self._watermark = EPOCH
+        self._read_at = EPOCH
         self._placed: dict[str, np.ndarray] = {}
         self._lock = asyncio.Lock()
         self._label = str(shard)
@@ -116,9 +116,12 @@ class MetadataItems:
     def _refresh(self, shard: LoadedShard) -> MetadataIndex | None:
         """The new index when anything changed, else None."""
         if shard.version != self._version:
-            changed = self._load_version(shard, self._catalog.all_items())
+            read = self._catalog.all_items()
+            changed = self._load_version(shard, read.rows)
         else:
-            changed = self._apply(shard, self._catalog.changed_since(self._watermark))
+            read = self._catalog.changed_since(self._read_at)
+            changed = self._apply(shard, read.rows)
+        self._read_at = read.read_at
         return MetadataIndex.build(shard.version, shard.dimension, dict(self._placed)) if changed else None
 
     def _load_version(self, shard: LoadedShard, rows: list[CatalogRow]) -> bool:
@@ -131,7 +134,6 @@ class MetadataItems:
         self._vectors = MetadataVectors.from_version(item_ids, factors, metadata, self._min_tag_items)
         self._version = shard.version
         self._placed = {}
-        self._watermark = EPOCH
         self._apply(shard, rows)
         log.info(
             "metadata vectors computed",
@@ -149,7 +151,6 @@ class MetadataItems:
             return False
         changed = False
         for row in rows:
-            self._watermark = max(self._watermark, row.updated_at)
             if row.item_id in shard.rows or shard_of(row.item_id, self.shard_count) != self.shard:
                 continue
             vector = self._vectors.vector_for(ItemMetadata(row.categories, row.tags)) if row.available else None

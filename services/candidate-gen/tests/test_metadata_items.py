@@ -171,3 +171,34 @@ async def test_an_unreadable_catalog_keeps_the_last_metadata_items_serving(catal
             return (await status(s)).metadata_item_count == 0
 
         await wait_until(withdrawn)
+
+
+def test_catalog_polls_reread_a_change_only_within_the_commit_lag(catalog):
+    """A quiet catalog costs nothing to poll: a change is read again only by polls that
+    follow a read begun within the commit lag of it (by the database's clock)."""
+    import time
+    from datetime import timedelta
+
+    from recfleet_candidates.adapters.catalog import CatalogReader
+
+    reader = CatalogReader(catalog.dsn, commit_lag=timedelta(seconds=0.5))
+    try:
+        for n in range(3):
+            add_item(catalog.conn, f"bulk-{n}", ["drama"])
+        first = reader.all_items()
+        assert {row.item_id for row in first.rows} == {"bulk-0", "bulk-1", "bulk-2"}
+        # Within the lag a change is read again (a late commit may be stamped before it).
+        within = reader.changed_since(first.read_at)
+        assert {row.item_id for row in within.rows} == {"bulk-0", "bulk-1", "bulk-2"}
+        time.sleep(0.6)
+        # The poll after the first one that began more than the lag after the change does not.
+        last = reader.changed_since(within.read_at)
+        assert len(last.rows) == 3
+        quiet = reader.changed_since(last.read_at)
+        assert quiet.rows == []
+        assert reader.changed_since(quiet.read_at).rows == []
+        add_item(catalog.conn, "bulk-1", ["comedy"])
+        changed = reader.changed_since(quiet.read_at)
+        assert [(row.item_id, row.categories) for row in changed.rows] == [("bulk-1", ("comedy",))]
+    finally:
+        reader.close()
