@@ -12,14 +12,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 _configured = False
+_exporting = False
 
 
 def configure_tracing(service: str) -> None:
-    global _configured
+    global _configured, _exporting
     if _configured:
         return
     _configured = True
     exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none")
+    _exporting = exporter in ("otlp", "console")
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     if exporter == "none" and "OTEL_TRACES_SAMPLER" not in os.environ:
         # Nothing would export the spans: record none. Unsampled spans still carry trace
@@ -52,7 +54,18 @@ def instrument_grpc_client_interceptors():
     return aio_client_interceptors()
 
 
+def exporting() -> bool:
+    """Whether spans leave the process (an exporter is configured)."""
+    return _exporting
+
+
+# Redis and Postgres client spans carry no context to another process: when nothing
+# exports spans their instrumentation is pure cost on every command, so it is skipped.
+
+
 def instrument_redis() -> None:
+    if not _exporting:
+        return
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     instrumentor = RedisInstrumentor()
@@ -61,6 +74,8 @@ def instrument_redis() -> None:
 
 
 def instrument_psycopg() -> None:
+    if not _exporting:
+        return
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
     instrumentor = PsycopgInstrumentor()
