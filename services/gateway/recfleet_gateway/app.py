@@ -72,6 +72,7 @@ class Gateway:
             settings.rate_limit_per_key,
             settings.rate_limit_per_user,
             settings.rate_limits_per_scope,
+            timeout_seconds=REDIS_TIMEOUTS["socket_timeout"],
         )
         default_gates = Gates(
             max_error_rate=settings.canary_max_error_rate,

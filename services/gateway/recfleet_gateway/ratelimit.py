@@ -40,10 +40,16 @@ class RateLimiter:
         per_key: str,
         per_user: str,
         per_scope: dict[str, str] | None = None,
-        **redis_options: float,
+        timeout_seconds: float = 0.25,
     ):
+        # Bounded waits: a Redis that stops answering costs a request this much, then the
+        # request is let through (`check`).
         self._storage = RedisStorage(
-            storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl", **redis_options
+            storage_uri(redis_url),
+            implementation="redispy",
+            key_prefix="rf:rl",
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
         )
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
         self._per_key = parse(per_key)

@@ -149,6 +149,36 @@ async def test_rate_limit_per_key(gateway_settings):
         assert int(limited.headers["Retry-After"]) >= 1
 
 
+async def test_a_limit_store_that_stops_answering_lets_requests_through_quickly(gateway_settings):
+    """The limits protect the fleet but must not take it down: a Redis that accepts
+    connections and never answers costs a request a bounded wait, then lets it through."""
+    from prometheus_client import REGISTRY
+    from recfleet_gateway.ratelimit import RateLimiter
+
+    accepted = []
+
+    async def swallow(reader, writer):
+        accepted.append(writer)
+        await reader.read()  # never answers
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RateLimiter(f"redis://127.0.0.1:{port}/0", "2/minute", "2/minute")
+    errors = REGISTRY.get_sample_value("recfleet_gateway_rate_limit_errors_total") or 0
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(3):  # past the limit: nothing could count, so nothing is refused
+            await asyncio.wait_for(limiter.check("key-1", "recommend:read", "user-1"), timeout=5)
+        assert loop.time() - started < 3
+        assert accepted, "the limiter never reached the silent store"
+        assert REGISTRY.get_sample_value("recfleet_gateway_rate_limit_errors_total") == errors + 3
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+
 async def test_health_and_readiness(client, anonymous, fleet):
     assert (await anonymous.get("/healthz/live")).json() == {"status": "live"}
     ready = await anonymous.get("/healthz/ready")
