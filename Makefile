@@ -15,7 +15,7 @@ $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv==$(UV_VERSION)
 
 .venv/.stamp: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python 3.11
+	$(UV) sync --frozen --python 3.11 --extra parquet
 	@touch $@
 
 install: .venv/.stamp $(GEN_STAMP)  ## create .venv from uv.lock and generate the protos

@@ -37,7 +37,7 @@ def materialize_command(
 
 
 def export_training_set_command(
-    out: str = typer.Option(..., help="output file, .csv (or .parquet when pyarrow is installed)"),
+    out: str = typer.Option(..., help="output file, .csv or .parquet"),
     since: str = typer.Option("", help="only events at or after this ISO 8601 time"),
     until: str = typer.Option("", help="only events before this ISO 8601 time"),
     registry_path: str = typer.Option("", help="feature registry YAML; default: the bundled one"),

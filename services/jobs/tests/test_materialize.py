@@ -154,6 +154,20 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
         {"Drama": 2, "War": 2, "Comedy": 1},
     ]
 
+    # The same rows as Parquet: list columns as lists, maps as JSON text as in the CSV.
+    import pyarrow.parquet as pq
+
+    reply = cli("export-training-set", "--out", str(tmp_path / "training.parquet"))
+    assert reply["rows"] == 4
+    table = pq.read_table(tmp_path / "training.parquet")
+    assert table.column_names == list(rows[0].keys())
+    parquet_rows = table.to_pylist()
+    assert [(r["user_id"], r["item_id"]) for r in parquet_rows] == [(r["user_id"], r["item_id"]) for r in rows]
+    assert [r["user__interaction_count"] for r in parquet_rows] == counts
+    assert parquet_rows[0]["item__categories"] == ["Drama", "War"]
+    assert [r["item__interactions_24h"] for r in parquet_rows] == [1, 1, 2, 2]
+    assert json.loads(parquet_rows[2]["user__category_counts"]) == {"Drama": 2, "War": 2, "Comedy": 1}
+
     with pytest.raises(AssertionError, match="must end in .csv or .parquet"):
         cli("export-training-set", "--out", str(tmp_path / "training.txt"))
 
