@@ -638,3 +638,26 @@ async def test_columnar_item_read_matches_the_rows(fleet):
         features_pb2.GetItemFeaturesRequest(item_ids=["k1"], columnar=True), timeout=5
     )
     assert {column.name for column in every.columns} == ITEM_FEATURES
+
+
+async def test_a_burst_larger_than_the_redis_pool_is_served_not_refused(pg_dsn, redis_url):
+    """Calls beyond the pool's size wait their turn for a connection; none fails."""
+    app = FeatureStoreApp(settings(pg_dsn, redis_url, redis_max_connections=2))
+    port = await app.service.start("127.0.0.1:0")
+    try:
+        assert await app.warm_up()
+        await app.service.health.set_serving(True)
+        user = uid("burst")
+        put_json(redis.Redis.from_url(redis_url), keys.user(user), {"age": 33})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = features_pb2_grpc.FeatureStoreStub(channel)
+            request = features_pb2.GetUserFeaturesRequest(user_id=user, feature_names=["age"])
+            replies = await asyncio.gather(
+                *(stub.GetUserFeatures(request, timeout=10) for _ in range(50)), return_exceptions=True
+            )
+        failures = [reply for reply in replies if isinstance(reply, BaseException)]
+        assert failures == []
+        assert {value_of(reply.features.values["age"]) for reply in replies} == {33}
+    finally:
+        await app.service.server.stop(0)
+        await app.close()

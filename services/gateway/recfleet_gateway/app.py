@@ -17,7 +17,7 @@ from recfleet_runtime.canary import Gates
 from recfleet_runtime.heap import settle_heap
 from recfleet_store.postgres import open_pool
 from recfleet_store.traffic import TrafficStore
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import problems
@@ -61,7 +61,15 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
-        redis = Redis.from_url(settings.redis_url, **REDIS_TIMEOUTS)
+        # Blocking: a burst waits (briefly) for a connection instead of failing at once.
+        redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=2 * (settings.max_in_flight or 64),
+                timeout=REDIS_TIMEOUTS["socket_timeout"],
+                **REDIS_TIMEOUTS,
+            )
+        )
         pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
         fleet = Fleet(settings)
         cache = ResultCache(
@@ -73,6 +81,8 @@ class Gateway:
             settings.rate_limit_per_user,
             settings.rate_limits_per_scope,
             timeout_seconds=REDIS_TIMEOUTS["socket_timeout"],
+            # Two windows per request, each on its own connection while both are counted.
+            max_connections=2 * (settings.max_in_flight or 64),
         )
         default_gates = Gates(
             max_error_rate=settings.canary_max_error_rate,

@@ -11,6 +11,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import Counter
 from recfleet_runtime.logging import get_logger
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import RedisError
 
 from .problems import Problem
@@ -41,15 +42,21 @@ class RateLimiter:
         per_user: str,
         per_scope: dict[str, str] | None = None,
         timeout_seconds: float = 0.25,
+        max_connections: int = 128,
     ):
         # Bounded waits: a Redis that stops answering costs a request this much, then the
-        # request is let through (`check`).
-        self._storage = RedisStorage(
-            storage_uri(redis_url),
-            implementation="redispy",
-            key_prefix="rf:rl",
+        # request is let through (`check`). A blocking pool makes a burst of requests wait
+        # their turn for a connection; the default pool refuses beyond its size at once,
+        # which let every request of a burst through uncounted.
+        pool = BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=max_connections,
+            timeout=timeout_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
+        )
+        self._storage = RedisStorage(
+            storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl", connection_pool=pool
         )
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
         self._per_key = parse(per_key)

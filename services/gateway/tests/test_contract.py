@@ -139,6 +139,18 @@ async def test_rate_limit_per_user_gives_429_with_retry_after(gateway_settings):
         assert (await http.get("/v1/recommendations", params={"user_id": "warm-2"})).status_code == 200
 
 
+async def test_rate_limit_holds_for_a_burst_of_concurrent_requests(gateway_settings):
+    """A burst larger than the limit store's connection pool is counted, not let through."""
+    settings = gateway_settings.model_copy(update={"rate_limit_per_user": "5/minute"})
+    async with running_app(settings) as application, http_client(application) as http:
+        replies = await asyncio.gather(
+            *(http.get("/v1/recommendations", params={"user_id": "burst-1"}) for _ in range(60))
+        )
+    codes = sorted(reply.status_code for reply in replies)
+    assert codes.count(200) == 5, codes
+    assert codes.count(429) == 55, codes
+
+
 async def test_rate_limit_per_key(gateway_settings):
     settings = gateway_settings.model_copy(update={"rate_limit_per_key": "2/minute"})
     async with running_app(settings) as application, http_client(application) as http:

@@ -120,10 +120,21 @@ class RedisOnlineStore:
         self._user_read = client.register_script(USER_READ_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, max_connections: int = 64, serving_cache_seconds: float = 1.0, **pool_kwargs):
-        """A store over a connection pool; `pool_kwargs` reach redis.asyncio.ConnectionPool."""
-        pool = aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **pool_kwargs)
-        return cls(aioredis.Redis(connection_pool=pool), serving_cache_seconds)
+    def from_url(
+        cls,
+        url: str,
+        max_connections: int = 64,
+        serving_cache_seconds: float = 1.0,
+        pool_wait_seconds: float = 2.0,
+        **pool_kwargs,
+    ):
+        """A store over a blocking connection pool: calls beyond `max_connections` wait up
+        to `pool_wait_seconds` for a connection (the caller's deadline still applies)
+        rather than failing at once. `pool_kwargs` reach the pool's connections."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_wait_seconds, **pool_kwargs
+        )
+        return cls(aioredis.Redis.from_pool(pool), serving_cache_seconds)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
