@@ -9,7 +9,6 @@ import uuid
 import psycopg
 import pytest
 import redis
-
 from recfleet_store.kafka import LocalBroker
 from recfleet_store.postgres import migrate
 

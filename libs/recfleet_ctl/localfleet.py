@@ -209,7 +209,7 @@ class LocalFleet:
         console.print(f"[bold]recfleet-jobs {' '.join(args)}[/]")
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "recfleet_jobs", *args], env=self.base_env(), stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "recfleet_jobs", *args], env=self.base_env(), stdout=subprocess.PIPE, text=True, check=False
         )
         if result.returncode != 0:
             raise RuntimeError(f"recfleet-jobs {' '.join(args)} failed with exit code {result.returncode}")
@@ -256,10 +256,10 @@ class LocalFleet:
 
     def start_process(self, name: str, module: str, env: dict[str, str], grpc_port: int | None = None) -> Process:
         log_path = self.log_dir / f"{name}.log"
-        log_file = open(log_path, "ab")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with open(log_path, "ab") as log_file:  # the child keeps its own copy
+            popen = subprocess.Popen(
+                [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
         process = Process(name, popen, log_path, module, env, grpc_port)
         self.processes[name] = process
         return process

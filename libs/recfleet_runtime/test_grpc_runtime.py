@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+
 from recfleet_runtime.context import request_id_var
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.grpcserver import GrpcService

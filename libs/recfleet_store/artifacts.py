@@ -71,6 +71,6 @@ def open_artifact_store(url: str) -> ArtifactStore:
     """Choose the adapter from the URL scheme."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
-        path = url[len("file://") :] if url.startswith("file://") else url
+        path = url.removeprefix("file://")
         return DirectoryArtifactStore(path)
     raise ValueError(f"unsupported artifact store URL scheme {parsed.scheme!r} (supported: file)")

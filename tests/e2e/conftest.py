@@ -7,7 +7,6 @@ import os
 
 import httpx
 import pytest
-
 from recfleet_ctl.localfleet import FleetConfig, LocalFleet
 
 ADMIN_KEY = "e2e-admin-key"

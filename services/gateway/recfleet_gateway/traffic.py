@@ -17,7 +17,6 @@ import random
 
 import structlog
 from prometheus_client import Counter, Gauge
-
 from recfleet_runtime.canary import Gates, OutcomeWindow, evaluate
 from recfleet_runtime.grpcclient import add_call_observer, remove_call_observer
 from recfleet_store.traffic import TrafficState, TrafficStore, effective, read_routing_file, record_event

@@ -295,24 +295,24 @@ async def test_the_last_rung_remembers_popular_items_when_the_feature_store_is_d
 
 async def test_overload_is_shed_with_503_while_admin_and_probes_still_answer(gateway_settings, fleet):
     fleet.features.servicer.user_features_delay = 0.5
-    async with running_app(gateway_settings.model_copy(update={"max_in_flight": 2})) as application:
-        async with http_client(application) as client:
-            started = [
-                asyncio.ensure_future(client.get("/v1/recommendations", params={"user_id": f"warm-{i}"}))
-                for i in range(5)
-            ]
-            await asyncio.sleep(0.2)
-            # While two requests hold both slots, operators and probes still get through.
-            assert (await client.get("/admin/v1/traffic")).status_code == 200
-            assert (await client.get("/healthz/live")).status_code == 200
-            replies = await asyncio.gather(*started)
-            statuses = sorted(reply.status_code for reply in replies)
-            assert statuses == [200, 200, 503, 503, 503]
-            for reply in replies:
-                if reply.status_code == 503:
-                    body = assert_problem(reply, 503)
-                    assert reply.headers["Retry-After"] == "1" and "capacity" in body["detail"]
-            fleet.features.servicer.user_features_delay = 0.0
-            assert (await client.get("/v1/recommendations", params={"user_id": "warm-1"})).status_code == 200
-            metrics = (await client.get("/metrics")).text
-            assert "recfleet_gateway_shed_total 3.0" in metrics
+    overloaded = gateway_settings.model_copy(update={"max_in_flight": 2})
+    async with running_app(overloaded) as application, http_client(application) as client:
+        started = [
+            asyncio.ensure_future(client.get("/v1/recommendations", params={"user_id": f"warm-{i}"}))
+            for i in range(5)
+        ]
+        await asyncio.sleep(0.2)
+        # While two requests hold both slots, operators and probes still get through.
+        assert (await client.get("/admin/v1/traffic")).status_code == 200
+        assert (await client.get("/healthz/live")).status_code == 200
+        replies = await asyncio.gather(*started)
+        statuses = sorted(reply.status_code for reply in replies)
+        assert statuses == [200, 200, 503, 503, 503]
+        for reply in replies:
+            if reply.status_code == 503:
+                body = assert_problem(reply, 503)
+                assert reply.headers["Retry-After"] == "1" and "capacity" in body["detail"]
+        fleet.features.servicer.user_features_delay = 0.0
+        assert (await client.get("/v1/recommendations", params={"user_id": "warm-1"})).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert "recfleet_gateway_shed_total 3.0" in metrics

@@ -1,7 +1,6 @@
 """Batch job settings (env prefix RECFLEET_JOBS_)."""
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, RedisSettings
 
 

@@ -9,12 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel
-
 from recfleet.candidates.v1 import candidates_pb2
 
 from ..responses import JSONBody
 from ..schemas import ID_PATTERN
 from .deps import COMMON_ERRORS, Services, authorize
+
 
 class IndexStatus(BaseModel):
     shards: list[dict]

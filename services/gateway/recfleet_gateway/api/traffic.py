@@ -8,15 +8,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
+from recfleet_store.traffic import TrafficFrozen, recent_events, record_event
 
-from recfleet_store.traffic import TrafficFrozen, record_event, recent_events
-
+from ..auth import Principal
 from ..clients import SERVICES
 from ..problems import Problem
-from .deps import COMMON_ERRORS, PROBLEM, authorize, gateway
+from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(prefix="/admin/v1", tags=["traffic"], dependencies=[Depends(authorize("admin"))])
 Service = Annotated[Literal[SERVICES], Path(description="Downstream service.")]  # type: ignore[valid-type]
+Admin = Annotated[Principal, Depends(authorize("admin"))]
 
 
 class TrafficIn(BaseModel):
@@ -57,7 +58,7 @@ def _actor(principal) -> str:
 
 
 @router.get("/traffic", response_model=TrafficList, responses=COMMON_ERRORS, summary="Canary weights and history")
-async def get_traffic(services=Depends(gateway)):
+async def get_traffic(services: Services):
     await services.traffic.refresh()
     return ORJSONResponse(
         {"services": [_out(services, s) for s in SERVICES], "events": await recent_events(services.pool)}
@@ -66,8 +67,7 @@ async def get_traffic(services=Depends(gateway)):
 
 @router.put("/traffic/{service}", response_model=TrafficOut, responses={**COMMON_ERRORS, 409: PROBLEM},
             summary="Set a canary weight and shadow share")
-async def put_traffic(service: Service, body: TrafficIn, services=Depends(gateway),
-                      principal=Depends(authorize("admin"))):
+async def put_traffic(service: Service, body: TrafficIn, services: Services, principal: Admin):
     if (body.weight or body.shadow_percent) and not services.fleet.router.has_canary(service):
         raise Problem(409, f"{service} has no canary target; deploy one before routing traffic to it")
     try:
@@ -81,8 +81,8 @@ async def put_traffic(service: Service, body: TrafficIn, services=Depends(gatewa
 
 @router.post("/rollback/{service}", response_model=TrafficOut, responses=COMMON_ERRORS,
              summary="Canary weight to 0 at once")
-async def rollback(service: Service, body: Annotated[RollbackIn | None, Body()] = None, services=Depends(gateway),
-                   principal=Depends(authorize("admin"))):
+async def rollback(service: Service, services: Services, principal: Admin,
+                   body: Annotated[RollbackIn | None, Body()] = None):
     reason = (body or RollbackIn()).reason
     await services.traffic.store.rollback(service, reason, _actor(principal))
     await record_event(services.pool, service, "rollback", 0, None, reason, _actor(principal))
@@ -92,7 +92,7 @@ async def rollback(service: Service, body: Annotated[RollbackIn | None, Body()] 
 
 @router.post("/traffic/{service}/ack", response_model=TrafficOut, responses=COMMON_ERRORS,
              summary="Acknowledge a rollback so the weight may be raised again")
-async def ack(service: Service, services=Depends(gateway), principal=Depends(authorize("admin"))):
+async def ack(service: Service, services: Services, principal: Admin):
     await services.traffic.store.ack(service, _actor(principal))
     await record_event(services.pool, service, "ack", None, None, "", _actor(principal))
     await services.traffic.refresh()
