@@ -54,6 +54,7 @@ def test_strict_validation_catches_an_unknown_field(rendered, kit):
     [
         ({"ranking": {"canary": {"weight": 101}}}, "/ranking/canary/weight"),
         ({"ranking": {"canary": {"weight": -1}}}, "/ranking/canary/weight"),
+        ({"eventIngest": {"canary": {"shadowPercent": 10}}}, "/eventIngest/canary/shadowPercent"),
         ({"featureStore": {"replicaCount": 3}}, "replicaCount"),
         ({"ranking": {"env": {"RECFLEET_GATEWAY_PORT": "1"}}}, "RECFLEET_GATEWAY_PORT"),
         ({"candidateGen": {"shards": {"count": 0}}}, "/candidateGen/shards/count"),

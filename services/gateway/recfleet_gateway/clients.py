@@ -30,6 +30,9 @@ RANKING = "ranking"
 CANDIDATE_GEN = "candidate-gen"
 EVENT_INGEST = "event-ingest"
 SERVICES = (CANDIDATE_GEN, RANKING, FEATURE_STORE, EVENT_INGEST)
+# Services whose calls may be mirrored to a canary (shadow traffic): the reads. Mirroring
+# event-ingest would store every event twice.
+MIRRORED = (CANDIDATE_GEN, RANKING, FEATURE_STORE)
 STABLE = "stable"
 CANARY = "canary"
 

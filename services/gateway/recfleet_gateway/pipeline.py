@@ -50,7 +50,8 @@ SHADOW_SECONDS = Histogram(
 )
 SHADOW_OVERLAP = Histogram(
     "recfleet_gateway_shadow_overlap_ratio",
-    "overlap@10 between the stable answer and the mirrored canary answer.",
+    "Agreement of the mirrored canary answer with the stable one: overlap@10 of the items (ranking,"
+    " candidate-gen shards), the share of equal feature values (feature-store).",
     ["service"],
     buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
 )
@@ -151,6 +152,25 @@ def replay_tracks(tracks: dict[str, str]) -> None:
 def overlap_at_k(primary: list[str], other: list[str], k: int = 10) -> float:
     top = set(primary[:k])
     return len(top & set(other[:k])) / len(top) if top else 1.0
+
+
+def item_overlap(primary_items) -> Callable:
+    """Agreement of a mirrored answer's items with the stable answer's (overlap@10)."""
+    primary_ids = [item.item_id for item in primary_items]
+    return lambda reply: overlap_at_k(primary_ids, [item.item_id for item in reply.items])
+
+
+def feature_agreement(primary: features_pb2.GetUserFeaturesResponse) -> Callable:
+    """Agreement of a mirrored user read with the stable one: the share of features (and
+    the vector) whose values are equal."""
+
+    def agreement(reply: features_pb2.GetUserFeaturesResponse) -> float:
+        names = set(primary.features.values) | set(reply.features.values)
+        equal = sum(primary.features.values.get(name) == reply.features.values.get(name) for name in names)
+        equal += primary.user_vector == reply.user_vector
+        return equal / (len(names) + 1)
+
+    return agreement
 
 
 def model_version(als_version: str, served_by: str, ranker_version: str) -> str:
@@ -335,6 +355,9 @@ class Recommender:
         except DOWNSTREAM_ERRORS as error:
             degraded.append("feature-store-timeout" if is_timeout(error) else "feature-store-unavailable")
             return UserContext()
+        canary = self.fleet.feature_store.canary
+        if client.track == STABLE and canary is not None and self.shadow(FEATURE_STORE):
+            self._mirror(FEATURE_STORE, canary, "GetUserFeatures", request, feature_agreement(reply))
         numeric = {
             name: value.number for name, value in reply.features.values.items() if value.WhichOneof("kind") == "number"
         }
@@ -360,6 +383,11 @@ class Recommender:
             model_version=user.vector_version,
         )
         replies = await asyncio.gather(*(s.call("Retrieve", request) for s in shards), return_exceptions=True)
+        canaries = self.fleet.candidate_gen.canary
+        if shards and shards[0].track == STABLE and len(canaries) == len(shards) and self.shadow(CANDIDATE_GEN):
+            for canary, reply in zip(canaries, replies, strict=True):
+                if not isinstance(reply, BaseException):
+                    self._mirror(CANDIDATE_GEN, canary, "Retrieve", request, item_overlap(reply.items))
         groups = []
         for shard, reply in zip(shards, replies, strict=True):
             if isinstance(reply, BaseException):
@@ -456,13 +484,14 @@ class Recommender:
         )
         if client.track == STABLE and self.shadow(RANKING) and self.fleet.ranking.canary is not None:
             primary = await client.call("Rank", request)
-            self._mirror(RANKING, self.fleet.ranking.canary, "Rank", request, [i.item_id for i in primary.items])
+            self._mirror(RANKING, self.fleet.ranking.canary, "Rank", request, item_overlap(primary.items))
             return primary
         return await client.call("Rank", request)
 
-    def _mirror(self, service: str, canary: Downstream, method: str, request, primary_ids: list[str]) -> None:
-        """Send the same call to the canary in the background and compare; the caller's
-        response never waits for it."""
+    def _mirror(self, service: str, canary: Downstream, method: str, request, agreement: Callable) -> None:
+        """Send the same read to the canary in the background and record how far its
+        answer agrees with the stable one; the caller's response never waits for it.
+        Writes (event-ingest) are never mirrored: they would be stored twice."""
 
         async def run() -> None:
             started = time.perf_counter()
@@ -473,7 +502,7 @@ class Recommender:
                 return
             SHADOW_REQUESTS.labels(service, "ok").inc()
             SHADOW_SECONDS.labels(service).observe(time.perf_counter() - started)
-            SHADOW_OVERLAP.labels(service).observe(overlap_at_k(primary_ids, [i.item_id for i in reply.items]))
+            SHADOW_OVERLAP.labels(service).observe(agreement(reply))
 
         task = asyncio.create_task(run())
         self._shadow_tasks.add(task)

@@ -21,7 +21,7 @@ from recfleet_runtime.canary import Gates, OutcomeWindow, evaluate
 from recfleet_runtime.grpcclient import add_call_observer, remove_call_observer
 from recfleet_store.traffic import TrafficState, TrafficStore, effective, read_routing_file, record_event
 
-from .clients import CANDIDATE_GEN, SERVICES, Fleet
+from .clients import CANDIDATE_GEN, MIRRORED, SERVICES, Fleet
 
 log = structlog.get_logger("recfleet.gateway.traffic")
 
@@ -68,12 +68,16 @@ class TrafficController:
                 router.set_weight(service, weight)
                 log.info("canary weight applied", service=service, weight=weight, source=state.source)
             CANARY_WEIGHT.labels(service).set(weight)
-            SHADOW_PERCENT.labels(service).set(state.shadow_percent if router.has_canary(service) else 0)
+            mirrored = router.has_canary(service) and service in MIRRORED
+            SHADOW_PERCENT.labels(service).set(state.shadow_percent if mirrored else 0)
 
     def shadow(self, service: str) -> bool:
-        """Mirror this call to the canary? Only when the service has one and a share set."""
+        """Mirror this call to the canary? Only for reads, when the service has a canary and
+        a share is set."""
         state = self.states.get(service)
-        if state is None or not state.shadow_percent or not self.fleet.router.has_canary(service):
+        if state is None or not state.shadow_percent or service not in MIRRORED:
+            return False
+        if not self.fleet.router.has_canary(service):
             return False
         return self._rng.random() * 100 < state.shadow_percent
 

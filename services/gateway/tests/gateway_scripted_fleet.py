@@ -295,23 +295,38 @@ class ScriptedServer:
 class ScriptedFleet:
     """Two candidate shards, a feature store, ranking and event ingest."""
 
-    def __init__(self, shard_count: int = 2, ranking_canary: bool = False):
-        self.shards = [
-            ScriptedServer(ScriptedShard(i, shard_count), candidates_pb2_grpc.add_CandidateServiceServicer_to_server)
-            for i in range(shard_count)
-        ]
-        self.features = ScriptedServer(ScriptedFeatureStore(), features_pb2_grpc.add_FeatureStoreServicer_to_server)
-        self.ranking = ScriptedServer(ScriptedRanking(), ranking_pb2_grpc.add_RankingServiceServicer_to_server)
-        self.ingest = ScriptedServer(ScriptedIngest(), ingest_pb2_grpc.add_EventIngestServicer_to_server)
-        self.ranking_canary = (
-            ScriptedServer(ScriptedRanking(), ranking_pb2_grpc.add_RankingServiceServicer_to_server)
-            if ranking_canary
-            else None
-        )
+    def __init__(self, shard_count: int = 2, ranking_canary: bool = False, canaries: tuple[str, ...] = ()):
+        """`canaries` names the services that also get a canary instance ("candidate-gen":
+        one per shard); `ranking_canary` is short for ("ranking",)."""
+        canaries = (*canaries, "ranking") if ranking_canary else canaries
+
+        def shards() -> list[ScriptedServer]:
+            return [
+                ScriptedServer(ScriptedShard(i, shard_count), candidates_pb2_grpc.add_CandidateServiceServicer_to_server)
+                for i in range(shard_count)
+            ]
+
+        def features() -> ScriptedServer:
+            return ScriptedServer(ScriptedFeatureStore(), features_pb2_grpc.add_FeatureStoreServicer_to_server)
+
+        def ranking() -> ScriptedServer:
+            return ScriptedServer(ScriptedRanking(), ranking_pb2_grpc.add_RankingServiceServicer_to_server)
+
+        def ingest() -> ScriptedServer:
+            return ScriptedServer(ScriptedIngest(), ingest_pb2_grpc.add_EventIngestServicer_to_server)
+
+        self.shards = shards()
+        self.features = features()
+        self.ranking = ranking()
+        self.ingest = ingest()
+        self.shard_canaries = shards() if "candidate-gen" in canaries else []
+        self.features_canary = features() if "feature-store" in canaries else None
+        self.ranking_canary = ranking() if "ranking" in canaries else None
+        self.ingest_canary = ingest() if "event-ingest" in canaries else None
 
     def servers(self) -> list[ScriptedServer]:
-        extra = [self.ranking_canary] if self.ranking_canary else []
-        return [*self.shards, self.features, self.ranking, self.ingest, *extra]
+        extra = [s for s in (self.features_canary, self.ranking_canary, self.ingest_canary) if s is not None]
+        return [*self.shards, self.features, self.ranking, self.ingest, *self.shard_canaries, *extra]
 
     async def start(self) -> None:
         for server in self.servers():
@@ -328,4 +343,7 @@ class ScriptedFleet:
             "ranking_target": self.ranking.target,
             "event_ingest_target": self.ingest.target,
             "ranking_canary_target": self.ranking_canary.target if self.ranking_canary else "",
+            "candidate_gen_canary_targets": ",".join(s.target for s in self.shard_canaries),
+            "feature_store_canary_target": self.features_canary.target if self.features_canary else "",
+            "event_ingest_canary_target": self.ingest_canary.target if self.ingest_canary else "",
         }

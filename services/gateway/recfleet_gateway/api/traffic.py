@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from recfleet_store.traffic import TrafficFrozen, recent_events, record_event
 
 from ..auth import Principal
-from ..clients import SERVICES
+from ..clients import MIRRORED, SERVICES
 from ..problems import Problem
 from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
@@ -68,6 +68,12 @@ async def get_traffic(services: Services):
 @router.put("/traffic/{service}", response_model=TrafficOut, responses={**COMMON_ERRORS, 409: PROBLEM},
             summary="Set a canary weight and shadow share")
 async def put_traffic(service: Service, body: TrafficIn, services: Services, principal: Admin):
+    if body.shadow_percent and service not in MIRRORED:
+        raise Problem(
+            400,
+            f"shadow_percent: {service} takes writes; mirroring them to a canary would store them twice",
+            errors=[{"field": "body.shadow_percent", "message": f"must be 0 for {service}"}],
+        )
     if (body.weight or body.shadow_percent) and not services.fleet.router.has_canary(service):
         raise Problem(409, f"{service} has no canary target; deploy one before routing traffic to it")
     try:
