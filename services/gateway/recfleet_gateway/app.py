@@ -17,7 +17,7 @@ from recfleet_runtime.canary import Gates
 from recfleet_runtime.heap import settle_heap
 from recfleet_store.postgres import open_pool
 from recfleet_store.traffic import TrafficStore
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import problems
@@ -31,14 +31,14 @@ from .exposures import ExperimentBook, ExperimentStore, ExposureLog
 from .jobs import JobRunner
 from .middleware import GatewayMiddleware
 from .pipeline import Recommender
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, bounded_pool
 from .responses import JSONBody
 from .settings import GatewaySettings
 from .traffic import TrafficController
 
 # A Redis that stops answering must cost a request a fraction of its budget, not hang
 # it: the cache and the limits fail open (see cache.py and ratelimit.py).
-REDIS_TIMEOUTS = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
+REDIS_WAIT_SECONDS = 0.25
 
 
 @dataclass
@@ -61,15 +61,9 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
-        # Blocking: a burst waits (briefly) for a connection instead of failing at once.
-        redis = Redis.from_pool(
-            BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=2 * (settings.max_in_flight or 64),
-                timeout=REDIS_TIMEOUTS["socket_timeout"],
-                **REDIS_TIMEOUTS,
-            )
-        )
+        # Each pool serves at most two commands at once per request in flight.
+        connections = 2 * (settings.max_in_flight or 64)
+        redis = Redis.from_pool(bounded_pool(settings.redis_url, connections, REDIS_WAIT_SECONDS))
         pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
         fleet = Fleet(settings)
         cache = ResultCache(
@@ -80,9 +74,8 @@ class Gateway:
             settings.rate_limit_per_key,
             settings.rate_limit_per_user,
             settings.rate_limits_per_scope,
-            timeout_seconds=REDIS_TIMEOUTS["socket_timeout"],
-            # Two windows per request, each on its own connection while both are counted.
-            max_connections=2 * (settings.max_in_flight or 64),
+            timeout_seconds=REDIS_WAIT_SECONDS,
+            max_connections=connections,
         )
         default_gates = Gates(
             max_error_rate=settings.canary_max_error_rate,

@@ -32,6 +32,19 @@ def storage_uri(redis_url: str) -> str:
     return redis_url
 
 
+def bounded_pool(redis_url: str, max_connections: int, wait_seconds: float) -> BlockingConnectionPool:
+    """A pool whose every wait is bounded by `wait_seconds`: for a free connection (a burst
+    beyond `max_connections` waits its turn instead of failing at once), for connecting,
+    and for each answer."""
+    return BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=max_connections,
+        timeout=wait_seconds,
+        socket_timeout=wait_seconds,
+        socket_connect_timeout=wait_seconds,
+    )
+
+
 class RateLimiter:
     """Checks and counts one hit against a key's limit and, when given, a user's limit."""
 
@@ -44,19 +57,14 @@ class RateLimiter:
         timeout_seconds: float = 0.25,
         max_connections: int = 128,
     ):
-        # Bounded waits: a Redis that stops answering costs a request this much, then the
-        # request is let through (`check`). A blocking pool makes a burst of requests wait
-        # their turn for a connection; the default pool refuses beyond its size at once,
-        # which let every request of a burst through uncounted.
-        pool = BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=max_connections,
-            timeout=timeout_seconds,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-        )
+        # A Redis that stops answering costs a request `timeout_seconds`, then the request is
+        # let through (`check`). A non-blocking pool refused a burst beyond its size at once,
+        # which let every request of the burst through uncounted.
         self._storage = RedisStorage(
-            storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl", connection_pool=pool
+            storage_uri(redis_url),
+            implementation="redispy",
+            key_prefix="rf:rl",
+            connection_pool=bounded_pool(redis_url, max_connections, timeout_seconds),
         )
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
         self._per_key = parse(per_key)
