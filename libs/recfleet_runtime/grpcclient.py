@@ -3,6 +3,7 @@
 Every call has a deadline: its own budget, capped by what is left of the caller's.
 Retries on UNAVAILABLE are declared once, in the channel's service config, and only for
 the idempotent reads named by the caller. Each dependency has its own circuit breaker.
+Every channel balances its calls round-robin over all the addresses its target resolves to.
 """
 
 from __future__ import annotations
@@ -41,36 +42,62 @@ def remove_call_observer(observer: CallObserver) -> None:
         _observers.remove(observer)
 
 
+# Every channel spreads its calls over all the addresses its target resolves to. A
+# Kubernetes headless Service (clusterIP: None) resolves to one address per ready pod, so
+# `dns:///ranking-headless:50051` (or `ranking-headless:50051`) reaches every replica; the
+# default pick_first policy would send everything to the first one. Servers close
+# connections after a maximum age (grpcserver), which makes the channel resolve the name
+# again and take in pods added since.
+LOAD_BALANCING = [{"round_robin": {}}]
+# Pings on every connection, busy or idle, so a pod that vanished without closing its
+# connections (node lost, network cut) is dropped from the rotation within
+# KEEPALIVE_SECONDS + KEEPALIVE_TIMEOUT_SECONDS. The servers permit this rate.
+KEEPALIVE_SECONDS = 30.0
+KEEPALIVE_TIMEOUT_SECONDS = 10.0
+# gRPC resolves a name again at most this often (its own default is 30 s). A new pod gets
+# calls within about this long plus the servers' connection age.
+MIN_SECONDS_BETWEEN_RESOLUTIONS = 10.0
+
+
 def service_config(service: str, idempotent_methods: Iterable[str], max_attempts: int = 3) -> str:
-    """A gRPC service config that retries UNAVAILABLE for the idempotent methods only."""
+    """A gRPC service config: round_robin over every address of the target, and retries
+    of UNAVAILABLE for the idempotent methods only."""
     names = [{"service": service, "method": method} for method in idempotent_methods]
-    if not names:
-        return json.dumps({"methodConfig": []})
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": names,
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": "0.01s",
-                        "maxBackoff": "0.1s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
+    method_config = []
+    if names:
+        method_config.append(
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        )
+    return json.dumps({"loadBalancingConfig": LOAD_BALANCING, "methodConfig": method_config})
 
 
-def open_channel(target: str, service: str, idempotent_methods: Iterable[str] = ()) -> grpc.aio.Channel:
+def open_channel(
+    target: str,
+    service: str,
+    idempotent_methods: Iterable[str] = (),
+    min_seconds_between_resolutions: float = MIN_SECONDS_BETWEEN_RESOLUTIONS,
+) -> grpc.aio.Channel:
+    """A channel to every address of `target` (`host:port` or `dns:///host:port`)."""
     return grpc.aio.insecure_channel(
         target,
         options=[
             ("grpc.service_config", service_config(service, idempotent_methods)),
+            # The config above is the one in force: DNS TXT records cannot replace it.
+            ("grpc.service_config_disable_resolution", 1),
             ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.dns_min_time_between_resolutions_ms", int(min_seconds_between_resolutions * 1000)),
+            ("grpc.keepalive_time_ms", int(KEEPALIVE_SECONDS * 1000)),
+            ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ],
         interceptors=tracing.instrument_grpc_client_interceptors(),
@@ -92,9 +119,12 @@ class Downstream:
     idempotent_methods: tuple[str, ...] = ()
     track: str = "stable"
     breaker: CircuitBreaker = field(default=None)  # type: ignore[assignment]
+    min_seconds_between_resolutions: float = MIN_SECONDS_BETWEEN_RESOLUTIONS
 
     def __post_init__(self) -> None:
-        self.channel = open_channel(self.target, self.service, self.idempotent_methods)
+        self.channel = open_channel(
+            self.target, self.service, self.idempotent_methods, self.min_seconds_between_resolutions
+        )
         self.stub = self.stub_class(self.channel)
         if self.breaker is None:
             self.breaker = CircuitBreaker(f"{self.name}:{self.track}")

@@ -5,6 +5,7 @@
 - an interceptor that records grpc_server_* metrics, binds the caller's request id to the
   logs and turns the caller's deadline into `context.deadline_var` for downstream calls;
 - OpenTelemetry server spans;
+- a maximum connection age, so clients re-resolve and spread calls over new pods;
 - graceful shutdown on SIGTERM/SIGINT: health NOT_SERVING, drain, then stop(grace).
 """
 
@@ -128,6 +129,30 @@ class Health:
             await self._servicer.set(name, status)
 
 
+# Clients ping every KEEPALIVE_SECONDS (grpcclient), with or without calls in flight, to
+# notice a pod that vanished without closing its connections. The server must accept that:
+# by default it allows one ping per 5 minutes (2 hours on an idle connection) and answers
+# a client pinging faster with GOAWAY too_many_pings. It accepts one per this many ms.
+MIN_PING_INTERVAL_MS = 10_000
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    """Channel args of every service's server.
+
+    Connections are closed after `max_connection_age_seconds` (gRPC adds +/-10% jitter, so
+    clients do not all reconnect at once) and calls in flight get the grace period: each
+    client then re-resolves the service's name, and pods added since get their share.
+    """
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    ]
+
+
 class GrpcService:
     """Builds, runs and gracefully stops one grpc.aio server."""
 
@@ -137,7 +162,7 @@ class GrpcService:
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
             interceptors=[tracing.instrument_grpc_server(), ObservabilityInterceptor()],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            options=server_options(settings),
         )
         self._health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self.server)
