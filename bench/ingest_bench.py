@@ -35,7 +35,7 @@ import grpc
 import httpx
 import psycopg
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from recfleet_store.kafka import LocalBroker, free_port, wait_for_port
+from recfleet_store.kafka import LocalBroker, ensure_topics, fleet_topics, free_port, wait_for_port
 from recfleet_store.postgres import migrate
 
 RESULTS = Path(__file__).parent / "results"
@@ -136,6 +136,9 @@ class Fleet:
                "RECFLEET_USERS_TOPIC": f"bench.users.{tag}", "RECFLEET_INGEST_SINK_GROUP": f"bench-sink-{tag}",
                "RECFLEET_INGEST_GRPC_PORT": str(self.port), "RECFLEET_INGEST_METRICS_PORT": "0",
                "RECFLEET_INGEST_LOG_LEVEL": "WARNING"}
+        # Services never create topics: the chart's create-topics hook does, here this.
+        ensure_topics(bootstrap, fleet_topics(env["RECFLEET_EVENTS_TOPIC"], env["RECFLEET_DEAD_LETTER_TOPIC"],
+                                              env["RECFLEET_USERS_TOPIC"], partitions=4))
         sink_roles = ["sink"] if sinks == 1 else [f"sink {n + 1}" for n in range(sinks)]
         for role, module in (("api", "recfleet_ingest"), *((r, "recfleet_ingest.sink") for r in sink_roles)):
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL)

@@ -6,7 +6,7 @@ one name across the fleet through an explicit alias, so the Helm chart sets them
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,11 @@ class ServiceSettings(BaseSettings):
     drain_seconds: float = 1.0
     # Seconds in-flight RPCs get to finish once the server stops.
     grace_seconds: float = 5.0
+    # A client connection is closed (GOAWAY) after this age, +/-10% jitter, so clients
+    # re-resolve the headless Service's name and spread calls over pods added since.
+    max_connection_age_seconds: float = 30.0
+    # Seconds calls still in flight on an aged-out connection get to finish.
+    max_connection_age_grace_seconds: float = 10.0
     track: str = shared("RECFLEET_TRACK", "stable", "stable or canary; labels metrics and logs")
 
 
@@ -44,6 +49,27 @@ class KafkaSettings(BaseSettings):
     events_topic: str = shared("RECFLEET_EVENTS_TOPIC", "recfleet.events.v1")
     dead_letter_topic: str = shared("RECFLEET_DEAD_LETTER_TOPIC", "recfleet.events.dlq.v1")
     users_topic: str = shared("RECFLEET_USERS_TOPIC", "recfleet.users.v1")
+
+
+class TopicSettings(BaseSettings):
+    """How the fleet's topics are made on the cluster; read only by `recfleet-jobs
+    create-topics` (services never create topics). Partitions bound how many consumer
+    replicas get work; production runs replication 3 with min.insync.replicas 2."""
+
+    kafka_topic_partitions: int = Field(12, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_TOPIC_PARTITIONS"))
+    kafka_replication_factor: int = Field(1, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_REPLICATION_FACTOR"))
+    kafka_min_insync_replicas: int = Field(
+        1, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_MIN_INSYNC_REPLICAS")
+    )
+
+    @model_validator(mode="after")
+    def _min_isr_within_replication(self) -> TopicSettings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) above kafka_replication_factor "
+                f"({self.kafka_replication_factor}): no write could ever be acknowledged"
+            )
+        return self
 
 
 class ArtifactSettings(BaseSettings):

@@ -7,13 +7,19 @@ import os
 import random
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+log = structlog.get_logger("recfleet.kafka")
 
 _handed_out: set[int] = set()
 
@@ -108,38 +114,144 @@ class LocalBroker:
                 self.process.kill()
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0) -> None:
-    """Create topics that do not exist: name -> {"partitions": n, "config": {...}}."""
+class TopicsMissing(RuntimeError):
+    """Topics a process needs do not exist; services never create them."""
+
+    def __init__(self, bootstrap: str, missing: set[str]):
+        self.missing = sorted(missing)
+        super().__init__(
+            f"topics missing on {bootstrap}: {', '.join(self.missing)}; they are made by "
+            "`recfleet-jobs create-topics` (the chart's pre-install/pre-upgrade hook; `make run` makes them locally)"
+        )
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    """How a topic exists on the cluster."""
+
+    partitions: int
+    replication_factor: int
+
+
+@dataclass
+class TopicsCreated:
+    """What `create_topics` did: topics it created, topics that were there, and how each is laid out."""
+
+    created: list[str]
+    found: list[str]
+    layout: dict[str, TopicLayout]
+
+
+def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-            break
+            return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def describe_topics(admin: KafkaAdminClient, names: list[str]) -> dict[str, TopicLayout]:
+    """The layout of those of `names` that exist."""
+    layout = {}
+    for topic in admin.describe_topics(names):
+        if topic["error_code"] == 0 and topic["partitions"]:
+            replicas = max(len(p["replica_nodes"]) for p in topic["partitions"])
+            layout[topic["name"]] = TopicLayout(len(topic["partitions"]), replicas)
+    return layout
+
+
+def create_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0) -> TopicsCreated:
+    """Create those of `topics` (name -> {"partitions", "replication", "config"}) that do not
+    exist; existing ones are left as they are (partitions only grow by hand: growing them
+    moves keys to other partitions and breaks per-user order for a while)."""
+    admin = _admin(bootstrap, timeout)
     try:
         existing = set(admin.list_topics())
-        new = [
-            NewTopic(name, num_partitions=spec.get("partitions", 4), replication_factor=spec.get("replication", 1),
-                     topic_configs=spec.get("config", {}))
-            for name, spec in topics.items()
-            if name not in existing
-        ]
-        if new:
+        created = []
+        for name, spec in topics.items():
+            if name in existing:
+                continue
+            new = NewTopic(name, num_partitions=spec.get("partitions", 1), replication_factor=spec.get("replication", 1),
+                           topic_configs=spec.get("config", {}))
             try:
-                admin.create_topics(new)
+                admin.create_topics([new])
+                created.append(name)
             except TopicAlreadyExistsError:
-                pass
+                pass  # made by a concurrent run
+        return TopicsCreated(created, [n for n in topics if n not in created], describe_topics(admin, list(topics)))
     finally:
         admin.close()
 
 
-def fleet_topics(events: str, dead_letter: str, users: str, partitions: int = 4) -> dict[str, dict]:
-    return {
-        events: {"partitions": partitions},
-        dead_letter: {"partitions": 1},
-        users: {"partitions": partitions, "config": {"cleanup.policy": "compact"}},
-    }
+def ensure_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0) -> TopicsCreated:
+    """Create topics that do not exist: name -> {"partitions": n, "replication": r, "config": {...}}."""
+    return create_topics(bootstrap, topics, timeout)
 
+
+def missing_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> set[str]:
+    """Those of `names` the cluster does not have (a metadata request; creates nothing)."""
+    admin = _admin(bootstrap, timeout)
+    try:
+        return set(names) - set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def wait_for_topics(
+    bootstrap: str,
+    names: list[str],
+    timeout: float,
+    stop: threading.Event | None = None,
+    while_waiting: Callable[[], None] | None = None,
+) -> None:
+    """Block until every topic of `names` exists; raises TopicsMissing after `timeout`
+    seconds or once `stop` is set. `while_waiting` runs between tries (a heartbeat)."""
+
+    def log_wait(state: RetryCallState) -> None:
+        error = state.outcome.exception()
+        if isinstance(error, TopicsMissing):
+            log.warning("waiting for topics", missing=error.missing, reason=str(error), attempt=state.attempt_number)
+        else:
+            log.warning("waiting for the broker", error=str(error), attempt=state.attempt_number)
+        if while_waiting is not None:
+            while_waiting()
+
+    def check() -> None:
+        missing = missing_topics(bootstrap, names)
+        if missing:
+            raise TopicsMissing(bootstrap, missing)
+
+    for attempt in Retrying(
+        retry=retry_if_exception_type((TopicsMissing, KafkaError, OSError)),
+        wait=wait_exponential(multiplier=0.2, max=5.0),
+        stop=stop_after_delay(timeout) | (lambda _: stop is not None and stop.is_set()),
+        before_sleep=log_wait,
+        reraise=True,
+    ):
+        with attempt:
+            check()
+
+
+def fleet_topics(
+    events: str,
+    dead_letter: str,
+    users: str,
+    partitions: int = 12,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+) -> dict[str, dict]:
+    """The fleet's topics as `create_topics` takes them (defaults: TopicSettings').
+
+    Events and users get `partitions` (at least the consumers' most replicas: a consumer
+    beyond the partition count gets no work); the dead-letter topic one, so people read it
+    in order. The users topic is compacted (erasure tombstones)."""
+    durability = {"min.insync.replicas": str(min_insync_replicas)}
+    return {
+        events: {"partitions": partitions, "replication": replication_factor, "config": dict(durability)},
+        dead_letter: {"partitions": 1, "replication": replication_factor, "config": dict(durability)},
+        users: {"partitions": partitions, "replication": replication_factor,
+                "config": {"cleanup.policy": "compact", **durability}},
+    }

@@ -11,12 +11,13 @@ from kafka.errors import KafkaError
 from psycopg_pool import AsyncConnectionPool
 from recfleet.ingest.v1 import ingest_pb2_grpc
 from recfleet_runtime.grpcserver import GrpcService
-from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+from recfleet_store.kafka import TopicsMissing, missing_topics
+from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, wait_exponential
 
 from .adapters.postgres import ErasureStore
 from .adapters.producer import EventProducer
 from .erased import ErasedUsers
-from .roles import ensure_fleet_topics
+from .roles import fleet_topic_names
 from .servicer import SERVICE_NAME, EventIngestServicer
 from .settings import IngestSettings
 
@@ -39,21 +40,35 @@ class IngestApi:
         )
         ingest_pb2_grpc.add_EventIngestServicer_to_server(self.servicer, self.service.server)
 
+    async def _require_topics(self) -> None:
+        """The topics are made by `recfleet-jobs create-topics` (a Helm hook), never here."""
+        bootstrap = self.settings.kafka_bootstrap_servers
+        missing = await asyncio.to_thread(
+            missing_topics, bootstrap, fleet_topic_names(self.settings), self.settings.produce_timeout_seconds
+        )
+        if missing:
+            raise TopicsMissing(bootstrap, missing)
+
     async def warm_up(self) -> bool:
         """SERVING only once topics exist, the producer has broker metadata and the
         erased-users list is loaded."""
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception()
+            event = "waiting for topics" if isinstance(error, TopicsMissing) else "warm-up retrying"
+            log.warning(event, error=str(error), attempt=state.attempt_number)
+
         try:
             async for attempt in AsyncRetrying(
-                wait=wait_exponential(multiplier=0.2, max=2.0), stop=stop_after_delay(self.warm_up_seconds), reraise=True
+                wait=wait_exponential(multiplier=0.2, max=2.0), stop=stop_after_delay(self.warm_up_seconds),
+                before_sleep=log_retry, reraise=True,
             ):
                 with attempt:
                     await asyncio.to_thread(self.producer.connect)
-                    await asyncio.to_thread(
-                        ensure_fleet_topics, self.settings, self.settings.produce_timeout_seconds
-                    )
+                    await self._require_topics()
                     await self.pool.open(wait=True, timeout=10)
                     self.erased.replace(await self.servicer.erasures.erased_users())
-        except (KafkaError, psycopg.Error, OSError) as error:
+        except (KafkaError, TopicsMissing, psycopg.Error, OSError) as error:
             log.error("warm-up failed", error=str(error))
             return False
         return True

@@ -18,3 +18,5 @@ class IngestSettings(ServiceSettings, PostgresSettings, RedisSettings, KafkaSett
     recent_items: int = 50
     # Seconds between reloads of the erased-users list (API and consumers).
     erased_refresh_seconds: float = 3.0
+    # Consumers: /healthz/live fails once the poll loop has not gone round for this long.
+    liveness_seconds: float = 60.0

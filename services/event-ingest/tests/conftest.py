@@ -12,6 +12,7 @@ import pytest
 from recfleet.ingest.v1 import ingest_pb2_grpc
 from recfleet_ingest.app import IngestApi
 from recfleet_ingest.settings import IngestSettings
+from recfleet_store.kafka import ensure_topics, fleet_topics
 
 
 def make_settings(pg: str, redis_url: str, bootstrap: str, **overrides) -> IngestSettings:
@@ -37,9 +38,21 @@ def make_settings(pg: str, redis_url: str, bootstrap: str, **overrides) -> Inges
     return IngestSettings(**values)
 
 
+def create_topics(settings: IngestSettings, partitions: int = 4) -> None:
+    """The test's topics, as `recfleet-jobs create-topics` makes them before a release:
+    the services only wait for them."""
+    ensure_topics(
+        settings.kafka_bootstrap_servers,
+        fleet_topics(settings.events_topic, settings.dead_letter_topic, settings.users_topic, partitions=partitions),
+    )
+
+
 @pytest.fixture
 def settings(fresh_pg_dsn, redis_url, kafka_bootstrap) -> IngestSettings:
-    return make_settings(fresh_pg_dsn, redis_url, kafka_bootstrap)
+    """Settings on topics of their own, which exist."""
+    values = make_settings(fresh_pg_dsn, redis_url, kafka_bootstrap)
+    create_topics(values)
+    return values
 
 
 @pytest.fixture

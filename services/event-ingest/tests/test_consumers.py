@@ -15,7 +15,6 @@ import redis
 from kafka import KafkaProducer
 from recfleet.ingest.v1 import ingest_pb2
 from recfleet_ingest import realtime, sink
-from recfleet_ingest.roles import ensure_fleet_topics
 from recfleet_ingest.servicer import event_fields
 from recfleet_ingest.validation import validate_event
 from recfleet_store import keys
@@ -93,7 +92,6 @@ async def test_erasure_removes_events_writes_a_tombstone_and_drops_later_events(
 
 
 async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(settings, start_role):
-    await asyncio.to_thread(ensure_fleet_topics, settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     good = {"event_id": str(uuid.uuid4()), "user_id": "u1", "item_id": "i1", "type": "view",
             "timestamp": "2026-01-01T00:00:00Z"}

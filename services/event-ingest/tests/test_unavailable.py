@@ -5,11 +5,12 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kafka import KafkaAdminClient
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet_ingest.app import IngestApi
 from recfleet_store.kafka import LocalBroker, free_port
 
-from .conftest import make_settings
+from .conftest import create_topics, make_settings
 from .helpers import event
 
 
@@ -44,6 +45,7 @@ async def test_no_broker_means_not_serving_and_unavailable(pg_dsn, redis_url):
 async def test_broker_gone_after_start_means_unavailable_not_accepted(pg_dsn, redis_url):
     broker = LocalBroker.start()
     settings = make_settings(pg_dsn, redis_url, broker.bootstrap, produce_timeout_seconds=2.0)
+    create_topics(settings)
     api, channel, ready = await started(settings, warm_up_seconds=20.0)
     stub = ingest_pb2_grpc.EventIngestStub(channel)
     try:
@@ -56,4 +58,26 @@ async def test_broker_gone_after_start_means_unavailable_not_accepted(pg_dsn, re
         assert "event log unavailable" in raised.value.details()
     finally:
         broker.stop()
+        await stopped(api, channel)
+
+
+async def test_missing_topics_mean_not_serving_and_the_api_creates_none(pg_dsn, redis_url, kafka_bootstrap):
+    """Topics are made by `recfleet-jobs create-topics` (a Helm hook) with the cluster's
+    partitions and replication; an API pod only waits for them."""
+    settings = make_settings(pg_dsn, redis_url, kafka_bootstrap)
+    api, channel, ready = await started(settings, warm_up_seconds=2.0)
+    try:
+        assert not ready
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            existing = set(admin.list_topics())
+        finally:
+            admin.close()
+        assert not {settings.events_topic, settings.dead_letter_topic, settings.users_topic} & existing
+
+        create_topics(settings)
+        assert await api.warm_up()
+    finally:
         await stopped(api, channel)

@@ -19,6 +19,7 @@ JOB_MODULES = (
     "recfleet_jobs.evaluate",
     "recfleet_jobs.registry",
     "recfleet_jobs.partitions",
+    "recfleet_jobs.topics",
 )
 
 app = typer.Typer(help="recfleet batch jobs", no_args_is_help=True, add_completion=False)

@@ -1,10 +1,10 @@
 """Batch job settings (env prefix RECFLEET_JOBS_)."""
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from recfleet_runtime.settings import ArtifactSettings, PostgresSettings, RedisSettings
+from recfleet_runtime.settings import ArtifactSettings, KafkaSettings, PostgresSettings, RedisSettings, TopicSettings
 
 
-class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, BaseSettings):
+class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettings, TopicSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECFLEET_JOBS_", extra="ignore", populate_by_name=True)
 
     log_level: str = "INFO"

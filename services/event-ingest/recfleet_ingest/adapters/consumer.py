@@ -4,6 +4,10 @@ hand it to the role's handler, commit offsets only after the handler returned.
 The handler either finishes the batch (its writes are durable) or raises; on a raise the
 offsets stay uncommitted, so a restart re-reads the batch and the handler's idempotency
 absorbs the repeat.
+
+Each process publishes the lag of the partitions it owns, and only those: a partition's
+gauge is removed when the partition is revoked (rebalance, close), so the lag summed over
+pods counts every partition once and the HPA and alerts see the group's real lag.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, IllegalStateError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Gauge
+from recfleet_runtime.metrics import Heartbeat
 
 log = structlog.get_logger("recfleet.ingest.consumer")
 
@@ -45,8 +51,51 @@ def consumer_config(bootstrap: str, group: str, batch_size: int) -> dict:
     }
 
 
+class PartitionLag:
+    """The lag gauge's children this consumer publishes, one per owned partition."""
+
+    def __init__(self, group: str, gauge: Gauge = CONSUMER_LAG):
+        self.group = group
+        self.gauge = gauge
+        self._lock = threading.Lock()
+        self._published: set[int] = set()
+
+    def set(self, partition: int, lag: int) -> None:
+        with self._lock:
+            self.gauge.labels(self.group, str(partition)).set(lag)
+            self._published.add(partition)
+
+    def remove(self, partitions: set[int]) -> None:
+        with self._lock:
+            for partition in partitions & self._published:
+                self.gauge.remove(self.group, str(partition))
+            self._published -= partitions
+
+    def keep_only(self, partitions: set[int]) -> None:
+        """Remove every child but those of `partitions` (a revoke that raced a `set`)."""
+        with self._lock:
+            stale = self._published - partitions
+        self.remove(stale)
+
+
+class RevokedLagCleanup(ConsumerRebalanceListener):
+    """Drops the lag of partitions this consumer gives up; their new owner publishes it."""
+
+    def __init__(self, lag: PartitionLag):
+        self.lag = lag
+
+    def on_partitions_revoked(self, revoked):
+        self.lag.remove({tp.partition for tp in revoked})
+        if revoked:
+            log.info("partitions revoked", group=self.lag.group, partitions=sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned):
+        log.info("partitions assigned", group=self.lag.group, partitions=sorted(tp.partition for tp in assigned))
+
+
 class BatchConsumer:
-    """Runs `handler` over batches of one topic until `stop` is set."""
+    """Runs `handler` over batches of one topic until `stop` is set; beats `heartbeat`
+    every time round the loop (an idle poll included)."""
 
     def __init__(
         self,
@@ -57,6 +106,7 @@ class BatchConsumer:
         batch_size: int,
         max_wait_ms: int,
         stop: threading.Event | None = None,
+        heartbeat: Heartbeat | None = None,
     ):
         self.topic = topic
         self.group = group
@@ -64,6 +114,8 @@ class BatchConsumer:
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
         self.stop = stop or threading.Event()
+        self.heartbeat = heartbeat or Heartbeat(float("inf"))
+        self.lag = PartitionLag(group)
         self._config = consumer_config(bootstrap, group, batch_size)
         self.consumer: KafkaConsumer | None = None
 
@@ -85,11 +137,16 @@ class BatchConsumer:
         return records
 
     def _record_lag(self) -> None:
-        for tp in self.consumer.assignment():
+        assigned = self.consumer.assignment()
+        for tp in assigned:
             highwater = self.consumer.highwater(tp)
-            position = self.consumer.position(tp, timeout_ms=1000) if highwater is not None else None
+            try:
+                position = self.consumer.position(tp, timeout_ms=1000) if highwater is not None else None
+            except IllegalStateError:
+                continue  # revoked since assignment() was read
             if highwater is not None and position is not None:
-                CONSUMER_LAG.labels(self.group, str(tp.partition)).set(max(0, highwater - position))
+                self.lag.set(tp.partition, max(0, highwater - position))
+        self.lag.keep_only({tp.partition for tp in assigned})
 
     @staticmethod
     def _next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -115,13 +172,16 @@ class BatchConsumer:
         and decoded, so the database's time overlaps with ours. Offsets of a batch are
         committed only after its handler returned, and batches are handled in order.
         """
-        self.consumer = KafkaConsumer(self.topic, **self._config)
+        self.consumer = KafkaConsumer(**self._config)
+        self.consumer.subscribe([self.topic], listener=RevokedLagCleanup(self.lag))
         log.info("consumer started", topic=self.topic, group=self.group)
         pending: tuple[Future, dict] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.group}-handler") as worker:
             try:
                 while not self.stop.is_set():
+                    self.heartbeat.beat()
                     records = self._poll_batch()
+                    self.heartbeat.set_ready(True)
                     if pending is not None:
                         pending[0].result()
                         self._commit(pending[1])
@@ -133,5 +193,7 @@ class BatchConsumer:
                     pending[0].result()
                     self._commit(pending[1])
             finally:
+                self.heartbeat.set_ready(False)
                 self.consumer.close(autocommit=False)
+                self.lag.keep_only(set())
                 log.info("consumer stopped", group=self.group)

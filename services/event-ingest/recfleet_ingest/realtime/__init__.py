@@ -17,6 +17,7 @@ import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from prometheus_client import Counter
+from recfleet_runtime.metrics import Heartbeat
 
 from ..adapters.consumer import BatchConsumer
 from ..adapters.postgres import load_erased_users
@@ -49,6 +50,7 @@ class RealtimeHandler:
         erased: ErasedUsers,
         postgres_dsn: str,
         stop: threading.Event,
+        heartbeat: Heartbeat | None = None,
     ):
         self.writer = writer
         self.dead_letters = dead_letters
@@ -56,6 +58,7 @@ class RealtimeHandler:
         self.erased = erased
         self.postgres_dsn = postgres_dsn
         self.stop = stop
+        self.heartbeat = heartbeat
 
     def _refresh_erased(self) -> None:
         if not self.erased.stale():
@@ -70,7 +73,7 @@ class RealtimeHandler:
     def __call__(self, records: list[ConsumerRecord]) -> None:
         events, dead = split_valid(records, datetime.now(UTC), self.source)
         if dead:
-            for attempt in retrying(self.stop, ProduceFailed):
+            for attempt in retrying(self.stop, ProduceFailed, heartbeat=self.heartbeat):
                 with attempt:
                     self.dead_letters.send_and_wait(self.dead_letter_topic, dead)
             REALTIME_EVENTS.labels("dead_letter").inc(len(dead))
@@ -80,7 +83,7 @@ class RealtimeHandler:
         REALTIME_EVENTS.labels("erased").inc(len(events) - len(kept))
         if not kept:
             return
-        for attempt in retrying(self.stop, redis.ConnectionError, redis.TimeoutError):
+        for attempt in retrying(self.stop, redis.ConnectionError, redis.TimeoutError, heartbeat=self.heartbeat):
             with attempt:
                 users, items = self.writer.read_state({e.user_id for e in kept}, {e.item_id for e in kept})
                 now = int(datetime.now(UTC).timestamp())
@@ -88,20 +91,20 @@ class RealtimeHandler:
         REALTIME_EVENTS.labels("applied").inc(len(kept))
 
 
-def run(settings: IngestSettings, stop: threading.Event) -> None:
-    """Blocking: the updater's consume loop until `stop` is set."""
+def run(settings: IngestSettings, stop: threading.Event, heartbeat: Heartbeat | None = None) -> None:
+    """Blocking: the updater's consume loop until `stop` is set; it beats `heartbeat`."""
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     dead_letters = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
-    for attempt in retrying(stop, KafkaError):
+    for attempt in retrying(stop, KafkaError, heartbeat=heartbeat):
         with attempt:
             dead_letters.connect()
     handler = RealtimeHandler(
         OnlineFeatureWriter(client, settings.recent_items), dead_letters, settings.dead_letter_topic,
-        ErasedUsers(settings.erased_refresh_seconds), settings.postgres_dsn, stop,
+        ErasedUsers(settings.erased_refresh_seconds), settings.postgres_dsn, stop, heartbeat,
     )
     consumer = BatchConsumer(
         settings.kafka_bootstrap_servers, settings.events_topic, settings.realtime_group, handler,
-        settings.sink_batch_size, settings.sink_max_wait_ms, stop,
+        settings.sink_batch_size, settings.sink_max_wait_ms, stop, heartbeat,
     )
     try:
         consumer.run()

@@ -17,6 +17,7 @@ import structlog
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
+from recfleet_runtime.metrics import Heartbeat
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from ..adapters.consumer import BatchConsumer
@@ -60,16 +61,24 @@ def split_valid(
     return events, dead
 
 
-def retrying(stop: threading.Event, *errors: type[BaseException]) -> Retrying:
-    """Retry `errors` with capped exponential backoff until they pass or `stop` is set."""
+def retrying(stop: threading.Event, *errors: type[BaseException], heartbeat: Heartbeat | None = None) -> Retrying:
+    """Retry `errors` with capped exponential backoff until they pass or `stop` is set.
+
+    Each retry beats `heartbeat`: a consumer waiting out a Postgres or Redis outage is not
+    stuck, and restarting it would not bring the dependency back.
+    """
+
+    def before_sleep(state) -> None:
+        log.warning("retrying batch", attempt=state.attempt_number, error=str(state.outcome.exception()))
+        if heartbeat is not None:
+            heartbeat.beat()
+
     return Retrying(
         retry=retry_if_exception_type(errors),
         wait=wait_exponential(multiplier=0.1, max=2.0),
         stop=lambda _: stop.is_set(),
         reraise=True,
-        before_sleep=lambda state: log.warning(
-            "retrying batch", attempt=state.attempt_number, error=str(state.outcome.exception())
-        ),
+        before_sleep=before_sleep,
     )
 
 
@@ -78,14 +87,22 @@ class SinkHandler:
 
     source = "sink"
 
-    def __init__(self, sink: EventSink, dead_letters: EventProducer, dead_letter_topic: str, stop: threading.Event):
+    def __init__(
+        self,
+        sink: EventSink,
+        dead_letters: EventProducer,
+        dead_letter_topic: str,
+        stop: threading.Event,
+        heartbeat: Heartbeat | None = None,
+    ):
         self.sink = sink
         self.dead_letters = dead_letters
         self.dead_letter_topic = dead_letter_topic
         self.stop = stop
+        self.heartbeat = heartbeat
 
     def _write(self, events: list[Event]) -> SinkOutcome:
-        for attempt in retrying(self.stop, psycopg.OperationalError):
+        for attempt in retrying(self.stop, psycopg.OperationalError, heartbeat=self.heartbeat):
             with attempt:
                 return self.sink.write(events)
         raise AssertionError("unreachable: retrying re-raises")
@@ -115,7 +132,7 @@ class SinkHandler:
             outcome, refused = self._write_one_by_one(events)
             dead.extend(refused)
         if dead:
-            for attempt in retrying(self.stop, ProduceFailed):
+            for attempt in retrying(self.stop, ProduceFailed, heartbeat=self.heartbeat):
                 with attempt:
                     self.dead_letters.send_and_wait(self.dead_letter_topic, dead)
             SINK_EVENTS.labels("dead_letter").inc(len(dead))
@@ -127,17 +144,17 @@ class SinkHandler:
         SINK_BATCH_SECONDS.observe(time.perf_counter() - started)
 
 
-def run(settings: IngestSettings, stop: threading.Event) -> None:
-    """Blocking: the sink's consume loop until `stop` is set."""
+def run(settings: IngestSettings, stop: threading.Event, heartbeat: Heartbeat | None = None) -> None:
+    """Blocking: the sink's consume loop until `stop` is set; it beats `heartbeat`."""
     sink = EventSink(settings.postgres_dsn)
     dead_letters = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
-    for attempt in retrying(stop, KafkaError):
+    for attempt in retrying(stop, KafkaError, heartbeat=heartbeat):
         with attempt:
             dead_letters.connect()
-    handler = SinkHandler(sink, dead_letters, settings.dead_letter_topic, stop)
+    handler = SinkHandler(sink, dead_letters, settings.dead_letter_topic, stop, heartbeat)
     consumer = BatchConsumer(
         settings.kafka_bootstrap_servers, settings.events_topic, settings.sink_group, handler,
-        settings.sink_batch_size, settings.sink_max_wait_ms, stop,
+        settings.sink_batch_size, settings.sink_max_wait_ms, stop, heartbeat,
     )
     try:
         consumer.run()
