@@ -92,7 +92,7 @@ def test_shadow_leaves_responses_identical(api, fleet):
     during = lists()
     set_traffic(api, "ranking", 0, shadow=0)
     assert before == during
-    metrics = httpx.get(f"{fleet.gateway_url}/metrics").text
+    metrics = httpx.get(fleet.gateway_metrics_url).text
     assert 'recfleet_gateway_shadow_requests_total{' in metrics
 
 

@@ -114,7 +114,7 @@ def test_explanations_are_present_and_add_up(api):
 
 def test_cache_hit_then_miss_after_a_new_event(api, fleet):
     def counts():
-        text = httpx.get(f"{fleet.gateway_url}/metrics").text
+        text = httpx.get(fleet.gateway_metrics_url).text
         found = {}
         for line in text.splitlines():
             if line.startswith("recfleet_gateway_cache_requests_total{"):

@@ -49,7 +49,7 @@ def test_safe_commands_run(runbook, fleet):
         RECFLEET_INGEST_TARGET=f"127.0.0.1:{fleet.ports['event-ingest']}",
         **{
             f"RECFLEET_{key}_METRICS_URL": f"http://127.0.0.1:{fleet.ports[name]}"
-            for key, name in (("FEATURES", "feature-store-metrics"), ("RANKING", "ranking-metrics"),
+            for key, name in (("GATEWAY", "gateway-metrics"), ("FEATURES", "feature-store-metrics"), ("RANKING", "ranking-metrics"),
                               ("INGEST", "event-ingest-metrics"), ("SINK", "event-sink-metrics"),
                               ("REALTIME", "event-realtime-metrics"), ("SHARD0", "candidate-gen-0-metrics"))
         },

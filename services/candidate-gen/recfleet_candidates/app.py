@@ -89,9 +89,13 @@ class CandidateApp:
             await self.service.health.set_serving(True)
 
     async def warm_up(self) -> bool:
-        """One load attempt; when it fails the poller keeps trying and turns health SERVING later."""
+        """One load attempt. With no model version in the registry at all (a fresh
+        install) the shard is SERVING at once: it has nothing to load, `Retrieve` says so,
+        and the gateway serves the popular and cold-start rungs until the first training
+        run promotes a version. When a wanted version fails to load, the poller keeps
+        trying and turns health SERVING later."""
         await self.poll_once()
-        return self.index.current is not None
+        return self.index.current is not None or not await self.wanted_version()
 
     async def poll_forever(self) -> None:
         while True:

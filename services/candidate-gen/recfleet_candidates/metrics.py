@@ -14,6 +14,11 @@ INDEX_VERSION = Gauge(
     ["shard", "version", "index_type"],
 )
 INDEX_ITEMS = Gauge("recfleet_candidates_index_items", "Items in the served shard.", ["shard"])
+INDEX_BUILT = Gauge(
+    "recfleet_candidates_index_built_timestamp_seconds",
+    "When the served shard's index was built (Unix time): the index-stale alert reads its age.",
+    ["shard"],
+)
 METADATA_ITEMS = Gauge(
     "recfleet_candidates_metadata_items",
     "New items the shard serves from metadata vectors (not yet in the served model version).",

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import faiss
 import structlog
@@ -123,6 +124,9 @@ class ServedIndex:
                 metrics.INDEX_VERSION.remove(self._label, previous.version, previous.manifest.index_type)
             metrics.INDEX_VERSION.labels(self._label, version, loaded.manifest.index_type).set(1)
             metrics.INDEX_ITEMS.labels(self._label).set(loaded.item_count)
+            if loaded.manifest.built_at:
+                built = datetime.fromisoformat(loaded.manifest.built_at)
+                metrics.INDEX_BUILT.labels(self._label).set(built.timestamp())
             log.info(
                 "index swapped",
                 version=version,

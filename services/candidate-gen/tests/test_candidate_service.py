@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import numpy as np
@@ -118,21 +119,36 @@ async def test_similar_items_owner_answers_and_hands_out_the_vector(catalog):
         assert all(item.source == "similar" for item in merged)
 
 
-async def test_not_serving_until_a_version_is_promoted(catalog, wait_until):
+async def test_a_fresh_install_serves_with_no_model_and_loads_the_first_promoted_one(catalog, wait_until):
+    # No version serves yet (the first training run has not promoted one): the shard is
+    # SERVING so the install becomes Ready, and says it has no index.
     catalog.publish("als-tiny", TINY_IDS, TINY, shard_count=1)
     async with catalog.shard_server(0, shard_count=1) as s:
-        assert await health(s.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await health(s.port) == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await s.stub.Retrieve(candidates_pb2.RetrieveRequest(query_vector=[1, 0, 0], k=1), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no index" in caught.value.details()
         catalog.promote("als-tiny")
 
-        async def serving():
-            return await health(s.port) == health_pb2.HealthCheckResponse.SERVING
+        async def loaded():
+            status = await s.stub.GetShardStatus(candidates_pb2.GetShardStatusRequest(), timeout=5)
+            return status.model_version == "als-tiny"
 
-        await wait_until(serving)
+        await wait_until(loaded)
         status = await s.stub.GetShardStatus(candidates_pb2.GetShardStatusRequest(), timeout=5)
         assert (status.model_version, status.item_count, status.dimension) == ("als-tiny", 8, 3)
+        reply = await s.stub.Retrieve(candidates_pb2.RetrieveRequest(query_vector=[1, 0, 0], k=1), timeout=5)
+        assert [item.item_id for item in reply.items] == ["a"]
+        built = REGISTRY.get_sample_value("recfleet_candidates_index_built_timestamp_seconds", {"shard": "0"})
+        assert built is not None and time.time() - 3600 < built <= time.time() + 1
+
+
+async def test_not_serving_while_the_wanted_version_cannot_load(catalog):
+    manifest = catalog.publish("als-broken", TINY_IDS, TINY, shard_count=1, promote=True)
+    (catalog.store.root / manifest.shards[0].index_key).write_bytes(b"not a faiss index")
+    async with catalog.shard_server(0, shard_count=1) as s:
+        assert await health(s.port) == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_hot_swap_under_concurrent_queries_has_no_failed_call(catalog, wait_until):

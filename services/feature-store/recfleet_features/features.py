@@ -28,6 +28,8 @@ POPULAR_WINDOWS = ("all", "7d", "trending")
 MAX_POPULAR = 1000
 # User hash fields a user read needs besides the rows' own.
 USER_READ_FIELDS = (*CONSTRAINT_FIELDS, "interaction_count")
+# `vector_status` when no model version serves at all (before the first training run).
+NO_SERVING_MODEL = "no-serving-model"
 
 
 @dataclass
@@ -77,7 +79,11 @@ class FeatureService:
         fields = list(dict.fromkeys([*stored_fields(views), *USER_READ_FIELDS]))
         read = await self.online.read_user(user_id, fields, need_serving_version=not model_version)
         version = model_version or read.serving_version or ""
-        vector, status = choose_vector(read.vectors, version)
+        if version:
+            vector, status = choose_vector(read.vectors, version)
+        else:
+            # No model version serves yet (a fresh install): no vector can be used.
+            vector, status = None, NO_SERVING_MODEL
         row = build_row(user_id, read.stored, views, time.time())
         count = read.stored.get("interaction_count")
         metrics.USER_READS.labels(status.split(":", 1)[0] or "ok").inc()

@@ -204,6 +204,15 @@ async def test_vector_of_another_version_is_reported_not_returned(fleet):
     assert stranger.vector_status == "missing"
 
 
+async def test_no_vector_is_returned_before_any_model_version_serves(fleet):
+    user = uid("u")
+    fleet.redis.hset(keys.user_vectors(user), mapping={"als-B": np.ones(3, dtype="<f4").tobytes()})
+    fleet.redis.delete(keys.SERVING_VERSION)
+    reply = await fleet.stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id=user), timeout=5)
+    assert reply.vector_status == "no-serving-model"
+    assert not reply.HasField("user_vector")
+
+
 async def test_item_read_of_500_items_is_one_round_trip_with_defaults(fleet):
     items = [f"it{i}" for i in range(500)]
     for item in items[:250]:

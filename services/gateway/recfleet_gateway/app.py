@@ -29,6 +29,7 @@ from .clients import Fleet
 from .erasure import ErasureService
 from .exposures import ExperimentBook, ExperimentStore, ExposureLog
 from .jobs import JobRunner
+from .lifecycle import Drain
 from .middleware import GatewayMiddleware
 from .pipeline import Recommender
 from .ratelimit import RateLimiter, bounded_pool
@@ -164,15 +165,18 @@ def _openapi(app: FastAPI) -> dict:
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     tracing.configure_tracing("gateway")
+    drain = Drain(settings.drain_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.instrument_redis()
         app.state.gateway = await Gateway.open(settings)
         settle_heap()
+        drain.install()
         try:
             yield
         finally:
+            drain.cancel()
             await app.state.gateway.close()
 
     app = FastAPI(
@@ -187,8 +191,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
     for module in (recommendations, events, catalog, users, admin, ops, traffic, experiments, health):
         app.include_router(module.router)
+    app.state.drain = drain
     app.add_middleware(
-        GatewayMiddleware, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight
+        GatewayMiddleware, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight, drain=drain
     )
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -16,14 +16,15 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clients import tracks_header, tracks_var
+from .lifecycle import Drain
 from .problems import PROBLEM_MEDIA_TYPE, problem_body
 
 log = get_logger("recfleet.gateway")
 access_log = get_logger("recfleet.gateway.access")
-QUIET_ROUTES = frozenset({"/healthz/live", "/healthz/ready", "/metrics"})
-# Probes, metrics and the operators' API answer even when the gateway sheds load: a
-# rollback must get through while the fleet is overloaded.
-NEVER_SHED_PREFIXES = ("/healthz/", "/metrics", "/admin/")
+QUIET_ROUTES = frozenset({"/healthz/live", "/healthz/ready"})
+# Probes and the operators' API answer even when the gateway sheds load: a rollback must
+# get through while the fleet is overloaded. (Metrics have a port of their own.)
+NEVER_SHED_PREFIXES = ("/healthz/", "/admin/")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 REQUESTS = Counter("recfleet_gateway_requests_total", "REST requests, by route and status.", ["route", "status"])
@@ -40,13 +41,17 @@ class BodyTooLarge(Exception):
 class GatewayMiddleware:
     """`max_in_flight` bounds the requests one process works on at once (0 = no bound).
     Beyond it a request is refused at once with 503 and Retry-After: under overload a
-    quick refusal the client can retry beats every request queueing past its deadline."""
+    quick refusal the client can retry beats every request queueing past its deadline.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_in_flight: int = 0):
+    While the worker drains (`drain`), every response closes its connection, so
+    keep-alive clients reconnect through the balancer to a pod that stays."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_in_flight: int = 0, drain: Drain | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,6 +75,8 @@ class GatewayMiddleware:
                 out["X-Request-ID"] = request_id
                 if tracks:
                     out["Recfleet-Tracks"] = tracks_header(tracks)
+                if self.drain is not None and self.drain.draining:
+                    out["Connection"] = "close"
             await send(message)
 
         sheddable = self.max_in_flight > 0 and not scope["path"].startswith(NEVER_SHED_PREFIXES)

@@ -56,6 +56,8 @@ SHADOW_OVERLAP = Histogram(
     buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
 )
 DOWNSTREAM_ERRORS = (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError)
+# The feature store's `vector_status` when no model version serves (a fresh install).
+NO_SERVING_MODEL = "no-serving-model"
 
 
 def is_timeout(error: BaseException) -> bool:
@@ -361,6 +363,10 @@ class Recommender:
         numeric = {
             name: value.number for name, value in reply.features.values.items() if value.WhichOneof("kind") == "number"
         }
+        if reply.vector_status == NO_SERVING_MODEL:
+            # Before the first training run promotes a model: the answer comes from the
+            # popular and cold-start rungs, and says why.
+            degraded.append("no-serving-model")
         liked_value = reply.features.values.get("liked_items")
         liked = list(liked_value.strings.values) if liked_value is not None else []
         return UserContext(

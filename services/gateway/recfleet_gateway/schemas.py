@@ -253,7 +253,10 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"]
     downstreams: int
-    not_serving: list[str] = Field(description="Canary targets that are down (they do not affect readiness).")
+    not_serving: list[str] = Field(
+        description="Downstreams (`name:track`) that do not answer SERVING. They do not affect readiness: "
+        "requests that need them get degraded answers (`degraded`, fallbacks) instead."
+    )
 
 
 # -- experiments ------------------------------------------------------------------------------

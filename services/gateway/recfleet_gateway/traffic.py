@@ -25,8 +25,13 @@ from .clients import CANDIDATE_GEN, MIRRORED, SERVICES, Fleet
 
 log = structlog.get_logger("recfleet.gateway.traffic")
 
-CANARY_WEIGHT = Gauge("recfleet_gateway_canary_weight", "Canary weight in force, by service.", ["service"])
-SHADOW_PERCENT = Gauge("recfleet_gateway_shadow_percent", "Shadow share in force, by service.", ["service"])
+# Every worker holds the same weights; a scrape reports the latest any of them set.
+CANARY_WEIGHT = Gauge(
+    "recfleet_gateway_canary_weight", "Canary weight in force, by service.", ["service"], multiprocess_mode="mostrecent"
+)
+SHADOW_PERCENT = Gauge(
+    "recfleet_gateway_shadow_percent", "Shadow share in force, by service.", ["service"], multiprocess_mode="mostrecent"
+)
 ROLLBACKS = Counter("recfleet_gateway_canary_rollbacks_total", "Automatic canary rollbacks, by service.", ["service"])
 
 

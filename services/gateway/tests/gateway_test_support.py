@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 
 import httpx
+from prometheus_client import REGISTRY, generate_latest
 from recfleet_gateway.app import create_app
 from recfleet_gateway.settings import GatewaySettings
 
@@ -35,3 +36,9 @@ def assert_problem(reply, status: int) -> dict:
     assert body["status"] == status
     assert body["request_id"] == reply.headers["X-Request-ID"]
     return body
+
+
+def metrics_text() -> str:
+    """What this process's registry exposes: the app runs in the test's process, and the
+    gateway serves metrics on a port of its own (not through the app)."""
+    return generate_latest(REGISTRY).decode()

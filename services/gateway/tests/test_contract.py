@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 import pytest
-from gateway_test_support import ADMIN_KEY, assert_problem, http_client, running_app
+from gateway_test_support import ADMIN_KEY, assert_problem, http_client, metrics_text, running_app
 from recfleet_gateway.auth import SCOPES
 
 
@@ -205,18 +205,26 @@ async def test_a_limit_store_that_stops_answering_lets_requests_through_quickly(
         server.close()
 
 
-async def test_health_and_readiness(client, anonymous, fleet):
+async def test_a_dead_downstream_degrades_answers_but_never_makes_the_gateway_unready(client, anonymous, fleet):
     assert (await anonymous.get("/healthz/live")).json() == {"status": "live"}
     ready = await anonymous.get("/healthz/ready")
     assert ready.status_code == 200, ready.text
     await fleet.ranking.stop()
-    not_ready = assert_problem(await anonymous.get("/healthz/ready"), 503)
-    assert not_ready["not_serving"] == ["ranking"]
+    ready = await anonymous.get("/healthz/ready")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["not_serving"] == ["ranking"]
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-1"})
+    assert reply.status_code == 200, reply.text
+    assert "ranking-unavailable" in reply.json()["degraded"]
+
+
+async def test_metrics_are_not_served_on_the_public_port(anonymous):
+    assert (await anonymous.get("/metrics")).status_code == 404
 
 
 async def test_metrics_expose_gateway_and_grpc_client_families(client, anonymous):
     await client.get("/v1/recommendations", params={"user_id": "warm-1"})
-    text = (await anonymous.get("/metrics")).text
+    text = metrics_text()
     assert 'recfleet_gateway_requests_total{route="/v1/recommendations",status="200"}' in text
     assert 'recfleet_gateway_request_seconds_bucket{le="0.5",route="/v1/recommendations"}' in text
     assert 'grpc_client_handled_total{downstream="ranking"' in text
@@ -229,8 +237,6 @@ async def test_openapi_documents_every_status_with_a_schema(anonymous):
             responses = operation["responses"]
             assert "422" not in responses, (method, path)
             for status, response in responses.items():
-                if path == "/metrics":
-                    continue
                 content = response.get("content", {})
                 assert content, (method, path, status)
                 media_type = "application/problem+json" if status[0] in "45" else "application/json"

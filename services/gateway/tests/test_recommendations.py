@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import redis
-from gateway_test_support import assert_problem, http_client, running_app
+from gateway_test_support import assert_problem, http_client, metrics_text, running_app
 from recfleet_store import keys
 
 
@@ -89,7 +89,7 @@ async def test_cache_hit_then_miss_after_invalidation(client, fleet, redis_url):
     redis.Redis.from_url(redis_url).delete(keys.result_cache("warm-2"))
     await client.get("/v1/recommendations", params=params)
     assert len(fleet.ranking.servicer.requests) == ranks_before + 1
-    metrics = (await client.get("/metrics")).text
+    metrics = metrics_text()
     assert 'recfleet_gateway_cache_requests_total{result="hit"}' in metrics
 
 
@@ -222,7 +222,7 @@ async def test_redis_down_still_serves_recommendations(gateway_settings):
         reply = await http.get("/v1/recommendations", params={"user_id": "warm-1", "limit": 5})
         assert reply.status_code == 200, reply.text
         assert len(reply.json()["items"]) == 5
-        metrics = (await http.get("/metrics")).text
+        metrics = metrics_text()
         assert 'recfleet_gateway_cache_requests_total{result="error"}' in metrics
 
 
@@ -314,5 +314,5 @@ async def test_overload_is_shed_with_503_while_admin_and_probes_still_answer(gat
                 assert reply.headers["Retry-After"] == "1" and "capacity" in body["detail"]
         fleet.features.servicer.user_features_delay = 0.0
         assert (await client.get("/v1/recommendations", params={"user_id": "warm-1"})).status_code == 200
-        metrics = (await client.get("/metrics")).text
+        metrics = metrics_text()
         assert "recfleet_gateway_shed_total 3.0" in metrics

@@ -1,10 +1,9 @@
-"""Operations endpoints (unauthenticated): liveness, readiness, Prometheus metrics."""
+"""Probes (unauthenticated): liveness and readiness. Metrics are served on a port of
+their own (see `__main__.py`), which no route exposes."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Depends, Request
 
 from ..problems import Problem
 from ..responses import JSONBody
@@ -23,25 +22,14 @@ async def live():
     "/healthz/ready",
     response_model=Readiness,
     responses={400: PROBLEM, 503: PROBLEM},
-    summary="Every downstream answers SERVING",
+    summary="The gateway can answer: started and not draining",
 )
-async def ready(*, services: Services):
+async def ready(request: Request, *, services: Services):
+    # Readiness says whether this gateway can answer at all. A downstream that is down
+    # (a shard, ranking, the feature store, event-ingest) makes answers degraded, never
+    # the gateway unready: otherwise one dead shard would take every gateway pod out of
+    # its Service and the whole API dark. The body still names what is down.
+    if request.app.state.drain.draining:
+        raise Problem(503, "draining: this gateway is shutting down", kind="not-ready", title="Not Ready")
     not_serving = await services.fleet.not_serving()
-    # A canary that is down does not make the gateway unready: its users are served by
-    # stable once the analysis or an operator sets its weight to 0.
-    stable_down = [name for name in not_serving if not name.endswith(":canary")]
-    if stable_down:
-        raise Problem(
-            503, f"not serving: {', '.join(not_serving)}", kind="not-ready", title="Not Ready", not_serving=not_serving
-        )
     return JSONBody({"status": "ready", "downstreams": len(services.fleet.downstreams()), "not_serving": not_serving})
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
-    summary="Prometheus metrics",
-)
-async def metrics():
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
+from prometheus_client import Counter
 
 from ..auth import Principal
 from ..pipeline import RecommendationQuery
@@ -15,6 +16,13 @@ from ..schemas import ID_PATTERN, PopularItems, Recommendations, SimilarItems
 from .deps import COMMON_ERRORS, PROBLEM, Services, authorize
 
 router = APIRouter(tags=["recommendations"])
+# Every page answered, by the rung that served it (ranker, rules, popular) and whether it
+# was empty: the fallback-rate and empty-list alerts read it.
+SERVED = Counter(
+    "recfleet_gateway_recommendations_total",
+    "Recommendation pages answered, by the rung that served them and whether they were empty.",
+    ["served_by", "empty"],
+)
 _ID_RE = re.compile(ID_PATTERN)
 READ = "recommend:read"
 UserId = Annotated[str, Query(pattern=ID_PATTERN, description="The user to recommend for.")]
@@ -66,7 +74,9 @@ async def recommendations(
         exclude=parse_exclude(exclude or []),
         category=category,
     )
-    return JSONBody(await services.recommender.recommend(query))
+    answer = await services.recommender.recommend(query)
+    SERVED.labels(answer["served_by"], "true" if not answer["items"] else "false").inc()
+    return JSONBody(answer)
 
 
 @router.get(

@@ -1,0 +1,137 @@
+"""The gateway as it runs in a pod: `python -m recfleet_gateway` with two workers, in
+front of the scripted fleet. Metrics come from a port of their own and add up over the
+workers; SIGTERM drains before it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from gateway_test_support import ADMIN_KEY
+from recfleet_store.kafka import free_port
+
+DRAIN_SECONDS = 3.0
+
+
+def gateway_env(fleet, pg_dsn: str, redis_url: str, port: int, metrics_port: int, metrics_dir: str) -> dict[str, str]:
+    targets = fleet.settings_overrides()
+    env = dict(os.environ)
+    env.update(
+        {
+            "RECFLEET_POSTGRES_DSN": pg_dsn,
+            "RECFLEET_REDIS_URL": redis_url,
+            "RECFLEET_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+            "RECFLEET_GATEWAY_RATE_LIMIT_PER_USER": "100000/minute",
+            "RECFLEET_GATEWAY_PORT": str(port),
+            "RECFLEET_GATEWAY_METRICS_PORT": str(metrics_port),
+            "RECFLEET_GATEWAY_WORKERS": "2",
+            "RECFLEET_GATEWAY_DRAIN_SECONDS": str(DRAIN_SECONDS),
+            "RECFLEET_GATEWAY_GRACE_SECONDS": "5",
+            "RECFLEET_GATEWAY_REQUEST_TIMEOUT": "10",
+            "RECFLEET_GATEWAY_FEATURE_STORE_TIMEOUT": "2",
+            "RECFLEET_GATEWAY_CANDIDATE_GEN_TIMEOUT": "2",
+            "RECFLEET_GATEWAY_RANKING_TIMEOUT": "2",
+            "RECFLEET_GATEWAY_MAX_IN_FLIGHT": "0",
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        }
+    )
+    for name, value in targets.items():
+        env[f"RECFLEET_GATEWAY_{name.upper()}"] = value
+    return env
+
+
+def spawn(env: dict[str, str], log_path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "recfleet_gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+async def gateway_process(fleet, pg_dsn, redis_url, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = gateway_env(fleet, pg_dsn, redis_url, port, metrics_port, str(metrics_dir))
+    process = await asyncio.to_thread(spawn, env, tmp_path / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the gateway did not become ready"
+                try:
+                    if (await http.get(f"{url}/healthz/ready")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        yield process, url, f"http://127.0.0.1:{metrics_port}/metrics", metrics_dir
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def counted(text: str, route: str) -> float:
+    pattern = re.compile(r'^recfleet_gateway_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.MULTILINE)
+    return sum(float(m["value"]) for m in pattern.finditer(text) if f'route="{route}"' in m["labels"])
+
+
+async def test_every_scrape_counts_the_requests_of_every_worker(gateway_process):
+    _, url, metrics_url, metrics_dir = gateway_process
+    requests = 300
+    # A connection per request, so the kernel spreads them over both workers.
+    async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        for _ in range(requests):
+            assert (await http.get(f"{url}/healthz/live")).status_code == 200
+        assert (await http.get(f"{url}/metrics")).status_code == 404, "metrics must not be on the public port"
+        scrapes = [counted((await http.get(metrics_url)).text, "/healthz/live") for _ in range(5)]
+    assert scrapes == [requests] * 5
+    writers = {re.sub(r"\D", "", name) for name in os.listdir(metrics_dir) if name.startswith("counter_")}
+    assert len(writers) >= 2, f"only {writers} wrote samples: both workers should have served"
+
+
+async def test_sigterm_drains_under_load_without_failing_a_request(gateway_process):
+    process, url, _, _ = gateway_process
+    results: list[tuple[float, bool]] = []
+    stop = asyncio.Event()
+
+    async def client(user: int) -> None:
+        async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    reply = await http.get(f"{url}/v1/recommendations", params={"user_id": f"warm-{user}", "limit": 5})
+                    ok = reply.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                results.append((started, ok))
+                await asyncio.sleep(0.01)
+
+    clients = [asyncio.create_task(client(n % 3 + 1)) for n in range(6)]
+    await asyncio.sleep(1.5)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    # Readiness turns 503 (the parent passes the signal on within 0.5 s) so balancers stop
+    # sending, while requests still succeed.
+    async with httpx.AsyncClient(timeout=2) as http:
+        while (ready := await http.get(f"{url}/healthz/ready")).status_code == 200:
+            assert time.monotonic() - signalled < 1.5, "readiness stayed 200 after SIGTERM"
+            await asyncio.sleep(0.05)
+    assert ready.status_code == 503 and "draining" in ready.json()["detail"]
+    await asyncio.sleep(DRAIN_SECONDS - 1.0)
+    stop.set()
+    await asyncio.gather(*clients)
+    exit_code = await asyncio.to_thread(process.wait, DRAIN_SECONDS + 10)
+    before = [ok for started, ok in results if started < signalled]
+    during = [ok for started, ok in results if signalled <= started < signalled + DRAIN_SECONDS - 1.0]
+    assert len(before) > 10 and all(before), f"{before.count(False)} of {len(before)} failed before the signal"
+    assert len(during) > 10 and all(during), f"{during.count(False)} of {len(during)} failed while draining"
+    assert exit_code == 0
