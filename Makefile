@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/python/.stamp
 
-.PHONY: help install protos run test test-unit test-fast lint bench images chart-base clean
+.PHONY: help install protos run test test-unit test-fast lint bench images chart-base clean tools
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,24 @@ $(UV):
 
 install: .venv/.stamp $(GEN_STAMP)  ## create .venv from uv.lock and generate the protos
 
+# promtool from Debian's prometheus package (no server is installed or started), pinned by
+# version and checksum; tests/deploy/test_alert_rules.py runs .venv-tools/bin/promtool.
+PROMETHEUS_DEB_VERSION := 2.42.0+ds-5+deb12u1
+PROMETHEUS_DEB_SHA256 := 81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55
+PROMETHEUS_DIR := .venv-tools/prometheus-$(PROMETHEUS_DEB_VERSION)
+
+tools: $(PROMETHEUS_DIR)/usr/bin/promtool  ## promtool for the alert-rule tests, into .venv-tools/bin
+
+$(PROMETHEUS_DIR)/usr/bin/promtool:
+	rm -rf $(PROMETHEUS_DIR) && mkdir -p $(PROMETHEUS_DIR) .venv-tools/bin
+	cd $(PROMETHEUS_DIR) && { apt-get download -q prometheus=$(PROMETHEUS_DEB_VERSION) \
+		|| { apt-get update -q && apt-get download -q prometheus=$(PROMETHEUS_DEB_VERSION); }; }
+	echo "$(PROMETHEUS_DEB_SHA256)  $(PROMETHEUS_DIR)/prometheus_$(PROMETHEUS_DEB_VERSION)_amd64.deb" | sha256sum --check --strict
+	dpkg-deb -x $(PROMETHEUS_DIR)/prometheus_$(PROMETHEUS_DEB_VERSION)_amd64.deb $(PROMETHEUS_DIR)
+	rm $(PROMETHEUS_DIR)/prometheus_$(PROMETHEUS_DEB_VERSION)_amd64.deb
+	$@ --version
+	ln -sfn ../prometheus-$(PROMETHEUS_DEB_VERSION)/usr/bin/promtool .venv-tools/bin/promtool
+
 $(GEN_STAMP): $(PROTOS) .venv/.stamp
 	rm -rf gen/python && mkdir -p gen/python
 	PATH=$$PWD/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=gen/python --grpc_python_out=gen/python \
@@ -31,10 +49,10 @@ protos: $(GEN_STAMP)  ## generate Python code and type stubs from protos/ into g
 run: install  ## prepare data, train, start the whole fleet; serves the gateway on 127.0.0.1:$${RECFLEET_GATEWAY_PORT:-8080}
 	$(PY) -m recfleet_ctl.localfleet run $(if $(RETRAIN),--retrain)
 
-test: install  ## the whole test suite against real Postgres, Redis and a Kafka-protocol broker
+test: install tools  ## the whole test suite against real Postgres, Redis and a Kafka-protocol broker
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-test-unit: install  ## unit tests only (no fleet)
+test-unit: install tools  ## unit tests only (no fleet)
 	$(PY) -m pytest -q -m "not e2e"
 
 lint: install  ## ruff

@@ -88,5 +88,6 @@ def test_another_release_name_prefixes_every_object_and_address(kit):
     assert len(targets) == 5
     for value in targets:
         for target in value.split(","):
-            assert target.split(":")[0] in services
+            assert target.startswith("dns:///shop-recfleet-"), target
+            assert target.removeprefix("dns:///").split(":")[0] in services
     assert any(o["metadata"]["name"] == "shop-recfleet-routing" for o in objects)

@@ -60,7 +60,8 @@ def _diff(a, b, path=""):
         yield path
 
 
-# What prod may change relative to dev (everything else must be identical).
+# What prod may change relative to dev (everything else must be identical), by path, and by
+# path for some objects only.
 INTENDED = [
     r"^/metadata/namespace$",
     r"^/metadata/labels/recfleet\.io/environment$",
@@ -75,6 +76,15 @@ INTENDED = [
     r"^/data/routing\.json$",
     r"^/data/RECFLEET_GATEWAY_(CANARY_WEIGHTS|[A-Z_]+_CANARY_TARGETS?)$",
 ]
+INTENDED_FOR = {
+    # Backing systems' networks.
+    ("NetworkPolicy", r"^recfleet-egress-(postgres|redis|kafka)$"): [r"^/spec/egress$"],
+    # An RWX volume of a named class: pods on many nodes mount the artifacts.
+    ("PersistentVolumeClaim", r"^recfleet-artifacts$"): [r"^/spec/(accessModes|storageClassName)$"],
+    # The cursor key from a Secret instead of the (empty) ConfigMap value.
+    ("Deployment", r"^recfleet-gateway$"): [r"/containers\[gateway\]/env\[RECFLEET_GATEWAY_CURSOR_SECRET\]$"],
+    ("ConfigMap", r"^recfleet-gateway-env$"): [r"^/data/RECFLEET_GATEWAY_CURSOR_SECRET$"],
+}
 PROD_ONLY = {"NetworkPolicy/recfleet-allow-otel", "ServiceMonitor", "PrometheusRule", "ConfigMap/recfleet-dashboard-", "canary"}
 
 
@@ -95,7 +105,8 @@ def test_prod_differs_from_dev_only_where_intended(built_overlays):
     changed = set()
     for key in dev:
         paths = list(_diff(dev[key], prod[key]))
-        bad = [p for p in paths if not any(re.search(pattern, p) for pattern in INTENDED)]
+        allowed = INTENDED + [p for (kind, name), ps in INTENDED_FOR.items() if kind == key[0] and re.search(name, key[1]) for p in ps]
+        bad = [p for p in paths if not any(re.search(pattern, p) for pattern in allowed)]
         if bad:
             unexpected[f"{key[0]}/{key[1]}"] = bad
         changed.update(p for p in paths if p not in ("/metadata/namespace", "/metadata/labels/recfleet.io/environment"))
@@ -105,6 +116,7 @@ def test_prod_differs_from_dev_only_where_intended(built_overlays):
     assert any("/resources/" in p for p in changed)
     assert any("OTEL_" in p for p in changed)
     assert "/data/routing.json" in changed
+    assert "/spec/egress" in changed and "/spec/accessModes" in changed
 
 
 def test_prod_routes_ten_percent_of_ranking_to_its_canary(built_overlays):
@@ -114,15 +126,43 @@ def test_prod_routes_ten_percent_of_ranking_to_its_canary(built_overlays):
     routing = json.loads(prod[("ConfigMap", "recfleet-routing")]["data"]["routing.json"])
     assert routing["services"]["ranking"] == {"canary": True, "weight": 10, "shadow_percent": 0}
     canary = prod[("Deployment", "recfleet-ranking-canary")]["spec"]["template"]["spec"]["containers"][0]
-    assert canary["image"] == "registry.example.com/recfleet/ranking:0.2.0-rc1"
     stable = prod[("Deployment", "recfleet-ranking")]["spec"]["template"]["spec"]["containers"][0]
-    assert stable["image"] == "registry.example.com/recfleet/ranking:0.1.0"
+    assert canary["image"].startswith("registry.example.com/recfleet/ranking@sha256:")
+    assert stable["image"].startswith("registry.example.com/recfleet/ranking@sha256:")
+    assert canary["image"] != stable["image"]
     gateway_env = prod[("ConfigMap", "recfleet-gateway-env")]["data"]
-    assert gateway_env["RECFLEET_GATEWAY_RANKING_CANARY_TARGET"] == "recfleet-ranking-canary:50071"
+    assert gateway_env["RECFLEET_GATEWAY_RANKING_CANARY_TARGET"] == "dns:///recfleet-ranking-canary-headless:50071"
 
 
-COMPONENTS = ["network-policies", "service-monitors", "canary", "otel"]
-COMBINATIONS = [list(c) for n in range(1, len(COMPONENTS) + 1) for c in itertools.combinations(COMPONENTS, n)]
+def test_prod_deploys_only_canaries_that_get_traffic(built_overlays):
+    """A canary at weight 0 is a workload nobody reaches: prod deploys exactly the routed ones."""
+    prod = _index(built_overlays["prod"])
+    routing = json.loads(prod[("ConfigMap", "recfleet-routing")]["data"]["routing.json"])["services"]
+    deployed = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"] for (kind, _), o in prod.items()
+        if kind in ("Deployment", "StatefulSet") and o["metadata"]["labels"].get("recfleet.io/track") == "canary"
+    }
+    routed = {service for service, state in routing.items() if state["canary"]}
+    assert deployed == routed == {"ranking"}
+    assert all(routing[service]["weight"] > 0 for service in routed)
+    gateway_env = prod[("ConfigMap", "recfleet-gateway-env")]["data"]
+    assert {k for k, v in gateway_env.items() if "_CANARY_TARGET" in k and v} == {"RECFLEET_GATEWAY_RANKING_CANARY_TARGET"}
+
+
+FEATURES = ["network-policies", "service-monitors", "otel"]
+CANARIES = [f"canary-{service}" for service in ("candidate-gen", "ranking", "feature-store", "event-ingest")]
+# Every subset of the features, each with no canary and with all of them, plus each canary
+# alone beside every feature (2^3 x 2 - 1 + 4 builds instead of 2^7 - 1).
+COMBINATIONS = [
+    list(features) + canaries
+    for n in range(len(FEATURES) + 1) for features in itertools.combinations(FEATURES, n)
+    for canaries in ([], CANARIES)
+    if features or canaries
+] + [FEATURES + [canary] for canary in CANARIES]
+
+
+def test_the_combinations_cover_every_generated_component(render_module):
+    assert set(FEATURES + CANARIES) == set(render_module.COMPONENTS)
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,9 @@ def test_calls_the_fleet_never_makes_are_denied(fleet, src, dst):
 def test_metrics_ports_are_closed_to_other_pods(fleet):
     assert not call(fleet, "recfleet-gateway", "recfleet-ranking", "metrics")
     assert not call(fleet, "recfleet-ingest-sink", "recfleet-ingest-realtime", "metrics")
+    # The helm test pod reaches the gateway's REST port (below), never its metrics port.
+    assert not call(fleet, "recfleet-ranking", "recfleet-gateway", "metrics")
+    assert not call(fleet, "test", "recfleet-gateway", "metrics")
 
 
 def test_the_helm_test_pod_reaches_the_rest_api(fleet):

@@ -76,7 +76,16 @@ spec:
 {{- end }}
 {{- end -}}
 
-{{/* Services: one per component and track (candidate-gen: one per shard and track, plus a headless one per track). */}}
+{{/*
+Services, per component and track (candidate-gen: per shard and track):
+- the ClusterIP Service (grpc/http and metrics: what the ServiceMonitor and the helm test use);
+- for gRPC components a headless Service (grpc only, ready pods only) that the gRPC clients
+  resolve to every pod and balance over, since one long-lived connection to a ClusterIP would
+  pin each client to one pod;
+- candidate-gen also keeps one headless Service per track that governs its StatefulSets'
+  pod DNS names (a StatefulSet's serviceName cannot change).
+Headless Services have no metrics port, so pods are never scraped twice.
+*/}}
 {{- define "recfleet.services" -}}
 {{- $root := .root -}}
 {{- $c := include "recfleet.component" . | fromYaml -}}
@@ -88,24 +97,8 @@ spec:
 {{- $shards = until (int $v.shards.count) }}
 {{- $sel := dict "root" $root "component" $c.name "track" $track }}
 ---
-# Governs the StatefulSets' pod DNS names; has no metrics port so it is never scraped twice.
-apiVersion: v1
-kind: Service
-metadata:
-  name: {{ include "recfleet.componentName" $sel }}-headless
-  labels:
-    {{- include "recfleet.labels" $sel | nindent 4 }}
-spec:
-  clusterIP: None
-  publishNotReadyAddresses: false
-  selector:
-    {{- include "recfleet.selectorLabels" $sel | nindent 4 }}
-  ports:
-    - name: grpc
-      port: {{ $v.ports.grpc }}
-      targetPort: grpc
-      protocol: TCP
-      appProtocol: kubernetes.io/h2c
+# Governs the StatefulSets' pod DNS names.
+{{- include "recfleet.headlessService" (dict "sel" $sel "name" (printf "%s-headless" (include "recfleet.componentName" $sel)) "port" $v.ports.grpc) }}
 {{- end }}
 {{- range $shard := $shards }}
 {{- $sel := dict "root" $root "component" $c.name "track" $track "shard" $shard }}
@@ -127,8 +120,7 @@ spec:
       targetPort: http
       protocol: TCP
       appProtocol: http
-    {{- else }}
-    {{- if eq $c.kind "grpc" }}
+    {{- else if eq $c.kind "grpc" }}
     - name: grpc
       port: {{ $v.ports.grpc }}
       targetPort: grpc
@@ -140,10 +132,35 @@ spec:
       targetPort: metrics
       protocol: TCP
       appProtocol: http
-    {{- end }}
+{{- if eq $c.kind "grpc" }}
+---
+# What the gRPC clients resolve (dns:///{{ include "recfleet.headlessName" $sel }}:{{ $v.ports.grpc }}).
+{{- include "recfleet.headlessService" (dict "sel" $sel "name" (include "recfleet.headlessName" $sel) "port" $v.ports.grpc) }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A headless Service on the grpc port of the pods .sel selects, ready pods only. */}}
+{{- define "recfleet.headlessService" }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "recfleet.labels" .sel | nindent 4 }}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: false
+  selector:
+    {{- include "recfleet.selectorLabels" .sel | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ .port }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: kubernetes.io/h2c
 {{- end -}}
 
 {{/* HorizontalPodAutoscalers for the stable track (candidate-gen: per shard, scaling its copies). */}}
@@ -207,10 +224,11 @@ metadata:
   labels:
     {{- include "recfleet.labels" $sel | nindent 4 }}
 spec:
-  {{- if $v.pdb.minAvailable }}
+  {{- /* Exactly one of the two; validate.yaml refuses a budget that allows no disruption. */}}
+  {{- if hasKey $v.pdb "minAvailable" }}
   minAvailable: {{ $v.pdb.minAvailable }}
   {{- else }}
-  maxUnavailable: {{ $v.pdb.maxUnavailable }}
+  maxUnavailable: {{ $v.pdb.maxUnavailable | default 1 }}
   {{- end }}
   unhealthyPodEvictionPolicy: AlwaysAllow
   selector:
@@ -246,7 +264,7 @@ spec:
     - recfleet.io/track
     - recfleet.io/shard
   endpoints:
-    - port: {{ ternary "http" "metrics" (eq $c.kind "http") }}
+    - port: metrics
       path: /metrics
       interval: {{ $v.serviceMonitor.interval }}
       scrapeTimeout: {{ $v.serviceMonitor.scrapeTimeout }}
@@ -292,7 +310,8 @@ data:
 
 {{/*
 A component's NetworkPolicy: who may call it (the components whose `calls` name it, the
-helm test pod, Prometheus) and what it may reach (what it `calls`, its backing systems).
+helm test pod, Prometheus) and which fleet services it may call (its `calls`); its backing
+systems are reached through the release-wide recfleet-egress-<system> policies.
 */}}
 {{- define "recfleet.networkpolicy" -}}
 {{- $root := .root -}}
@@ -317,25 +336,18 @@ spec:
   policyTypes: [Ingress, Egress]
   ingress:
     {{- if eq $c.kind "http" }}
-    # Clients of the REST API; anyone when gatewayIngressFrom is empty.
+    # Clients of the REST API (anyone when gatewayIngressFrom is empty) and the helm test pod.
     - ports:
         - port: http
           protocol: TCP
       {{- with $np.gatewayIngressFrom }}
       from:
         {{- toYaml . | nindent 8 }}
-    # Prometheus scrapes /metrics on the same port; the helm test pod calls the API.
-    - ports:
-        - port: http
-          protocol: TCP
-      from:
-        {{- toYaml $np.metricsFrom | nindent 8 }}
         - podSelector:
             matchLabels:
               {{- include "recfleet.selectorLabels" (dict "root" $root "component" "test") | nindent 14 }}
       {{- end }}
-    {{- else }}
-    {{- if eq $c.kind "grpc" }}
+    {{- else if eq $c.kind "grpc" }}
     - ports:
         - port: grpc
           protocol: TCP
@@ -351,15 +363,17 @@ spec:
             matchLabels:
               {{- include "recfleet.selectorLabels" (dict "root" $root "component" "test") | nindent 14 }}
     {{- end }}
+    # Prometheus scrapes /metrics on a port of its own (the kubelet's probes need no rule).
     - ports:
         - port: metrics
           protocol: TCP
       from:
         {{- toYaml $np.metricsFrom | nindent 8 }}
-    {{- end }}
+  {{- /* Backing systems: the release-wide recfleet-egress-<system> policies. */}}
+  {{- if $c.calls }}
   egress:
     {{- range $callee := $registry }}
-    {{- if has $callee.name (default (list) $c.calls) }}
+    {{- if has $callee.name $c.calls }}
     - to:
         - podSelector:
             matchLabels:
@@ -369,7 +383,9 @@ spec:
           protocol: TCP
     {{- end }}
     {{- end }}
-    {{- include "recfleet.backendEgress" (dict "root" $root "uses" $c.uses) | nindent 4 }}
+  {{- else }}
+  egress: []
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}

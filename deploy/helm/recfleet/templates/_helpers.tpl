@@ -140,22 +140,52 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s-s%d" (include "recfleet.componentName" .) (int .shard) -}}
 {{- end -}}
 
-{{/* Comma-separated candidate-gen targets in shard order, for one track. */}}
+{{/*
+Name of the headless Service of one component and track (candidate-gen: of one shard, when
+.shard is an int). Clients resolve it to every ready pod and balance calls over them.
+*/}}
+{{- define "recfleet.headlessName" -}}
+{{- $base := include "recfleet.componentName" . -}}
+{{- if and (hasKey . "shard") (kindIs "int" .shard) -}}
+{{- $base = include "recfleet.shardName" . -}}
+{{- end -}}
+{{- printf "%s-headless" $base | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Comma-separated candidate-gen targets in shard order, for one track: the shard Services
+(host:port, for the helm test), or with .headless the shards' headless Services in the
+form the gRPC clients balance over (dns:///name:port, round robin over ready pods).
+*/}}
 {{- define "recfleet.candidateTargets" -}}
 {{- $root := .root -}}
 {{- $track := .track -}}
+{{- $headless := .headless -}}
 {{- $port := int $root.Values.candidateGen.ports.grpc -}}
 {{- $targets := list -}}
 {{- range $shard := until (int $root.Values.candidateGen.shards.count) -}}
-{{- $targets = append $targets (printf "%s:%d" (include "recfleet.shardName" (dict "root" $root "component" "candidate-gen" "track" $track "shard" $shard)) $port) -}}
+{{- $sel := dict "root" $root "component" "candidate-gen" "track" $track "shard" $shard -}}
+{{- if $headless -}}
+{{- $targets = append $targets (printf "dns:///%s:%d" (include "recfleet.headlessName" $sel) $port) -}}
+{{- else -}}
+{{- $targets = append $targets (printf "%s:%d" (include "recfleet.shardName" $sel) $port) -}}
+{{- end -}}
 {{- end -}}
 {{- join "," $targets -}}
 {{- end -}}
 
-{{/* Target of a single-Service component for one track, e.g. recfleet-ranking:50071. */}}
+{{/*
+Target of a single-Service component for one track: its Service (e.g. recfleet-ranking:50071,
+for the helm test), or with .headless its headless Service as the gRPC clients use it
+(dns:///recfleet-ranking-headless:50071).
+*/}}
 {{- define "recfleet.target" -}}
 {{- $values := index .root.Values .key -}}
+{{- if .headless -}}
+{{- printf "dns:///%s:%d" (include "recfleet.headlessName" (dict "root" .root "component" .component "track" .track)) (int $values.ports.grpc) -}}
+{{- else -}}
 {{- printf "%s:%d" (include "recfleet.componentName" .) (int $values.ports.grpc) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Canary weights per downstream service (0 where the canary is off), as a dict. */}}
@@ -174,6 +204,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 The plain settings of one component, as the data of its env ConfigMap: the values'
 `env` map first (the consumers start from eventIngest.env: they share its settings class), then what the chart derives (ports, addresses, topics), which wins.
 Secrets, the track, the shard and the pod name are set on the container instead.
+Every gRPC target is a headless Service in dns:/// form: the clients resolve it to every
+ready pod and balance round robin; servers close connections after
+grpc.maxConnectionAgeSeconds so clients re-resolve and reach pods added since.
 */}}
 {{- define "recfleet.configData" -}}
 {{- $root := .root -}}
@@ -188,21 +221,20 @@ Secrets, the track, the shard and the pod name are set on the container instead.
 {{- range $k, $val := $v.env -}}
 {{- $_ := set $data $k (toString $val) -}}
 {{- end -}}
+{{- $_ := set $data (printf "%sMAX_CONNECTION_AGE_SECONDS" $c.prefix) (toString $root.Values.grpc.maxConnectionAgeSeconds) -}}
+{{- $_ := set $data (printf "%sMAX_CONNECTION_AGE_GRACE_SECONDS" $c.prefix) (toString $root.Values.grpc.maxConnectionAgeGraceSeconds) -}}
+{{- $_ := set $data (printf "%sMETRICS_PORT" $c.prefix) (toString $v.ports.metrics) -}}
 {{- if eq $c.kind "http" -}}
 {{- $_ := set $data (printf "%sHOST" $c.prefix) "0.0.0.0" -}}
 {{- $_ := set $data (printf "%sPORT" $c.prefix) (toString $v.ports.http) -}}
-{{- $_ := set $data (printf "%sFEATURE_STORE_TARGET" $c.prefix) (include "recfleet.target" (dict "root" $root "key" "featureStore" "component" "feature-store" "track" "stable")) -}}
-{{- $_ := set $data (printf "%sRANKING_TARGET" $c.prefix) (include "recfleet.target" (dict "root" $root "key" "ranking" "component" "ranking" "track" "stable")) -}}
-{{- $_ := set $data (printf "%sEVENT_INGEST_TARGET" $c.prefix) (include "recfleet.target" (dict "root" $root "key" "eventIngest" "component" "event-ingest" "track" "stable")) -}}
-{{- $_ := set $data (printf "%sCANDIDATE_GEN_TARGETS" $c.prefix) (include "recfleet.candidateTargets" (dict "root" $root "track" "stable")) -}}
-{{- $fs := $root.Values.featureStore -}}
-{{- $_ := set $data (printf "%sFEATURE_STORE_CANARY_TARGET" $c.prefix) (ternary (include "recfleet.target" (dict "root" $root "key" "featureStore" "component" "feature-store" "track" "canary")) "" (and $fs.enabled $fs.canary.enabled)) -}}
-{{- $rk := $root.Values.ranking -}}
-{{- $_ := set $data (printf "%sRANKING_CANARY_TARGET" $c.prefix) (ternary (include "recfleet.target" (dict "root" $root "key" "ranking" "component" "ranking" "track" "canary")) "" (and $rk.enabled $rk.canary.enabled)) -}}
-{{- $ei := $root.Values.eventIngest -}}
-{{- $_ := set $data (printf "%sEVENT_INGEST_CANARY_TARGET" $c.prefix) (ternary (include "recfleet.target" (dict "root" $root "key" "eventIngest" "component" "event-ingest" "track" "canary")) "" (and $ei.enabled $ei.canary.enabled)) -}}
+{{- range $t := list (list "FEATURE_STORE" "featureStore" "feature-store") (list "RANKING" "ranking" "ranking") (list "EVENT_INGEST" "eventIngest" "event-ingest") }}
+{{- $tv := index $root.Values (index $t 1) -}}
+{{- $_ := set $data (printf "%s%s_TARGET" $c.prefix (index $t 0)) (include "recfleet.target" (dict "root" $root "key" (index $t 1) "component" (index $t 2) "track" "stable" "headless" true)) -}}
+{{- $_ := set $data (printf "%s%s_CANARY_TARGET" $c.prefix (index $t 0)) (ternary (include "recfleet.target" (dict "root" $root "key" (index $t 1) "component" (index $t 2) "track" "canary" "headless" true)) "" (and $tv.enabled $tv.canary.enabled)) -}}
+{{- end -}}
 {{- $cg := $root.Values.candidateGen -}}
-{{- $_ := set $data (printf "%sCANDIDATE_GEN_CANARY_TARGETS" $c.prefix) (ternary (include "recfleet.candidateTargets" (dict "root" $root "track" "canary")) "" (and $cg.enabled $cg.canary.enabled)) -}}
+{{- $_ := set $data (printf "%sCANDIDATE_GEN_TARGETS" $c.prefix) (include "recfleet.candidateTargets" (dict "root" $root "track" "stable" "headless" true)) -}}
+{{- $_ := set $data (printf "%sCANDIDATE_GEN_CANARY_TARGETS" $c.prefix) (ternary (include "recfleet.candidateTargets" (dict "root" $root "track" "canary" "headless" true)) "" (and $cg.enabled $cg.canary.enabled)) -}}
 {{- $_ := set $data (printf "%sCANARY_WEIGHTS" $c.prefix) (include "recfleet.canaryWeights" $root) -}}
 {{- $_ := set $data (printf "%sROUTING_FILE" $c.prefix) "/etc/recfleet/routing/routing.json" -}}
 {{- if $root.Values.cursorSecret.existingSecret -}}
@@ -216,24 +248,29 @@ Secrets, the track, the shard and the pod name are set on the container instead.
 {{- /* Consumers serve no gRPC; their settings class still has the field. */ -}}
 {{- $_ := set $data (printf "%sGRPC_PORT" $c.prefix) (toString (index $root.Values $c.inherit).ports.grpc) -}}
 {{- end -}}
-{{- $_ := set $data (printf "%sMETRICS_PORT" $c.prefix) (toString $v.ports.metrics) -}}
 {{- end -}}
 {{- if eq $c.key "candidateGen" -}}
 {{- $_ := set $data (printf "%sSHARD_COUNT" $c.prefix) (toString $v.shards.count) -}}
 {{- end -}}
 {{- if eq $c.key "ranking" -}}
-{{- $_ := set $data (printf "%sFEATURE_STORE_TARGET" $c.prefix) (include "recfleet.target" (dict "root" $root "key" "featureStore" "component" "feature-store" "track" "stable")) -}}
+{{- $_ := set $data (printf "%sFEATURE_STORE_TARGET" $c.prefix) (include "recfleet.target" (dict "root" $root "key" "featureStore" "component" "feature-store" "track" "stable" "headless" true)) -}}
 {{- end -}}
 {{- if has "kafka" $c.uses -}}
-{{- $_ := set $data "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
-{{- $_ := set $data "RECFLEET_EVENTS_TOPIC" $root.Values.kafka.topics.events -}}
-{{- $_ := set $data "RECFLEET_DEAD_LETTER_TOPIC" $root.Values.kafka.topics.deadLetter -}}
-{{- $_ := set $data "RECFLEET_USERS_TOPIC" $root.Values.kafka.topics.users -}}
+{{- include "recfleet.kafkaData" (dict "root" $root "data" $data) -}}
 {{- end -}}
 {{- if has "artifacts" $c.uses -}}
 {{- $_ := set $data "RECFLEET_ARTIFACT_URL" $root.Values.artifacts.url -}}
 {{- end -}}
 {{- toYaml $data -}}
+{{- end -}}
+
+{{/* Adds the broker and topic names to .data (a dict); renders nothing. */}}
+{{- define "recfleet.kafkaData" -}}
+{{- $k := .root.Values.kafka -}}
+{{- $_ := set .data "KAFKA_BOOTSTRAP_SERVERS" $k.bootstrapServers -}}
+{{- $_ := set .data "RECFLEET_EVENTS_TOPIC" $k.topics.events -}}
+{{- $_ := set .data "RECFLEET_DEAD_LETTER_TOPIC" $k.topics.deadLetter -}}
+{{- $_ := set .data "RECFLEET_USERS_TOPIC" $k.topics.users -}}
 {{- end -}}
 
 {{/* Container env: the track, secrets by reference, the downward API, OTel, canary overrides. */}}
@@ -399,16 +436,16 @@ spec:
         - name: http
           containerPort: {{ $v.ports.http }}
           protocol: TCP
-        {{- else }}
-        {{- if eq $c.kind "grpc" }}
+        {{- else if eq $c.kind "grpc" }}
         - name: grpc
           containerPort: {{ $v.ports.grpc }}
           protocol: TCP
         {{- end }}
+        # /metrics on a port of its own, never the public one (the gateway's HTTPRoute and
+        # clients reach only http).
         - name: metrics
           containerPort: {{ $v.ports.metrics }}
           protocol: TCP
-        {{- end }}
       envFrom:
         - configMapRef:
             name: {{ include "recfleet.componentName" (dict "root" $root "component" $c.name "track" "stable") }}-env
@@ -450,16 +487,24 @@ spec:
         periodSeconds: 10
         failureThreshold: 3
       {{- else }}
-      # Consumers serve only metrics; a live metrics endpoint means a live process.
+      # Consumers answer on their metrics port: /healthz/live fails once the poll loop's
+      # heartbeat is older than RECFLEET_INGEST_LIVENESS_SECONDS (a stuck loop is restarted),
+      # /healthz/ready once the consumer has joined its group and polls.
       startupProbe:
         httpGet:
-          path: /metrics
+          path: /healthz/live
           port: metrics
         periodSeconds: {{ $v.startupProbe.periodSeconds }}
         failureThreshold: {{ $v.startupProbe.failureThreshold }}
+      readinessProbe:
+        httpGet:
+          path: /healthz/ready
+          port: metrics
+        periodSeconds: 5
+        failureThreshold: 2
       livenessProbe:
         httpGet:
-          path: /metrics
+          path: /healthz/live
           port: metrics
         periodSeconds: 10
         failureThreshold: 3
@@ -511,35 +556,11 @@ spec:
 {{- end -}}
 {{- end -}}
 
-{{/* Egress rules to the backing systems a component uses (networkPolicy.egress.<name>). */}}
-{{- define "recfleet.backendEgress" -}}
-{{- $np := .root.Values.networkPolicy -}}
-{{- $names := list -}}
-{{- range $u := .uses -}}
-{{- if hasKey $np.egress $u }}{{ $names = append $names $u }}{{ end -}}
-{{- end -}}
-{{- range $name := $names }}
-{{- $e := get $np.egress $name }}
-{{- if $e.cidrs }}
-# {{ $name }}
-- to:
-    {{- range $cidr := $e.cidrs }}
-    - ipBlock:
-        cidr: {{ $cidr }}
-    {{- end }}
-  ports:
-    {{- range $port := $e.ports }}
-    - port: {{ $port }}
-      protocol: TCP
-    {{- end }}
-{{- end }}
-{{- end }}
-{{- with .root.Values.networkPolicy.extraEgress }}
-{{ toYaml . }}
-{{- end }}
-{{- end -}}
-
-{{/* The jobs' plain settings: the values' `jobs.env`, then the shard count and artifact URL. */}}
+{{/*
+The jobs' plain settings: the values' `jobs.env`, then the shard count, the artifact URL,
+the broker and topics, and how `create-topics` lays the topics out (kafka.topics; only the
+jobs read these: services never create topics).
+*/}}
 {{- define "recfleet.jobsConfigData" -}}
 {{- $data := dict -}}
 {{- range $k, $val := .Values.jobs.env -}}
@@ -547,6 +568,11 @@ spec:
 {{- end -}}
 {{- $_ := set $data "RECFLEET_JOBS_SHARD_COUNT" (toString .Values.candidateGen.shards.count) -}}
 {{- $_ := set $data "RECFLEET_ARTIFACT_URL" .Values.artifacts.url -}}
+{{- include "recfleet.kafkaData" (dict "root" . "data" $data) -}}
+{{- $t := .Values.kafka.topics -}}
+{{- $_ := set $data "RECFLEET_KAFKA_TOPIC_PARTITIONS" (toString $t.partitions) -}}
+{{- $_ := set $data "RECFLEET_KAFKA_REPLICATION_FACTOR" (toString $t.replicationFactor) -}}
+{{- $_ := set $data "RECFLEET_KAFKA_MIN_INSYNC_REPLICAS" (toString $t.minInsyncReplicas) -}}
 {{- toYaml $data -}}
 {{- end -}}
 
