@@ -47,14 +47,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-from recfleet_jobs.ranker import RankerTrainingParams, TrainingGroups, train_booster
-from recfleet_ranking.adapters.models import write_ranker
-from recfleet_ranking.features import ITEM_FEATURE_NAMES, Candidate, UserContext, assign_ranks
-from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix, model_meta
+from recfleet_models.ranking.artifacts import write_ranker
+from recfleet_models.ranking.features import ITEM_FEATURE_NAMES, Candidate, UserContext, assign_ranks
+from recfleet_models.ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix, model_meta
+from recfleet_models.ranking.training import Groups, RankerParams, fit_booster
 from recfleet_ranking.pipeline import RankingPipeline, RankQuery
+from recfleet_runtime.ports import free_port
 from recfleet_store import keys
 from recfleet_store.artifacts import DirectoryArtifactStore
-from recfleet_store.kafka import free_port
 from recfleet_store.postgres import migrate
 from recfleet_store.registry import promote, register_version
 
@@ -84,15 +84,30 @@ def make_candidates(n: int, seed: int = 0) -> list[Candidate]:
     out = []
     for i in range(n):
         f = item_features(i, rng)
-        out.append(Candidate(f"bench-{i}", float(rng.random()), "als", categories=tuple(f["categories"]),
-                             creator=f["creator"], published_at=f["published_at"], age_rating=f["age_rating"],
-                             popularity=f["popularity"], popularity_7d=f["popularity_7d"]))
+        out.append(
+            Candidate(
+                f"bench-{i}",
+                float(rng.random()),
+                "als",
+                categories=tuple(f["categories"]),
+                creator=f["creator"],
+                published_at=f["published_at"],
+                age_rating=f["age_rating"],
+                popularity=f["popularity"],
+                popularity_7d=f["popularity_7d"],
+            )
+        )
     return out
 
 
 def bench_user() -> UserContext:
-    return UserContext("bench-user", age=30, country="DE", preferred_categories=frozenset({"Drama"}),
-                       features={"interaction_count": 42.0, "affinity:Drama": 0.4, "affinity:Comedy": 0.2})
+    return UserContext(
+        "bench-user",
+        age=30,
+        country="DE",
+        preferred_categories=frozenset({"Drama"}),
+        features={"interaction_count": 42.0, "affinity:Drama": 0.4, "affinity:Comedy": 0.2},
+    )
 
 
 def train_model() -> str:
@@ -105,14 +120,18 @@ def train_model() -> str:
         assign_ranks(candidates)
         xs.append(feature_matrix(candidates, bench_user(), NOW))
         ys.append((rng.random(70) < 0.1).astype(int))
-    groups = TrainingGroups(np.vstack(xs), np.concatenate(ys), [70] * 300, [], np.empty(0), np.empty(0))
-    return train_booster(groups, RankerTrainingParams(min_data_in_leaf=5)).model_to_string()
+    train, valid = Groups(xs[:270], ys[:270]), Groups(xs[270:], ys[270:])
+    columns = np.arange(len(FEATURE_NAMES))
+    return fit_booster(train, valid, FEATURE_NAMES, columns, RankerParams(min_data_in_leaf=5)).model_to_string()
 
 
 def percentiles(samples: list[float]) -> dict:
     ms = np.asarray(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "calls": len(samples)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "calls": len(samples),
+    }
 
 
 def bench_core(ranker: LearnedRanker, calls: int) -> dict:
@@ -120,8 +139,11 @@ def bench_core(ranker: LearnedRanker, calls: int) -> dict:
     pipeline = RankingPipeline(model_budget_seconds=1.0)
     for n in SIZES:
         base = make_candidates(n)
-        for series, model, explain in (("core-rules", None, False), ("core-ranker", ranker, False),
-                                       ("core-ranker-explain", ranker, True)):
+        for series, model, explain in (
+            ("core-rules", None, False),
+            ("core-ranker", ranker, False),
+            ("core-ranker-explain", ranker, True),
+        ):
             samples = []
             for _ in range(calls):
                 query = RankQuery(bench_user(), list(base), limit=20, explain=explain)
@@ -172,9 +194,12 @@ async def bench_grpc(target: str, calls: int) -> dict:
         for n in SIZES:
             rng = np.random.default_rng(n)
             request = ranking_pb2.RankRequest(
-                user_id="bench-user", limit=20,
-                candidates=[common_pb2.ScoredItem(item_id=f"bench-{i}", score=float(rng.random()), source="als")
-                            for i in range(n)],
+                user_id="bench-user",
+                limit=20,
+                candidates=[
+                    common_pb2.ScoredItem(item_id=f"bench-{i}", score=float(rng.random()), source="als")
+                    for i in range(n)
+                ],
                 constraints=common_pb2.UserConstraints(age=30, country="DE", preferred_categories=["Drama"]),
                 user_features={"interaction_count": 42.0, "affinity:Drama": 0.4},
             )
@@ -205,17 +230,28 @@ def run_fleet(args, model_text: str, calls: int) -> dict:
             pipe.hset(key, mapping={k: orjson.dumps(v) for k, v in item_features(i, rng).items()})
         pipe.execute()
         artifacts = tempfile.mkdtemp(prefix="rankbench-")
-        prefix = write_ranker(DirectoryArtifactStore(artifacts), VERSION, model_text, model_meta(VERSION, FEATURE_NAMES))
+        prefix = write_ranker(
+            DirectoryArtifactStore(artifacts), VERSION, model_text, model_meta(VERSION, FEATURE_NAMES)
+        )
         with psycopg.connect(dsn, autocommit=True) as conn:
             register_version(conn, VERSION, "ranker", prefix, {}, {})
             promote(conn, "ranker", VERSION)
         features_port, ranking_port = free_port(), free_port()
-        env = {**os.environ, "RECFLEET_POSTGRES_DSN": dsn, "RECFLEET_REDIS_URL": args.redis_url,
-               "RECFLEET_ARTIFACT_URL": artifacts, "RECFLEET_FEATURES_GRPC_PORT": str(features_port),
-               "RECFLEET_FEATURES_METRICS_PORT": "0", "RECFLEET_RANKING_GRPC_PORT": str(ranking_port),
-               "RECFLEET_RANKING_METRICS_PORT": "0", "RECFLEET_RANKING_FEATURE_STORE_TARGET": f"127.0.0.1:{features_port}",
-               "RECFLEET_RANKING_FEATURE_STORE_TIMEOUT": "0.5", "RECFLEET_RANKING_MODEL_BUDGET_MS": "100",
-               "RECFLEET_FEATURES_LOG_LEVEL": "WARNING", "RECFLEET_RANKING_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "RECFLEET_POSTGRES_DSN": dsn,
+            "RECFLEET_REDIS_URL": args.redis_url,
+            "RECFLEET_ARTIFACT_URL": artifacts,
+            "RECFLEET_FEATURES_GRPC_PORT": str(features_port),
+            "RECFLEET_FEATURES_METRICS_PORT": "0",
+            "RECFLEET_RANKING_GRPC_PORT": str(ranking_port),
+            "RECFLEET_RANKING_METRICS_PORT": "0",
+            "RECFLEET_RANKING_FEATURE_STORE_TARGET": f"127.0.0.1:{features_port}",
+            "RECFLEET_RANKING_FEATURE_STORE_TIMEOUT": "0.5",
+            "RECFLEET_RANKING_MODEL_BUDGET_MS": "100",
+            "RECFLEET_FEATURES_LOG_LEVEL": "WARNING",
+            "RECFLEET_RANKING_LOG_LEVEL": "WARNING",
+        }
         for module in ("recfleet_features", "recfleet_ranking"):
             processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL))
 
@@ -247,9 +283,9 @@ def chart(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     for series, by_size in results.items():
         sizes = sorted(by_size)
-        for axis, key in zip(axes, ("p50_ms", "p99_ms")):
+        for axis, key in zip(axes, ("p50_ms", "p99_ms"), strict=False):
             axis.plot(sizes, [by_size[n][key] for n in sizes], marker="o", label=series)
-    for axis, title in zip(axes, ("p50", "p99")):
+    for axis, title in zip(axes, ("p50", "p99"), strict=False):
         axis.set_title(f"Rank latency {title}")
         axis.set_xlabel("candidates")
         axis.set_ylabel("ms")
@@ -281,10 +317,21 @@ def main() -> None:
         print("grpc served:", results["grpc-rank"][SIZES[0]]["served"])
     RESULTS.mkdir(exist_ok=True)
     chart(results, RESULTS / "ranking_latency.png")
-    (RESULTS / "ranking_latency.json").write_text(json.dumps(
-        {"results": results, "calls": args.calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                "load_average_1m": round(os.getloadavg()[0], 2)},
-         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    (RESULTS / "ranking_latency.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "calls": args.calls,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_average_1m": round(os.getloadavg()[0], 2),
+                },
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+    )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"wrote {RESULTS / 'ranking_latency.png'} and ranking_latency.json")
 

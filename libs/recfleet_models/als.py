@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,7 +54,7 @@ class ALSParams:
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.factors < 1:
             raise ValueError(f"factors must be at least 1, got {self.factors}")
         if self.iterations < 1:
@@ -67,7 +68,7 @@ class ALSParams:
         if any(w < 0 for w in self.event_weights.values()):
             raise ValueError("event weights must be >= 0 (0 excludes the event type)")
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -96,13 +97,17 @@ def event_weights(types: Sequence[str], values: Sequence[float | None] | np.ndar
     return weights
 
 
-def _index(ids: Iterable) -> tuple[np.ndarray, list]:
+def _index(ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
     uniques, inverse = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)
     return inverse, uniques.tolist()
 
 
 def build_interaction_matrix(
-    user_ids: Sequence, item_ids: Sequence, types: Sequence[str], values: Sequence, params: ALSParams
+    user_ids: Sequence[Any] | np.ndarray,
+    item_ids: Sequence[Any] | np.ndarray,
+    types: Sequence[str],
+    values: Sequence[float | None] | np.ndarray,
+    params: ALSParams,
 ) -> tuple[sp.csr_matrix, list[str], list[str]]:
     """Users x items confidence matrix (float32 CSR) and the ids of its rows and columns.
 
@@ -150,7 +155,7 @@ class AlsModel:
     params: ALSParams
     train_seconds: float = 0.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._user_row = {u: i for i, u in enumerate(self.user_ids)}
         self._item_row = {item: i for i, item in enumerate(self.item_ids)}
 

@@ -131,7 +131,9 @@ def read_ml_100k(path: str | Path) -> MovieLensDataset:
         fields = line.split("|")
         flags = fields[5:]
         # "unknown" (index 0) is the dataset's way of saying "no genre".
-        genres = tuple(genre_names[i] for i, flag in enumerate(flags) if flag == "1" and genre_names.get(i) != "unknown")
+        genres = tuple(
+            genre_names[i] for i, flag in enumerate(flags) if flag == "1" and genre_names.get(i) != "unknown"
+        )
         title = fields[1].strip()
         movies.append(Movie(int(fields[0]), title, genres, year_from_title(title)))
     table = np.loadtxt(path / "u.data", dtype=np.int64, delimiter="\t", ndmin=2)

@@ -13,9 +13,10 @@ Metrics follow microsoft/recommenders' `python_evaluation` with binary relevance
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,7 +36,7 @@ class RankingMetrics:
     coverage: float
     users_evaluated: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         k = out.pop("k")
         return {
@@ -49,8 +50,14 @@ class RankingMetrics:
         }
 
 
+User = TypeVar("User")
+
+
 def ranking_metrics(
-    recommended: Mapping[object, Sequence], relevant: Mapping[object, set], k: int, catalog_size: int
+    recommended: Mapping[User, Sequence[object]],
+    relevant: Mapping[User, AbstractSet[object]],
+    k: int,
+    catalog_size: int,
 ) -> RankingMetrics:
     """Metrics of top-k lists (`recommended`, best first) against sets of relevant items."""
     if k < 1:
@@ -59,7 +66,7 @@ def ranking_metrics(
     discounts = 1.0 / np.log(np.arange(2, k + 2))
     precision = recall = average_precision = 0.0
     ndcg_sum = 0.0
-    shown: set = set()
+    shown: set[object] = set()
     for user in common:
         truth = relevant[user]
         top = list(recommended[user])[:k]
@@ -88,7 +95,7 @@ def ranking_metrics(
 def relevant_items(test: Ratings) -> dict[int, set[int]]:
     """user -> set of test items (every test rating is relevant)."""
     truth: dict[int, set[int]] = {}
-    for user, item in zip(test.user_ids.tolist(), test.movie_ids.tolist()):
+    for user, item in zip(test.user_ids.tolist(), test.movie_ids.tolist(), strict=False):
         truth.setdefault(user, set()).add(item)
     return truth
 
@@ -103,9 +110,11 @@ class Recommender(Protocol):
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]: ...
 
 
-def _seen_matrix(seen: Ratings, user_rows: Mapping[int, int], item_cols: Mapping[int, int], shape) -> sp.csr_matrix:
+def _seen_matrix(
+    seen: Ratings, user_rows: Mapping[int, int], item_cols: Mapping[int, int], shape: tuple[int, int]
+) -> sp.csr_matrix:
     rows, cols = [], []
-    for user, item in zip(seen.user_ids.tolist(), seen.movie_ids.tolist()):
+    for user, item in zip(seen.user_ids.tolist(), seen.movie_ids.tolist(), strict=False):
         r = user_rows.get(user)
         c = item_cols.get(item)
         if r is not None and c is not None:
@@ -114,8 +123,14 @@ def _seen_matrix(seen: Ratings, user_rows: Mapping[int, int], item_cols: Mapping
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
 
 
-def _batched_top_k(scores_for, users: Sequence[int], k: int, seen: Ratings, item_ids: np.ndarray,
-                   user_rows: Mapping[int, int]) -> dict[int, list[int]]:
+def _batched_top_k(
+    scores_for: Callable[[list[int]], np.ndarray],
+    users: Sequence[int],
+    k: int,
+    seen: Ratings,
+    item_ids: np.ndarray,
+    user_rows: Mapping[int, int],
+) -> dict[int, list[int]]:
     item_cols = {int(item): col for col, item in enumerate(item_ids.tolist())}
     known = [u for u in users if u in user_rows]
     out: dict[int, list[int]] = {}
@@ -124,7 +139,7 @@ def _batched_top_k(scores_for, users: Sequence[int], k: int, seen: Ratings, item
         local = {u: i for i, u in enumerate(chunk)}
         exclude = _seen_matrix(seen, local, item_cols, (len(chunk), len(item_ids)))
         best = top_k_batch(scores_for([user_rows[u] for u in chunk]), k, exclude)
-        for user, row in zip(chunk, best):
+        for user, row in zip(chunk, best, strict=False):
             out[user] = [int(item_ids[c]) for c in row if c >= 0]
     return out
 
@@ -164,6 +179,7 @@ class AlsRecommender:
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
         model = self.model
+        assert model is not None, "fit() comes before recommend()"
         item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
         user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
         return _batched_top_k(
@@ -217,7 +233,7 @@ def holdout_metrics(
     model = fit_als(train, params)
     users = np.array(sorted(truth))
     best = model.recommend_batch(users, k, train[users])
-    recommended = {int(user): [int(c) for c in row if c >= 0] for user, row in zip(users, best)}
+    recommended = {int(user): [int(c) for c in row if c >= 0] for user, row in zip(users, best, strict=False)}
     catalog = int(np.unique(train.indices).size)
     return ranking_metrics(recommended, truth, k, catalog)
 
@@ -254,6 +270,10 @@ class SarRecommender:
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
         return _batched_top_k(
-            lambda rows: np.asarray(self.affinity[rows] @ self.similarity), users, k, seen, self.item_ids,
+            lambda rows: np.asarray(self.affinity[rows] @ self.similarity),
+            users,
+            k,
+            seen,
+            self.item_ids,
             self.user_rows,
         )

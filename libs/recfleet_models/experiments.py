@@ -29,7 +29,7 @@ class Experiment:
     salt: str
     variants: tuple[Variant, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.variants:
             raise ValueError("an experiment needs at least one variant")
         total = sum(v.share for v in self.variants)
@@ -71,7 +71,9 @@ class VariantReadout:
     p_value: float | None = None
 
 
-def compare(control: tuple[int, int], treatment: tuple[int, int], confidence: float = 0.95):
+def compare(
+    control: tuple[int, int], treatment: tuple[int, int], confidence: float = 0.95
+) -> tuple[float, float | None, tuple[float, float], float]:
     """(exposures, clicks) of control and treatment -> (diff, relative, (low, high), p)."""
     n1, x1 = control
     n2, x2 = treatment
@@ -103,7 +105,9 @@ def readout(experiment: Experiment, counts: dict[str, tuple[int, int]]) -> list[
     return rows
 
 
-def sample_ratio_mismatch(experiment: Experiment, exposures: dict[str, int], alpha: float = 0.001) -> tuple[bool, float]:
+def sample_ratio_mismatch(
+    experiment: Experiment, exposures: dict[str, int], alpha: float = 0.001
+) -> tuple[bool, float]:
     """(mismatch, p-value) of the observed exposure split against the configured shares."""
     observed = [exposures.get(v.name, 0) for v in experiment.variants]
     total = sum(observed)

@@ -123,25 +123,28 @@ def normalize_params(index_type: str, params: dict[str, Any] | None) -> dict[str
 def build_index(vectors: np.ndarray, index_type: str, params: dict[str, int]) -> tuple[faiss.Index, dict[str, int]]:
     """An inner-product index over `vectors` (row i = id i) and the knobs it really uses."""
     count, dimension = vectors.shape
+    index: faiss.Index
     if index_type == "flat" or count == 0:
         index = faiss.IndexFlatIP(dimension)
         used: dict[str, int] = {}
     elif index_type == "ivf":
         nlist = max(1, min(params["nlist"], count // MIN_POINTS_PER_LIST))
         quantizer = faiss.IndexFlatIP(dimension)
-        index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.min_points_per_centroid = 1
+        ivf = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.min_points_per_centroid = 1
         # 64 training points a list place centroids well enough and keep k-means on a
         # million-item shard to seconds instead of minutes.
-        index.cp.max_points_per_centroid = 64
-        index.train(vectors)
-        index.nprobe = min(params["nprobe"], nlist)
-        used = {"nlist": nlist, "nprobe": index.nprobe}
+        ivf.cp.max_points_per_centroid = 64
+        ivf.train(vectors)
+        ivf.nprobe = min(params["nprobe"], nlist)
+        used = {"nlist": nlist, "nprobe": ivf.nprobe}
+        index = ivf
     elif index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dimension, params["m"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params["ef_construction"]
-        index.hnsw.efSearch = params["ef_search"]
+        hnsw = faiss.IndexHNSWFlat(dimension, params["m"], faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = params["ef_construction"]
+        hnsw.hnsw.efSearch = params["ef_search"]
         used = dict(params)
+        index = hnsw
     else:
         raise ValueError(f"unknown index type {index_type!r}")
     if count:
@@ -165,7 +168,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _npy_load(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    array: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+    return array
 
 
 def read_item_factors(store: ArtifactStore, version: str) -> tuple[list[str], np.ndarray]:

@@ -106,4 +106,5 @@ class MetadataVectors:
             return None
         weights = np.array([weight for weight, _ in weighted], dtype=np.float32)
         stacked = np.stack([vector for _, vector in weighted])
-        return (weights @ stacked / weights.sum()).astype(np.float32)
+        placed: np.ndarray = (weights @ stacked / weights.sum()).astype(np.float32)
+        return placed

@@ -29,7 +29,7 @@ class PopularityParams:
     trending_days: float = 30.0
     half_life_days: float = 3.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if min(self.recent_days, self.trending_days, self.half_life_days) <= 0:
             raise ValueError("popularity windows and half-life must be positive")
 
@@ -70,14 +70,14 @@ def window_scores(
 def _sum_by_item(items: np.ndarray, weights: np.ndarray) -> dict[str, float]:
     keys, inverse = np.unique(items.astype(str), return_inverse=True)
     sums = np.bincount(inverse, weights=weights, minlength=len(keys))
-    return {key: float(total) for key, total in zip(keys.tolist(), sums.tolist()) if total > 0}
+    return {key: float(total) for key, total in zip(keys.tolist(), sums.tolist(), strict=False) if total > 0}
 
 
 def normalise(scores: Mapping[str, float]) -> dict[str, float]:
     """Scores divided by the largest one: the busiest item gets 1, none gets 0."""
     top = max(scores.values(), default=0.0)
     if top <= 0:
-        return {item: 0.0 for item in scores}
+        return dict.fromkeys(scores, 0.0)
     return {item: score / top for item, score in scores.items()}
 
 

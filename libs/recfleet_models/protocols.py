@@ -105,7 +105,7 @@ def recbole(
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.empty(0, dtype=np.int64)
     counts = np.diff(np.r_[starts, n])
     part = np.empty(n, dtype=np.int8)
-    for start, count in zip(starts.tolist(), counts.tolist()):
+    for start, count in zip(starts.tolist(), counts.tolist(), strict=False):
         sizes = recbole_split_counts(count, ratios)
         part[start : start + sizes[0]] = 0
         part[start + sizes[0] : start + sizes[0] + sizes[1]] = 1

@@ -44,7 +44,7 @@ def test_ml_100k_layout(tmp_path):
 
 
 def test_missing_files_and_unknown_format(tmp_path):
-    with pytest.raises(FileNotFoundError, match="movies.csv"):
+    with pytest.raises(FileNotFoundError, match=r"movies\.csv"):
         read_ml_latest_small(tmp_path)
     with pytest.raises(ValueError, match="unknown dataset format"):
         read_movielens(tmp_path, "ml-1m")

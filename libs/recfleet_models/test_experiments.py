@@ -61,6 +61,6 @@ def test_no_difference_is_not_significant():
 
 
 def test_sample_ratio_mismatch_fires_on_a_skewed_split_only():
-    assert sample_ratio_mismatch(RANKER, {"control": 5_000, "treatment": 5_050}) [0] is False
+    assert sample_ratio_mismatch(RANKER, {"control": 5_000, "treatment": 5_050})[0] is False
     mismatch, p_value = sample_ratio_mismatch(RANKER, {"control": 5_000, "treatment": 5_600})
     assert mismatch and p_value < 1e-6

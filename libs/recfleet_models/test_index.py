@@ -112,7 +112,7 @@ def test_load_rejects_a_tampered_shard_file(store):
     data = bytearray(store.get_bytes(key))
     data[-1] ^= 0xFF
     store.put_bytes(key, bytes(data))
-    with pytest.raises(shard_index.ShardRejected, match="checksum mismatch for shard-1.vectors.npy"):
+    with pytest.raises(shard_index.ShardRejected, match=r"checksum mismatch for shard-1\.vectors\.npy"):
         shard_index.load_shard(store, "als-tiny", 1)
     assert shard_index.load_shard(store, "als-tiny", 0).item_count == manifest.shards[0].item_count
 

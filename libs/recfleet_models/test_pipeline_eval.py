@@ -1,5 +1,6 @@
 """The ALS + learned-ranker pipeline on the bundled sample: valid lists, better than popular."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +10,18 @@ from recfleet_models.als import ALSParams
 from recfleet_models.data import read_movielens
 from recfleet_models.evaluation import PopularRecommender, evaluate
 from recfleet_models.pipeline_eval import (
+    EVALUATION_PRESET,
+    ExtendedColumns,
     OfflineFeatureStore,
-    PipelineParams,
     RankerPipelineRecommender,
-    candidate_groups,
-    carve_labels,
+    interaction_log,
 )
 from recfleet_models.protocols import make_split
+from recfleet_models.ranking.training import PRESETS, RankerParams, carve_labels
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
 FAST_ALS = ALSParams(factors=32, iterations=8)
-FAST = PipelineParams(als_candidates=50, popular_candidates=10, folds=2, max_rounds=60)
+FAST = replace(PRESETS[EVALUATION_PRESET], als_candidates=50, popular_candidates=10, folds=2, max_rounds=60)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_ranker_lists_are_valid_and_beat_popular(sample, fitted):
     users = sorted(set(split.test.user_ids.tolist()))
     lists = recommender.recommend(users, 10, split.seen())
     seen: dict[int, set[int]] = {}
-    for user, item in zip(split.seen().user_ids.tolist(), split.seen().movie_ids.tolist()):
+    for user, item in zip(split.seen().user_ids.tolist(), split.seen().movie_ids.tolist(), strict=False):
         seen.setdefault(user, set()).add(item)
     catalog = set(split.train.movie_ids.tolist())
     assert set(lists) == set(users)
@@ -60,8 +62,8 @@ def test_ranker_lists_are_valid_and_beat_popular(sample, fitted):
 def test_booster_serves_through_the_ranking_service(sample, fitted):
     # The service loads the trained model text and computes its features from the same
     # Candidate/UserContext objects: its scores must equal the offline ones.
-    from recfleet_ranking.features import Candidate, UserContext, assign_ranks
-    from recfleet_ranking.learned import LearnedRanker
+    from recfleet_models.ranking.features import Candidate, UserContext, assign_ranks
+    from recfleet_models.ranking.learned import LearnedRanker
 
     _, split = sample
     recommender, _ = fitted
@@ -71,8 +73,8 @@ def test_booster_serves_through_the_ranking_service(sample, fitted):
     )
     store = recommender.store
     user = int(split.test.user_ids[0])
-    seen = {user: set(store.history[user])}
-    _, items, xs = candidate_groups(recommender.retrieval.model, store, [user], seen, FAST)
+    seen = {user: {str(i) for i in store.history[user]}}
+    _, items, xs = recommender.candidate_features([user], seen)
     model = recommender.retrieval.model
     user_vector = model.user_factors[model.user_row(str(user))]
     candidates = [
@@ -90,44 +92,55 @@ def test_booster_serves_through_the_ranking_service(sample, fitted):
     online = ranker.score(
         ranker.features(candidates, UserContext(str(user), features=store.user_features(user)), store.now)
     )
-    offline = fit.booster.predict(xs[0][:, fit.columns])
+    offline = fit.predict(xs[0])
     np.testing.assert_allclose(online, offline, rtol=1e-6, atol=1e-6)
 
 
 def test_label_folds_are_disjoint_and_leave_enough_history(sample):
     _, split = sample
     train = split.train
-    folds = [carve_labels(train, 0.25, "random", 5, 42, fold) for fold in range(4)]
-    assert not np.any(np.sum(folds, axis=0) > 1), "a rating is a label in two folds"
-    for mask in folds:
-        history = train.subset(~mask)
-        labelled = set(train.user_ids[mask].tolist())
-        counts = dict(zip(*np.unique(history.user_ids, return_counts=True)))
+    params = replace(PRESETS[EVALUATION_PRESET], label_share=0.25, min_history=5, folds=4)
+    folds = [carve_labels(interaction_log(train), params, fold) for fold in range(4)]
+    assert not np.any(np.sum([~carve.history for carve in folds], axis=0) > 1), "a rating is a label in two folds"
+    for carve in folds:
+        history = train.subset(carve.history)
+        labelled = set(train.user_ids[~carve.history].tolist())
+        assert labelled == set(carve.labels)
+        counts = dict(zip(*np.unique(history.user_ids, return_counts=True), strict=False))
         assert labelled and all(counts[u] >= 5 for u in labelled)
 
 
 def test_recent_carve_takes_each_users_newest_ratings(sample):
     _, split = sample
     train = split.train
-    mask = carve_labels(train, 0.2, "recent", 5, 42)
-    for user in np.unique(train.user_ids[mask])[:50].tolist():
+    params = RankerParams(carve="recent", label_share=0.2, max_labels=None, min_history=5)
+    carve = carve_labels(interaction_log(train), params)
+    later = ~carve.history
+    for user in list(carve.labels)[:50]:
         mine = train.user_ids == user
-        assert train.timestamps[mine & mask].min() >= train.timestamps[mine & ~mask].max()
+        assert train.timestamps[mine & later].min() > train.timestamps[mine & ~later].max()
+        assert train.timestamps[mine & later].min() == carve.as_of[user]
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"carve": "recent", "folds": 2},
-        {"folds": 5, "label_share": 0.25},
-        {"feature_set": "all"},
+        {"carve": "random", "folds": 5, "label_share": 0.25},
         {"label_share": 1.0},
         {"als_candidates": 0},
+        {"carve": "newest"},
     ],
 )
 def test_bad_parameters_are_refused(kwargs):
     with pytest.raises(ValueError):
-        PipelineParams(**kwargs)
+        RankerParams(**kwargs)
+
+
+def test_an_unknown_feature_set_is_refused(sample):
+    data, _ = sample
+    with pytest.raises(ValueError, match="feature_set"):
+        RankerPipelineRecommender(data.movies, FAST_ALS, FAST, feature_set="all")
 
 
 def test_offline_feature_store_affinities_are_genre_shares(sample):
@@ -142,23 +155,24 @@ def test_offline_feature_store_affinities_are_genre_shares(sample):
 
 
 def test_extended_features_are_finite_and_consistent(sample, fitted):
-    from dataclasses import replace
+    from recfleet_models.pipeline_eval import EXTENDED_FEATURES
+    from recfleet_models.ranking.training import feature_names
 
-    from recfleet_models.pipeline_eval import EXTENDED_FEATURES, feature_names
-
-    _, split = sample
+    data, split = sample
     recommender, _ = fitted
     store = recommender.store
     model = recommender.retrieval.model
     users = sorted(set(split.test.user_ids.tolist()))[:20]
-    seen = {u: set(store.history[u]) for u in users}
-    params = replace(FAST, feature_set="extended")
+    seen = {u: {str(i) for i in store.history[u]} for u in users}
     # With the retrieval model as its own second model, both standardised scores agree.
-    _, items, xs = candidate_groups(model, store, users, seen, params, second=model)
-    names = feature_names("extended")
+    extended = ExtendedColumns(data.movies, FAST_ALS, second=model)
+    _, items, xs = recommender.candidate_features(
+        users, seen, extra=extended.for_fold(interaction_log(split.train), model)
+    )
+    names = feature_names(extended)
     z, z2 = names.index("candidate_score_z"), names.index("second_als_score_z")
     similarity = names.index("history_similarity_max")
-    for ids, x in zip(items, xs):
+    for ids, x in zip(items, xs, strict=False):
         assert x.shape == (len(ids), len(names)) and names[-len(EXTENDED_FEATURES) :] == EXTENDED_FEATURES
         assert np.isfinite(np.delete(x, names.index("category_affinity"), axis=1)).all()
         np.testing.assert_allclose(x[:, z], x[:, z2], atol=1e-5)

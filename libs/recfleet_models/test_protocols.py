@@ -54,8 +54,8 @@ def test_recommenders_split_is_stratified_per_item():
     assert len(split.train) + len(split.test) == len(data.ratings)
     items, counts = np.unique(data.ratings.movie_ids, return_counts=True)
     train_items, train_counts = np.unique(split.train.movie_ids, return_counts=True)
-    in_train = dict(zip(train_items.tolist(), train_counts.tolist()))
-    for item, count in zip(items.tolist(), counts.tolist()):
+    in_train = dict(zip(train_items.tolist(), train_counts.tolist(), strict=False))
+    for item, count in zip(items.tolist(), counts.tolist(), strict=False):
         # rank / count <= 0.75 keeps floor(0.75 * count) of an item's ratings in train.
         assert in_train.get(item, 0) == int(0.75 * count)
     again = recommenders_ml100k(data.ratings)
@@ -88,8 +88,8 @@ def test_tuning_split_never_uses_test_ratings():
     for protocol in ("recommenders-ml100k", "recbole"):
         split = make_split(data.ratings, protocol)
         tuning = tuning_split(split)
-        test_keys = set(zip(split.test.user_ids.tolist(), split.test.movie_ids.tolist()))
-        tuning_keys = set(zip(tuning.train.user_ids.tolist(), tuning.train.movie_ids.tolist())) | set(
-            zip(tuning.test.user_ids.tolist(), tuning.test.movie_ids.tolist())
+        test_keys = set(zip(split.test.user_ids.tolist(), split.test.movie_ids.tolist(), strict=False))
+        tuning_keys = set(zip(tuning.train.user_ids.tolist(), tuning.train.movie_ids.tolist(), strict=False)) | set(
+            zip(tuning.test.user_ids.tolist(), tuning.test.movie_ids.tolist(), strict=False)
         )
         assert not (test_keys & tuning_keys)

@@ -10,8 +10,8 @@ import redis
 import structlog
 from recfleet_runtime import tracing
 from recfleet_runtime.grpcserver import GrpcService
+from recfleet_store.features import registry
 
-from . import registry
 from .features import FeatureService
 from .servicer import SERVICE_NAME, FeatureStoreServicer, add_to_server
 from .settings import FeatureSettings

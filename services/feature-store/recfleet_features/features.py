@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
+
+from recfleet_store.features.registry import ENTITIES, FeatureView, Registry
 
 from . import metrics
-from .registry import ENTITIES, FeatureView, Registry
 from .rows import (
     CONSTRAINT_FIELDS,
     Constraints,
@@ -114,7 +115,7 @@ class FeatureService:
         # the text read from Redis is a safe cache key. Usually every row is cached:
         # lookups and the freshness test run as bulk operations, not a loop per item.
         cache = self._item_rows.setdefault(tuple(fields), {})
-        cache_keys = list(zip(item_ids, texts))
+        cache_keys = list(zip(item_ids, texts, strict=False))
         rows = list(map(cache.get, cache_keys))
         to_build = [index for index, row in enumerate(rows) if row is None or row.expires_at <= now]
         for index in to_build:
@@ -123,18 +124,19 @@ class FeatureService:
             if values is None:
                 values = await self.online.read_item_values(item_id, fields)
             rows[index] = build_row_from_list(item_id, fields, values, views, now)
+        built = cast("list[Row]", rows)  # every row that was missing (None) or stale was built above
         if to_build:
             if sum(map(len, self._item_rows.values())) + len(to_build) > self.item_row_cache_size:
                 self._item_rows.clear()
                 cache = self._item_rows[tuple(fields)] = {}
-            cache.update((cache_keys[index], rows[index]) for index in to_build[: self.item_row_cache_size])
-        defaulted = sum([len(row.defaulted) for row in rows])
+            cache.update((cache_keys[index], built[index]) for index in to_build[: self.item_row_cache_size])
+        defaulted = sum([len(row.defaulted) for row in built])
         metrics.ITEMS_PER_READ.observe(len(item_ids))
         metrics.ITEM_ROWS.labels("built").inc(len(to_build))
-        metrics.ITEM_ROWS.labels("cache_hit").inc(len(rows) - len(to_build))
+        metrics.ITEM_ROWS.labels("cache_hit").inc(len(built) - len(to_build))
         if defaulted:
             metrics.DEFAULTED.labels("item").inc(defaulted)
-        return rows
+        return built
 
     async def write(self, entity: str, rows: list[tuple[str, dict[str, Any]]], event_time: datetime | None) -> int:
         """Write values to the offline store (with event_time, default now) and the online

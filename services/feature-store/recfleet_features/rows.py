@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from .registry import FeatureView
+from recfleet_store.features.registry import FeatureView
 
 TIMESTAMP_PREFIX = "_ts:"
 # The user hash fields `constraints_from` reads.
@@ -113,7 +112,7 @@ def build_row(entity_id: str, stored: dict[str, Any], views: list[FeatureView], 
 
 def build_row_from_list(entity_id: str, names: list[str], values: list, views: list[FeatureView], now: float) -> Row:
     """Like build_row, for decoded HMGET values: `values` are those of `names` in order."""
-    return build_row(entity_id, dict(zip(names, values)), views, now)
+    return build_row(entity_id, dict(zip(names, values, strict=False)), views, now)
 
 
 def encode_value(value: Any) -> bytes:

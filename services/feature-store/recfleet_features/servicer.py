@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC
 from itertools import repeat
+from typing import Any, Never, TypeVar
 
 import grpc
 import orjson
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet_store.features.registry import FeatureView
 
 from . import wire
 from .features import FeatureService
-from .registry import FeatureView
 from .rows import Row
 from .validation import CatalogItem, Profile, ValidationError
 
@@ -29,12 +30,14 @@ STRING_LIST_VALUES = features_pb2.StringList.DESCRIPTOR.fields_by_name["values"]
 # concatenation of cached, already encoded rows (or column cells), where building the
 # message would copy every value into it and serialize it again (most of the call's CPU).
 PRE_SERIALIZED = ("GetItemFeatures",)
+# A row's cached encoding: its GetItemFeaturesResponse.rows entry or its column cells.
+EncodingT = TypeVar("EncodingT", bytes, tuple[Any, ...])
 
 
 def add_to_server(servicer: FeatureStoreServicer, server: grpc.aio.Server) -> None:
     """Register the service like the generated `add_FeatureStoreServicer_to_server`,
     except that the methods in PRE_SERIALIZED hand gRPC bytes that are sent as they are."""
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:
         request_class = getattr(features_pb2, method.input_type.name)
         response_class = getattr(features_pb2, method.output_type.name)
@@ -47,7 +50,7 @@ def add_to_server(servicer: FeatureStoreServicer, server: grpc.aio.Server) -> No
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def fill_value(target: features_pb2.FeatureValue, value) -> None:
+def fill_value(target: features_pb2.FeatureValue, value: Any) -> None:
     """Set a FeatureValue in place from a float, str or list of str."""
     kind = value.__class__
     if kind is float:
@@ -60,7 +63,7 @@ def fill_value(target: features_pb2.FeatureValue, value) -> None:
         target.number = value
 
 
-def from_value(value: features_pb2.FeatureValue):
+def from_value(value: features_pb2.FeatureValue) -> float | str | list[str] | None:
     kind = value.WhichOneof("kind")
     if kind == "number":
         return value.number
@@ -86,7 +89,7 @@ def row_entry(row: Row) -> bytes:
     return wire.length_delimited(ROWS_FIELD, message.SerializeToString())
 
 
-def column_cells(row: Row, views: list[FeatureView]) -> tuple:
+def column_cells(row: Row, views: list[FeatureView]) -> tuple[Any, ...]:
     """The row's value for each view as its column carries it: a number as it is (a
     column packs them all at once), a text or a list as its encoded column entry."""
     cells = []
@@ -101,7 +104,7 @@ def column_cells(row: Row, views: list[FeatureView]) -> tuple:
     return tuple(cells)
 
 
-def encode_columns(views: list[FeatureView], rows: list[Row], cells: list[tuple]) -> bytes:
+def encode_columns(views: list[FeatureView], rows: list[Row], cells: list[tuple[Any, ...]]) -> bytes:
     """GetItemFeaturesResponse.columns from each row's `column_cells`: one column per
     view, values in row order, defaulted positions listed."""
     defaulted: dict[str, list[int]] = {view.name: [] for view in views}
@@ -109,7 +112,7 @@ def encode_columns(views: list[FeatureView], rows: list[Row], cells: list[tuple]
         for name in row.defaulted:
             defaulted[name].append(index)
     parts = []
-    for view, column in zip(views, zip(*cells) if cells else repeat(())):
+    for view, column in zip(views, zip(*cells, strict=False) if cells else repeat(()), strict=False):
         body = wire.length_delimited(COLUMN_NAME, view.name.encode())
         body += wire.packed_doubles(COLUMN_NUMBERS, column) if view.type == "number" else b"".join(column)
         body += wire.packed_varints(COLUMN_DEFAULTED, defaulted[view.name])
@@ -156,7 +159,7 @@ def profile_message(profile: Profile) -> features_pb2.UserProfile:
     )
 
 
-async def _invalid(context: grpc.aio.ServicerContext, error: ValidationError):
+async def _invalid(context: grpc.aio.ServicerContext, error: ValidationError) -> Never:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
@@ -169,9 +172,11 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
         # (the cache keys on it), so its column cells are too.
         self._encodings_kept = features.item_row_cache_size
         self._row_entries: dict[Row, bytes] = {}
-        self._column_cells: dict[Row, tuple] = {}
+        self._column_cells: dict[Row, tuple[Any, ...]] = {}
 
-    async def GetUserFeatures(self, request, context):
+    async def GetUserFeatures(
+        self, request: features_pb2.GetUserFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetUserFeaturesResponse:
         try:
             found = await self.features.get_user(request.user_id, list(request.feature_names), request.model_version)
         except ValidationError as error:
@@ -191,7 +196,11 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
         constraints.seen_item_ids.extend(c.seen_item_ids)
         return reply
 
-    async def GetItemFeatures(self, request, context):
+    # Answers the encoded GetItemFeaturesResponse: add_to_server registers it with a pass-through
+    # serializer (PRE_SERIALIZED), which the generated base class cannot express.
+    async def GetItemFeatures(  # type: ignore[override]
+        self, request: features_pb2.GetItemFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         names = list(request.feature_names)
         try:
             rows = await self.features.get_items(list(request.item_ids), names)
@@ -199,19 +208,21 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
             return await _invalid(context, error)
         if request.columnar:
             views = self.features.views("item", names)
-            kept = self._column_cells
-            cells = [kept.get(row) or self._keep(kept, row, column_cells(row, views)) for row in rows]
+            kept_cells = self._column_cells
+            cells = [kept_cells.get(row) or self._keep(kept_cells, row, column_cells(row, views)) for row in rows]
             return encode_columns(views, rows, cells)
-        kept = self._row_entries
-        return b"".join([kept.get(row) or self._keep(kept, row, row_entry(row)) for row in rows])
+        kept_entries = self._row_entries
+        return b"".join([kept_entries.get(row) or self._keep(kept_entries, row, row_entry(row)) for row in rows])
 
-    def _keep(self, kept: dict, row: Row, encoding):
+    def _keep(self, kept: dict[Row, EncodingT], row: Row, encoding: EncodingT) -> EncodingT:
         if len(kept) >= self._encodings_kept:
             kept.clear()
         kept[row] = encoding
         return encoding
 
-    async def WriteFeatures(self, request, context):
+    async def WriteFeatures(
+        self, request: features_pb2.WriteFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.WriteFeaturesResponse:
         rows = [(row.entity_id, {name: from_value(v) for name, v in row.values.items()}) for row in request.rows]
         event_time = request.event_time.ToDatetime(tzinfo=UTC) if request.HasField("event_time") else None
         try:
@@ -220,12 +231,16 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
             return await _invalid(context, error)
         return features_pb2.WriteFeaturesResponse(written=written)
 
-    async def ListFeatureViews(self, request, context):
+    async def ListFeatureViews(
+        self, request: features_pb2.ListFeatureViewsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.ListFeatureViewsResponse:
         return features_pb2.ListFeatureViewsResponse(
             views=[view_message(view) for view in self.features.registry.views]
         )
 
-    async def GetPopularItems(self, request, context):
+    async def GetPopularItems(
+        self, request: features_pb2.GetPopularItemsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetPopularItemsResponse:
         try:
             items, source = await self.features.popular(
                 request.window, request.category, request.limit, list(request.exclude_item_ids)
@@ -236,14 +251,18 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
             items=[common_pb2.ScoredItem(item_id=i, score=s, source=source) for i, s in items]
         )
 
-    async def UpsertItems(self, request, context):
+    async def UpsertItems(
+        self, request: features_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.UpsertItemsResponse:
         try:
             upserted, created = await self.features.upsert_items([catalog_item(item) for item in request.items])
         except ValidationError as error:
             return await _invalid(context, error)
         return features_pb2.UpsertItemsResponse(upserted=upserted, created=created)
 
-    async def PutUserProfile(self, request, context):
+    async def PutUserProfile(
+        self, request: features_pb2.PutUserProfileRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.PutUserProfileResponse:
         p = request.profile
         profile = Profile(
             user_id=p.user_id,
@@ -259,14 +278,18 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
             return await _invalid(context, error)
         return features_pb2.PutUserProfileResponse(profile=profile_message(stored))
 
-    async def ExportUser(self, request, context):
+    async def ExportUser(
+        self, request: features_pb2.ExportUserRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.ExportUserResponse:
         try:
             document = await self.features.export_user(request.user_id)
         except ValidationError as error:
             return await _invalid(context, error)
         return features_pb2.ExportUserResponse(json=orjson.dumps(document).decode())
 
-    async def EraseUser(self, request, context):
+    async def EraseUser(
+        self, request: features_pb2.EraseUserRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.EraseUserResponse:
         try:
             removed = await self.features.erase_user(request.user_id)
         except ValidationError as error:

@@ -1,85 +1,19 @@
-"""Unit tests of the pure modules: registry, rows, validation, point-in-time join, windows."""
+"""Unit tests of the pure modules: rows, validation, wire encoding. (The registry and the
+point-in-time join are tested beside them in recfleet_store.features.)"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from recfleet_store.windows import bucket_increments, window_counts
+from recfleet_store.features import registry
 
-from . import registry
-from .materialization import BEGINNING, OVERLAP, window_start
-from .pointintime import Event, History, stored_features, training_rows
 from .rows import build_row, choose_vector, constraints_from, decode_values, timestamp_field
 from .validation import CatalogItem, Profile, ValidationError, validate_items, validate_profile
 
 REGISTRY = registry.load()
 T = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def test_bundled_registry_has_typed_defaults():
-    items = REGISTRY.for_entity("item")
-    assert items["available"].default == 1.0 and items["regions"].default == []
-    assert REGISTRY.for_entity("user")["category_counts"].default == "{}"
-    assert REGISTRY.unknown("user", ["age", "height"]) == ["height"]
-
-
-def test_a_registry_file_given_by_path_replaces_the_bundled_one(tmp_path):
-    path = tmp_path / "views.yaml"
-    path.write_text(
-        "views:\n  - {name: score, entity: item, type: number, source: test, freshness: 60, default: 0.5, version: 2}\n"
-    )
-    loaded = registry.load(path)
-    assert [(v.name, v.entity, v.default, v.freshness_seconds, v.version) for v in loaded.views] == [
-        ("score", "item", 0.5, 60, 2)
-    ]
-    assert loaded.for_entity("user") == {}
-
-
-@pytest.mark.parametrize(
-    ("document", "message"),
-    [
-        ({"views": []}, "registry: `views` must be a non-empty list"),
-        ({"views": [{"name": "x", "entity": "user"}]}, "views[0]: missing type, source, freshness, default, version"),
-        (
-            {
-                "views": [
-                    {
-                        "name": "x",
-                        "entity": "shop",
-                        "type": "number",
-                        "source": "s",
-                        "freshness": 0,
-                        "default": 0,
-                        "version": 1,
-                    }
-                ]
-            },
-            "views[0].entity: must be one of user, item",
-        ),
-        (
-            {
-                "views": [
-                    {
-                        "name": "x",
-                        "entity": "user",
-                        "type": "number",
-                        "source": "s",
-                        "freshness": 0,
-                        "default": [1],
-                        "version": 1,
-                    }
-                ]
-            },
-            "views[0].default: x: expected a number, got list",
-        ),
-    ],
-)
-def test_malformed_registry_is_refused_with_the_place(document, message):
-    with pytest.raises(registry.RegistryError) as caught:
-        registry.parse(document)
-    assert str(caught.value) == message
 
 
 def test_row_uses_stored_values_and_defaults_missing_stale_and_mistyped_ones():
@@ -150,89 +84,6 @@ def test_profile_validation():
         validate_profile(Profile("u", liked_items=["a b"]))
 
 
-def test_point_in_time_join_never_uses_a_later_value():
-    views = [REGISTRY.view("user", "interaction_count"), REGISTRY.view("item", "popularity")]
-    count, popularity = History(), History()
-    count.add(T, 1)
-    count.add(T + timedelta(hours=2), 2)
-    popularity.add(T + timedelta(hours=1), 0.7)
-    popularity.add(T - timedelta(hours=1), 0.1)  # out of order: re-sorted
-    histories = {("user", "u", "interaction_count"): count, ("item", "i", "popularity"): popularity}
-    events = [Event("u", "i", T + timedelta(minutes=m), "click", None) for m in (-5, 0, 61, 120)]
-    rows = list(training_rows(events, histories, views))
-    assert [r["user__interaction_count"] for r in rows] == [0.0, 1.0, 1.0, 2.0]
-    assert [r["item__popularity"] for r in rows] == [0.1, 0.1, 0.7, 0.7]
-
-
-def test_last_interaction_time_is_derived_from_the_count_history():
-    views = [REGISTRY.view("user", "last_seen_at"), REGISTRY.view("item", "last_interaction_at")]
-    count = History()
-    count.add(T, 1)
-    count.add(T + timedelta(hours=2), 2)
-    histories = {("user", "u", "interaction_count"): count}
-    events = [Event("u", "i", T + timedelta(minutes=m), "click", None) for m in (-1, 0, 90, 120)]
-    rows = list(training_rows(events, histories, views))
-    seen = [r["user__last_seen_at"] for r in rows]
-    assert seen == [0.0, T.timestamp(), T.timestamp(), (T + timedelta(hours=2)).timestamp()]
-    assert {r["item__last_interaction_at"] for r in rows} == {0.0}
-
-
-WINDOWED = ["interactions_1h", "interactions_24h", "interactions_7d"]
-
-
-def running_count(times: list[datetime]) -> History:
-    """The offline history materialization writes: the running count at each distinct time."""
-    history = History()
-    for position, at in enumerate(sorted(times)):
-        if history.times and history.times[-1] == at:
-            history.values[-1] = position + 1
-        else:
-            history.add(at, position + 1)
-    return history
-
-
-def test_windowed_counts_are_derived_from_the_count_history_as_of_each_event():
-    views = [REGISTRY.view("item", name) for name in WINDOWED]
-    start = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)  # on an hour boundary
-    times = [start - timedelta(days=8), start - timedelta(days=2), start - timedelta(hours=3), start, start]
-    histories = {("item", "i", "interaction_count"): running_count(times)}
-    events = [Event("u", "i", at, "click", None) for at in (start - timedelta(days=2), start, start + timedelta(minutes=59))]
-    rows = list(training_rows(events, histories, views))
-    # Two days back: only that event (the 8-day-old one is out of every window).
-    assert [rows[0][f"item__{name}"] for name in WINDOWED] == [1, 1, 2]
-    # At `start`: the two events at that very second, the 3-hour-old one, and the 2-day one.
-    assert [rows[1][f"item__{name}"] for name in WINDOWED] == [2, 3, 4]
-    # 59 minutes later nothing new happened; the 1-hour window still holds `start`'s bucket.
-    assert [rows[2][f"item__{name}"] for name in WINDOWED] == [2, 3, 4]
-    assert ("item", "interaction_count") in stored_features(views)
-
-
-def test_offline_windowed_counts_match_what_the_realtime_buckets_serve():
-    """No training/serving skew: for events at random times, the count a training row
-    gets equals the realtime consumer's bucket sum at that instant."""
-    generator = np.random.default_rng(7)
-    base = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp())
-    drawn = generator.integers(base, base + 10 * 86400, size=400)
-    # Half of them on 5-minute boundaries, where a window's edge falls.
-    seconds = sorted(int(s) - int(s) % 300 if n % 2 else int(s) for n, s in enumerate(drawn))
-    times = [datetime.fromtimestamp(s, UTC) for s in seconds]
-    histories = {("item", "i", "interaction_count"): running_count(times)}
-    views = [REGISTRY.view("item", name) for name in WINDOWED]
-    events = [Event("u", "i", at, "click", None) for at in times[::5]]
-    for event, row in zip(events, training_rows(events, histories, views), strict=True):
-        now = int(event.ts.timestamp())
-        online = window_counts(bucket_increments([s for s in seconds if s <= now], now), now)
-        assert {name: row[f"item__{name}"] for name in WINDOWED} == online
-
-
-def test_window_start():
-    mark = datetime(2025, 5, 1, tzinfo=UTC)
-    assert window_start(mark, None, full=True) == BEGINNING
-    assert window_start(mark, None, full=False) == mark - OVERLAP
-    assert window_start(None, None, full=False) == BEGINNING
-    assert window_start(mark, datetime(2025, 1, 1), full=False) == datetime(2025, 1, 1, tzinfo=UTC)
-
-
 def test_stores_are_chosen_by_url_scheme():
     from .adapters.redis_online import RedisOnlineStore
     from .stores import open_offline_store, open_online_store
@@ -242,26 +93,6 @@ def test_stores_are_chosen_by_url_scheme():
         open_online_store("memcached://127.0.0.1")
     with pytest.raises(ValueError, match="offline store DSN: unsupported scheme 'mysql'"):
         open_offline_store("mysql://127.0.0.1/x")
-
-
-def test_running_category_counts_emit_one_value_per_user_and_timestamp():
-    from .aggregates import running_category_counts
-
-    later = T + timedelta(hours=1)
-    events = [
-        ("u", T, ["Drama", "War"]),
-        ("u", T, ["Drama"]),
-        ("u", later, None),
-        ("u", later + timedelta(hours=1), ["Comedy"]),
-        ("v", T, ["War"]),
-    ]
-    assert list(running_category_counts(events)) == [
-        ("u", T, {"Drama": 2, "War": 1}),
-        ("u", later, {"Drama": 2, "War": 1}),
-        ("u", later + timedelta(hours=1), {"Drama": 2, "War": 1, "Comedy": 1}),
-        ("v", T, {"War": 1}),
-    ]
-    assert list(running_category_counts([])) == []
 
 
 def test_id_lists_are_checked_at_once_and_the_first_bad_one_is_named():

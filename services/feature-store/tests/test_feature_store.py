@@ -23,8 +23,8 @@ from prometheus_client import REGISTRY
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
+from recfleet_runtime.ports import free_port
 from recfleet_store import keys
-from recfleet_store.kafka import free_port
 
 USER_FEATURES = {
     "interaction_count",
@@ -140,7 +140,9 @@ async def test_registry_lists_every_contract_feature(fleet):
     assert available.default_value.number == 1
     windowed = {v.name: v for v in reply.views if v.entity == "item" and v.name.startswith("interactions_")}
     assert {name: v.freshness_seconds for name, v in windowed.items()} == {
-        "interactions_1h": 300, "interactions_24h": 3600, "interactions_7d": 21600,
+        "interactions_1h": 300,
+        "interactions_24h": 3600,
+        "interactions_7d": 21600,
     }
     assert all(v.type == "number" and v.default_value.number == 0 for v in windowed.values())
 
@@ -275,19 +277,29 @@ async def test_windowed_counts_fall_back_to_zero_once_no_event_refreshed_them(fl
     item = uid("i")
     now = time.time()
     # As the realtime consumer writes them: each count with the time it was computed.
-    put_json(fleet.redis, keys.item(item), {
-        "interactions_1h": 5, "_ts:interactions_1h": now - 400,
-        "interactions_24h": 7, "_ts:interactions_24h": now - 400,
-        "interactions_7d": 9, "_ts:interactions_7d": now - 7 * 3600,
-        "interaction_count": 12,
-    })
+    put_json(
+        fleet.redis,
+        keys.item(item),
+        {
+            "interactions_1h": 5,
+            "_ts:interactions_1h": now - 400,
+            "interactions_24h": 7,
+            "_ts:interactions_24h": now - 400,
+            "interactions_7d": 9,
+            "_ts:interactions_7d": now - 7 * 3600,
+            "interaction_count": 12,
+        },
+    )
     names = ["interactions_1h", "interactions_24h", "interactions_7d", "interaction_count"]
     read = await fleet.stub.GetItemFeatures(
         features_pb2.GetItemFeaturesRequest(item_ids=[item], feature_names=names), timeout=5
     )
     row = read.rows[0]
     assert {name: value_of(row.values[name]) for name in names} == {
-        "interactions_1h": 0, "interactions_24h": 7, "interactions_7d": 0, "interaction_count": 12,
+        "interactions_1h": 0,
+        "interactions_24h": 7,
+        "interactions_7d": 0,
+        "interaction_count": 12,
     }
     assert set(row.defaulted) == {"interactions_1h", "interactions_7d"}
 

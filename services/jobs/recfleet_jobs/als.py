@@ -110,13 +110,14 @@ def load_model(store: ArtifactStore, version: str) -> AlsModel:
 
 
 def write_user_vectors_postgres(conn: psycopg.Connection, version: str, model: AlsModel) -> None:
-    with conn.transaction(), conn.cursor().copy(
-        "COPY user_vectors (user_id, model_version, vector) FROM STDIN"
-    ) as copy:
+    with (
+        conn.transaction(),
+        conn.cursor().copy("COPY user_vectors (user_id, model_version, vector) FROM STDIN") as copy,
+    ):
         for start in range(0, len(model.user_ids), _PG_CHUNK):
             block = model.user_factors[start : start + _PG_CHUNK]
             lines = []
-            for user, row in zip(model.user_ids[start : start + _PG_CHUNK], block):
+            for user, row in zip(model.user_ids[start : start + _PG_CHUNK], block, strict=False):
                 vector = ",".join(np.char.mod("%.9g", row))
                 lines.append(f"{_copy_text(user)}\t{_copy_text(version)}\t{{{vector}}}\n")
             copy.write("".join(lines))
@@ -180,7 +181,7 @@ def train_and_publish(
         }
         meta = {
             "version": version,
-            **{key: value for key, value in params.as_dict().items()},
+            **dict(params.as_dict().items()),
             "n_users": len(user_index),
             "n_items": len(item_index),
             "trained_at": datetime.now(UTC).isoformat(),
@@ -193,7 +194,11 @@ def train_and_publish(
         try:
             write_user_vectors_redis(client, version, model)
             registry.register_version(
-                conn, version, kind="als", artifact_uri=artifact_prefix(version), metrics=metrics,
+                conn,
+                version,
+                kind="als",
+                artifact_uri=artifact_prefix(version),
+                metrics=metrics,
                 params=params.as_dict(),
             )
             if promote:
@@ -217,8 +222,13 @@ def train_als_command(
     settings = JobSettings()
     try:
         params = settings_params(
-            settings, factors=factors, iterations=iterations, regularization=regularization, alpha=alpha,
-            rating_offset=rating_offset, weighting=weighting,
+            settings,
+            factors=factors,
+            iterations=iterations,
+            regularization=regularization,
+            alpha=alpha,
+            rating_offset=rating_offset,
+            weighting=weighting,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

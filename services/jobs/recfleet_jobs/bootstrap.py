@@ -87,6 +87,7 @@ def load_ratings(conn: psycopg.Connection, dataset: MovieLensDataset) -> int:
                 movies[start : start + _CHUNK],
                 stars[start : start + _CHUNK],
                 stamps[start : start + _CHUNK],
+                strict=False,
             ):
                 stamp = datetime.fromtimestamp(ts, UTC).isoformat()
                 buffer.write(f"{rating_event_id(user, movie, ts)}\t{user}\t{movie}\t{value}\t{stamp}\n")
@@ -100,7 +101,7 @@ def load_ratings(conn: psycopg.Connection, dataset: MovieLensDataset) -> int:
         "  ON CONFLICT DO NOTHING RETURNING event_id)"
         " INSERT INTO events (event_id, user_id, item_id, type, value, ts, context)"
         " SELECT DISTINCT ON (l.event_id) l.event_id, l.user_id, l.item_id, 'rating', l.value, l.ts,"
-        " '{\"source\": \"movielens\"}'::jsonb"
+        ' \'{"source": "movielens"}\'::jsonb'
         " FROM load_events l JOIN fresh USING (event_id)"
     )
     return cursor.rowcount
@@ -116,7 +117,12 @@ def load_movielens(dsn: str, data_dir: str | Path, fmt: str = "ml-latest-small")
             items = load_items(conn, dataset)
         with conn.transaction():
             events = load_ratings(conn, dataset)
-    return {"movies": len(dataset.movies), "items_changed": items, "ratings": len(dataset.ratings), "events_new": events}
+    return {
+        "movies": len(dataset.movies),
+        "items_changed": items,
+        "ratings": len(dataset.ratings),
+        "events_new": events,
+    }
 
 
 def load_movielens_command(

@@ -3,8 +3,9 @@
 `evaluate` splits a MovieLens directory with a named protocol (recfleet_models.protocols),
 fits a model on the train part (or loads an ALS version from the artifact store) and
 prints the metrics as JSON; `--model als+ranker` is the full pipeline, ALS retrieval
-re-ranked by a LightGBM ranker trained on the train part only
-(recfleet_models.pipeline_eval). `tune-als` grid-searches ALS hyper-parameters on a validation
+re-ranked by a LightGBM ranker trained on the train part only by the one ranker trainer
+(recfleet_models.ranking.training, the one `train-ranker` runs) with a named preset of
+its settings (recfleet_models.pipeline_eval). `tune-als` grid-searches ALS hyper-parameters on a validation
 split carved from the train part only (the test part is never looked at) and prints a
 table; `--report-test` then scores the best setting once on the test part.
 """
@@ -15,21 +16,28 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from recfleet_models.als import WEIGHTINGS, ALSParams, event_weights
-from recfleet_models.data import FORMATS, read_movielens
-from recfleet_models.evaluation import AlsRecommender, PopularRecommender, SarRecommender, evaluate
-from recfleet_models.pipeline_eval import FEATURE_SETS, PipelineParams, RankerPipelineRecommender
+from recfleet_models.data import FORMATS, Movie, Ratings, read_movielens
+from recfleet_models.evaluation import AlsRecommender, PopularRecommender, Recommender, SarRecommender, evaluate
+from recfleet_models.pipeline_eval import EVALUATION_PRESET, FEATURE_SETS, RankerPipelineRecommender
 from recfleet_models.popularity import normalise, window_scores
 from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
+from recfleet_models.ranking.features import Candidate
+from recfleet_models.ranking.rules import RuleWeights, rule_scores
+from recfleet_models.ranking.training import PRESETS
 from recfleet_store.artifacts import open_artifact_store
 from rich.console import Console
 from rich.table import Table
 
 from .als import load_model, settings_params
+from .settings import JobSettings
 
 # Candidates per user that the rule formula re-ranks (the gateway asks retrieval for a
 # few hundred; 100 keeps evaluation quick).
@@ -46,44 +54,50 @@ class RulePipelineRecommender:
 
     name = "als+rules"
 
-    def __init__(self, retrieval: AlsRecommender, movies, candidates: int = RULE_CANDIDATES):
+    def __init__(self, retrieval: AlsRecommender, movies: Sequence[Movie], candidates: int = RULE_CANDIDATES):
         self.retrieval = retrieval
         self.published = {
             m.movie_id: datetime(m.year, 1, 1, tzinfo=UTC).timestamp() for m in movies if m.year and m.year > 1
         }
         self.candidates = candidates
 
-    def fit(self, train) -> None:
+    def fit(self, train: Ratings) -> None:
         self.retrieval.fit(train)
         weights = event_weights(["rating"] * len(train), train.ratings, ALSParams())
-        scores = window_scores(train.movie_ids.astype(str), weights, train.timestamps)["all"]
+        scores = window_scores(train.movie_ids.astype(str).tolist(), weights, train.timestamps)["all"]
         self.popularity = {int(item): value for item, value in normalise(scores).items()}
         self.now = float(train.timestamps.max())
 
-    def recommend(self, users, k, seen):
-        from recfleet_ranking.features import Candidate
-        from recfleet_ranking.rules import RuleWeights, rule_scores
-
+    def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
         model = self.retrieval.model
+        if model is None:
+            raise RuntimeError("fit() first")
         rules = RuleWeights()
         lists = self.retrieval.recommend(users, max(k, self.candidates), seen)
-        out = {}
+        out: dict[int, list[int]] = {}
         for user, items in lists.items():
             if not items:
                 continue
             row = model.user_row(str(user))
-            columns = [model.item_row(str(item)) for item in items]
+            found = [model.item_row(str(item)) for item in items]
+            columns = [c for c in found if c is not None]
+            if row is None or len(columns) != len(found):
+                continue
             retrieval_scores = model.item_factors[columns] @ model.user_factors[row]
             candidates = [
-                Candidate(item_id=str(item), score=float(score), popularity=self.popularity.get(item, 0.0),
-                          published_at=self.published.get(item, 0.0))
-                for item, score in zip(items, retrieval_scores.tolist())
+                Candidate(
+                    item_id=str(item),
+                    score=float(score),
+                    popularity=self.popularity.get(item, 0.0),
+                    published_at=self.published.get(item, 0.0),
+                )
+                for item, score in zip(items, retrieval_scores.tolist(), strict=False)
             ]
             ranked, _ = rule_scores(candidates, self.now, rules)
             order = sorted(range(len(items)), key=lambda i: -ranked[i])
             out[user] = [items[i] for i in order[:k]]
         return out
-from .settings import JobSettings
+
 
 MODELS = ("popular", "sar", "als", "als+rules", "als+ranker")
 # The documented search space of tune-als (docs/evaluation.md).
@@ -132,23 +146,32 @@ def evaluate_command(
     alpha: float | None = typer.Option(None),
     rating_offset: float | None = typer.Option(None),
     weighting: str | None = typer.Option(None, help=f"one of {', '.join(WEIGHTINGS)}"),
-    ranker_candidates: int = typer.Option(
-        PipelineParams.als_candidates, min=1, help="als+ranker: ALS candidates per user the ranker orders"
+    ranker_preset: str = typer.Option(
+        EVALUATION_PRESET, help=f"als+ranker: the trainer's settings, one of {', '.join(PRESETS)}"
+    ),
+    ranker_candidates: int | None = typer.Option(
+        None, min=1, help="als+ranker: ALS candidates per user the ranker orders (default: the preset's)"
     ),
     ranker_features: str = typer.Option(
-        PipelineParams.feature_set, help=f"als+ranker: one of {', '.join(FEATURE_SETS)} (extended = offline-only extras)"
+        "service", help=f"als+ranker: one of {', '.join(FEATURE_SETS)} (extended = offline-only extras)"
     ),
-    ranker_folds: int = typer.Option(PipelineParams.folds, min=1, help="als+ranker: label folds carved from train"),
+    ranker_folds: int | None = typer.Option(
+        None, min=1, help="als+ranker: random label folds carved from train (default: the preset's)"
+    ),
 ) -> None:
     """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
     _choice(model, MODELS, "--model")
     _choice(ranker_features, FEATURE_SETS, "--ranker-features")
+    _choice(ranker_preset, tuple(PRESETS), "--ranker-preset")
     if model == "als+ranker" and version:
         raise typer.BadParameter("als+ranker trains its own ALS models on the train part", param_hint="--version")
     settings = JobSettings()
     data, split = _load_split(dataset or settings.data_dir, fmt, protocol)
     started = time.perf_counter()
-    details: dict = {}
+    details: dict[str, Any] = {}
+    recommender: Recommender
+    pipeline: RankerPipelineRecommender | None = None
+    als: AlsRecommender | None = None
     if model == "popular":
         recommender = PopularRecommender()
     elif model == "sar":
@@ -160,32 +183,40 @@ def evaluate_command(
             raise typer.BadParameter(str(error), param_hint="--version") from error
         if not all(item.isdigit() for item in loaded.item_ids):
             raise typer.BadParameter(f"version {version!r} was not trained on MovieLens ids", param_hint="--version")
-        recommender = AlsRecommender(loaded.params, loaded)
+        recommender = als = AlsRecommender(loaded.params, loaded)
         details = {"version": version, "params": loaded.params.as_dict()}
     else:
         try:
             params = settings_params(
-                settings, factors=factors, iterations=iterations, regularization=regularization, alpha=alpha,
-                rating_offset=rating_offset, weighting=weighting,
+                settings,
+                factors=factors,
+                iterations=iterations,
+                regularization=regularization,
+                alpha=alpha,
+                rating_offset=rating_offset,
+                weighting=weighting,
             )
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
-        recommender = AlsRecommender(params)
+        recommender = als = AlsRecommender(params)
         details = {"params": params.as_dict()}
-    if model == "als+rules":
-        recommender = RulePipelineRecommender(recommender, data.movies)
-    if model == "als+ranker":
+    if model == "als+rules" and als is not None:
+        recommender = RulePipelineRecommender(als, data.movies)
+    if model == "als+ranker" and als is not None:
+        preset = PRESETS[ranker_preset]
+        changes: dict[str, Any] = {}
+        if ranker_candidates is not None:
+            changes["als_candidates"] = ranker_candidates
+        if ranker_folds is not None:
+            changes.update(folds=ranker_folds, label_share=min(preset.label_share, 1.0 / ranker_folds))
         try:
-            ranker_params = PipelineParams(
-                als_candidates=ranker_candidates, feature_set=ranker_features, folds=ranker_folds,
-                label_share=min(PipelineParams.label_share, 1.0 / ranker_folds),
-            )
+            ranker_params = replace(preset, **changes)
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
-        recommender = RankerPipelineRecommender(data.movies, recommender.params, ranker_params)
+        recommender = pipeline = RankerPipelineRecommender(data.movies, als.params, ranker_params, ranker_features)
     metrics = evaluate(split, recommender, k)
-    if model == "als+ranker":
-        details.update(recommender.details())
+    if pipeline is not None:
+        details.update(pipeline.details())
     out = {
         "dataset": fmt,
         "protocol": protocol,
@@ -244,20 +275,40 @@ def tune_als_command(
             rows.append((params, metrics, time.perf_counter() - started))
     rows.sort(key=lambda row: row[1].ndcg, reverse=True)
     table = Table(title=f"ALS grid on {fmt} / {validation.protocol} (k={k}), best first")
-    for column in ("factors", "regularization", "alpha", "iterations", f"ndcg@{k}", f"precision@{k}",
-                   f"recall@{k}", f"map@{k}", "seconds"):
+    for column in (
+        "factors",
+        "regularization",
+        "alpha",
+        "iterations",
+        f"ndcg@{k}",
+        f"precision@{k}",
+        f"recall@{k}",
+        f"map@{k}",
+        "seconds",
+    ):
         table.add_column(column, justify="right")
     for params, metrics, seconds in rows:
         table.add_row(
-            str(params.factors), f"{params.regularization:g}", f"{params.alpha:g}", str(params.iterations),
-            f"{metrics.ndcg:.4f}", f"{metrics.precision:.4f}", f"{metrics.recall:.4f}", f"{metrics.map:.4f}",
+            str(params.factors),
+            f"{params.regularization:g}",
+            f"{params.alpha:g}",
+            str(params.iterations),
+            f"{metrics.ndcg:.4f}",
+            f"{metrics.precision:.4f}",
+            f"{metrics.recall:.4f}",
+            f"{metrics.map:.4f}",
             f"{seconds:.1f}",
         )
     Console(width=140).print(table)
     best = rows[0][0]
     summary = {
-        "best": {"factors": best.factors, "regularization": best.regularization, "alpha": best.alpha,
-                 "iterations": best.iterations, "weighting": best.weighting},
+        "best": {
+            "factors": best.factors,
+            "regularization": best.regularization,
+            "alpha": best.alpha,
+            "iterations": best.iterations,
+            "weighting": best.weighting,
+        },
         "validation": rows[0][1].as_dict(),
     }
     if report_test:

@@ -1,5 +1,7 @@
 """`recfleet-jobs materialize` (Postgres -> Redis) and `recfleet-jobs export-training-set`
-(point-in-time features per event); the logic lives in `recfleet_features.materialization`."""
+(point-in-time features per event); the logic lives in the library
+`recfleet_store.features.materialization`, beside the feature registry the feature-store
+service serves from."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import typer
-from recfleet_features.materialization import export_training_set, materialize
+from recfleet_store.features.materialization import export_training_set, materialize
 
 from .settings import JobSettings
 

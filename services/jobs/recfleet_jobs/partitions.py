@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -52,7 +53,9 @@ class Month:
         return cls(moment.year, moment.month)
 
 
-def months_to_cover(now: datetime, months_ahead: int, months_with_rows: set[Month] = frozenset()) -> list[Month]:
+def months_to_cover(
+    now: datetime, months_ahead: int, months_with_rows: AbstractSet[Month] = frozenset()
+) -> list[Month]:
     """The current month, `months_ahead` after it, and every month the default partition holds rows of."""
     wanted = set(months_with_rows)
     month = Month.of(now)
@@ -85,22 +88,34 @@ def create_partition(conn: psycopg.Connection, month: Month) -> int:
     with conn.transaction():
         # Writers into the default partition wait until the move is done.
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(default))
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
-            name, sql.Identifier(PARENT)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+                name, sql.Identifier(PARENT)
+            )
+        )
         # The check lets ATTACH skip scanning the new table.
         # DDL takes no bind parameters: the bounds are rendered as literals.
         start, end = sql.Literal(month.start), sql.Literal(month.end)
-        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (ts >= {} AND ts < {})").format(
-            name, sql.Identifier(f"{month.partition}_range"), start, end))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (ts >= {} AND ts < {})").format(
+                name, sql.Identifier(f"{month.partition}_range"), start, end
+            )
+        )
         moved = conn.execute(
-            sql.SQL("WITH moved AS (DELETE FROM {} WHERE ts >= %s AND ts < %s RETURNING *) "
-                    "INSERT INTO {} SELECT * FROM moved").format(default, name),
+            sql.SQL(
+                "WITH moved AS (DELETE FROM {} WHERE ts >= %s AND ts < %s RETURNING *) "
+                "INSERT INTO {} SELECT * FROM moved"
+            ).format(default, name),
             bounds,
         ).rowcount
-        conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier(PARENT), name, start, end))
-        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-            name, sql.Identifier(f"{month.partition}_range")))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(PARENT), name, start, end
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(name, sql.Identifier(f"{month.partition}_range"))
+        )
     return moved
 
 

@@ -51,9 +51,10 @@ def read_events(conn: psycopg.Connection) -> tuple[list[str], np.ndarray, np.nda
 
 
 def read_categories(conn: psycopg.Connection) -> dict[str, list[str]]:
-    return {item: list(categories) for item, categories in conn.execute(
-        "SELECT item_id, categories FROM items WHERE available"
-    )}
+    return {
+        item: list(categories)
+        for item, categories in conn.execute("SELECT item_id, categories FROM items WHERE available")
+    }
 
 
 def write_postgres(conn: psycopg.Connection, scores: dict[str, dict[str, float]]) -> None:
@@ -79,9 +80,7 @@ def replace_sorted_set(client: redis.Redis, key: str, scores: dict[str, float]) 
     pipe.execute()
 
 
-def write_redis(
-    client: redis.Redis, scores: dict[str, dict[str, float]], categories: dict[str, list[str]]
-) -> int:
+def write_redis(client: redis.Redis, scores: dict[str, dict[str, float]], categories: dict[str, list[str]]) -> int:
     """Every window's sorted sets and the items' popularity fields; returns keys written."""
     written = 0
     for window, items in tqdm(scores.items(), desc="sorted sets", unit="window", leave=False):

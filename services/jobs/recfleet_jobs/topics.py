@@ -15,19 +15,14 @@ import json
 import time
 
 import typer
-from recfleet_store.kafka import create_topics, fleet_topics
+from recfleet_store.kafka import configured_topics, create_topics
 
 from .settings import JobSettings
 
 
 def create_fleet_topics(settings: JobSettings, timeout: float = 60.0) -> dict:
     """The whole job: what was created, what was found, each topic's layout, and warnings."""
-    wanted = fleet_topics(
-        settings.events_topic, settings.dead_letter_topic, settings.users_topic,
-        partitions=settings.kafka_topic_partitions,
-        replication_factor=settings.kafka_replication_factor,
-        min_insync_replicas=settings.kafka_min_insync_replicas,
-    )
+    wanted = configured_topics(settings, settings)
     result = create_topics(settings.kafka_bootstrap_servers, wanted, timeout=timeout)
     topics, warnings = {}, []
     for name, spec in wanted.items():
@@ -35,11 +30,16 @@ def create_fleet_topics(settings: JobSettings, timeout: float = 60.0) -> dict:
         if layout is None:
             warnings.append(f"{name}: not visible in the cluster's metadata after creation")
             continue
-        topics[name] = {"partitions": layout.partitions, "replication_factor": layout.replication_factor,
-                        "config": spec["config"]}
+        topics[name] = {
+            "partitions": layout.partitions,
+            "replication_factor": layout.replication_factor,
+            "config": spec["config"],
+        }
         if layout.partitions < spec["partitions"]:
-            warnings.append(f"{name}: has {layout.partitions} partitions, {spec['partitions']} configured; "
-                            "consumer replicas beyond the partition count get no work")
+            warnings.append(
+                f"{name}: has {layout.partitions} partitions, {spec['partitions']} configured; "
+                "consumer replicas beyond the partition count get no work"
+            )
         if layout.replication_factor < spec["replication"]:
             warnings.append(f"{name}: replication factor {layout.replication_factor}, {spec['replication']} configured")
     return {"created": result.created, "found": result.found, "topics": topics, "warnings": warnings}

@@ -36,8 +36,16 @@ def _write_dataset(path: Path) -> Path:
         encoding="utf-8",
     )
     (path / "ratings.csv").write_text(
-        crlf.join(["userId,movieId,rating,timestamp", "7,1,4.5,1000000000", "7,2,1.0,1000000100",
-                   "8,1,3.0,1000000200", "9,3,5.0,1000000300"]) + crlf,
+        crlf.join(
+            [
+                "userId,movieId,rating,timestamp",
+                "7,1,4.5,1000000000",
+                "7,2,1.0,1000000100",
+                "8,1,3.0,1000000200",
+                "9,3,5.0,1000000300",
+            ]
+        )
+        + crlf,
         encoding="utf-8",
     )
     tags = ["userId,movieId,tag,timestamp"] + [f"7,1,tag{i % 12},100{i}" for i in range(30)] + ["7,1,Tag0,2000"]
@@ -83,16 +91,20 @@ def test_small_dataset_fields_ids_and_erased_users(monkeypatch, fresh_pg_dsn, tm
         conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('9', 'r-1')")
     _run(monkeypatch, fresh_pg_dsn, data_dir)
     with psycopg.connect(fresh_pg_dsn) as conn:
-        items = {row[0]: row[1:] for row in conn.execute(
-            "SELECT item_id, title, categories, published_at, tags FROM items ORDER BY item_id")}
-        events = conn.execute(
-            "SELECT event_id, user_id, item_id, type, value, ts FROM events ORDER BY ts").fetchall()
+        items = {
+            row[0]: row[1:]
+            for row in conn.execute("SELECT item_id, title, categories, published_at, tags FROM items ORDER BY item_id")
+        }
+        events = conn.execute("SELECT event_id, user_id, item_id, type, value, ts FROM events ORDER BY ts").fetchall()
     assert items["1"][0] == "Heat, The (1995)"
     assert items["1"][3] == [f"tag{i}" for i in range(10)]  # deduplicated ("Tag0" too), capped at 10
     assert items["2"][1:3] == ([], None)  # no genres, no year
     assert items["3"][2] == datetime(2001, 1, 1, tzinfo=UTC)
-    assert [(e[1], e[2], e[3], e[4]) for e in events] == [("7", "1", "rating", 4.5), ("7", "2", "rating", 1.0),
-                                                        ("8", "1", "rating", 3.0)]  # user 9 is erased
+    assert [(e[1], e[2], e[3], e[4]) for e in events] == [
+        ("7", "1", "rating", 4.5),
+        ("7", "2", "rating", 1.0),
+        ("8", "1", "rating", 3.0),
+    ]  # user 9 is erased
     assert events[0][0] == bootstrap.rating_event_id(7, 1, 1000000000)
     assert isinstance(events[0][0], uuid.UUID) and events[0][0].version == 5
     assert events[0][5] == datetime.fromtimestamp(1000000000, UTC)

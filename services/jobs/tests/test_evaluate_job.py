@@ -19,8 +19,9 @@ def _app() -> typer.Typer:
 
 
 def test_evaluate_prints_json_metrics():
-    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--protocol", "recommenders-ml100k",
-                                         "--model", "popular", "--k", "5"])
+    result = CliRunner().invoke(
+        _app(), ["evaluate", *COMMON, "--protocol", "recommenders-ml100k", "--model", "popular", "--k", "5"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert {"precision@5", "recall@5", "ndcg@5", "map@5", "catalog_coverage", "users_evaluated"} <= set(metrics)
@@ -32,16 +33,33 @@ def test_als_beats_popular_on_recbole():
     runner = CliRunner()
     scores = {}
     for model in ("popular", "als"):
-        result = runner.invoke(_app(), ["evaluate", *COMMON, "--protocol", "recbole", "--model", model,
-                                        "--factors", "16", "--iterations", "5"])
+        result = runner.invoke(
+            _app(),
+            ["evaluate", *COMMON, "--protocol", "recbole", "--model", model, "--factors", "16", "--iterations", "5"],
+        )
         assert result.exit_code == 0, result.output
         scores[model] = json.loads(result.output)["ndcg@10"]
     assert scores["als"] > scores["popular"]
 
 
 def test_tune_als_prints_a_table_and_the_best_setting():
-    result = CliRunner().invoke(_app(), ["tune-als", *COMMON, "--protocol", "recbole", "--factors", "8",
-                                         "--regularization", "1,30", "--alpha", "2", "--iterations", "3"])
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "tune-als",
+            *COMMON,
+            "--protocol",
+            "recbole",
+            "--factors",
+            "8",
+            "--regularization",
+            "1,30",
+            "--alpha",
+            "2",
+            "--iterations",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "ndcg@10" in result.output
     best = json.loads(result.output.strip().splitlines()[-1])
@@ -63,15 +81,20 @@ def test_bad_arguments_are_named(args, message):
 
 
 def test_missing_dataset_directory(tmp_path):
-    result = CliRunner().invoke(_app(), ["evaluate", "--dataset", str(tmp_path / "nope"), "--format", "ml-100k",
-                                         "--protocol", "recbole"], env={"COLUMNS": "500"})
+    result = CliRunner().invoke(
+        _app(),
+        ["evaluate", "--dataset", str(tmp_path / "nope"), "--format", "ml-100k", "--protocol", "recbole"],
+        env={"COLUMNS": "500"},
+    )
     assert result.exit_code == 2
     assert "not a directory" in result.output
 
 
 def test_rule_formula_pipeline_is_measured():
-    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--protocol", "recbole", "--model", "als+rules",
-                                         "--factors", "16", "--iterations", "5"])
+    result = CliRunner().invoke(
+        _app(),
+        ["evaluate", *COMMON, "--protocol", "recbole", "--model", "als+rules", "--factors", "16", "--iterations", "5"],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["model"] == "als+rules" and metrics["users_evaluated"] == 609

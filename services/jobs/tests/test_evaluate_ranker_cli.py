@@ -35,6 +35,8 @@ def test_ranker_pipeline_is_measured_with_its_training_summary():
     ("args", "message"),
     [
         (["--ranker-features", "everything"], "everything"),
+        (["--ranker-preset", "fastest"], "fastest"),
+        (["--ranker-preset", "production", "--ranker-folds", "4"], "unless carve is random"),
         (["--version", "als-20260101T000000Z-0000"], "trains its own ALS"),
     ],
 )

@@ -168,7 +168,7 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
     assert [r["item__interactions_24h"] for r in parquet_rows] == [1, 1, 2, 2]
     assert json.loads(parquet_rows[2]["user__category_counts"]) == {"Drama": 2, "War": 2, "Comedy": 1}
 
-    with pytest.raises(AssertionError, match="must end in .csv or .parquet"):
+    with pytest.raises(AssertionError, match=r"must end in \.csv or \.parquet"):
         cli("export-training-set", "--out", str(tmp_path / "training.txt"))
 
 

@@ -22,8 +22,10 @@ def test_months_to_cover_wraps_the_year_and_adds_months_with_rows():
 
 
 def insert(conn, ts: datetime) -> None:
-    conn.execute("INSERT INTO events (event_id, user_id, item_id, type, ts) VALUES (%s, 'u', 'i', 'view', %s)",
-                 (uuid.uuid4(), ts))
+    conn.execute(
+        "INSERT INTO events (event_id, user_id, item_id, type, ts) VALUES (%s, 'u', 'i', 'view', %s)",
+        (uuid.uuid4(), ts),
+    )
 
 
 def placement(conn) -> dict[str, int]:
@@ -46,8 +48,9 @@ def test_rows_in_the_default_partition_move_to_their_new_month(fresh_pg_dsn):
         # New rows route to the partitions; the indexes of the parent exist on them.
         insert(conn, datetime(2026, 12, 15, tzinfo=UTC))
         assert placement(conn)["events_p2026_12"] == 2
-        indexes = {row[0] for row in conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE tablename = 'events_p2026_12'")}
+        indexes = {
+            row[0] for row in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'events_p2026_12'")
+        }
         assert any("(user_id, ts DESC)" in d for d in indexes)
 
     assert create_partitions(fresh_pg_dsn, months_ahead=1, now=NOW) == {"created": [], "moved_rows": 0}

@@ -22,24 +22,37 @@ def _app() -> typer.Typer:
 
 
 def _seed(dsn: str) -> None:
-    items = [("a", ["Drama", "Comedy"], True), ("b", ["Drama"], True), ("c", ["Horror"], True),
-             ("gone", ["Drama"], False), ("quiet", ["Drama"], True)]
+    items = [
+        ("a", ["Drama", "Comedy"], True),
+        ("b", ["Drama"], True),
+        ("c", ["Horror"], True),
+        ("gone", ["Drama"], False),
+        ("quiet", ["Drama"], True),
+    ]
     # (user, item, type, value, days before the newest event)
     events = [
-        ("u1", "a", "purchase", None, 100), ("u2", "a", "view", None, 100), ("u3", "a", "rating", 5.0, 60),
-        ("u1", "b", "view", None, 3), ("u2", "b", "view", None, 1), ("u3", "b", "click", None, 0),
+        ("u1", "a", "purchase", None, 100),
+        ("u2", "a", "view", None, 100),
+        ("u3", "a", "rating", 5.0, 60),
+        ("u1", "b", "view", None, 3),
+        ("u2", "b", "view", None, 1),
+        ("u3", "b", "click", None, 0),
         ("u1", "c", "view", None, 20),
-        ("u1", "gone", "purchase", None, 0), ("u2", "gone", "purchase", None, 0),
+        ("u1", "gone", "purchase", None, 0),
+        ("u2", "gone", "purchase", None, 0),
         ("erased", "c", "purchase", None, 0),
     ]
     with psycopg.connect(dsn) as conn:
         for item, categories, available in items:
-            conn.execute("INSERT INTO items (item_id, categories, available) VALUES (%s, %s, %s)",
-                         (item, categories, available))
-        for n, (user, item, kind, value, days) in enumerate(events):
+            conn.execute(
+                "INSERT INTO items (item_id, categories, available) VALUES (%s, %s, %s)", (item, categories, available)
+            )
+        for user, item, kind, value, days in events:
             conn.execute(
                 "INSERT INTO events (event_id, user_id, item_id, type, value, ts) VALUES (gen_random_uuid(), %s, %s,"
-                " %s, %s, %s)", (user, item, kind, value, NEWEST - timedelta(days=days)))
+                " %s, %s, %s)",
+                (user, item, kind, value, NEWEST - timedelta(days=days)),
+            )
         conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('erased', 'r-1')")
 
 

@@ -5,12 +5,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import psycopg
-import pytest
 from recfleet_jobs.__main__ import _load, app
-from recfleet_jobs.ranker import PopularityClock, RankerTrainingParams, ndcg_at, train_ranker
-from recfleet_ranking.adapters.models import load_ranker
+from recfleet_jobs.ranker import train_and_publish
+from recfleet_models.ranking.artifacts import load_ranker
+from recfleet_models.ranking.training import RankerParams
 from recfleet_store.artifacts import DirectoryArtifactStore
 from recfleet_store.registry import get_version, serving_version
 from typer.testing import CliRunner
@@ -34,32 +33,22 @@ def load_movielens(dsn: str, max_users: int) -> None:
         with cur.copy("COPY events (event_id, user_id, item_id, type, value, ts) FROM STDIN") as copy:
             for index, r in enumerate(ratings):
                 ts = datetime.fromtimestamp(int(r["timestamp"]), UTC)
-                copy.write_row((f"00000000-0000-0000-0000-{index:012d}", r["userId"], r["movieId"], "rating",
-                                float(r["rating"]), ts))
-
-
-def test_popularity_is_point_in_time_and_weighted():
-    clock = PopularityClock.build(
-        np.array(["a", "a", "b", "a"], dtype=object), np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 1.0, 4.0, 1.0])
-    )
-    assert clock.popularity("a", 3.0) == 1.0  # a has 2, the most popular has 2
-    assert clock.popularity("b", 3.0) == 0.0  # b's interaction at 3 is not before 3
-    assert clock.popularity("b", 3.5) == 1.0  # b has 4, now the most popular
-    assert clock.popularity("a", 3.5) == 0.5
-    assert clock.count("a", 1.5, 10) == 2
-
-
-def test_ndcg_known_answer():
-    scores = np.array([3.0, 2.0, 1.0, 3.0, 2.0, 1.0])
-    labels = np.array([1, 0, 0, 0, 0, 1])
-    # Group 1: relevant first -> 1. Group 2: relevant third -> 1/log2(4) = 0.5.
-    assert ndcg_at(scores, labels, [3, 3]) == pytest.approx(0.75)
+                copy.write_row(
+                    (
+                        f"00000000-0000-0000-0000-{index:012d}",
+                        r["userId"],
+                        r["movieId"],
+                        "rating",
+                        float(r["rating"]),
+                        ts,
+                    )
+                )
 
 
 def test_train_ranker_beats_rules_and_writes_a_loadable_candidate_version(fresh_pg_dsn, artifact_dir):
     load_movielens(fresh_pg_dsn, max_users=400)
     store = DirectoryArtifactStore(artifact_dir)
-    summary = train_ranker(fresh_pg_dsn, store, RankerTrainingParams(), promote=False)
+    summary = train_and_publish(fresh_pg_dsn, store, RankerParams(), promote=False)
     metrics = summary["metrics"]
     assert metrics["holdout_users"] > 30
     assert metrics["ndcg@10"] > metrics["ndcg@10_rules"]
@@ -89,4 +78,3 @@ def test_train_ranker_without_events_says_so(fresh_pg_dsn, artifact_dir, monkeyp
     result = CliRunner().invoke(app, ["train-ranker"])
     assert result.exit_code == 1
     assert "no events" in result.output
-

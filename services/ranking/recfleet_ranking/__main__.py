@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_models.ranking.diversity import DiversityPolicy
+from recfleet_models.ranking.rules import RuleWeights
 from recfleet_runtime.grpcserver import GrpcService, run_service, serve
 from recfleet_runtime.logging import configure_logging
 from recfleet_runtime.resilience import CircuitBreaker
@@ -12,10 +14,8 @@ from recfleet_store.artifacts import open_artifact_store
 from .adapters.catalog_changes import follow_catalog_changes
 from .adapters.feature_store import feature_store_client
 from .adapters.models import RankerVersions
-from .diversity import DiversityPolicy
 from .item_cache import ItemFeatureCache
 from .pipeline import RankingPipeline
-from .rules import RuleWeights
 from .servicer import RankingServicer
 from .settings import RankingSettings
 
@@ -34,9 +34,7 @@ def build(settings: RankingSettings) -> tuple[GrpcService, RankingServicer]:
         diversity=DiversityPolicy(settings.max_per_category, settings.diversity_window, settings.max_creator_share),
         exploration_share=settings.exploration_share,
         model_budget_seconds=settings.model_budget_ms / 1000.0,
-        breaker=CircuitBreaker(
-            "ranking-model", settings.model_breaker_failures, settings.model_breaker_reset_seconds
-        ),
+        breaker=CircuitBreaker("ranking-model", settings.model_breaker_failures, settings.model_breaker_reset_seconds),
     )
     versions = RankerVersions(
         open_artifact_store(settings.artifact_url),

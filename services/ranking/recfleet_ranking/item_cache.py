@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .features import Candidate
+from recfleet_models.ranking.features import Candidate
 
 
 @dataclass(frozen=True, slots=True)

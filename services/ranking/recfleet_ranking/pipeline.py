@@ -11,13 +11,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from recfleet_models.ranking.diversity import DiversityPolicy, diversify, explore
+from recfleet_models.ranking.features import Candidate, UserContext, assign_ranks
+from recfleet_models.ranking.filters import apply_filters
+from recfleet_models.ranking.learned import LearnedRanker
+from recfleet_models.ranking.rules import TERMS, RuleWeights, rule_scores
 from recfleet_runtime.resilience import CircuitBreaker, CircuitOpenError
-
-from .diversity import DiversityPolicy, diversify, explore
-from .features import Candidate, UserContext, assign_ranks
-from .filters import apply_filters
-from .learned import LearnedRanker
-from .rules import TERMS, RuleWeights, rule_scores
 
 SERVED_BY_RANKER = "ranker"
 SERVED_BY_RULES = "rules"
@@ -144,7 +143,7 @@ class RankingPipeline:
                 try:
                     x = ranker.features(kept, query.user, now)
                     scores = ranker.score(x)
-                except Exception:  # noqa: BLE001 - any model failure means "rules rank this call"
+                except Exception:
                     self.breaker.record_failure()
                     degraded.append(RANKER_ERROR)
                 else:

@@ -9,11 +9,11 @@ import time
 
 import grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_models.ranking.features import Candidate, UserContext
 from recfleet_runtime.grpcclient import Downstream
 
 from .adapters.feature_store import load_item_features
 from .adapters.models import RankerVersions
-from .features import Candidate, UserContext
 from .item_cache import ItemFeatureCache
 from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
 from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankQuery

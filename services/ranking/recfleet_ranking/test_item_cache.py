@@ -1,8 +1,8 @@
 """The item-feature cache with a fake clock: what is fresh, what must be read again."""
 
 import pytest
+from recfleet_models.ranking.features import Candidate
 
-from .features import Candidate
 from .item_cache import ItemFeatureCache, ItemFeatures
 
 
@@ -48,7 +48,11 @@ def test_apply_copies_every_feature_onto_the_candidate():
     candidate = Candidate("x", 0.5)
     features.apply(candidate)
     assert (candidate.primary_category, candidate.creator, candidate.age_rating, candidate.regions) == (
-        "Comedy", "studio", 16, ("DE",))
+        "Comedy",
+        "studio",
+        16,
+        ("DE",),
+    )
     assert (candidate.available, candidate.popularity, candidate.popularity_7d) == (False, 0.7, 0.2)
 
 

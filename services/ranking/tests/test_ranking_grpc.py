@@ -12,13 +12,13 @@ from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
+from recfleet_models.ranking.artifacts import write_ranker
 from recfleet_ranking.__main__ import build
 from recfleet_ranking.adapters.catalog_changes import follow_catalog_changes
-from recfleet_ranking.adapters.models import write_ranker
 from recfleet_ranking.settings import RankingSettings
+from recfleet_runtime.ports import free_port
 from recfleet_store import keys
 from recfleet_store.artifacts import DirectoryArtifactStore
-from recfleet_store.kafka import free_port
 from recfleet_store.registry import promote, register_version
 
 NOW = 1_790_000_000
@@ -38,8 +38,15 @@ ITEMS = {
 def fill_redis(redis_url):
     client = redis.Redis.from_url(redis_url)
     for item_id, features in ITEMS.items():
-        values = {"creator": "", "published_at": NOW, "age_rating": 0, "regions": [], "available": 1,
-                  "popularity_7d": 0.1, **features}
+        values = {
+            "creator": "",
+            "published_at": NOW,
+            "age_rating": 0,
+            "regions": [],
+            "available": 1,
+            "popularity_7d": 0.1,
+            **features,
+        }
         client.hset(keys.item(item_id), mapping={k: orjson.dumps(v) for k, v in values.items()})
     client.close()
 
@@ -48,8 +55,9 @@ async def start_feature_store(redis_url, pg_dsn) -> tuple[FeatureStoreApp, str]:
     """The real feature-store service over the seeded Redis: (app, target)."""
     fill_redis(redis_url)
     app = FeatureStoreApp(
-        FeatureSettings(redis_url=redis_url, postgres_dsn=pg_dsn, grpc_port=0, metrics_port=0,
-                        drain_seconds=0, grace_seconds=0)
+        FeatureSettings(
+            redis_url=redis_url, postgres_dsn=pg_dsn, grpc_port=0, metrics_port=0, drain_seconds=0, grace_seconds=0
+        )
     )
     port = await app.service.start("127.0.0.1:0")
     assert await app.warm_up()
@@ -67,8 +75,15 @@ async def feature_store(redis_url, pg_dsn):
 
 async def start_ranking(feature_store_target, dsn, artifact_dir, **overrides):
     settings = RankingSettings(
-        grpc_port=0, metrics_port=0, drain_seconds=0, grace_seconds=0, feature_store_target=feature_store_target,
-        feature_store_timeout=1.0, postgres_dsn=dsn, artifact_url=str(artifact_dir), **overrides,
+        grpc_port=0,
+        metrics_port=0,
+        drain_seconds=0,
+        grace_seconds=0,
+        feature_store_target=feature_store_target,
+        feature_store_timeout=1.0,
+        postgres_dsn=dsn,
+        artifact_url=str(artifact_dir),
+        **overrides,
     )
     service, servicer = build(settings)
     port = await service.start("127.0.0.1:0")
@@ -87,18 +102,25 @@ async def stop_ranking(service, servicer, channel):
 
 def request(**fields):
     fields.setdefault("user_id", "u1")
-    fields.setdefault("candidates", [common_pb2.ScoredItem(item_id=i, score=1.0 - int(i) / 10, source="als") for i in ITEMS])
+    fields.setdefault(
+        "candidates", [common_pb2.ScoredItem(item_id=i, score=1.0 - int(i) / 10, source="als") for i in ITEMS]
+    )
     return ranking_pb2.RankRequest(**fields)
 
 
 async def test_rank_filters_and_explains_with_features_from_the_feature_store(feature_store, pg_dsn, artifact_dir):
     service, servicer, channel, stub = await start_ranking(feature_store, pg_dsn, artifact_dir)
     try:
-        minor = await stub.Rank(request(
-            constraints=common_pb2.UserConstraints(age=14, country="FR", blocked_categories=["Thriller"],
-                                                   seen_item_ids=["8"]),
-            explain=True, limit=10,
-        ), timeout=5)
+        minor = await stub.Rank(
+            request(
+                constraints=common_pb2.UserConstraints(
+                    age=14, country="FR", blocked_categories=["Thriller"], seen_item_ids=["8"]
+                ),
+                explain=True,
+                limit=10,
+            ),
+            timeout=5,
+        )
         assert [i.item_id for i in minor.items] == ["1", "6", "7"]
         assert dict(minor.filtered) == {"seen": 1, "blocked-category": 1, "age": 1, "region": 1, "unavailable": 1}
         assert minor.served_by == "rules" and list(minor.degraded) == ["ranker-unavailable"]
@@ -181,8 +203,9 @@ async def test_bad_requests_and_the_error_drill(pg_dsn, artifact_dir):
         assert bad_user.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "user_id" in bad_user.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as bad_item:
-            await stub.Rank(request(candidates=[common_pb2.ScoredItem(item_id="ok"), common_pb2.ScoredItem(item_id="")]),
-                            timeout=5)
+            await stub.Rank(
+                request(candidates=[common_pb2.ScoredItem(item_id="ok"), common_pb2.ScoredItem(item_id="")]), timeout=5
+            )
         assert "candidates[1].item_id" in bad_item.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as bad_limit:
             await stub.Rank(request(limit=-1), timeout=5)
@@ -234,8 +257,9 @@ async def test_item_features_are_reused_for_the_cache_ttl_and_outlive_a_feature_
         await app.close()
 
 
-async def test_a_catalog_upsert_reaches_ranking_at_once_through_the_announcement(feature_store, redis_url, pg_dsn,
-                                                                                  artifact_dir):
+async def test_a_catalog_upsert_reaches_ranking_at_once_through_the_announcement(
+    feature_store, redis_url, pg_dsn, artifact_dir
+):
     service, servicer, channel, stub = await start_ranking(feature_store, pg_dsn, artifact_dir, item_cache_seconds=600)
     follower = asyncio.create_task(follow_catalog_changes(redis_url, servicer.item_cache))
     features_channel = grpc.aio.insecure_channel(feature_store)

@@ -1,15 +1,10 @@
+"""Ranker versions served from the registry: serving, pinned, on-demand, promotion and rollback."""
+
 import asyncio
 
 import psycopg
-import pytest
-from recfleet_ranking.adapters.models import (
-    ModelLoadError,
-    RankerVersions,
-    artifact_prefix,
-    load_ranker,
-    write_ranker,
-)
-from recfleet_ranking.learned import FEATURE_NAMES
+from recfleet_models.ranking.artifacts import artifact_prefix, write_ranker
+from recfleet_ranking.adapters.models import RankerVersions
 from recfleet_store.artifacts import DirectoryArtifactStore
 from recfleet_store.registry import promote, register_version, rollback
 
@@ -21,23 +16,6 @@ def publish(store, dsn, version, model, serve=True):
         register_version(conn, version, "ranker", prefix, {"ndcg@10": 0.5}, {})
         if serve:
             promote(conn, "ranker", version)
-
-
-def test_written_version_loads_back_with_its_feature_names(artifact_dir, popularity_model):
-    store = DirectoryArtifactStore(artifact_dir)
-    write_ranker(store, "ranker-a", *popularity_model)
-    ranker = load_ranker(store, "ranker-a")
-    assert ranker.version == "ranker-a" and ranker.feature_names == FEATURE_NAMES
-
-
-def test_tampered_or_missing_version_is_refused(artifact_dir, popularity_model):
-    store = DirectoryArtifactStore(artifact_dir)
-    write_ranker(store, "ranker-a", *popularity_model)
-    store.put_bytes(artifact_prefix("ranker-a") + "model.txt", b"tree\n")
-    with pytest.raises(ModelLoadError, match="checksum mismatch for model.txt"):
-        load_ranker(store, "ranker-a")
-    with pytest.raises(ModelLoadError, match="ranker-missing"):
-        load_ranker(store, "ranker-missing")
 
 
 async def test_registry_serving_version_pinned_version_and_on_demand_versions(

@@ -3,9 +3,9 @@ import itertools
 import lightgbm as lgb
 import numpy as np
 import pytest
-from recfleet_ranking.diversity import DiversityPolicy
-from recfleet_ranking.features import Candidate, UserContext
-from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker
+from recfleet_models.ranking.diversity import DiversityPolicy
+from recfleet_models.ranking.features import Candidate, UserContext
+from recfleet_models.ranking.learned import FEATURE_NAMES, LearnedRanker
 from recfleet_ranking.pipeline import RankingPipeline, RankQuery
 
 NOW = 1_800_000_000.0
@@ -13,8 +13,15 @@ NOW = 1_800_000_000.0
 
 def catalog(n=40, categories=8):
     return [
-        Candidate(f"m{i}", 1.0 - i / n, "als", categories=(f"g{i % categories}",), age_rating=0,
-                  popularity=(i * 37 % n) / n, published_at=NOW - (i + 1) * 86_400 * 30)
+        Candidate(
+            f"m{i}",
+            1.0 - i / n,
+            "als",
+            categories=(f"g{i % categories}",),
+            age_rating=0,
+            popularity=(i * 37 % n) / n,
+            published_at=NOW - (i + 1) * 86_400 * 30,
+        )
         for i in range(n)
     ]
 
@@ -57,7 +64,7 @@ def test_without_explain_no_explanation():
 
 def test_top_twenty_holds_at_most_three_per_primary_category():
     outcome = RankingPipeline().rank(query(catalog(n=200, categories=10), limit=20), None, now=NOW)
-    primaries = [item_id for item_id in (e.item_id for e in outcome.items)]
+    primaries = [e.item_id for e in outcome.items]
     counts = {}
     for item_id in primaries:
         category = f"g{int(item_id[1:]) % 10}"
@@ -115,6 +122,8 @@ def test_exploration_is_stable_per_user():
 
 def test_everything_filtered_gives_an_empty_list():
     outcome = RankingPipeline().rank(
-        RankQuery(UserContext("u1", seen_item_ids=frozenset(c.item_id for c in catalog())), catalog(), 10), None, now=NOW
+        RankQuery(UserContext("u1", seen_item_ids=frozenset(c.item_id for c in catalog())), catalog(), 10),
+        None,
+        now=NOW,
     )
     assert outcome.items == [] and outcome.filtered == {"seen": 40}

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet.common.v1 import common_pb2
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-from recfleet_store.kafka import free_port
+from recfleet_runtime.ports import free_port
 
 
 @pytest.fixture

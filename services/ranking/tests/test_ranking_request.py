@@ -11,14 +11,19 @@ def request(**fields):
 
 def test_duplicate_candidates_count_once_with_their_best_score():
     query = parse_request(
-        request(candidates=[
-            common_pb2.ScoredItem(item_id="a", score=0.2, source="popular"),
-            common_pb2.ScoredItem(item_id="b", score=0.5, source="als"),
-            common_pb2.ScoredItem(item_id="a", score=0.9, source="als"),
-        ]),
+        request(
+            candidates=[
+                common_pb2.ScoredItem(item_id="a", score=0.2, source="popular"),
+                common_pb2.ScoredItem(item_id="b", score=0.5, source="als"),
+                common_pb2.ScoredItem(item_id="a", score=0.9, source="als"),
+            ]
+        ),
         max_candidates=10,
     )
-    assert [(c.item_id, round(c.score, 3), c.source) for c in query.candidates] == [("a", 0.9, "als"), ("b", 0.5, "als")]
+    assert [(c.item_id, round(c.score, 3), c.source) for c in query.candidates] == [
+        ("a", 0.9, "als"),
+        ("b", 0.5, "als"),
+    ]
 
 
 def test_user_fields_reach_the_query():
@@ -26,7 +31,9 @@ def test_user_fields_reach_the_query():
         request(
             constraints=common_pb2.UserConstraints(age=15, country="de", seen_item_ids=["x"], blocked_categories=["H"]),
             user_features={"interaction_count": 3.0, "affinity:Drama": 0.5},
-            category="Drama", limit=7, explain=True,
+            category="Drama",
+            limit=7,
+            explain=True,
         ),
         max_candidates=10,
     )

@@ -83,7 +83,9 @@ class PostgresOfflineStore:
                 )
                 while True:
                     # xmax = 0 on the returned row: it was inserted, not updated.
-                    item_id, inserted = await cur.fetchone()
+                    returned = await cur.fetchone()
+                    assert returned is not None  # RETURNING: one row per upserted item
+                    item_id, inserted = returned
                     if inserted:
                         created.add(item_id)
                     if not cur.nextset():
@@ -110,6 +112,7 @@ class PostgresOfflineStore:
                 ),
             )
             row = await cur.fetchone()
+        assert row is not None  # an upsert RETURNING its row
         return Profile(
             user_id=row[0],
             preferred_categories=list(row[1]),

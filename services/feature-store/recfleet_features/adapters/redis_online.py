@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from recfleet_store import keys
+from redis.typing import EncodableT, FieldT
 
 from ..rows import decode_hash, decode_values, decode_vector, encode_value, timestamp_field
 from ..validation import CatalogItem, Profile
@@ -175,7 +176,7 @@ class RedisOnlineStore:
         if values is None:
             values = await self._hash_values(user_key, fields)
         return UserRead(
-            stored={name: value for name, value in zip(fields, values) if value is not None},
+            stored={name: value for name, value in zip(fields, values, strict=False) if value is not None},
             vectors=_pairs(vectors),
             serving_version=serving,
             seen=_text(seen).split("\n") if seen else [],
@@ -202,7 +203,7 @@ class RedisOnlineStore:
         key_of = keys.user if entity == "user" else keys.item
         pipe = self.client.pipeline(transaction=False)
         for entity_id, values in rows.items():
-            mapping = {}
+            mapping: dict[FieldT, EncodableT] = {}
             for name, value in values.items():
                 mapping[name] = encode_value(value)
                 mapping[timestamp_field(name)] = encode_value(event_time)
@@ -284,10 +285,10 @@ class RedisOnlineStore:
 
 def _pairs(flat: list) -> dict:
     """A flat [field, value, ...] HGETALL answer (as scripts return it) as a dict."""
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
-def _json_or_none(raw: bytes | None):
+def _json_or_none(raw: bytes | str | None) -> Any:
     if raw is None:
         return None
     try:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import grpc
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet_models.ranking.features import ITEM_FEATURE_NAMES, Candidate
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.resilience import CircuitOpenError
 
-from ..features import ITEM_FEATURE_NAMES, Candidate
 from ..item_cache import ItemFeatureCache, ItemFeatures, Known
 
 FEATURE_STORE_UNAVAILABLE = "feature-store-unavailable"
 SERVICE = "recfleet.features.v1.FeatureStore"
+FeatureStoreDownstream = Downstream["features_pb2_grpc.FeatureStoreAsyncStub"]
 
 
-def feature_store_client(target: str, timeout: float) -> Downstream:
+def feature_store_client(target: str, timeout: float) -> FeatureStoreDownstream:
     """The feature-store dependency: deadline, breaker, retries for GetItemFeatures."""
     return Downstream(
         name="feature-store",
@@ -73,7 +74,9 @@ def _decode_columns(item_ids: list[str], columns) -> dict[str, Known]:
     return decoded
 
 
-async def load_item_features(client: Downstream, candidates: list[Candidate], cache: ItemFeatureCache) -> list[str]:
+async def load_item_features(
+    client: FeatureStoreDownstream, candidates: list[Candidate], cache: ItemFeatureCache
+) -> list[str]:
     """Fill the candidates' item features from the cache, reading only what it lacks in
     one columnar `GetItemFeatures` call; returns the degradations taken (empty when fine).
 
@@ -89,7 +92,7 @@ async def load_item_features(client: Downstream, candidates: list[Candidate], ca
             item_ids=missing, feature_names=list(ITEM_FEATURE_NAMES), columnar=True
         )
         try:
-            response = await client.call("GetItemFeatures", request)
+            response = await client.call(client.stub.GetItemFeatures, request, method="GetItemFeatures")
         except (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError):
             degraded.append(FEATURE_STORE_UNAVAILABLE)
             found.update(cache.stale(missing))

@@ -1,67 +1,24 @@
 """Ranker versions: artifacts in the artifact store, versions in the Postgres registry.
 
-Layout (docs/CONTRACTS.md): `models/ranker/<version>/` holds `model.txt` (LightGBM text
-model), `meta.json` (feature names, training metrics) and `checksums.json` (sha256 of
-both). A version whose checksums do not match is refused and the last good one kept.
+The artifact format (files, checksums, loading) is `recfleet_models.ranking.artifacts`;
+this adapter chooses which version serves and keeps it loaded. A version whose checksums
+do not match is refused and the last good one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 
 import psycopg
 import structlog
-from recfleet_store.artifacts import ArtifactStore, sha256
+from recfleet_models.ranking.artifacts import KIND, ModelLoadError, artifact_prefix, load_ranker
+from recfleet_models.ranking.learned import LearnedRanker
+from recfleet_store.artifacts import ArtifactStore
 from recfleet_store.registry import serving_version_async
 
-from ..learned import LearnedRanker
-
 log = structlog.get_logger("recfleet.ranking.models")
-
-KIND = "ranker"
-MODEL_FILE = "model.txt"
-META_FILE = "meta.json"
-CHECKSUMS_FILE = "checksums.json"
-
-
-class ModelLoadError(RuntimeError):
-    """A ranker version could not be loaded (missing files, bad checksum, bad model)."""
-
-
-def artifact_prefix(version: str) -> str:
-    return f"models/{KIND}/{version}/"
-
-
-def write_ranker(store: ArtifactStore, version: str, model_text: str, meta_json: str) -> str:
-    """Write a version's files (checksums last, so a reader never sees a partial version)."""
-    prefix = artifact_prefix(version)
-    files = {MODEL_FILE: model_text.encode(), META_FILE: meta_json.encode()}
-    for name, data in files.items():
-        store.put_bytes(prefix + name, data)
-    store.put_bytes(prefix + CHECKSUMS_FILE, json.dumps({n: sha256(d) for n, d in files.items()}, indent=2).encode())
-    return prefix
-
-
-def load_ranker(store: ArtifactStore, version: str, prefix: str | None = None) -> LearnedRanker:
-    """Read and verify one version. Raises ModelLoadError with the reason."""
-    prefix = prefix or artifact_prefix(version)
-    if not prefix.endswith("/"):
-        prefix += "/"
-    try:
-        checksums = json.loads(store.get_bytes(prefix + CHECKSUMS_FILE))
-        files = {name: store.get_bytes(prefix + name) for name in (MODEL_FILE, META_FILE)}
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"ranker {version}: {error}") from error
-    for name, data in files.items():
-        if checksums.get(name) != sha256(data):
-            raise ModelLoadError(f"ranker {version}: checksum mismatch for {name}")
-    try:
-        return LearnedRanker.from_text(version, files[MODEL_FILE].decode(), json.loads(files[META_FILE]))
-    except Exception as error:
-        raise ModelLoadError(f"ranker {version}: {error}") from error
 
 
 class RankerVersions:
@@ -70,8 +27,14 @@ class RankerVersions:
     `pinned` (the `ranker_version` setting) overrides the registry, for canaries.
     """
 
-    def __init__(self, store: ArtifactStore, postgres_dsn: str, pinned: str = "", cache_size: int = 3,
-                 retry_failed_seconds: float = 30.0):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        postgres_dsn: str,
+        pinned: str = "",
+        cache_size: int = 3,
+        retry_failed_seconds: float = 30.0,
+    ):
         self.store = store
         self.postgres_dsn = postgres_dsn
         self.pinned = pinned
@@ -91,8 +54,9 @@ class RankerVersions:
 
     async def _artifact_prefix(self, version: str) -> str | None:
         conn = await self._connection()
-        cursor = await conn.execute("SELECT artifact_uri FROM model_versions WHERE version = %s AND kind = %s",
-                                    (version, KIND))
+        cursor = await conn.execute(
+            "SELECT artifact_uri FROM model_versions WHERE version = %s AND kind = %s", (version, KIND)
+        )
         row = await cursor.fetchone()
         return row[0] if row else None
 
@@ -102,7 +66,8 @@ class RankerVersions:
             conn = await self._connection()
             target = self.pinned or await serving_version_async(conn, KIND)
             cursor = await conn.execute("SELECT count(*) FROM items")
-            self.catalog_items = int((await cursor.fetchone())[0])
+            row = await cursor.fetchone()
+            self.catalog_items = int(row[0]) if row else 0
         except psycopg.Error as error:
             log.warning("registry unreachable; keeping the loaded ranker", error=str(error))
             if self._conn is not None:

@@ -91,7 +91,7 @@ class Registry:
         return [name for name in names if name not in known]
 
 
-def parse(document: dict) -> Registry:
+def parse(document: dict[str, Any]) -> Registry:
     """Build a registry from the YAML document's mapping; raises RegistryError with the view's index."""
     raw_views = document.get("views") if isinstance(document, dict) else None
     if not isinstance(raw_views, list) or not raw_views:
@@ -130,8 +130,5 @@ def parse(document: dict) -> Registry:
 
 def load(path: str | Path | None = None) -> Registry:
     """The registry at `path`, or the one bundled with the package when empty."""
-    if path:
-        text = Path(path).read_text()
-    else:
-        text = resources.files(__package__).joinpath(BUNDLED).read_text()
+    text = Path(path).read_text() if path else resources.files(__package__).joinpath(BUNDLED).read_text()
     return parse(yaml.safe_load(text))

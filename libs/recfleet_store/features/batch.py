@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import psycopg
 import redis
+from psycopg.types.json import Jsonb
 
-from ..pointintime import Event, Histories, History
-from ..rows import encode_value
+from .pointintime import Event, Histories, History
 
 WATERMARK_NAME = "online"
 # Values known before any event (catalog and profile fields loaded with historical
@@ -75,6 +75,14 @@ WHERE offline_features.value IS DISTINCT FROM EXCLUDED.value
 """
 
 
+def _scalar(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of a query's single row."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the query returned no row")
+    return row[0]
+
+
 class OfflineBatch:
     """Set-based reads and writes over one Postgres connection (one transaction per run)."""
 
@@ -85,7 +93,8 @@ class OfflineBatch:
         self.conn.close()
 
     def now(self) -> datetime:
-        return self.conn.execute("SELECT now()").fetchone()[0]
+        now: datetime = _scalar(self.conn.execute("SELECT now()"))
+        return now
 
     def watermark(self) -> datetime | None:
         row = self.conn.execute(
@@ -93,12 +102,12 @@ class OfflineBatch:
         ).fetchone()
         return row[0] if row else None
 
-    def save_watermark(self, watermark: datetime, stats: dict) -> None:
+    def save_watermark(self, watermark: datetime, stats: dict[str, Any]) -> None:
         self.conn.execute(
             "INSERT INTO materialization_watermarks (name, watermark, stats) VALUES (%s, %s, %s)"
             " ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, stats = EXCLUDED.stats,"
             " updated_at = now()",
-            (WATERMARK_NAME, watermark, psycopg.types.json.Jsonb(stats)),
+            (WATERMARK_NAME, watermark, Jsonb(stats)),
         )
 
     def commit(self) -> None:
@@ -122,16 +131,20 @@ class OfflineBatch:
             (start, until),
         )
         self.conn.execute("ANALYZE affected_users; ANALYZE affected_items")
-        users = self.conn.execute("SELECT count(*) FROM affected_users").fetchone()[0]
-        items = self.conn.execute("SELECT count(*) FROM affected_items").fetchone()[0]
+        users = int(_scalar(self.conn.execute("SELECT count(*) FROM affected_users")))
+        items = int(_scalar(self.conn.execute("SELECT count(*) FROM affected_items")))
         return users, items
 
     def count_changed(self, table: str, start: datetime, until: datetime) -> int:
-        return self.conn.execute(
-            f"SELECT count(*) FROM {table} WHERE updated_at > %s AND updated_at <= %s", (start, until)
-        ).fetchone()[0]
+        return int(
+            _scalar(
+                self.conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE updated_at > %s AND updated_at <= %s", (start, until)
+                )
+            )
+        )
 
-    def changed_items(self, start: datetime, until: datetime) -> Iterator[tuple]:
+    def changed_items(self, start: datetime, until: datetime) -> Iterator[tuple[Any, ...]]:
         with self.conn.cursor(name="changed_items") as cur:
             cur.itersize = 2000
             cur.execute(
@@ -142,7 +155,7 @@ class OfflineBatch:
             )
             yield from cur
 
-    def changed_profiles(self, start: datetime, until: datetime) -> Iterator[tuple]:
+    def changed_profiles(self, start: datetime, until: datetime) -> Iterator[tuple[Any, ...]]:
         with self.conn.cursor(name="changed_profiles") as cur:
             cur.itersize = 2000
             cur.execute(
@@ -152,7 +165,7 @@ class OfflineBatch:
             )
             yield from cur
 
-    def user_aggregates(self) -> Iterator[tuple]:
+    def user_aggregates(self) -> Iterator[tuple[Any, ...]]:
         """(user, count, last epoch, {category: n}, [seen items]) for every affected user."""
         with self.conn.cursor(name="user_aggregates") as cur:
             cur.itersize = 500
@@ -176,7 +189,7 @@ class OfflineBatch:
             )
             yield from cur
 
-    def item_aggregates(self) -> Iterator[tuple]:
+    def item_aggregates(self) -> Iterator[tuple[Any, ...]]:
         """(item, count, last epoch) for every affected item."""
         with self.conn.cursor(name="item_aggregates") as cur:
             cur.itersize = 5000
@@ -278,7 +291,8 @@ class OnlineBatch:
             self.pending = 0
 
     def hset(self, key: str, values: dict[str, Any]) -> None:
-        self.pipe.hset(key, mapping={name: encode_value(value) for name, value in values.items()})
+        # Values are JSON, as every online-store writer stores them (docs/CONTRACTS.md).
+        self.pipe.hset(key, mapping={name: orjson.dumps(value) for name, value in values.items()})
         self._queued()
 
     def sadd(self, key: str, members: list[str]) -> None:

@@ -1,7 +1,8 @@
 from collections import Counter
 
 import pytest
-from recfleet_ranking.diversity import DiversityPolicy, diversify, explore
+
+from recfleet_models.ranking.diversity import DiversityPolicy, diversify, explore
 
 
 def test_at_most_three_per_primary_category_in_the_window():

@@ -73,14 +73,14 @@ def reason_to_filter(item: Candidate, user: UserContext, category: str = "") -> 
 @dataclass(slots=True)
 class FilterResult:
     kept: list[Candidate]
-    removed: Counter
+    removed: Counter[str]
 
 
 def apply_filters(candidates: list[Candidate], user: UserContext, category: str = "") -> FilterResult:
     """Keep the candidates the user may see; count the others by reason."""
     reason_for = UserFilter.for_user(user, category).reason
     kept: list[Candidate] = []
-    removed: Counter = Counter()
+    removed: Counter[str] = Counter()
     for item in candidates:
         reason = reason_for(item)
         if reason is None:

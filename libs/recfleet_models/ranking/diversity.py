@@ -18,7 +18,7 @@ import hashlib
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 DIVERSITY_CATEGORY = "diversity:category"
@@ -71,8 +71,8 @@ def diversify(
     window_cap = policy.creator_cap(min(policy.window, length)) if policy.window else length
     list_cap = policy.creator_cap(length)
     remaining = list(range(n))
-    per_category: Counter = Counter()
-    per_creator: Counter = Counter()
+    per_category: Counter[str] = Counter()
+    per_creator: Counter[str] = Counter()
     moved: dict[int, list[str]] = {}
     placements: list[Placement] = []
     for position in range(length):
@@ -112,7 +112,7 @@ def diversify(
     return placements
 
 
-def _first(remaining: list[int], accept) -> int | None:
+def _first(remaining: list[int], accept: Callable[[int], bool]) -> int | None:
     for position, index in enumerate(remaining):
         if accept(index):
             return position

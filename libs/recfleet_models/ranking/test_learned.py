@@ -1,8 +1,9 @@
 import math
 
 import pytest
-from recfleet_ranking.features import SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
-from recfleet_ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix
+
+from recfleet_models.ranking.features import SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
+from recfleet_models.ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix
 
 NOW = 1_800_000_000.0
 
@@ -13,12 +14,15 @@ def column(x, name):
 
 def test_feature_matrix_known_values():
     candidates = [
-        Candidate("a", 0.2, categories=("Drama",), popularity=0.5, popularity_7d=2.0, published_at=NOW - 10 * SECONDS_PER_DAY),
+        Candidate(
+            "a", 0.2, categories=("Drama",), popularity=0.5, popularity_7d=2.0, published_at=NOW - 10 * SECONDS_PER_DAY
+        ),
         Candidate("b", 0.8, categories=("Comedy", "Drama"), popularity=0.25, popularity_7d=0.0),
     ]
     assign_ranks(candidates)
     user = UserContext(
-        "u", preferred_categories=frozenset({"Comedy"}),
+        "u",
+        preferred_categories=frozenset({"Comedy"}),
         features={"interaction_count": 7, "affinity:Drama": 0.6, "affinity:Comedy": 0.1},
     )
     x = feature_matrix(candidates, user, NOW, half_life_days=10)

@@ -1,7 +1,8 @@
 """The domain objects ranking works on: candidates with their item features, and the user.
 
-Pure: no protobuf, network or database here. The servicer and the feature-store adapter
-build these from the request and the `GetItemFeatures` rows.
+Pure: no protobuf, network or database here. The ranking service's servicer and
+feature-store adapter build these from the request and the `GetItemFeatures` rows; the
+trainer builds them from point-in-time values.
 """
 
 from __future__ import annotations

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
-from recfleet_store import keys
 from tqdm import tqdm
 
+from .. import keys
 from . import registry as registry_module
-from .adapters.batch import OfflineBatch, OnlineBatch
 from .aggregates import running_category_counts
+from .batch import OfflineBatch, OnlineBatch
 from .pointintime import column, stored_features, training_rows
 
 # Rows committed with an older timestamp than the watermark (long transactions) are
@@ -184,11 +186,11 @@ def export_training_set(
         offline.close()
 
 
-def _cell(value):
+def _cell(value: Any) -> Any:
     return orjson.dumps(value).decode() if isinstance(value, list) else value
 
 
-def _write_csv(out: Path, columns: list[str], rows) -> int:
+def _write_csv(out: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with out.open("w", newline="") as handle:
@@ -200,11 +202,11 @@ def _write_csv(out: Path, columns: list[str], rows) -> int:
     return count
 
 
-def _write_parquet(out: Path, columns: list[str], rows) -> int:
+def _write_parquet(out: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = {name: [] for name in columns}
+    data: dict[str, list[Any]] = {name: [] for name in columns}
     for row in rows:
         for name in columns:
             data[name].append(row[name])

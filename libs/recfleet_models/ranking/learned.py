@@ -1,14 +1,16 @@
 """The learned ranker: LightGBM lambdarank over features shared by training and serving.
 
-`feature_matrix` is the single definition of the ranker's features; the training job
-(`recfleet-jobs train-ranker`) calls it with point-in-time values, the service with the
-feature store's online values, so both see the same columns computed the same way.
+`feature_matrix` is the single definition of the ranker's features; the trainer
+(`recfleet_models.ranking.training`, run by `recfleet-jobs train-ranker` and by offline
+evaluation) calls it with point-in-time values, the ranking service with the feature
+store's online values, so both see the same columns computed the same way.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -63,7 +65,9 @@ def feature_matrix(
     published = np.fromiter((c.published_at for c in candidates), np.float64, n)
     x[:, 6] = freshness_array(published, now, half_life_days)
     x[:, 7] = age_days_array(published, now)
-    x[:, 8] = np.fromiter((1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n)
+    x[:, 8] = np.fromiter(
+        (1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n
+    )
     affinities = user.affinities
     if affinities:
         get = affinities.get
@@ -90,7 +94,7 @@ class LearnedRanker:
         self._columns = np.array([FEATURE_NAMES.index(name) for name in self.feature_names])
 
     @classmethod
-    def from_text(cls, version: str, model_text: str, meta: dict) -> LearnedRanker:
+    def from_text(cls, version: str, model_text: str, meta: dict[str, Any]) -> LearnedRanker:
         booster = lgb.Booster(model_str=model_text)
         names = tuple(meta.get("feature_names") or booster.feature_name())
         return cls(version, booster, names, float(meta.get("freshness_half_life_days", 365.0)))
@@ -100,19 +104,19 @@ class LearnedRanker:
         return feature_matrix(candidates, user, now, self.half_life_days)[:, self._columns]
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        return self.booster.predict(x, num_threads=1)
+        return np.asarray(self.booster.predict(x, num_threads=1))
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """`pred_contrib` (TreeSHAP): `n x (features + 1)`, the last column the bias; rows sum to the score."""
         if len(x) == 0:
             return np.empty((0, len(self.feature_names) + 1))
-        return self.booster.predict(x, num_threads=1, pred_contrib=True)
+        return np.asarray(self.booster.predict(x, num_threads=1, pred_contrib=True))
 
     @property
     def contribution_names(self) -> tuple[str, ...]:
         return (*self.feature_names, BIAS)
 
 
-def model_meta(version: str, feature_names: tuple[str, ...], **extra) -> str:
+def model_meta(version: str, feature_names: tuple[str, ...], **extra: Any) -> str:
     """The `meta.json` document written next to `model.txt`."""
     return json.dumps({"version": version, "feature_names": list(feature_names), **extra}, indent=2, sort_keys=True)

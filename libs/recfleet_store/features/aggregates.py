@@ -21,12 +21,13 @@ def running_category_counts(
     counts: Counter[str] = Counter()
     for event_user, event_ts, categories in events:
         if event_user != user:
-            if user is not None:
+            if user is not None and ts is not None:
                 yield user, ts, dict(counts)
             user, ts, counts = event_user, event_ts, Counter()
         elif event_ts != ts:
-            yield user, ts, dict(counts)
+            if ts is not None:
+                yield event_user, ts, dict(counts)
             ts = event_ts
         counts.update(categories or ())
-    if user is not None:
+    if user is not None and ts is not None:
         yield user, ts, dict(counts)

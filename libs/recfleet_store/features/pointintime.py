@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from recfleet_store.windows import WINDOWS, Window
-
+from ..windows import WINDOWS, Window
 from .registry import FeatureView
 
 
@@ -39,7 +38,7 @@ class History:
     def add(self, event_time: datetime, value: Any) -> None:
         """Append in time order (the offline query sorts); out-of-order adds are re-sorted."""
         if self.times and event_time < self.times[-1]:
-            pairs = sorted([*zip(self.times, self.values), (event_time, value)], key=lambda pair: pair[0])
+            pairs = sorted([*zip(self.times, self.values, strict=False), (event_time, value)], key=lambda pair: pair[0])
             self.times = [t for t, _ in pairs]
             self.values = [v for _, v in pairs]
             return
@@ -106,7 +105,7 @@ def column(view: FeatureView) -> str:
     return f"{view.entity}__{view.name}"
 
 
-def training_rows(events: Iterable[Event], histories: Histories, views: list[FeatureView]) -> Iterator[dict]:
+def training_rows(events: Iterable[Event], histories: Histories, views: list[FeatureView]) -> Iterator[dict[str, Any]]:
     """One row per event: its identity and label fields, then every view's value as of ts."""
     empty = History()
     for event in events:

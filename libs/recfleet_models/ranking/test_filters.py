@@ -1,5 +1,5 @@
-from recfleet_ranking.features import Candidate, UserContext
-from recfleet_ranking.filters import apply_filters, reason_to_filter
+from recfleet_models.ranking.features import Candidate, UserContext
+from recfleet_models.ranking.filters import apply_filters, reason_to_filter
 
 
 def item(item_id="i", **features):
@@ -67,7 +67,8 @@ def test_apply_filters_counts_each_item_once_by_first_reason():
         item("fine"),
     ]
     result = apply_filters(
-        candidates, user(age=16, seen_item_ids=frozenset({"seen-and-blocked"}), blocked_categories=frozenset({"Horror"}))
+        candidates,
+        user(age=16, seen_item_ids=frozenset({"seen-and-blocked"}), blocked_categories=frozenset({"Horror"})),
     )
     assert [c.item_id for c in result.kept] == ["old-enough", "fine"]
     assert result.removed == {"seen": 1, "blocked-category": 1, "age": 1}

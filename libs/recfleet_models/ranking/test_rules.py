@@ -2,8 +2,9 @@ import math
 
 import numpy as np
 import pytest
-from recfleet_ranking.features import SECONDS_PER_DAY, Candidate, freshness
-from recfleet_ranking.rules import RuleWeights, min_max, rule_scores
+
+from recfleet_models.ranking.features import SECONDS_PER_DAY, Candidate, freshness
+from recfleet_models.ranking.rules import RuleWeights, min_max, rule_scores
 
 NOW = 1_800_000_000.0
 
