@@ -25,7 +25,8 @@ import uuid
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from recfleet_gateway.exposures import ExperimentStore, ExposureLog
+from recfleet_gateway.adapters.experiments import ExperimentStore
+from recfleet_gateway.adapters.exposures import ExposureLog
 from recfleet_store.postgres import migrate
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"

@@ -1,5 +1,10 @@
 """gRPC clients for downstream services.
 
+`Downstream` is the transport to one endpoint: its channel, its generated stub and the
+policy every call follows. A call names the stub's bound method (`client.stub.Retrieve`),
+so the request and response types come from the generated `_pb2_grpc.pyi` stubs; services
+wrap it in thin typed clients with one method per RPC.
+
 Every call has a deadline: its own budget, capped by what is left of the caller's.
 Retries on UNAVAILABLE are declared once, in the channel's service config, and only for
 the idempotent reads named by the caller. Each dependency has its own circuit breaker.
@@ -10,8 +15,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 
@@ -48,7 +54,7 @@ def remove_call_observer(observer: CallObserver) -> None:
 # default pick_first policy would send everything to the first one. Servers close
 # connections after a maximum age (grpcserver), which makes the channel resolve the name
 # again and take in pods added since.
-LOAD_BALANCING = [{"round_robin": {}}]
+LOAD_BALANCING: list[dict[str, dict[str, object]]] = [{"round_robin": {}}]
 # Pings on every connection, busy or idle, so a pod that vanished without closing its
 # connections (node lost, network cut) is dropped from the rotation within
 # KEEPALIVE_SECONDS + KEEPALIVE_TIMEOUT_SECONDS. The servers permit this rate.
@@ -104,16 +110,35 @@ def open_channel(
     )
 
 
+StubT = TypeVar("StubT")
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
+ResponseT_co = TypeVar("ResponseT_co", covariant=True)
+Metadata = tuple[tuple[str, str], ...]
+
+
+class UnaryRpc(Protocol[RequestT_contra, ResponseT_co]):
+    """A unary method of a generated `grpc.aio` stub, bound to its channel (`stub.Rank`)."""
+
+    def __call__(
+        self, request: RequestT_contra, *, timeout: float | None = ..., metadata: Metadata = ...
+    ) -> Awaitable[ResponseT_co]: ...
+
+
 @dataclass
-class Downstream:
+class Downstream(Generic[StubT]):
     """One downstream endpoint (a service's stable or canary track, or one shard).
 
-    `call` applies the deadline, the breaker, request-id metadata and client metrics.
+    `stub` is the generated stub on the endpoint's channel; `call` sends one of its methods
+    with the deadline, the breaker, request-id metadata and client metrics applied.
     """
 
     name: str
     target: str
-    stub_class: type
+    # The generated stub class (`features_pb2_grpc.FeatureStoreStub`); on a `grpc.aio`
+    # channel it makes the async stub of the `.pyi` (`FeatureStoreAsyncStub`).
+    stub_class: Callable[[grpc.aio.Channel], StubT]
     service: str
     timeout: float = 0.5
     idempotent_methods: tuple[str, ...] = ()
@@ -125,22 +150,31 @@ class Downstream:
         self.channel = open_channel(
             self.target, self.service, self.idempotent_methods, self.min_seconds_between_resolutions
         )
-        self.stub = self.stub_class(self.channel)
+        self.stub: StubT = self.stub_class(self.channel)
         if self.breaker is None:
             self.breaker = CircuitBreaker(f"{self.name}:{self.track}")
 
-    async def call(self, method: str, request, timeout: float | None = None):
+    async def call(
+        self,
+        rpc: UnaryRpc[RequestT, ResponseT],
+        request: RequestT,
+        *,
+        method: str,
+        timeout: float | None = None,
+    ) -> ResponseT:
+        """`rpc(request)` within the budget (`timeout`, else the endpoint's, capped by what
+        is left of the caller's deadline). `method` is the RPC's name in the metrics
+        (`grpc_method`) and in nothing else: `client.call(client.stub.Rank, request,
+        method="Rank")`."""
         self.breaker.before_call()
         budget = remaining(timeout if timeout is not None else self.timeout)
         if budget <= 0:
             self._record(method, grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
             raise DeadlineSpentError(self.name)
-        metadata = (
-            ((REQUEST_ID_HEADER, request_id),) if (request_id := request_id_var.get()) else ()
-        )
+        metadata: Metadata = ((REQUEST_ID_HEADER, request_id),) if (request_id := request_id_var.get()) else ()
         started = time.perf_counter()
         try:
-            response = await getattr(self.stub, method)(request, timeout=budget, metadata=metadata)
+            response = await rpc(request, timeout=budget, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             self._record(method, error.code(), time.perf_counter() - started)
             if error.code() in BREAKER_CODES:

@@ -1,136 +1,34 @@
-"""The FastAPI application factory: wires settings, stores and downstream clients to
-the routers, errors to problem+json, and the observability layers."""
+"""The FastAPI application factory: wires the `Gateway` (gateway.py) to the routers of the
+request path (serving/api) and the control plane (control/api), errors to problem+json,
+and the observability layers."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from psycopg_pool import AsyncConnectionPool
 from recfleet_runtime import tracing
-from recfleet_runtime.canary import Gates
 from recfleet_runtime.heap import settle_heap
-from recfleet_store.postgres import open_pool
-from recfleet_store.traffic import TrafficStore
-from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import problems
-from .api import admin, catalog, events, experiments, health, ops, recommendations, traffic, users
-from .api.admin import Registry
-from .auth import ApiKeyStore
-from .cache import CursorCodec, ResultCache
-from .clients import Fleet
-from .erasure import ErasureService
-from .exposures import ExperimentBook, ExperimentStore, ExposureLog
-from .jobs import JobRunner
+from .control.api import admin, experiments, ops, traffic
+from .gateway import Gateway
 from .lifecycle import Drain
-from .middleware import GatewayMiddleware
-from .pipeline import Recommender
-from .ratelimit import RateLimiter, bounded_pool
-from .responses import JSONBody
+from .rest import problems
+from .rest.middleware import GatewayMiddleware
+from .rest.responses import JSONBody
+from .serving.api import catalog, events, health, recommendations, users
 from .settings import GatewaySettings
-from .traffic import TrafficController
 
-# A Redis that stops answering must cost a request a fraction of its budget, not hang
-# it: the cache and the limits fail open (see cache.py and ratelimit.py).
-REDIS_WAIT_SECONDS = 0.25
+# In this order: the order of the OpenAPI document's paths.
+ROUTERS = (recommendations, events, catalog, users, admin, ops, traffic, experiments, health)
 
 
-@dataclass
-class Gateway:
-    """Everything the routes use, built once per process."""
-
-    settings: GatewaySettings
-    fleet: Fleet
-    redis: Redis
-    pool: AsyncConnectionPool
-    keys: ApiKeyStore
-    limiter: RateLimiter
-    cache: ResultCache
-    recommender: Recommender
-    erasures: ErasureService
-    jobs: JobRunner
-    registry: Registry
-    traffic: TrafficController
-    experiments: ExperimentBook
-
-    @classmethod
-    async def open(cls, settings: GatewaySettings) -> Gateway:
-        # Each pool serves at most two commands at once per request in flight.
-        connections = 2 * (settings.max_in_flight or 64)
-        redis = Redis.from_pool(bounded_pool(settings.redis_url, connections, REDIS_WAIT_SECONDS))
-        pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
-        fleet = Fleet(settings)
-        cache = ResultCache(
-            redis, settings.cache_ttl_seconds, max(settings.cursor_ttl_seconds, settings.cache_ttl_seconds)
-        )
-        limiter = RateLimiter(
-            settings.redis_url,
-            settings.rate_limit_per_key,
-            settings.rate_limit_per_user,
-            settings.rate_limits_per_scope,
-            timeout_seconds=REDIS_WAIT_SECONDS,
-            max_connections=connections,
-        )
-        default_gates = Gates(
-            max_error_rate=settings.canary_max_error_rate,
-            max_p99_seconds=settings.canary_max_p99_seconds,
-            window_seconds=settings.canary_window_seconds,
-            min_requests=settings.canary_min_requests,
-        )
-        traffic = TrafficController(
-            fleet,
-            TrafficStore(redis),
-            pool,
-            settings.routing_file,
-            settings.canary_weights,
-            gates={service: dataclasses.replace(default_gates, **overrides)
-                   for service, overrides in settings.canary_gates.items()},
-            default_gates=default_gates,
-            refresh_seconds=settings.traffic_refresh_seconds,
-            analysis_seconds=settings.canary_analysis_seconds,
-        )
-        await traffic.start()
-        experiments = ExperimentBook(
-            ExperimentStore(pool),
-            ExposureLog(pool, settings.exposure_flush_seconds, settings.exposure_buffer_limit),
-            settings.experiments_refresh_seconds,
-        )
-        await experiments.start()
-        return cls(
-            settings=settings,
-            fleet=fleet,
-            redis=redis,
-            pool=pool,
-            keys=ApiKeyStore(pool, settings.bootstrap_admin_key, settings.api_key_cache_seconds),
-            limiter=limiter,
-            cache=cache,
-            recommender=Recommender(
-                settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow, experiments
-            ),
-            erasures=ErasureService(pool, fleet, cache, limiter, experiments.exposures),
-            jobs=JobRunner(pool, settings.jobs_command or None, settings.job_output_limit_bytes),
-            registry=Registry(settings.postgres_dsn, settings.redis_url),
-            traffic=traffic,
-            experiments=experiments,
-        )
-
-    async def close(self) -> None:
-        await self.traffic.stop()
-        await self.experiments.stop()
-        await self.erasures.drain()
-        await self.fleet.close()
-        await self.pool.close()
-        await self.redis.aclose()
-
-
-def _openapi(app: FastAPI) -> dict:
+def _openapi(app: FastAPI) -> dict[str, Any]:
     """OpenAPI with problem+json in place of FastAPI's 422 and the API-key schemes."""
     if app.openapi_schema:
         return app.openapi_schema
@@ -189,7 +87,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation)
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
-    for module in (recommendations, events, catalog, users, admin, ops, traffic, experiments, health):
+    for module in ROUTERS:
         app.include_router(module.router)
     app.state.drain = drain
     app.add_middleware(

@@ -1,8 +1,10 @@
 """Online experiments in the recommendation path: which experiment a request takes part
 in, which variant a user gets, what that variant asks of ranking, and the readout body.
 
-Pure logic over `recfleet_models.experiments` (bucketing and statistics); the Postgres
-side and the exposure log are in exposures.py.
+Pure logic over `recfleet_models.experiments` (bucketing and statistics), shared by the
+request path (assignment: serving/experiment_book.py) and the control plane (validation
+and readout: control/api/experiments.py); the Postgres side is in adapters/experiments.py
+and adapters/exposures.py.
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
 """Known-answer tests of the gateway's pure pieces: track assignment, cursors, merging,
-error field paths and key extraction."""
+the ranked list as a snapshot keeps it, error field paths and key extraction."""
 
 from __future__ import annotations
 
 import pytest
 from recfleet.common.v1 import common_pb2
+from recfleet.ranking.v1 import ranking_pb2
 
-from .auth import key_from_headers
-from .cache import CursorCodec, parameters_digest
-from .clients import CANARY, STABLE, TrackRouter, tracks_header
-from .pipeline import interleave, merge_by_score, overlap_at_k
-from .problems import Problem, _field_path
+from .downstream.tracks import CANARY, STABLE, TrackRouter, tracks_header
+from .rest.auth import key_from_headers
+from .rest.problems import Problem, _field_path
+from .serving.cache import CursorCodec, parameters_digest
+from .serving.fallbacks import interleave
+from .serving.ranking_call import ranked_items
+from .serving.recommender import model_version
+from .serving.retrieval import merge_by_score
+from .serving.shadow import overlap_at_k
 
 
 def scored(item_id: str, score: float) -> common_pb2.ScoredItem:
@@ -75,6 +80,34 @@ def test_interleave_round_robins_sources_without_duplicates():
 def test_overlap_at_k():
     assert overlap_at_k(["a", "b", "c", "d"], ["d", "c", "x", "y"], k=4) == 0.5
     assert overlap_at_k([], ["a"]) == 1.0
+
+
+def test_ranked_items_round_scores_and_explain_only_when_asked():
+    ranked = ranking_pb2.RankResponse(
+        items=[
+            ranking_pb2.RankedItem(
+                item_id="a",
+                score=0.123456789,
+                source="als",
+                explanation=ranking_pb2.Explanation(
+                    candidate_score=0.5, contributions={"popularity": 0.0625}, rules=["diversity"]
+                ),
+            ),
+            ranking_pb2.RankedItem(item_id="b", score=0.25, source="popular"),
+        ]
+    )
+    assert ranked_items(ranked, explain=False) == [
+        {"item_id": "a", "score": 0.123457, "source": "als"},
+        {"item_id": "b", "score": 0.25, "source": "popular"},
+    ]
+    explained = ranked_items(ranked, explain=True)[0]["explanation"]
+    assert explained == {"candidate_score": 0.5, "ranker_contributions": {"popularity": 0.0625}, "rules": ["diversity"]}
+
+
+def test_model_version_names_retrieval_and_the_rung():
+    assert model_version("als-7", "ranker", "ranker-3") == "als-7+ranker-3"
+    assert model_version("als-7", "rules", "ranker-3") == "als-7+rules"
+    assert model_version("", "ranker", "") == "cold-start+rules"
 
 
 def test_field_paths():

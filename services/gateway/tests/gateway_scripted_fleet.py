@@ -302,7 +302,9 @@ class ScriptedFleet:
 
         def shards() -> list[ScriptedServer]:
             return [
-                ScriptedServer(ScriptedShard(i, shard_count), candidates_pb2_grpc.add_CandidateServiceServicer_to_server)
+                ScriptedServer(
+                    ScriptedShard(i, shard_count), candidates_pb2_grpc.add_CandidateServiceServicer_to_server
+                )
                 for i in range(shard_count)
             ]
 

@@ -32,7 +32,7 @@ def assert_problem(reply, status: int) -> dict:
     assert reply.status_code == status, reply.text
     assert reply.headers["content-type"] == "application/problem+json"
     body = reply.json()
-    assert PROBLEM_KEYS <= set(body)
+    assert set(body) >= PROBLEM_KEYS
     assert body["status"] == status
     assert body["request_id"] == reply.headers["X-Request-ID"]
     return body

@@ -107,7 +107,7 @@ async def read_canaries(gateway_settings):
 
 def sample(metrics: str, name: str, service: str) -> float:
     prefix = f'{name}{{service="{service}"}} '
-    return float(next(line[len(prefix):] for line in metrics.splitlines() if line.startswith(prefix)))
+    return float(next(line[len(prefix) :] for line in metrics.splitlines() if line.startswith(prefix)))
 
 
 async def test_shard_and_feature_reads_are_mirrored_and_compared(read_canaries, redis_url):
@@ -151,7 +151,9 @@ async def test_writes_are_never_mirrored(read_canaries):
     problem = assert_problem(reply, 400)
     assert problem["errors"] == [{"field": "body.shadow_percent", "message": "must be 0 for event-ingest"}]
     # A weight is fine: the canary takes a share of the writes instead of a copy of them.
-    assert (await http.put("/admin/v1/traffic/event-ingest", json={"weight": 50, "shadow_percent": 0})).status_code == 200
+    assert (
+        await http.put("/admin/v1/traffic/event-ingest", json={"weight": 50, "shadow_percent": 0})
+    ).status_code == 200
     events = [{"user_id": f"writer-{i}", "item_id": "m1", "type": "click"} for i in range(40)]
     for event in events:
         assert (await http.post("/v1/events", json={"events": [event]})).status_code == 202

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from gateway_test_support import ADMIN_KEY, assert_problem, http_client, metrics_text, running_app
-from recfleet_gateway.auth import SCOPES
+from recfleet_gateway.rest.auth import SCOPES
 
 
 async def test_unknown_query_parameter_is_named(client):
@@ -144,8 +144,8 @@ async def test_rate_limit_holds_for_a_burst_larger_than_its_connection_pool(redi
     """A burst of checks larger than the limit store's connection pool waits for
     connections and is counted, rather than let through uncounted."""
     from prometheus_client import REGISTRY
-    from recfleet_gateway.problems import Problem
-    from recfleet_gateway.ratelimit import RateLimiter
+    from recfleet_gateway.rest.problems import Problem
+    from recfleet_gateway.rest.ratelimit import RateLimiter
 
     # Generous waits: this is about the pool, not about a slow machine.
     limiter = RateLimiter(redis_url, "1000/minute", "5/minute", timeout_seconds=10, max_connections=4)
@@ -179,7 +179,7 @@ async def test_a_limit_store_that_stops_answering_lets_requests_through_quickly(
     """The limits protect the fleet but must not take it down: a Redis that accepts
     connections and never answers costs a request a bounded wait, then lets it through."""
     from prometheus_client import REGISTRY
-    from recfleet_gateway.ratelimit import RateLimiter
+    from recfleet_gateway.rest.ratelimit import RateLimiter
 
     accepted = []
 

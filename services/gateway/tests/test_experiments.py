@@ -51,7 +51,8 @@ async def exposures_of(pg_dsn, experiment: str, expected: int, timeout: float = 
     while True:
         async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
             cur = await conn.execute(
-                "SELECT request_id, variant, user_id, item_ids FROM exposures WHERE experiment = %s ORDER BY created_at",
+                "SELECT request_id, variant, user_id, item_ids FROM exposures WHERE experiment = %s"
+                " ORDER BY created_at",
                 (experiment,),
             )
             rows = await cur.fetchall()
@@ -239,12 +240,12 @@ async def test_readout_flags_a_skewed_split(client, pg_dsn):
 async def served(app):
     """The gateway on a real port, for the CLI."""
     import uvicorn
-    from recfleet_store.kafka import free_port
+    from recfleet_runtime.ports import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
         await asyncio.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

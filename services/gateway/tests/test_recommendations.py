@@ -298,8 +298,7 @@ async def test_overload_is_shed_with_503_while_admin_and_probes_still_answer(gat
     overloaded = gateway_settings.model_copy(update={"max_in_flight": 2})
     async with running_app(overloaded) as application, http_client(application) as client:
         started = [
-            asyncio.ensure_future(client.get("/v1/recommendations", params={"user_id": f"warm-{i}"}))
-            for i in range(5)
+            asyncio.ensure_future(client.get("/v1/recommendations", params={"user_id": f"warm-{i}"})) for i in range(5)
         ]
         await asyncio.sleep(0.2)
         # While two requests hold both slots, operators and probes still get through.

@@ -5,6 +5,7 @@ workers; SIGTERM drains before it stops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import time
 import httpx
 import pytest
 from gateway_test_support import ADMIN_KEY
-from recfleet_store.kafka import free_port
+from recfleet_runtime.ports import free_port
 
 DRAIN_SECONDS = 3.0
 
@@ -49,7 +50,14 @@ def gateway_env(fleet, pg_dsn: str, redis_url: str, port: int, metrics_port: int
 
 def spawn(env: dict[str, str], log_path) -> subprocess.Popen:
     with open(log_path, "wb") as log:  # the child keeps its own copy
-        return subprocess.Popen([sys.executable, "-m", "recfleet_gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        # A session of its own: teardown stops the parent and its workers together.
+        return subprocess.Popen(
+            [sys.executable, "-m", "recfleet_gateway"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 @pytest.fixture
@@ -74,13 +82,13 @@ async def gateway_process(fleet, pg_dsn, redis_url, tmp_path):
                 await asyncio.sleep(0.2)
         yield process, url, f"http://127.0.0.1:{metrics_port}/metrics", metrics_dir
     finally:
-        if process.poll() is None:
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
 def counted(text: str, route: str) -> float:
-    pattern = re.compile(r'^recfleet_gateway_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.MULTILINE)
+    pattern = re.compile(r"^recfleet_gateway_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
     return sum(float(m["value"]) for m in pattern.finditer(text) if f'route="{route}"' in m["labels"])
 
 

@@ -100,7 +100,8 @@ async def test_profile_and_export(client, fleet, pg_dsn):
     }
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO events (event_id, user_id, item_id, type, ts) VALUES (gen_random_uuid(), 'exp-1', 'm1', 'view', now())"
+            "INSERT INTO events (event_id, user_id, item_id, type, ts)"
+            " VALUES (gen_random_uuid(), 'exp-1', 'm1', 'view', now())"
         )
     export = (await client.get("/v1/users/exp-1/export")).json()
     assert export["feature_store"]["profile"]["age"] == 15
@@ -123,7 +124,7 @@ async def test_erasure_receipt_flow(app, client, fleet, redis_url):
     assert done["stores"]["gateway"]["state"] == "done"
     assert fleet.ingest.servicer.erased == ["gone-1"] and fleet.features.servicer.erased == ["gone-1"]
     assert not redis.Redis.from_url(redis_url).exists(keys.result_cache("gone-1"))
-    assert not [k for k in redis.Redis.from_url(redis_url).scan_iter("*gone-1*")]
+    assert not list(redis.Redis.from_url(redis_url).scan_iter("*gone-1*"))
 
 
 async def test_erasure_that_keeps_failing_is_reported(app, client, fleet):

@@ -1,0 +1,2 @@
+"""The `/admin/v1` routes (scope `admin`): map JSON to calls on the control plane and back,
+nothing else."""

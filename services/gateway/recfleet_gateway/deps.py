@@ -1,0 +1,91 @@
+"""Dependencies every route shares, on the request path and in the control plane: the
+gateway's services, authorization with rate limits, and the rejection of unknown query
+parameters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from .gateway import Gateway
+from .rest.auth import Principal, authenticate
+from .rest.problems import Problem
+from .rest.schemas import ID_PATTERN, ProblemDetails
+
+PROBLEM: dict[str, Any] = {"model": ProblemDetails, "content": {"application/problem+json": {}}}
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM, 500: PROBLEM}
+_allowed_cache: dict[int, frozenset[str]] = {}
+
+
+async def gateway(request: Request) -> Gateway:
+    """The `Gateway` built at start-up (app.py's lifespan). A coroutine: FastAPI runs a plain
+    function dependency in a worker thread, a hop every request would pay for."""
+    services: Gateway = request.app.state.gateway
+    return services
+
+
+Services = Annotated[Gateway, Depends(gateway)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def allowed_query(route: APIRoute) -> frozenset[str]:
+    found = _allowed_cache.get(id(route))
+    if found is None:
+        found = frozenset(_query_names(route.dependant))
+        _allowed_cache[id(route)] = found
+    return found
+
+
+def reject_unknown_query(request: Request) -> None:
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params.keys()) - allowed_query(route))
+    if unknown:
+        raise Problem(
+            400,
+            f"unknown query parameter(s): {', '.join(unknown)}",
+            errors=[{"field": f"query.{name}", "message": "unknown query parameter"} for name in unknown],
+        )
+
+
+def authorize(scope: str, user_from: str | None = None) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the key must hold `scope`; then per-key and (when `user_from` names a
+    query or path parameter) per-user rate limits apply; then unknown query parameters
+    are refused."""
+
+    async def dependency(
+        request: Request,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+        x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Principal:
+        services: Gateway = request.app.state.gateway
+        principal = await authenticate(services.keys, authorization, x_api_key, scope)
+        user_id = None
+        if user_from:
+            user_id = request.path_params.get(user_from) or request.query_params.get(user_from)
+            if user_id is not None and not _valid_id(user_id):
+                user_id = None
+        await services.limiter.check(principal.key_id, scope, user_id)
+        reject_unknown_query(request)
+        return principal
+
+    return dependency
+
+
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def _valid_id(value: str) -> bool:
+    return _ID_RE.match(value) is not None

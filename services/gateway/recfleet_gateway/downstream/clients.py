@@ -1,0 +1,158 @@
+"""One typed client per downstream gRPC service, with a method per RPC the gateway uses.
+
+Each client is a `Downstream` (deadline, circuit breaker, request id and client metrics:
+`recfleet_runtime.grpcclient`) on one endpoint, a service's stable or canary track or
+one candidate-gen shard. A method sends the generated stub's RPC, so its request and
+response types are those of the `_pb2` messages and "go to definition" leads from a
+call to the generated stub.
+"""
+
+from __future__ import annotations
+
+import grpc
+from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
+from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
+from recfleet_runtime.resilience import CircuitOpenError
+
+from .tracks import CANDIDATE_GEN, EVENT_INGEST, FEATURE_STORE, RANKING
+
+# What a call that got no answer raises: the RPC's own error, an open breaker, or a
+# budget spent before the call was sent.
+DOWNSTREAM_ERRORS = (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError)
+
+
+def is_timeout(error: BaseException) -> bool:
+    if isinstance(error, DeadlineSpentError):
+        return True
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CandidateClient(Downstream["candidates_pb2_grpc.CandidateServiceAsyncStub"]):
+    """One candidate-gen shard (`recfleet.candidates.v1.CandidateService`): the FAISS index
+    of the items the shard owns."""
+
+    def __init__(self, shard: int, target: str, track: str, timeout: float):
+        super().__init__(
+            name=f"{CANDIDATE_GEN}-shard-{shard}",
+            target=target,
+            stub_class=candidates_pb2_grpc.CandidateServiceStub,
+            service="recfleet.candidates.v1.CandidateService",
+            timeout=timeout,
+            idempotent_methods=("Retrieve", "SimilarItems", "GetShardStatus"),
+            track=track,
+        )
+
+    async def retrieve(self, request: candidates_pb2.RetrieveRequest) -> candidates_pb2.RetrieveResponse:
+        return await self.call(self.stub.Retrieve, request, method="Retrieve")
+
+    async def similar_items(self, request: candidates_pb2.SimilarItemsRequest) -> candidates_pb2.SimilarItemsResponse:
+        return await self.call(self.stub.SimilarItems, request, method="SimilarItems")
+
+    async def get_shard_status(
+        self, request: candidates_pb2.GetShardStatusRequest, timeout: float | None = None
+    ) -> candidates_pb2.ShardStatus:
+        return await self.call(self.stub.GetShardStatus, request, method="GetShardStatus", timeout=timeout)
+
+
+class RankingClient(Downstream["ranking_pb2_grpc.RankingServiceAsyncStub"]):
+    """The ranking service (`recfleet.ranking.v1.RankingService`) on one track."""
+
+    def __init__(self, target: str, track: str, timeout: float):
+        super().__init__(
+            name=RANKING,
+            target=target,
+            stub_class=ranking_pb2_grpc.RankingServiceStub,
+            service="recfleet.ranking.v1.RankingService",
+            timeout=timeout,
+            idempotent_methods=("Rank", "GetModelStatus"),
+            track=track,
+        )
+
+    async def rank(self, request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
+        return await self.call(self.stub.Rank, request, method="Rank")
+
+
+class FeatureStoreClient(Downstream["features_pb2_grpc.FeatureStoreAsyncStub"]):
+    """The feature store (`recfleet.features.v1.FeatureStore`) on one track: user and item
+    features, popular items, and the catalog and profile writes behind the REST API."""
+
+    def __init__(self, target: str, track: str, timeout: float):
+        super().__init__(
+            name=FEATURE_STORE,
+            target=target,
+            stub_class=features_pb2_grpc.FeatureStoreStub,
+            service="recfleet.features.v1.FeatureStore",
+            timeout=timeout,
+            idempotent_methods=(
+                "GetUserFeatures",
+                "GetItemFeatures",
+                "GetPopularItems",
+                "ListFeatureViews",
+                "ExportUser",
+            ),
+            track=track,
+        )
+
+    async def get_user_features(
+        self, request: features_pb2.GetUserFeaturesRequest
+    ) -> features_pb2.GetUserFeaturesResponse:
+        return await self.call(self.stub.GetUserFeatures, request, method="GetUserFeatures")
+
+    async def get_item_features(
+        self, request: features_pb2.GetItemFeaturesRequest, timeout: float | None = None
+    ) -> features_pb2.GetItemFeaturesResponse:
+        return await self.call(self.stub.GetItemFeatures, request, method="GetItemFeatures", timeout=timeout)
+
+    async def get_popular_items(
+        self, request: features_pb2.GetPopularItemsRequest, timeout: float | None = None
+    ) -> features_pb2.GetPopularItemsResponse:
+        return await self.call(self.stub.GetPopularItems, request, method="GetPopularItems", timeout=timeout)
+
+    async def upsert_items(
+        self, request: features_pb2.UpsertItemsRequest, timeout: float | None = None
+    ) -> features_pb2.UpsertItemsResponse:
+        return await self.call(self.stub.UpsertItems, request, method="UpsertItems", timeout=timeout)
+
+    async def put_user_profile(
+        self, request: features_pb2.PutUserProfileRequest, timeout: float | None = None
+    ) -> features_pb2.PutUserProfileResponse:
+        return await self.call(self.stub.PutUserProfile, request, method="PutUserProfile", timeout=timeout)
+
+    async def export_user(
+        self, request: features_pb2.ExportUserRequest, timeout: float | None = None
+    ) -> features_pb2.ExportUserResponse:
+        return await self.call(self.stub.ExportUser, request, method="ExportUser", timeout=timeout)
+
+    async def erase_user(
+        self, request: features_pb2.EraseUserRequest, timeout: float | None = None
+    ) -> features_pb2.EraseUserResponse:
+        return await self.call(self.stub.EraseUser, request, method="EraseUser", timeout=timeout)
+
+
+class IngestClient(Downstream["ingest_pb2_grpc.EventIngestAsyncStub"]):
+    """Event ingest (`recfleet.ingest.v1.EventIngest`) on one track. Its calls are writes:
+    never retried by the channel, never mirrored to a canary."""
+
+    def __init__(self, target: str, track: str, timeout: float):
+        super().__init__(
+            name=EVENT_INGEST,
+            target=target,
+            stub_class=ingest_pb2_grpc.EventIngestStub,
+            service="recfleet.ingest.v1.EventIngest",
+            timeout=timeout,
+            idempotent_methods=(),
+            track=track,
+        )
+
+    async def ingest(
+        self, request: ingest_pb2.IngestRequest, timeout: float | None = None
+    ) -> ingest_pb2.IngestResponse:
+        return await self.call(self.stub.Ingest, request, method="Ingest", timeout=timeout)
+
+    async def erase_user(
+        self, request: ingest_pb2.EraseUserRequest, timeout: float | None = None
+    ) -> ingest_pb2.EraseUserResponse:
+        return await self.call(self.stub.EraseUser, request, method="EraseUser", timeout=timeout)

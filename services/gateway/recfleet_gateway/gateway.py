@@ -1,0 +1,124 @@
+"""`Gateway`: everything the routes use, built once per process at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, cast
+
+from psycopg_pool import AsyncConnectionPool
+from recfleet_runtime.canary import Gates
+from recfleet_store.postgres import open_pool
+from recfleet_store.traffic import TrafficStore
+from redis.asyncio import Redis
+
+from .adapters.api_keys import ApiKeyTable
+from .adapters.erasures import ErasureTable
+from .adapters.experiments import ExperimentStore
+from .adapters.exposures import ExposureLog
+from .adapters.jobs import JobTable
+from .adapters.model_registry import Registry
+from .control.jobs import JobRunner
+from .control.traffic import TrafficController
+from .downstream.fleet import Fleet
+from .rest.auth import ApiKeyStore
+from .rest.ratelimit import RateLimiter, bounded_pool
+from .serving.cache import CursorCodec, ResultCache
+from .serving.erasure import ErasureService
+from .serving.experiment_book import ExperimentBook
+from .serving.recommender import Recommender
+from .settings import GatewaySettings
+
+# A Redis that stops answering must cost a request a fraction of its budget, not hang
+# it: the cache and the limits fail open (see serving/cache.py and rest/ratelimit.py).
+REDIS_WAIT_SECONDS = 0.25
+
+
+@dataclass
+class Gateway:
+    """Everything the routes use, built once per process."""
+
+    settings: GatewaySettings
+    fleet: Fleet
+    redis: Redis
+    pool: AsyncConnectionPool
+    keys: ApiKeyStore
+    limiter: RateLimiter
+    cache: ResultCache
+    recommender: Recommender
+    erasures: ErasureService
+    jobs: JobRunner
+    registry: Registry
+    traffic: TrafficController
+    experiments: ExperimentBook
+
+    @classmethod
+    async def open(cls, settings: GatewaySettings) -> Gateway:
+        # Each pool serves at most two commands at once per request in flight.
+        connections = 2 * (settings.max_in_flight or 64)
+        redis = Redis.from_pool(bounded_pool(settings.redis_url, connections, REDIS_WAIT_SECONDS))
+        pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
+        fleet = Fleet(settings)
+        cache = ResultCache(
+            redis, settings.cache_ttl_seconds, max(settings.cursor_ttl_seconds, settings.cache_ttl_seconds)
+        )
+        limiter = RateLimiter(
+            settings.redis_url,
+            settings.rate_limit_per_key,
+            settings.rate_limit_per_user,
+            settings.rate_limits_per_scope,
+            timeout_seconds=REDIS_WAIT_SECONDS,
+            max_connections=connections,
+        )
+        default_gates = Gates(
+            max_error_rate=settings.canary_max_error_rate,
+            max_p99_seconds=settings.canary_max_p99_seconds,
+            window_seconds=settings.canary_window_seconds,
+            min_requests=settings.canary_min_requests,
+        )
+        traffic = TrafficController(
+            fleet,
+            TrafficStore(redis),
+            pool,
+            settings.routing_file,
+            settings.canary_weights,
+            gates={
+                service: dataclasses.replace(default_gates, **cast(dict[str, Any], overrides))
+                for service, overrides in settings.canary_gates.items()
+            },
+            default_gates=default_gates,
+            refresh_seconds=settings.traffic_refresh_seconds,
+            analysis_seconds=settings.canary_analysis_seconds,
+        )
+        await traffic.start()
+        experiments = ExperimentBook(
+            ExperimentStore(pool),
+            ExposureLog(pool, settings.exposure_flush_seconds, settings.exposure_buffer_limit),
+            settings.experiments_refresh_seconds,
+        )
+        await experiments.start()
+        return cls(
+            settings=settings,
+            fleet=fleet,
+            redis=redis,
+            pool=pool,
+            keys=ApiKeyStore(ApiKeyTable(pool), settings.bootstrap_admin_key, settings.api_key_cache_seconds),
+            limiter=limiter,
+            cache=cache,
+            recommender=Recommender(
+                settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow, experiments
+            ),
+            erasures=ErasureService(ErasureTable(pool), fleet, cache, limiter, experiments.exposures),
+            jobs=JobRunner(JobTable(pool), settings.jobs_command or None, settings.job_output_limit_bytes),
+            registry=Registry(settings.postgres_dsn, settings.redis_url),
+            traffic=traffic,
+            experiments=experiments,
+        )
+
+    async def close(self) -> None:
+        await self.traffic.stop()
+        await self.experiments.stop()
+        await self.erasures.drain()
+        await self.fleet.close()
+        await self.pool.close()
+        await self.redis.aclose()

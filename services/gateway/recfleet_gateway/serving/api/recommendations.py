@@ -1,0 +1,113 @@
+"""`GET /v1/recommendations`, `GET /v1/items/{item_id}/similar`, `GET /v1/popular`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from prometheus_client import Counter
+
+from ...deps import COMMON_ERRORS, PROBLEM, Services, authorize
+from ...rest.auth import Principal
+from ...rest.problems import Problem
+from ...rest.responses import JSONBody
+from ...rest.schemas import ID_PATTERN
+from ..query import RecommendationQuery
+from ..schemas import PopularItems, Recommendations, SimilarItems
+
+router = APIRouter(tags=["recommendations"])
+# Every page answered, by the rung that served it (ranker, rules, popular) and whether it
+# was empty: the fallback-rate and empty-list alerts read it.
+SERVED = Counter(
+    "recfleet_gateway_recommendations_total",
+    "Recommendation pages answered, by the rung that served them and whether they were empty.",
+    ["served_by", "empty"],
+)
+_ID_RE = re.compile(ID_PATTERN)
+READ = "recommend:read"
+UserId = Annotated[str, Query(pattern=ID_PATTERN, description="The user to recommend for.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page, 1-100.")]
+Label = Annotated[str, Query(max_length=128, pattern=r"^[^\x00-\x1f]*$")]
+
+
+def parse_exclude(values: list[str]) -> tuple[str, ...]:
+    """Repeated and/or comma-separated item ids."""
+    ids = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    bad = [item for item in ids if not _ID_RE.match(item)]
+    if bad:
+        raise Problem(
+            400,
+            f"exclude holds invalid item ids: {', '.join(bad[:5])}",
+            errors=[{"field": "query.exclude", "message": f"invalid item id {item!r}"} for item in bad[:20]],
+        )
+    if len(ids) > 500:
+        raise Problem(
+            400, "exclude holds more than 500 ids", errors=[{"field": "query.exclude", "message": "too many"}]
+        )
+    return tuple(dict.fromkeys(ids))
+
+
+@router.get(
+    "/v1/recommendations",
+    response_model=Recommendations,
+    responses={**COMMON_ERRORS, 410: PROBLEM, 503: PROBLEM},
+    summary="Personalised recommendations, paginated by cursor",
+)
+async def recommendations(
+    *,
+    user_id: UserId,
+    _: Annotated[Principal, Depends(authorize(READ, user_from="user_id"))],
+    limit: Limit = 20,
+    surface: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:\-]{0,64}$", description="Where the list is shown.")] = "",
+    cursor: Annotated[str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")] = None,
+    explain: Annotated[bool, Query(description="Add per-item explanations.")] = False,
+    exclude: Annotated[list[str] | None, Query(description="Item ids to leave out (repeat or comma-separate).")] = None,
+    category: Label = "",
+    services: Services,
+):
+    query = RecommendationQuery(
+        user_id=user_id,
+        limit=limit,
+        surface=surface,
+        cursor=cursor or None,
+        explain=explain,
+        exclude=parse_exclude(exclude or []),
+        category=category,
+    )
+    answer = await services.recommender.recommend(query)
+    SERVED.labels(answer["served_by"], "true" if not answer["items"] else "false").inc()
+    return JSONBody(answer)
+
+
+@router.get(
+    "/v1/items/{item_id}/similar",
+    response_model=SimilarItems,
+    responses={**COMMON_ERRORS, 404: PROBLEM, 503: PROBLEM},
+    summary="Items similar to an item",
+)
+async def similar_items(
+    *,
+    item_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    _: Annotated[Principal, Depends(authorize(READ))],
+    limit: Limit = 20,
+    services: Services,
+):
+    return JSONBody(await services.recommender.similar(item_id, limit))
+
+
+@router.get(
+    "/v1/popular",
+    response_model=PopularItems,
+    responses={**COMMON_ERRORS, 503: PROBLEM},
+    summary="Popular or trending items",
+)
+async def popular(
+    *,
+    _: Annotated[Principal, Depends(authorize(READ))],
+    limit: Limit = 20,
+    category: Label = "",
+    window: Annotated[Literal["all", "7d", "trending"], Query(description="Popularity window.")] = "all",
+    services: Services,
+):
+    return JSONBody(await services.recommender.popular(window, category, limit))

@@ -1,0 +1,130 @@
+"""The recommendation result cache and the ranked-list snapshots behind cursors.
+
+Responses live in the Redis hash `rf:cache:{user}` (field = digest of the request's
+parameters) so that deleting that one key invalidates every cached response of the
+user. Snapshots (the full ranked list a cursor pages through) live beside it in
+`rf:cache:{user}:pages`, which outlives invalidation so that an issued cursor stays
+stable for its lifetime.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+import orjson
+from prometheus_client import Counter
+from recfleet_runtime.logging import get_logger
+from recfleet_store import keys
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..rest.problems import Problem
+
+CACHE_REQUESTS = Counter(
+    "recfleet_gateway_cache_requests_total", "Result cache lookups, by result (hit, miss, error).", ["result"]
+)
+REDIS_ERRORS = (RedisError, OSError)
+log = get_logger("recfleet.gateway.cache")
+
+
+def pages_key(user_id: str) -> str:
+    return keys.result_cache(user_id) + ":pages"
+
+
+def parameters_digest(parameters: dict) -> str:
+    """A short, order-independent digest of request parameters."""
+    return hashlib.blake2b(orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
+
+
+class ResultCache:
+    def __init__(self, redis: Redis, ttl_seconds: int, snapshot_ttl_seconds: int):
+        self._redis = redis
+        self._ttl = ttl_seconds
+        self._snapshot_ttl = snapshot_ttl_seconds
+
+    async def get(self, user_id: str, digest: str) -> dict | None:
+        """The cached entry, or None on a miss. Redis being down is a miss: the cache
+        only saves work, it is never a reason to fail a request."""
+        try:
+            raw = await self._redis.hget(keys.result_cache(user_id), digest)
+        except REDIS_ERRORS as error:
+            CACHE_REQUESTS.labels("error").inc()
+            log.warning("result cache unavailable", error=str(error))
+            return None
+        CACHE_REQUESTS.labels("hit" if raw else "miss").inc()
+        return orjson.loads(raw) if raw else None
+
+    async def put(self, user_id: str, snapshot_id: str, snapshot: dict, digest: str | None, entry: dict) -> None:
+        """Stores a fresh ranked list's snapshot and, when `digest` is given, the cached
+        response `entry` under it, in one round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pages = pages_key(user_id)
+                pipe.hset(pages, snapshot_id, orjson.dumps(snapshot))
+                pipe.expire(pages, self._snapshot_ttl)
+                if digest is not None:
+                    responses = keys.result_cache(user_id)
+                    pipe.hset(responses, digest, orjson.dumps(entry))
+                    pipe.expire(responses, self._ttl)
+                await pipe.execute()
+        except REDIS_ERRORS as error:
+            log.warning("result cache unavailable; not stored", error=str(error))
+
+    async def get_snapshot(self, user_id: str, snapshot_id: str) -> dict | None:
+        try:
+            raw = await self._redis.hget(pages_key(user_id), snapshot_id)
+        except REDIS_ERRORS as error:
+            raise Problem(503, "the page cannot be read now; retry", headers={"Retry-After": "1"}) from error
+        return orjson.loads(raw) if raw else None
+
+    async def invalidate(self, *user_ids: str) -> None:
+        if not user_ids:
+            return
+        try:
+            await self._redis.unlink(*(keys.result_cache(u) for u in user_ids))
+        except REDIS_ERRORS as error:
+            # The entries expire with their TTL; the event path must not fail for this.
+            log.warning("result cache invalidation failed", error=str(error))
+
+    async def forget_user(self, user_id: str) -> int:
+        """Erasure: cached responses and snapshots."""
+        return int(await self._redis.unlink(keys.result_cache(user_id), pages_key(user_id)))
+
+
+class CursorCodec:
+    """Opaque cursors: base64url of JSON {offset, params digest, snapshot id}, signed."""
+
+    def __init__(self, secret: str = ""):
+        self._secret = (secret or secrets.token_hex(32)).encode()
+
+    def _sign(self, payload: bytes) -> str:
+        return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()[:32]
+
+    def encode(self, offset: int, digest: str, snapshot_id: str) -> str:
+        payload = orjson.dumps({"o": offset, "p": digest, "s": snapshot_id})
+        token = orjson.dumps({"d": payload.decode(), "h": self._sign(payload)})
+        return base64.urlsafe_b64encode(token).decode().rstrip("=")
+
+    def decode(self, cursor: str, digest: str) -> tuple[int, str]:
+        """(offset, snapshot id); 400 when the cursor is forged, garbled or was issued for
+        other parameters."""
+        try:
+            token = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            payload = token["d"].encode()
+            valid = hmac.compare_digest(token["h"], self._sign(payload))
+            data = orjson.loads(payload)
+            offset, given_digest, snapshot_id = int(data["o"]), str(data["p"]), str(data["s"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _bad_cursor("the cursor is not one this API issued") from None
+        if not valid:
+            raise _bad_cursor("the cursor is not one this API issued")
+        if given_digest != digest:
+            raise _bad_cursor("the cursor belongs to a request with other parameters; repeat them unchanged")
+        return offset, snapshot_id
+
+
+def _bad_cursor(detail: str) -> Problem:
+    return Problem(400, detail, errors=[{"field": "query.cursor", "message": detail}])

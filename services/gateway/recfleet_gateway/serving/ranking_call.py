@@ -1,0 +1,68 @@
+"""The ranking hop: one `Rank` call over the candidates (mirrored to the ranking canary
+when a shadow share is set), and its answer as the snapshot's items."""
+
+from __future__ import annotations
+
+from recfleet.common.v1 import common_pb2
+from recfleet.ranking.v1 import ranking_pb2
+
+from ..downstream.fleet import Fleet
+from ..downstream.tracks import RANKING, STABLE
+from ..experiments import Assignment, ranking_choice
+from ..settings import GatewaySettings
+from .query import RecommendationQuery
+from .shadow import Shadow, item_overlap
+from .user_context import UserContext
+
+
+def ranked_items(ranked: ranking_pb2.RankResponse, explain: bool) -> list[dict]:
+    """The ranked items as the snapshot keeps them (with explanations when asked)."""
+    items = []
+    for item in ranked.items:
+        entry: dict = {"item_id": item.item_id, "score": round(float(item.score), 6), "source": item.source}
+        if explain:
+            entry["explanation"] = {
+                "candidate_score": round(float(item.explanation.candidate_score), 6),
+                "ranker_contributions": {
+                    name: round(float(value), 6) for name, value in item.explanation.contributions.items()
+                },
+                "rules": list(item.explanation.rules),
+            }
+        items.append(entry)
+    return items
+
+
+class RankingCall:
+    """Ranks candidates on the user's ranking track, as the experiment variant asks."""
+
+    def __init__(self, settings: GatewaySettings, fleet: Fleet, shadow: Shadow):
+        self.settings = settings
+        self.fleet = fleet
+        self.shadow = shadow
+
+    async def rank(
+        self,
+        query: RecommendationQuery,
+        user: UserContext,
+        candidates: list[common_pb2.ScoredItem],
+        constraints: common_pb2.UserConstraints,
+        chosen: Assignment | None = None,
+    ) -> ranking_pb2.RankResponse:
+        client = self.fleet.ranking.pick(self.fleet.router, query.user_id)
+        request = ranking_pb2.RankRequest(
+            user_id=query.user_id,
+            candidates=candidates,
+            limit=self.settings.snapshot_size,
+            constraints=constraints,
+            explain=query.explain,
+            surface=query.surface,
+            category=query.category,
+            user_features=user.numeric_features,
+            **(ranking_choice(chosen.ranker_version) if chosen else {}),
+        )
+        canary = self.fleet.ranking.canary
+        if client.track == STABLE and self.shadow.wanted(RANKING) and canary is not None:
+            primary = await client.rank(request)
+            self.shadow.mirror(RANKING, canary.rank, request, item_overlap(primary.items))
+            return primary
+        return await client.rank(request)

@@ -1,0 +1,129 @@
+"""Candidate retrieval over the candidate-gen shards: the user's vector scattered to every
+shard (`Retrieve`), similar items from the shard that owns an item and then the others
+(`SimilarItems`), the answers merged by score."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+
+import grpc
+from recfleet.candidates.v1 import candidates_pb2
+from recfleet.common.v1 import common_pb2
+from recfleet_models.sharding import shard_of
+from recfleet_runtime.grpcclient import DeadlineSpentError
+from recfleet_runtime.resilience import CircuitOpenError
+
+from ..downstream.clients import DOWNSTREAM_ERRORS, CandidateClient
+from ..downstream.fleet import Fleet
+from ..downstream.tracks import CANDIDATE_GEN, STABLE
+from ..rest.problems import Problem
+from ..settings import GatewaySettings
+from .shadow import Shadow, item_overlap
+from .user_context import UserContext
+
+
+def merge_by_score(
+    groups: list[list[common_pb2.ScoredItem]], k: int, exclude: Collection[str] = frozenset()
+) -> list[common_pb2.ScoredItem]:
+    """Shard answers -> one list by descending score, each item once."""
+    best: dict[str, common_pb2.ScoredItem] = {}
+    for group in groups:
+        for item in group:
+            if item.item_id in exclude:
+                continue
+            current = best.get(item.item_id)
+            if current is None or item.score > current.score:
+                best[item.item_id] = item
+    return sorted(best.values(), key=lambda item: (-item.score, item.item_id))[:k]
+
+
+def shard_failure(error: BaseException) -> str:
+    """How a shard failed, for `degraded`: a shard serving another model version than the
+    user's vector refuses (FAILED_PRECONDITION) rather than mixing versions."""
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return "version-mismatch"
+    return "unavailable"
+
+
+class CandidateRetrieval:
+    """Scatter-gather over the candidate-gen shards of the user's track."""
+
+    def __init__(self, settings: GatewaySettings, fleet: Fleet, shadow: Shadow):
+        self.settings = settings
+        self.fleet = fleet
+        self.shadow = shadow
+
+    async def retrieve(
+        self, user_id: str, user: UserContext, seen: list[str], degraded: list[str]
+    ) -> tuple[list[common_pb2.ScoredItem], str]:
+        """(the shards' nearest items to the user's vector, merged by score; the model
+        version they come from). A shard that fails is named in `degraded`."""
+        shards = self.fleet.candidate_gen.pick(self.fleet.router, user_id)
+        request = candidates_pb2.RetrieveRequest(
+            query_vector=user.vector,
+            k=self.settings.candidates_per_shard,
+            exclude_item_ids=seen,
+            model_version=user.vector_version,
+        )
+        replies = await asyncio.gather(*(shard.retrieve(request) for shard in shards), return_exceptions=True)
+        canaries = self.fleet.candidate_gen.canary
+        if shards and shards[0].track == STABLE and len(canaries) == len(shards) and self.shadow.wanted(CANDIDATE_GEN):
+            for canary, reply in zip(canaries, replies, strict=True):
+                if not isinstance(reply, BaseException):
+                    self.shadow.mirror(CANDIDATE_GEN, canary.retrieve, request, item_overlap(reply.items))
+        groups = []
+        for shard, reply in zip(shards, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, DOWNSTREAM_ERRORS):
+                    raise reply
+                degraded.append(f"{shard.name}-{shard_failure(reply)}")
+                continue
+            groups.append(list(reply.items))
+        merged = merge_by_score(groups, self.settings.candidates_per_shard * max(1, len(shards)))
+        for item in merged:
+            item.source = item.source or "als"
+        return merged, user.vector_version
+
+    async def similar(
+        self, item_id: str, limit: int, exclude: Sequence[str] = ()
+    ) -> tuple[list[common_pb2.ScoredItem], str, list[str]]:
+        """(items similar to `item_id`, the model version, degradations). The owning shard
+        answers and returns the item's vector; the other shards are asked with that vector;
+        the answers merge by score."""
+        shards = self.fleet.candidate_gen.pick(self.fleet.router, None)
+        if not shards:
+            raise Problem(503, "no candidate-gen shard is configured")
+        owner_index = shard_of(item_id, len(shards))
+        owner = shards[owner_index]
+        excluded = [item_id, *exclude]
+        try:
+            first = await owner.similar_items(
+                candidates_pb2.SimilarItemsRequest(item_id=item_id, k=limit, exclude_item_ids=excluded)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise Problem(404, f"item {item_id!r} is not in the serving index", kind="item-not-found") from None
+            raise Problem(503, f"the shard that owns item {item_id!r} is unavailable") from error
+        except (CircuitOpenError, DeadlineSpentError) as error:
+            raise Problem(503, f"the shard that owns item {item_id!r} is unavailable") from error
+        degraded: list[str] = []
+        others: list[CandidateClient] = [s for index, s in enumerate(shards) if index != owner_index]
+        groups = [list(first.items)]
+        if others and first.query_vector:
+            request = candidates_pb2.SimilarItemsRequest(
+                item_id=item_id,
+                k=limit,
+                exclude_item_ids=excluded,
+                query_vector=first.query_vector,
+                model_version=first.model_version,
+            )
+            replies = await asyncio.gather(*(s.similar_items(request) for s in others), return_exceptions=True)
+            for shard, reply in zip(others, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if not isinstance(reply, DOWNSTREAM_ERRORS):
+                        raise reply
+                    degraded.append(f"{shard.name}-unavailable")
+                    continue
+                groups.append(list(reply.items))
+        return merge_by_score(groups, limit, set(excluded)), first.model_version, degraded
