@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/python/.stamp
 
-.PHONY: help install protos run test test-unit test-fast lint bench images chart-base clean tools
+.PHONY: help install protos run test test-unit lint bench images chart-base clean tools
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -15,7 +15,7 @@ $(UV):
 	python3 -m venv .venv-tools && .venv-tools/bin/pip install -q uv==$(UV_VERSION)
 
 .venv/.stamp: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python 3.11 --extra parquet
+	$(UV) sync --frozen --python 3.11 --all-extras
 	@touch $@
 
 install: .venv/.stamp $(GEN_STAMP)  ## create .venv from uv.lock and generate the protos
@@ -52,11 +52,14 @@ run: install  ## prepare data, train, start the whole fleet; serves the gateway 
 test: install tools  ## the whole test suite against real Postgres, Redis and a Kafka-protocol broker
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-test-unit: install tools  ## unit tests only (no fleet)
-	$(PY) -m pytest -q -m "not e2e"
+test-unit: install tools  ## unit tests only: no Postgres, Redis, broker or fleet needed
+	$(PY) -m pytest -q -m "not integration and not e2e"; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
-lint: install  ## ruff
+lint: install  ## ruff (rules and format), the layer contracts (import-linter), the type checker
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	.venv/bin/lint-imports
+	$(PY) -m mypy  # files, search path and strictness: [tool.mypy] in pyproject.toml
 
 bench: install  ## end-to-end latency benchmark through the gateway (see bench/README.md)
 	$(PY) bench/e2e_latency.py
@@ -66,14 +69,23 @@ clean:  ## remove generated code and local state
 
 IMAGE_REGISTRY ?= ghcr.io/recfleet
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' deploy/helm/recfleet/Chart.yaml)
-IMAGES := gateway candidate-gen ranking feature-store event-ingest jobs
+
+# $(call image,NAME,MODULE,PORTS,LIBGOMP,TARGET): one image from deploy/docker/Dockerfile. It
+# installs the pyproject extra NAME, runs `python -m MODULE`, exposes PORTS (the chart's), and
+# gets the system OpenMP runtime when LIBGOMP is 1 (LightGBM and implicit link it).
+define image
+docker build -f deploy/docker/Dockerfile --target $(5) --build-arg EXTRA=$(1) --build-arg SERVICE=$(2) --build-arg PORTS="$(3)" --build-arg LIBGOMP=$(4) -t $(IMAGE_REGISTRY)/$(1):$(IMAGE_TAG) .
+$(if $(PUSH),docker push $(IMAGE_REGISTRY)/$(1):$(IMAGE_TAG))
+endef
 
 images:  ## build the six images with Docker (IMAGE_REGISTRY, IMAGE_TAG; PUSH=1 pushes them)
-	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
-	set -e; for image in $(IMAGES); do \
-		docker build -f services/$$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) . ; \
-		if [ -n "$(PUSH)" ]; then docker push $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG); fi; \
-	done
+	@docker info >/dev/null 2>&1 || { echo "make images needs Docker: a docker client and a running daemon"; exit 1; }
+	$(call image,gateway,recfleet_gateway,8080 9090,0,service)
+	$(call image,candidate-gen,recfleet_candidates,50051 9101,0,service)
+	$(call image,ranking,recfleet_ranking,50071 9103,1,service)
+	$(call image,feature-store,recfleet_features,50061 9102,0,service)
+	$(call image,event-ingest,recfleet_ingest,50081 9104,0,service)
+	$(call image,jobs,recfleet_jobs,,1,jobs)
 
 chart-base: | .venv/.stamp  ## render deploy/kustomize/base and components from the Helm chart
 	$(PY) deploy/kustomize/render.py

@@ -1,5 +1,9 @@
 """Fixtures every test suite shares: a fresh Postgres database with the schema, a Redis
-database index, a Kafka-protocol broker and an artifact directory. All are real."""
+database index, a Kafka-protocol broker and an artifact directory. All are real.
+
+A test that uses a server, through these fixtures or any fixture built on them, is marked
+`integration` here, so `make test-unit` (`-m "not integration and not e2e"`) runs with no
+server at all."""
 
 from __future__ import annotations
 
@@ -15,6 +19,15 @@ from recfleet_store.postgres import migrate
 PG_ADMIN_DSN = os.environ.get("RECFLEET_TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("RECFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("RECFLEET_TEST_REDIS_DB", "15"))
+
+
+SERVER_FIXTURES = frozenset({"pg_dsn", "fresh_pg_dsn", "redis_url", "kafka_bootstrap"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def _create_database() -> tuple[str, str]:

@@ -66,12 +66,16 @@ def main() -> int:
     else:
         print(f"ml-100k skipped: no u.data under {args.ml_100k or '(no --ml-100k given)'}", file=sys.stderr)
 
-    print(f"ALS, factors={params.factors}, {params.iterations} iterations, median of {args.repeats} fits, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"ALS, factors={params.factors}, {params.iterations} iterations, median of {args.repeats} fits, "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"{'dataset':<16} {'users':>6} {'items':>6} {'interactions':>12} {'s/iteration':>12}")
     for row in rows:
-        print(f"{row['dataset']:<16} {row['users']:>6} {row['items']:>6} {row['interactions']:>12} "
-              f"{row['seconds_per_iteration']:>12.4f}")
+        print(
+            f"{row['dataset']:<16} {row['users']:>6} {row['items']:>6} {row['interactions']:>12} "
+            f"{row['seconds_per_iteration']:>12.4f}"
+        )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "als_seconds_per_iteration.json").write_text(json.dumps(rows, indent=2))

@@ -143,8 +143,8 @@ def start_plumbing() -> tuple[str, str, list]:
 
     sys.path.insert(0, str(Path(__file__).parent))
     import plumbing
+    from recfleet_runtime.ports import free_port
     from recfleet_runtime.settings import PostgresSettings
-    from recfleet_store.kafka import free_port
     from recfleet_store.postgres import ensure_database, migrate
 
     # The gateway reads API keys and traffic weights from Postgres, as in the real fleet.
@@ -156,8 +156,11 @@ def start_plumbing() -> tuple[str, str, list]:
     ports.update({f"candidate-gen-{s}": free_port() for s in range(shard_count)})
     processes = plumbing.start_fleet(ports, shard_count)
     gateway_port, key = free_port(), "plumbing-key"
-    processes.append(subprocess.Popen([sys.executable, "-m", "recfleet_gateway"],
-                                      env=plumbing.gateway_env(ports, shard_count, gateway_port, key)))
+    processes.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "recfleet_gateway"], env=plumbing.gateway_env(ports, shard_count, gateway_port, key)
+        )
+    )
     url = f"http://127.0.0.1:{gateway_port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -180,17 +183,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--cache-hits", action="store_true", help="repeat parameters so the result cache answers")
     parser.add_argument("--start-fleet", action="store_true", help="start a local fleet on free ports first")
-    parser.add_argument("--shadow", type=int, default=None,
-                        help="with --start-fleet: start a ranking canary and mirror this percent of calls to it")
-    parser.add_argument("--plumbing", action="store_true",
-                        help="start the gateway in front of gRPC servers that do no work (the ceiling)")
+    parser.add_argument(
+        "--shadow",
+        type=int,
+        default=None,
+        help="with --start-fleet: start a ranking canary and mirror this percent of calls to it",
+    )
+    parser.add_argument(
+        "--plumbing",
+        action="store_true",
+        help="start the gateway in front of gRPC servers that do no work (the ceiling)",
+    )
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",")]
     fleet = None
     url, key = args.url, args.key
     if args.start_fleet:
         from recfleet_ctl.localfleet import FleetConfig, LocalFleet
-        from recfleet_store.kafka import free_port
+        from recfleet_runtime.ports import free_port
 
         config = FleetConfig.from_env()
         config.gateway_port, config.free_ports = free_port(), True
@@ -200,8 +210,11 @@ def main() -> None:
         fleet.start()
         url, key = fleet.gateway_url, config.admin_key
         if args.shadow is not None:
-            reply = httpx.put(f"{url}/admin/v1/traffic/ranking", json={"weight": 0, "shadow_percent": args.shadow},
-                              headers={"Authorization": f"Bearer {key}"})
+            reply = httpx.put(
+                f"{url}/admin/v1/traffic/ranking",
+                json={"weight": 0, "shadow_percent": args.shadow},
+                headers={"Authorization": f"Bearer {key}"},
+            )
             reply.raise_for_status()
             time.sleep(2)
     plumbing: list = []
@@ -222,7 +235,11 @@ def main() -> None:
     if args.shadow is not None:
         name = f"e2e_latency_shadow_{args.shadow}"
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
-    draw(rows, RESULTS / f"{name}.png", "recommendations through the gateway" + (" (cache hits)" if args.cache_hits else ""))
+    draw(
+        rows,
+        RESULTS / f"{name}.png",
+        "recommendations through the gateway" + (" (cache hits)" if args.cache_hits else ""),
+    )
     print(f"wrote {RESULTS / (name + '.png')}")
 
 

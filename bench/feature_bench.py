@@ -19,7 +19,8 @@ flight) and records each call's latency from send to answer:
   ranking issue them.
 
 Prints p50/p90/p99/max per series, with the CPU milliseconds per read that the server
-process and this client spent (a figure other load on the machine hardly moves), and writes a CDF chart and the figures as JSON to
+process and this client spent (a figure other load on the machine hardly moves),
+and writes a CDF chart and the figures as JSON to
 bench/results/. The seeded keys are deleted afterwards. Nothing passes or fails on time.
 """
 
@@ -41,8 +42,8 @@ import psycopg
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet_runtime.ports import free_port
 from recfleet_store import keys
-from recfleet_store.kafka import free_port
 from recfleet_store.postgres import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -35,7 +35,8 @@ import grpc
 import httpx
 import psycopg
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from recfleet_store.kafka import LocalBroker, ensure_topics, fleet_topics, free_port, wait_for_port
+from recfleet_runtime.ports import free_port, wait_for_port
+from recfleet_store.kafka import LocalBroker, ensure_topics, fleet_topics
 from recfleet_store.postgres import migrate
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,11 +48,16 @@ TYPES = ("view", "click", "like", "watch", "add_to_cart")
 def make_batches(run: str, total: int, batch: int) -> list[list[dict]]:
     """Events of 1,000 users over 5,000 items, with ids generated here (so a retry is idempotent)."""
     events = [
-        {"event_id": str(uuid.uuid4()), "user_id": f"{run}-u{i % 1000}", "item_id": f"i{(i * 7919) % 5000}",
-         "type": TYPES[i % len(TYPES)], "context": {"surface": "bench"}}
+        {
+            "event_id": str(uuid.uuid4()),
+            "user_id": f"{run}-u{i % 1000}",
+            "item_id": f"i{(i * 7919) % 5000}",
+            "type": TYPES[i % len(TYPES)],
+            "context": {"surface": "bench"},
+        }
         for i in range(total)
     ]
-    return [events[start:start + batch] for start in range(0, total, batch)]
+    return [events[start : start + batch] for start in range(0, total, batch)]
 
 
 def to_request(events: list[dict]) -> ingest_pb2.IngestRequest:
@@ -131,14 +137,28 @@ class Fleet:
         migrate(self.dsn)
         self.port = free_port()
         tag = uuid.uuid4().hex[:8]
-        env = {**os.environ, "RECFLEET_POSTGRES_DSN": self.dsn, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-               "RECFLEET_EVENTS_TOPIC": f"bench.events.{tag}", "RECFLEET_DEAD_LETTER_TOPIC": f"bench.dlq.{tag}",
-               "RECFLEET_USERS_TOPIC": f"bench.users.{tag}", "RECFLEET_INGEST_SINK_GROUP": f"bench-sink-{tag}",
-               "RECFLEET_INGEST_GRPC_PORT": str(self.port), "RECFLEET_INGEST_METRICS_PORT": "0",
-               "RECFLEET_INGEST_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "RECFLEET_POSTGRES_DSN": self.dsn,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "RECFLEET_EVENTS_TOPIC": f"bench.events.{tag}",
+            "RECFLEET_DEAD_LETTER_TOPIC": f"bench.dlq.{tag}",
+            "RECFLEET_USERS_TOPIC": f"bench.users.{tag}",
+            "RECFLEET_INGEST_SINK_GROUP": f"bench-sink-{tag}",
+            "RECFLEET_INGEST_GRPC_PORT": str(self.port),
+            "RECFLEET_INGEST_METRICS_PORT": "0",
+            "RECFLEET_INGEST_LOG_LEVEL": "WARNING",
+        }
         # Services never create topics: the chart's create-topics hook does, here this.
-        ensure_topics(bootstrap, fleet_topics(env["RECFLEET_EVENTS_TOPIC"], env["RECFLEET_DEAD_LETTER_TOPIC"],
-                                              env["RECFLEET_USERS_TOPIC"], partitions=4))
+        ensure_topics(
+            bootstrap,
+            fleet_topics(
+                env["RECFLEET_EVENTS_TOPIC"],
+                env["RECFLEET_DEAD_LETTER_TOPIC"],
+                env["RECFLEET_USERS_TOPIC"],
+                partitions=4,
+            ),
+        )
         sink_roles = ["sink"] if sinks == 1 else [f"sink {n + 1}" for n in range(sinks)]
         for role, module in (("api", "recfleet_ingest"), *((r, "recfleet_ingest.sink") for r in sink_roles)):
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL)
@@ -149,12 +169,18 @@ class Fleet:
         if gateway:
             gateway_port = free_port()
             redis_url = os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
-            gateway_env = {**env, "RECFLEET_GATEWAY_PORT": str(gateway_port), "RECFLEET_REDIS_URL": redis_url,
-                           "RECFLEET_GATEWAY_EVENT_INGEST_TARGET": f"127.0.0.1:{self.port}",
-                           "RECFLEET_GATEWAY_METRICS_PORT": "0", "RECFLEET_GATEWAY_LOG_LEVEL": "WARNING",
-                           "RECFLEET_BOOTSTRAP_ADMIN_KEY": BENCH_KEY}
-            process = subprocess.Popen([sys.executable, "-m", "recfleet_gateway"], env=gateway_env,
-                                       stdout=subprocess.DEVNULL)
+            gateway_env = {
+                **env,
+                "RECFLEET_GATEWAY_PORT": str(gateway_port),
+                "RECFLEET_REDIS_URL": redis_url,
+                "RECFLEET_GATEWAY_EVENT_INGEST_TARGET": f"127.0.0.1:{self.port}",
+                "RECFLEET_GATEWAY_METRICS_PORT": "0",
+                "RECFLEET_GATEWAY_LOG_LEVEL": "WARNING",
+                "RECFLEET_BOOTSTRAP_ADMIN_KEY": BENCH_KEY,
+            }
+            process = subprocess.Popen(
+                [sys.executable, "-m", "recfleet_gateway"], env=gateway_env, stdout=subprocess.DEVNULL
+            )
             stack.callback(self._stop, process)
             self.started.append(Started("gateway", process))
             wait_for_port("127.0.0.1", gateway_port)
@@ -224,7 +250,9 @@ async def measure(args, dsn: str, send, batches: list, fleet: Fleet | None) -> d
     run_prefix = batches[0][0]["user_id"].rsplit("-", 1)[0]
     total = sum(len(b) for b in batches)
     acked: list[tuple[float, int]] = []
-    meter = CpuMeter({"load generator": os.getpid()} | ({s.role: s.process.pid for s in fleet.started} if fleet else {}))
+    meter = CpuMeter(
+        {"load generator": os.getpid()} | ({s.role: s.process.pid for s in fleet.started} if fleet else {})
+    )
     meter.start()
     began = time.perf_counter()
     sampler = asyncio.create_task(sample_stored(dsn, run_prefix, total, began, args.timeout))
@@ -281,11 +309,14 @@ async def main() -> None:
     parser.add_argument("--sinks", type=int, default=1, help="sink processes in the consumer group")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the rows")
     parser.add_argument("--gateway", help="post through this running gateway URL instead of gRPC")
-    parser.add_argument("--start-gateway", action="store_true",
-                        help="start a gateway in front of the started API and post through it")
+    parser.add_argument(
+        "--start-gateway", action="store_true", help="start a gateway in front of the started API and post through it"
+    )
     parser.add_argument("--api-key", default=os.environ.get("RECFLEET_BOOTSTRAP_ADMIN_KEY", ""))
-    parser.add_argument("--postgres-dsn", default=os.environ.get("RECFLEET_POSTGRES_DSN",
-                                                                 "postgresql://postgres@127.0.0.1:5432/recfleet"))
+    parser.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get("RECFLEET_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/recfleet"),
+    )
     args = parser.parse_args()
     # What the rest of the machine was doing before this run started its own processes.
     load_before = round(os.getloadavg()[0], 2)
@@ -307,6 +338,7 @@ async def main() -> None:
             bodies = {id(b): json.dumps({"events": b}).encode() for b in batches}
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
             async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=30) as client:
+
                 async def send(batch: list[dict]) -> int:
                     reply = await client.post("/v1/events", content=bodies[id(batch)])
                     reply.raise_for_status()

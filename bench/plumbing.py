@@ -52,8 +52,10 @@ class NoWorkFeatures(features_pb2_grpc.FeatureStoreServicer):
 class NoWorkShard(candidates_pb2_grpc.CandidateServiceServicer):
     def __init__(self, shard: int):
         self.reply = candidates_pb2.RetrieveResponse(
-            items=[common_pb2.ScoredItem(item_id=str(shard * 1000 + i), score=1.0 - i / 1000, source="als")
-                   for i in range(200)],
+            items=[
+                common_pb2.ScoredItem(item_id=str(shard * 1000 + i), score=1.0 - i / 1000, source="als")
+                for i in range(200)
+            ],
             shard=shard,
             model_version=VERSION,
         )
@@ -77,14 +79,26 @@ class NoWorkIngest(ingest_pb2_grpc.EventIngestServicer):
 
 
 ROLES = {
-    "feature-store": ("recfleet.features.v1.FeatureStore", features_pb2_grpc.add_FeatureStoreServicer_to_server,
-                      lambda _: NoWorkFeatures()),
-    "candidate-gen": ("recfleet.candidates.v1.CandidateService",
-                      candidates_pb2_grpc.add_CandidateServiceServicer_to_server, NoWorkShard),
-    "ranking": ("recfleet.ranking.v1.RankingService", ranking_pb2_grpc.add_RankingServiceServicer_to_server,
-                lambda _: NoWorkRanking()),
-    "event-ingest": ("recfleet.ingest.v1.EventIngest", ingest_pb2_grpc.add_EventIngestServicer_to_server,
-                     lambda _: NoWorkIngest()),
+    "feature-store": (
+        "recfleet.features.v1.FeatureStore",
+        features_pb2_grpc.add_FeatureStoreServicer_to_server,
+        lambda _: NoWorkFeatures(),
+    ),
+    "candidate-gen": (
+        "recfleet.candidates.v1.CandidateService",
+        candidates_pb2_grpc.add_CandidateServiceServicer_to_server,
+        NoWorkShard,
+    ),
+    "ranking": (
+        "recfleet.ranking.v1.RankingService",
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server,
+        lambda _: NoWorkRanking(),
+    ),
+    "event-ingest": (
+        "recfleet.ingest.v1.EventIngest",
+        ingest_pb2_grpc.add_EventIngestServicer_to_server,
+        lambda _: NoWorkIngest(),
+    ),
 }
 
 
@@ -105,8 +119,20 @@ def start_fleet(ports: dict[str, int], shard_count: int) -> list[subprocess.Pope
     for role in ("feature-store", "ranking", "event-ingest"):
         processes.append(subprocess.Popen([sys.executable, __file__, "--role", role, "--port", str(ports[role])]))
     for shard in range(shard_count):
-        processes.append(subprocess.Popen([sys.executable, __file__, "--role", "candidate-gen", "--shard", str(shard),
-                                           "--port", str(ports[f"candidate-gen-{shard}"])]))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--role",
+                    "candidate-gen",
+                    "--shard",
+                    str(shard),
+                    "--port",
+                    str(ports[f"candidate-gen-{shard}"]),
+                ]
+            )
+        )
     return processes
 
 
@@ -117,7 +143,9 @@ def gateway_env(ports: dict[str, int], shard_count: int, gateway_port: int, key:
         RECFLEET_GATEWAY_FEATURE_STORE_TARGET=f"127.0.0.1:{ports['feature-store']}",
         RECFLEET_GATEWAY_RANKING_TARGET=f"127.0.0.1:{ports['ranking']}",
         RECFLEET_GATEWAY_EVENT_INGEST_TARGET=f"127.0.0.1:{ports['event-ingest']}",
-        RECFLEET_GATEWAY_CANDIDATE_GEN_TARGETS=",".join(f"127.0.0.1:{ports[f'candidate-gen-{s}']}" for s in range(shard_count)),
+        RECFLEET_GATEWAY_CANDIDATE_GEN_TARGETS=",".join(
+            f"127.0.0.1:{ports[f'candidate-gen-{s}']}" for s in range(shard_count)
+        ),
         RECFLEET_BOOTSTRAP_ADMIN_KEY=key,
         RECFLEET_GATEWAY_LOG_LEVEL="WARNING",
     )

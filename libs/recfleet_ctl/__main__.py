@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import httpx
 import typer
@@ -40,7 +41,7 @@ def main_options(
     _state.update(url=url.rstrip("/"), key=key)
 
 
-def request(method: str, path: str, **kwargs) -> dict:
+def request(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {_state['key']}"}
     try:
         reply = httpx.request(method, f"{_state['url']}{path}", headers=headers, timeout=30, **kwargs)
@@ -58,7 +59,7 @@ def request(method: str, path: str, **kwargs) -> dict:
     return reply.json() if reply.content else {}
 
 
-def emit(data, as_json: bool) -> None:
+def emit(data: object, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
@@ -91,9 +92,16 @@ def index_status(as_json: bool = typer.Option(False, "--json")) -> None:
         return
     table = Table("shard", "track", "target", "version", "index", "items", "last reload", "refused")
     for shard in data.get("shards", []):
-        table.add_row(str(shard.get("shard", "?")), shard.get("track", ""), shard.get("target", ""),
-                      shard.get("model_version", ""), shard.get("index_type", ""), str(shard.get("item_count", "")),
-                      shard.get("last_reload") or shard.get("error", ""), shard.get("refused_version", ""))
+        table.add_row(
+            str(shard.get("shard", "?")),
+            shard.get("track", ""),
+            shard.get("target", ""),
+            shard.get("model_version", ""),
+            shard.get("index_type", ""),
+            str(shard.get("item_count", "")),
+            shard.get("last_reload") or shard.get("error", ""),
+            shard.get("refused_version", ""),
+        )
     console.print(table)
 
 
@@ -104,7 +112,9 @@ def cache_flush(user_id: str) -> None:
 
 
 @models_app.command("list")
-def models_list(kind: str = typer.Option("", help="als or ranker"), as_json: bool = typer.Option(False, "--json")) -> None:
+def models_list(
+    kind: str = typer.Option("", help="als or ranker"), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Registered versions with their status."""
     data = request("GET", "/admin/v1/models")
     versions = data.get("versions", data if isinstance(data, list) else [])
@@ -115,8 +125,13 @@ def models_list(kind: str = typer.Option("", help="als or ranker"), as_json: boo
         return
     table = Table("version", "kind", "status", "created", "promoted")
     for v in versions:
-        table.add_row(v.get("version"), v.get("kind"), v.get("status"), str(v.get("created_at", "")),
-                      str(v.get("promoted_at") or ""))
+        table.add_row(
+            v.get("version"),
+            v.get("kind"),
+            v.get("status"),
+            str(v.get("created_at", "")),
+            str(v.get("promoted_at") or ""),
+        )
     console.print(table)
 
 
@@ -189,16 +204,28 @@ def traffic_status(as_json: bool = typer.Option(False, "--json")) -> None:
         return
     table = Table("service", "canary", "weight", "shadow %", "source", "frozen", "reason")
     for row in data.get("services", []):
-        table.add_row(row["service"], "yes" if row.get("has_canary") else "no", str(row["weight"]),
-                      str(row["shadow_percent"]), row.get("source", ""), "yes" if row.get("frozen") else "no",
-                      row.get("reason", ""))
+        table.add_row(
+            row["service"],
+            "yes" if row.get("has_canary") else "no",
+            str(row["weight"]),
+            str(row["shadow_percent"]),
+            row.get("source", ""),
+            "yes" if row.get("frozen") else "no",
+            row.get("reason", ""),
+        )
     console.print(table)
     events = data.get("events", [])
     if events:
         log = Table("when", "service", "action", "weight", "reason", "actor")
         for event in events:
-            log.add_row(str(event.get("created_at", "")), event["service"], event["action"], str(event.get("weight")),
-                        event.get("reason", ""), event.get("actor", ""))
+            log.add_row(
+                str(event.get("created_at", "")),
+                event["service"],
+                event["action"],
+                str(event.get("weight")),
+                event.get("reason", ""),
+                event.get("actor", ""),
+            )
         console.print(log)
 
 
@@ -209,7 +236,9 @@ def traffic_set(service: str, weight: int, shadow: int = typer.Option(0, help="s
 
 
 @traffic_app.command("rollback")
-def traffic_rollback(service: str, reason: str = typer.Option("manual rollback", help="recorded with the event")) -> None:
+def traffic_rollback(
+    service: str, reason: str = typer.Option("manual rollback", help="recorded with the event")
+) -> None:
     """Weight to 0 at once; raising it again needs `traffic ack`."""
     emit(request("POST", f"/admin/v1/rollback/{service}", json={"reason": reason}), False)
 
@@ -240,7 +269,7 @@ def traffic_step(
     console.print(f"[green]{service} promoted to 100%[/]")
 
 
-def parse_variant(text: str) -> dict:
+def parse_variant(text: str) -> dict[str, Any]:
     """`NAME=SHARE:RANKER` (RANKER: `rules`, `serving` or a ranker version; `serving`
     when left out) -> the admin API's variant object."""
     name, sep, rest = text.partition("=")
@@ -258,7 +287,9 @@ def parse_variant(text: str) -> dict:
 def experiments_create(
     name: str,
     variants: list[str] = typer.Option(
-        ..., "--variant", help="NAME=SHARE[:RANKER], repeat; the first is the control; RANKER: rules, serving or a version"
+        ...,
+        "--variant",
+        help="NAME=SHARE[:RANKER], repeat; the first is the control; RANKER: rules, serving or a version",
     ),
     salt: str = typer.Option("", help="bucketing salt (default: the name)"),
     surface: str = typer.Option("", help="only requests for this surface take part (default: all)"),
@@ -282,8 +313,14 @@ def experiments_list(as_json: bool = typer.Option(False, "--json")) -> None:
     table = Table("name", "status", "surface", "variants", "created", "stopped")
     for row in data.get("experiments", []):
         variants = ", ".join(f"{v['name']}={v['share']:g}:{v['ranker_version']}" for v in row["variants"])
-        table.add_row(row["name"], row["status"], row.get("surface") or "(all)", variants,
-                      str(row.get("created_at", "")), str(row.get("stopped_at") or ""))
+        table.add_row(
+            row["name"],
+            row["status"],
+            row.get("surface") or "(all)",
+            variants,
+            str(row.get("created_at", "")),
+            str(row.get("stopped_at") or ""),
+        )
     console.print(table)
 
 
@@ -321,7 +358,9 @@ def experiments_readout(name: str, as_json: bool = typer.Option(False, "--json")
     console.print(table)
     srm = data["srm"]
     if srm["mismatch"]:
-        console.print(f"[red]sample ratio mismatch (p={srm['p_value']:.2g}): the split is broken; do not trust the lift[/]")
+        console.print(
+            f"[red]sample ratio mismatch (p={srm['p_value']:.2g}): the split is broken; do not trust the lift[/]"
+        )
     else:
         console.print(f"sample ratio ok (p={srm['p_value']:.2g})")
 

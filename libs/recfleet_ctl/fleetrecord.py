@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 RECORD_NAME = "fleet.json"
 _PR_SET_PDEATHSIG = 1
@@ -52,12 +53,12 @@ def command_line(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
 
 
-def identity(pid: int) -> dict:
+def identity(pid: int) -> dict[str, Any]:
     """What the record keeps to recognise this process later."""
     return {"pid": pid, "start_time": start_time(pid), "argv": command_line(pid)}
 
 
-def still_running(entry: dict) -> bool:
+def still_running(entry: dict[str, Any]) -> bool:
     """Whether the recorded process runs (a zombie or a reused pid does not count)."""
     pid = entry.get("pid")
     if not isinstance(pid, int) or pid <= 0:
@@ -66,11 +67,11 @@ def still_running(entry: dict) -> bool:
     return bool(argv) and start_time(pid) == entry.get("start_time") and argv == entry.get("argv")
 
 
-def describe(entry: dict) -> str:
+def describe(entry: dict[str, Any]) -> str:
     return f"pid {entry.get('pid')} ({' '.join(entry.get('argv') or [])[:120]})"
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -78,7 +79,7 @@ def read_record(path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def write_record(path: Path, record: dict) -> None:
+def write_record(path: Path, record: dict[str, Any]) -> None:
     """Atomic: a reader (the watchdog, a later run) sees the old record or the new one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.write_text(json.dumps(record, indent=1))
@@ -102,7 +103,9 @@ def signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def stop_recorded(entries: Iterable[dict], grace: float, say: Callable[[str], None] = print) -> list[dict]:
+def stop_recorded(
+    entries: Iterable[dict[str, Any]], grace: float, say: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Stop every recorded process that still runs, as a kubelet stops a container: SIGTERM
     to the process, SIGKILL to its whole group after `grace` seconds (or once it has exited,
     for what it left behind). Returns the entries that were running."""
@@ -156,10 +159,10 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def port_holders(port: int) -> list[dict]:
+def port_holders(port: int) -> list[dict[str, Any]]:
     """The processes (of this user) that listen on the port, from /proc/net/tcp* and /proc/*/fd."""
     sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    holders = []
+    holders: list[dict[str, Any]] = []
     if not sockets:
         return holders
     for entry in Path("/proc").iterdir():

@@ -28,14 +28,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar, cast
 
 import httpx
 import psycopg
 import redis
 import typer
+from pydantic_settings import BaseSettings
+from recfleet_runtime.ports import free_port
 from recfleet_runtime.settings import KafkaSettings, TopicSettings, env_names
 from recfleet_store import keys
-from recfleet_store.kafka import LocalBroker, ensure_topics, fleet_topics, free_port
+from recfleet_store.kafka import LocalBroker, configured_topics, ensure_topics
 from recfleet_store.postgres import ensure_database, migrate
 from rich.console import Console
 from rich.markup import escape
@@ -43,6 +47,7 @@ from rich.markup import escape
 from recfleet_ctl import fleetrecord
 
 console = Console(stderr=True)
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 CANARY_CAPABLE = ("feature-store", "candidate-gen", "ranking", "event-ingest")
 
 
@@ -105,12 +110,18 @@ class FleetConfig:
         )
 
 
+def _settings_from(cls: type[SettingsT], env: dict[str, str]) -> SettingsT:
+    """Settings as a fleet process with environment `env` reads them."""
+    values: dict[str, Any] = {name: env[name] for name in env_names(cls) if name in env}
+    return cls(**values)
+
+
 @dataclass
 class Process:
     """One service process and what supervising it needs to know."""
 
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     log_path: Path
     module: str
     env: dict[str, str]
@@ -158,7 +169,7 @@ class LocalFleet:
         self._lock = threading.RLock()
         self._stopping = False
         self._recording = False
-        self._watchdog: subprocess.Popen | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._supervisor: threading.Thread | None = None
         self._supervisor_exit = threading.Event()
         self._child_setup = fleetrecord.parent_death_signal(signal.SIGTERM)
@@ -167,8 +178,14 @@ class LocalFleet:
         unknown = set(self.config.canaries) - set(CANARY_CAPABLE)
         if unknown:
             raise ValueError(f"no canary instance for {sorted(unknown)}; choose from {CANARY_CAPABLE}")
-        fixed = {"feature-store": 50061, "ranking": 50071, "event-ingest": 50081,
-                 "feature-store-canary": 50062, "ranking-canary": 50072, "event-ingest-canary": 50082}
+        fixed = {
+            "feature-store": 50061,
+            "ranking": 50071,
+            "event-ingest": 50081,
+            "feature-store-canary": 50062,
+            "ranking-canary": 50072,
+            "event-ingest-canary": 50082,
+        }
         ports = {name: free_port() if self.config.free_ports else port for name, port in fixed.items()}
         for shard in range(self.config.shard_count):
             ports[f"candidate-gen-{shard}"] = free_port() if self.config.free_ports else 50051 + shard
@@ -177,8 +194,14 @@ class LocalFleet:
             ports[f"{name}-metrics"] = free_port() if self.config.free_ports else base
         for shard in range(self.config.shard_count):
             ports[f"candidate-gen-canary-{shard}-metrics"] = free_port() if self.config.free_ports else 9130 + shard
-        for name, base in (("feature-store", 9102), ("ranking", 9103), ("event-ingest", 9104), ("event-sink", 9105),
-                           ("event-realtime", 9106), ("gateway", 9101)):
+        for name, base in (
+            ("feature-store", 9102),
+            ("ranking", 9103),
+            ("event-ingest", 9104),
+            ("event-sink", 9105),
+            ("event-realtime", 9106),
+            ("gateway", 9101),
+        ):
             ports[f"{name}-metrics"] = free_port() if self.config.free_ports else base
         for shard in range(self.config.shard_count):
             ports[f"candidate-gen-{shard}-metrics"] = free_port() if self.config.free_ports else 9110 + shard
@@ -195,8 +218,14 @@ class LocalFleet:
 
     def planned_processes(self) -> list[str]:
         """Every service process the fleet runs, in start order (the gateway last)."""
-        names = ["feature-store", *(f"candidate-gen-{s}" for s in range(self.config.shard_count)), "ranking",
-                 "event-ingest", "event-sink", "event-realtime"]
+        names = [
+            "feature-store",
+            *(f"candidate-gen-{s}" for s in range(self.config.shard_count)),
+            "ranking",
+            "event-ingest",
+            "event-sink",
+            "event-realtime",
+        ]
         for service in self.config.canaries:
             if service == "candidate-gen":
                 names += [f"candidate-gen-canary-{s}" for s in range(self.config.shard_count)]
@@ -245,22 +274,30 @@ class LocalFleet:
         if canary:
             env["RECFLEET_TRACK"] = "canary"
         if name == "feature-store":
-            env.update(RECFLEET_FEATURES_GRPC_PORT=str(p[f"feature-store{suffix}"]),
-                       RECFLEET_FEATURES_METRICS_PORT=str(p[f"feature-store{suffix}-metrics"]))
+            env.update(
+                RECFLEET_FEATURES_GRPC_PORT=str(p[f"feature-store{suffix}"]),
+                RECFLEET_FEATURES_METRICS_PORT=str(p[f"feature-store{suffix}-metrics"]),
+            )
         elif name == "candidate-gen":
-            env.update(RECFLEET_CANDIDATES_GRPC_PORT=str(p[f"candidate-gen{suffix}-{shard}"]),
-                       RECFLEET_CANDIDATES_METRICS_PORT=str(p[f"candidate-gen{suffix}-{shard}-metrics"]),
-                       RECFLEET_CANDIDATES_SHARD=str(shard),
-                       RECFLEET_CANDIDATES_SHARD_COUNT=str(self.config.shard_count),
-                       RECFLEET_CANDIDATES_REGISTRY_POLL_SECONDS="2")
+            env.update(
+                RECFLEET_CANDIDATES_GRPC_PORT=str(p[f"candidate-gen{suffix}-{shard}"]),
+                RECFLEET_CANDIDATES_METRICS_PORT=str(p[f"candidate-gen{suffix}-{shard}-metrics"]),
+                RECFLEET_CANDIDATES_SHARD=str(shard),
+                RECFLEET_CANDIDATES_SHARD_COUNT=str(self.config.shard_count),
+                RECFLEET_CANDIDATES_REGISTRY_POLL_SECONDS="2",
+            )
         elif name == "ranking":
             env.setdefault("RECFLEET_RANKING_FEATURE_STORE_TIMEOUT", "0.1")
-            env.update(RECFLEET_RANKING_GRPC_PORT=str(p[f"ranking{suffix}"]),
-                       RECFLEET_RANKING_METRICS_PORT=str(p[f"ranking{suffix}-metrics"]),
-                       RECFLEET_RANKING_FEATURE_STORE_TARGET=f"127.0.0.1:{p['feature-store']}")
+            env.update(
+                RECFLEET_RANKING_GRPC_PORT=str(p[f"ranking{suffix}"]),
+                RECFLEET_RANKING_METRICS_PORT=str(p[f"ranking{suffix}-metrics"]),
+                RECFLEET_RANKING_FEATURE_STORE_TARGET=f"127.0.0.1:{p['feature-store']}",
+            )
         elif name in ("event-ingest", "event-sink", "event-realtime"):
-            env.update(RECFLEET_INGEST_GRPC_PORT=str(p[f"event-ingest{suffix}"]),
-                       RECFLEET_INGEST_METRICS_PORT=str(p[f"{name}{suffix}-metrics"]))
+            env.update(
+                RECFLEET_INGEST_GRPC_PORT=str(p[f"event-ingest{suffix}"]),
+                RECFLEET_INGEST_METRICS_PORT=str(p[f"{name}{suffix}-metrics"]),
+            )
         elif name == "gateway":
             # Every process of the fleet shares this machine's cores, so a hop waits for a
             # core as well as for its work: the budgets are wider than a cluster's.
@@ -302,8 +339,9 @@ class LocalFleet:
         migrate(self.config.postgres_dsn)
         self._raise_if_stop_requested()
         if not self.kafka_bootstrap:
-            self.broker = LocalBroker.start(port=None if self.config.free_ports else 19092,
-                                            log_path=str(self.log_dir / "broker.log"))
+            self.broker = LocalBroker.start(
+                port=None if self.config.free_ports else 19092, log_path=str(self.log_dir / "broker.log")
+            )
             self.kafka_bootstrap = self.broker.bootstrap
             self._write_record()
             console.print(f"[green]started[/] Kafka-protocol broker on {self.kafka_bootstrap} (memory only)")
@@ -314,12 +352,11 @@ class LocalFleet:
         """What `recfleet-jobs create-topics` does, in process (services wait for topics and
         never create them), with the names and layout the fleet's processes see: extra_env
         may give this fleet topics of its own."""
+        if self.kafka_bootstrap is None:
+            raise RuntimeError("no broker yet: prepare_infrastructure starts or finds one first")
         env = self.base_env()
-        kafka, layout = (cls(**{name: env[name] for name in env_names(cls) if name in env})
-                         for cls in (KafkaSettings, TopicSettings))
-        ensure_topics(self.kafka_bootstrap, fleet_topics(
-            kafka.events_topic, kafka.dead_letter_topic, kafka.users_topic, partitions=layout.kafka_topic_partitions,
-            replication_factor=layout.kafka_replication_factor, min_insync_replicas=layout.kafka_min_insync_replicas))
+        kafka, layout = _settings_from(KafkaSettings, env), _settings_from(TopicSettings, env)
+        ensure_topics(self.kafka_bootstrap, configured_topics(kafka, layout))
 
     def job(self, *args: str) -> str:
         """Run one batch job; its output goes to the console and is returned. A stop request
@@ -328,9 +365,13 @@ class LocalFleet:
         console.print(f"[bold]recfleet-jobs {' '.join(args)}[/]")
         started = time.perf_counter()
         # In the runner's process group, so Ctrl-C reaches it as it reaches the runner.
-        with subprocess.Popen([sys.executable, "-m", "recfleet_jobs", *args], env=self.base_env(),
-                              stdout=subprocess.PIPE, text=True,
-                              preexec_fn=self._child_setup) as popen:  # noqa: PLW1509 - prctl only, no lock
+        with subprocess.Popen(
+            [sys.executable, "-m", "recfleet_jobs", *args],
+            env=self.base_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=self._child_setup,
+        ) as popen:
             while True:
                 try:
                     output, _ = popen.communicate(timeout=0.2)
@@ -347,13 +388,16 @@ class LocalFleet:
 
     def _serving_version_usable(self) -> bool:
         with psycopg.connect(self.config.postgres_dsn) as conn:
-            row = conn.execute("SELECT version FROM model_versions WHERE kind = 'als' AND status = 'serving'").fetchone()
+            row = conn.execute(
+                "SELECT version FROM model_versions WHERE kind = 'als' AND status = 'serving'"
+            ).fetchone()
         if row is None:
             return False
-        manifest = self.state_dir / "artifacts" / "models" / "als" / row[0] / "index" / "manifest.json"
+        version: str = row[0]
+        manifest = self.state_dir / "artifacts" / "models" / "als" / version / "index" / "manifest.json"
         client = redis.Redis.from_url(self.config.redis_url)
         try:
-            in_redis = client.get(keys.SERVING_VERSION) == row[0].encode()
+            in_redis: bool = client.get(keys.SERVING_VERSION) == version.encode()
         finally:
             client.close()
         return manifest.is_file() and in_redis
@@ -362,7 +406,9 @@ class LocalFleet:
         self.job("load-movielens", "--data-dir", self.config.data_dir)
         if force or not self._serving_version_usable():
             output = self.job("train-als")
-            version = next(line.split("=", 1)[1] for line in reversed(output.splitlines()) if line.startswith("version="))
+            version = next(
+                line.split("=", 1)[1] for line in reversed(output.splitlines()) if line.startswith("version=")
+            )
             self.job("build-index", "--version", version, "--shards", str(self.config.shard_count))
             self.job("promote", "--kind", "als", "--version", version)
             trained = True
@@ -379,7 +425,10 @@ class LocalFleet:
 
     def _ranker_serving(self) -> bool:
         with psycopg.connect(self.config.postgres_dsn) as conn:
-            return conn.execute("SELECT 1 FROM model_versions WHERE kind = 'ranker' AND status = 'serving'").fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM model_versions WHERE kind = 'ranker' AND status = 'serving'").fetchone()
+                is not None
+            )
 
     # -- processes ---------------------------------------------------------------
 
@@ -393,41 +442,61 @@ class LocalFleet:
         except OSError:
             pass
 
-    def _popen(self, module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    def _popen(self, module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log_file:  # the child keeps its own copy
             return subprocess.Popen(
-                [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=self._child_setup,  # noqa: PLW1509 - prctl only, no lock
+                [sys.executable, "-m", module],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self._child_setup,
             )
 
     def start_process(self, name: str, module: str, env: dict[str, str], grpc_port: int | None = None) -> Process:
         """Start (or start again) one service process; it is supervised from now on."""
         log_path = self.log_dir / f"{name}.log"
         with self._lock:
-            process = Process(name, self._popen(module, env, log_path), log_path, module, env, grpc_port,
-                              ports=self.process_ports(name), started_at=time.monotonic())
+            process = Process(
+                name,
+                self._popen(module, env, log_path),
+                log_path,
+                module,
+                env,
+                grpc_port,
+                ports=self.process_ports(name),
+                started_at=time.monotonic(),
+            )
             self.processes[name] = process
             self._write_record()
         return process
 
     def start_services(self) -> None:
-        modules = {"feature-store": "recfleet_features", "candidate-gen": "recfleet_candidates",
-                   "ranking": "recfleet_ranking", "event-ingest": "recfleet_ingest", "event-sink": "recfleet_ingest.sink",
-                   "event-realtime": "recfleet_ingest.realtime", "gateway": "recfleet_gateway"}
+        modules = {
+            "feature-store": "recfleet_features",
+            "candidate-gen": "recfleet_candidates",
+            "ranking": "recfleet_ranking",
+            "event-ingest": "recfleet_ingest",
+            "event-sink": "recfleet_ingest.sink",
+            "event-realtime": "recfleet_ingest.realtime",
+            "gateway": "recfleet_gateway",
+        }
         for name in self.planned_processes():
             self._raise_if_stop_requested()
             canary = "-canary" in name
             service, shard = name.replace("-canary", ""), None
             if service.startswith("candidate-gen-"):
                 service, shard = "candidate-gen", int(name.rsplit("-", 1)[1])
-            self.start_process(name, modules[service], self.service_env(service, shard, canary=canary),
-                               self.ports.get(name))
+            self.start_process(
+                name, modules[service], self.service_env(service, shard, canary=canary), self.ports.get(name)
+            )
 
     def supervise(self, interval: float = 0.5) -> None:
         """Restart, from a background thread, every process that exits on its own."""
         if self._supervisor is None:
-            self._supervisor = threading.Thread(target=self._supervise_until_stopped, args=(interval,),
-                                                name="fleet-supervisor", daemon=True)
+            self._supervisor = threading.Thread(
+                target=self._supervise_until_stopped, args=(interval,), name="fleet-supervisor", daemon=True
+            )
             self._supervisor.start()
 
     def _supervise_until_stopped(self, interval: float) -> None:
@@ -436,7 +505,7 @@ class LocalFleet:
         while not self._supervisor_exit.wait(interval):
             try:
                 self.supervise_once()
-            except Exception as error:  # noqa: BLE001 - a supervisor that dies supervises nothing
+            except Exception as error:
                 self._log(f"[red]supervisor error: {escape(repr(error))}[/]")
 
     def supervise_once(self) -> None:
@@ -459,26 +528,34 @@ class LocalFleet:
                     process.exits = [t for t in process.exits if now - t <= config.restart_window_seconds] + [now]
                     if len(process.exits) > config.restart_limit:
                         process.given_up = True
-                        self.failure = (f"{process.name} is crash-looping: it exited {len(process.exits)} times within "
-                                        f"{config.restart_window_seconds:.0f}s; see {process.log_path}")
-                        self._log(f"[red]{process.name} exited ({exit_reason(code)}) after {uptime:.1f}s; "
-                                  f"crash loop, no more restarts[/]")
+                        self.failure = (
+                            f"{process.name} is crash-looping: it exited {len(process.exits)} times within "
+                            f"{config.restart_window_seconds:.0f}s; see {process.log_path}"
+                        )
+                        self._log(
+                            f"[red]{process.name} exited ({exit_reason(code)}) after {uptime:.1f}s; "
+                            f"crash loop, no more restarts[/]"
+                        )
                         continue
                     if process.backoff == 0 or uptime >= config.restart_reset_seconds:
                         process.backoff = config.restart_backoff_seconds
                     else:
                         process.backoff = min(process.backoff * 2, config.restart_backoff_max_seconds)
                     process.restart_at = now + process.backoff
-                    self._log(f"[yellow]{process.name} exited ({exit_reason(code)}) after {uptime:.1f}s; "
-                              f"restart {process.restarts + 1} in {process.backoff:.0f}s[/]")
+                    self._log(
+                        f"[yellow]{process.name} exited ({exit_reason(code)}) after {uptime:.1f}s; "
+                        f"restart {process.restarts + 1} in {process.backoff:.0f}s[/]"
+                    )
                     self._write_record()
                 elif now >= process.restart_at:
                     process.restart_at = None
                     process.popen = self._popen(process.module, process.env, process.log_path)
                     process.started_at = time.monotonic()
                     process.restarts += 1
-                    self._log(f"[yellow]restarted {process.name}[/] (pid {process.popen.pid}, "
-                              f"restart {process.restarts}); log: {process.log_path}")
+                    self._log(
+                        f"[yellow]restarted {process.name}[/] (pid {process.popen.pid}, "
+                        f"restart {process.restarts}); log: {process.log_path}"
+                    )
                     self._write_record()
 
     def request_stop(self, reason: str) -> None:
@@ -518,8 +595,9 @@ class LocalFleet:
             time.sleep(0.5)
         raise TimeoutError(f"the fleet was not ready after {timeout:.0f}s: {last}")
 
-    def _terminate(self, popen: subprocess.Popen, sig: int, timeout: float, group: bool = True,
-                   signalled: bool = False) -> None:
+    def _terminate(
+        self, popen: subprocess.Popen[Any], sig: int, timeout: float, group: bool = True, signalled: bool = False
+    ) -> None:
         """Send `sig` to the process (as a kubelet signals a container's main process; not again
         when `signalled`), then SIGKILL to its whole group (what it started too) after
         `timeout` or once it exited."""
@@ -531,8 +609,12 @@ class LocalFleet:
             try:
                 popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                console.print(f"[yellow]pid {popen.pid} ({' '.join(popen.args[1:])}) still running "
-                              f"{timeout:.0f}s after {signal.Signals(sig).name}: SIGKILL[/]")
+                # Every fleet process is started from a list of str.
+                argv = cast(list[str], popen.args)
+                console.print(
+                    f"[yellow]pid {popen.pid} ({' '.join(argv[1:])}) still running "
+                    f"{timeout:.0f}s after {signal.Signals(sig).name}: SIGKILL[/]"
+                )
                 popen.kill()
                 popen.wait()
         if group:
@@ -569,7 +651,7 @@ class LocalFleet:
         for batch in (gateway, [p for p in processes if p.name != "gateway"]):
             try:
                 self._terminate_together([p.popen for p in batch], timeout)
-            except Exception as error:  # noqa: BLE001 - everything else must still stop
+            except Exception as error:
                 console.print(f"[red]while stopping: {escape(repr(error))}[/]")
         if self.broker is not None:
             try:
@@ -578,13 +660,14 @@ class LocalFleet:
                 if unreaped:
                     fleetrecord.signal_group(self.broker.process.pid, signal.SIGKILL)
                 self.broker.process.wait(timeout=timeout)
-            except Exception as error:  # noqa: BLE001 - the record and the watchdog come next
+            except Exception as error:
                 console.print(f"[red]while stopping the broker: {escape(repr(error))}[/]")
             self.broker = None
         if self._recording:
             self.record_path.unlink(missing_ok=True)
             self._recording = False
         if self._watchdog is not None:
+            assert self._watchdog.stdin is not None  # started with stdin=PIPE
             self._watchdog.stdin.close()  # end of file: the watchdog finds no record and exits
             try:
                 self._watchdog.wait(timeout=timeout)
@@ -595,7 +678,7 @@ class LocalFleet:
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5)
 
-    def _terminate_together(self, popens: list[subprocess.Popen], timeout: float) -> None:
+    def _terminate_together(self, popens: list[subprocess.Popen[bytes]], timeout: float) -> None:
         for popen in popens:
             if popen.returncode is None:
                 if popen.poll() is None:
@@ -614,14 +697,25 @@ class LocalFleet:
         with self._lock:
             entries = {}
             if self.broker is not None and self.broker.process.poll() is None:
-                entries["broker"] = {**fleetrecord.identity(self.broker.process.pid),
-                                     "ports": {"kafka": self.broker.port}, "log": str(self.log_dir / "broker.log")}
+                entries["broker"] = {
+                    **fleetrecord.identity(self.broker.process.pid),
+                    "ports": {"kafka": self.broker.port},
+                    "log": str(self.log_dir / "broker.log"),
+                }
             for process in self.processes.values():
                 if process.popen.poll() is None:
-                    entries[process.name] = {**fleetrecord.identity(process.popen.pid), "ports": process.ports,
-                                             "log": str(process.log_path), "restarts": process.restarts}
-            record = {"runner": fleetrecord.identity(os.getpid()), "state_dir": str(self.state_dir),
-                      "gateway": self.gateway_url, "processes": entries}
+                    entries[process.name] = {
+                        **fleetrecord.identity(process.popen.pid),
+                        "ports": process.ports,
+                        "log": str(process.log_path),
+                        "restarts": process.restarts,
+                    }
+            record = {
+                "runner": fleetrecord.identity(os.getpid()),
+                "state_dir": str(self.state_dir),
+                "gateway": self.gateway_url,
+                "processes": entries,
+            }
             if self._watchdog is not None:
                 record["watchdog"] = fleetrecord.identity(self._watchdog.pid)
             fleetrecord.write_record(self.record_path, record)
@@ -632,21 +726,29 @@ class LocalFleet:
         record = fleetrecord.read_record(self.record_path)
         runner = record.get("runner", {})
         if runner.get("pid") != os.getpid() and fleetrecord.still_running(runner):
-            raise FleetError(f"a fleet from {self.state_dir} is already running: runner {fleetrecord.describe(runner)}. "
-                             f"Stop it (Ctrl-C there, or kill {runner['pid']}) or use another RECFLEET_STATE_DIR.")
+            raise FleetError(
+                f"a fleet from {self.state_dir} is already running: runner {fleetrecord.describe(runner)}. "
+                f"Stop it (Ctrl-C there, or kill {runner['pid']}) or use another RECFLEET_STATE_DIR."
+            )
         entries = list(record.get("processes", {}).items())
         left = [(name, entry) for name, entry in entries if fleetrecord.still_running(entry)]
         if left:
             names = ", ".join(f"{name} (pid {entry['pid']})" for name, entry in left)
             console.print(f"[yellow]stopping what an earlier run of this fleet left running: {names}[/]")
-            fleetrecord.stop_recorded([entry for _, entry in left], self.config.stop_timeout_seconds,
-                                      lambda line: console.print(f"  {escape(line)}"))
+            fleetrecord.stop_recorded(
+                [entry for _, entry in left],
+                self.config.stop_timeout_seconds,
+                lambda line: console.print(f"  {escape(line)}"),
+            )
         self.record_path.unlink(missing_ok=True)
 
     def check_ports(self) -> None:
         """Fail before starting anything when a port the fleet needs is held, naming the holder."""
-        wanted = {f"{name} {role}": port for name in self.planned_processes()
-                  for role, port in self.process_ports(name).items()}
+        wanted = {
+            f"{name} {role}": port
+            for name in self.planned_processes()
+            for role, port in self.process_ports(name).items()
+        }
         if not self.kafka_bootstrap and not self.config.free_ports:
             wanted["broker"] = 19092
         held = []
@@ -656,9 +758,12 @@ class LocalFleet:
                 by = ", ".join(fleetrecord.describe(h) for h in holders) or "a process this user cannot see"
                 held.append(f"port {port} ({what}) is held by {by}")
         if held:
-            raise FleetError("cannot start the fleet:\n  " + "\n  ".join(held) +
-                             "\nStop those processes, or choose other ports (RECFLEET_GATEWAY_PORT; "
-                             "RECFLEET_FREE_PORTS=1 for every internal one).")
+            raise FleetError(
+                "cannot start the fleet:\n  "
+                + "\n  ".join(held)
+                + "\nStop those processes, or choose other ports (RECFLEET_GATEWAY_PORT; "
+                "RECFLEET_FREE_PORTS=1 for every internal one)."
+            )
 
     def _start_recording(self) -> None:
         """Write the fleet record and start the watchdog that stops the fleet if the runner dies."""
@@ -666,7 +771,10 @@ class LocalFleet:
         with open(self.log_dir / "watchdog.log", "ab") as log:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-m", "recfleet_ctl.watchdog", str(self.record_path), str(os.getpid()), "5"],
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self._recording = True
         self._write_record()
@@ -697,7 +805,7 @@ def run(retrain: bool = typer.Option(False, help="Train a new model version even
     fleet = LocalFleet(config)
     received: list[str] = []
 
-    def on_signal(signum: int, _frame) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         # The same wherever the runner is (training, starting, serving, stopping): note it and
         # let the main loop act. No output and no lock here: a handler runs between two
         # bytecodes of the main thread, which may be inside a write or holding a lock.
@@ -712,11 +820,15 @@ def run(retrain: bool = typer.Option(False, help="Train a new model version even
         try:
             fleet.wait_ready()
         except TimeoutError as error:
-            console.print(f"[yellow]{escape(str(error))}; the fleet keeps running (status: "
-                          f"{fleet.gateway_url}/healthz/ready, logs: {fleet.log_dir}/)[/]")
+            console.print(
+                f"[yellow]{escape(str(error))}; the fleet keeps running (status: "
+                f"{fleet.gateway_url}/healthz/ready, logs: {fleet.log_dir}/)[/]"
+            )
         else:
-            example = (f"curl -s -H 'Authorization: Bearer {config.admin_key}' "
-                       f"'{fleet.gateway_url}/v1/recommendations?user_id=1&limit=10'")
+            example = (
+                f"curl -s -H 'Authorization: Bearer {config.admin_key}' "
+                f"'{fleet.gateway_url}/v1/recommendations?user_id=1&limit=10'"
+            )
             console.print(f"\n[bold green]recfleet is serving on {fleet.gateway_url}[/]")
             console.print(f"  try:   {example}")
             console.print(f"  docs:  {fleet.gateway_url}/docs    logs: {fleet.log_dir}/")
@@ -728,7 +840,7 @@ def run(retrain: bool = typer.Option(False, help="Train a new model version even
     except FleetError as error:
         console.print(f"[red]{escape(str(error))}[/]")
         code = 1
-    except Exception as error:  # noqa: BLE001 - whatever failed, what started must stop
+    except Exception as error:
         if fleet.failure is None:  # a crash loop is told below
             console.print(f"[red]the fleet could not start: {escape(str(error))}[/]")
         code = 1

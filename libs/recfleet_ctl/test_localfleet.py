@@ -65,8 +65,14 @@ def clock(monkeypatch):
 @pytest.fixture
 def started(tmp_path, monkeypatch):
     """A fleet whose processes exit as soon as they start, and the modules it started."""
-    config = FleetConfig(state_dir=tmp_path, shard_count=1, free_ports=True, restart_limit=3,
-                         restart_backoff_seconds=1.0, restart_backoff_max_seconds=4.0)
+    config = FleetConfig(
+        state_dir=tmp_path,
+        shard_count=1,
+        free_ports=True,
+        restart_limit=3,
+        restart_backoff_seconds=1.0,
+        restart_backoff_max_seconds=4.0,
+    )
     local = LocalFleet(config)
     local.log_dir.mkdir(parents=True)
     modules: list[str] = []

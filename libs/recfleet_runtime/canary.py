@@ -62,7 +62,7 @@ class OutcomeWindow:
         calls.append((now, ok, seconds))
         self._expire(calls, now)
 
-    def _expire(self, calls: deque, now: float) -> None:
+    def _expire(self, calls: deque[tuple[float, bool, float]], now: float) -> None:
         horizon = now - self.window_seconds
         while calls and calls[0][0] < horizon:
             calls.popleft()
@@ -84,9 +84,19 @@ def evaluate(window: OutcomeWindow, service: str, gates: Gates) -> Breach | None
     if canary.requests < gates.min_requests:
         return None
     if canary.error_rate > gates.max_error_rate and canary.error_rate > stable.error_rate:
-        return Breach(service, f"error rate {canary.error_rate:.2%} > {gates.max_error_rate:.2%} "
-                      f"(stable {stable.error_rate:.2%}) over {canary.requests} calls", canary, stable)
+        return Breach(
+            service,
+            f"error rate {canary.error_rate:.2%} > {gates.max_error_rate:.2%} "
+            f"(stable {stable.error_rate:.2%}) over {canary.requests} calls",
+            canary,
+            stable,
+        )
     if canary.p99_seconds > gates.max_p99_seconds and canary.p99_seconds > stable.p99_seconds:
-        return Breach(service, f"p99 {canary.p99_seconds * 1000:.0f} ms > {gates.max_p99_seconds * 1000:.0f} ms "
-                      f"(stable {stable.p99_seconds * 1000:.0f} ms) over {canary.requests} calls", canary, stable)
+        return Breach(
+            service,
+            f"p99 {canary.p99_seconds * 1000:.0f} ms > {gates.max_p99_seconds * 1000:.0f} ms "
+            f"(stable {stable.p99_seconds * 1000:.0f} ms) over {canary.requests} calls",
+            canary,
+            stable,
+        )
     return None

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
 
 from . import tracing
 from .context import REQUEST_ID_HEADER, deadline_var, request_id_var
@@ -37,6 +39,12 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
+if TYPE_CHECKING:
+    # A unary-unary behaviour as grpc.aio runs it: a coroutine function of the aio context
+    # (types-grpcio types `RpcMethodHandler.unary_unary` for the synchronous server only).
+    AioBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Metrics, request id and deadline propagation for unary-unary RPCs.
 
@@ -44,9 +52,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     (request id, deadline) come from the call's context."""
 
     def __init__(self) -> None:
-        self._observed: dict[str, tuple[object, grpc.RpcMethodHandler]] = {}
+        self._observed: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -59,24 +71,27 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return observed
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str | None:
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER:
+        # Only `-bin` keys carry bytes: the request id header is text.
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
             return value
     return None
 
 
-def _observed_handler(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _observed_handler(full_method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     service, method = _split_method(full_method)
-    behaviour = handler.unary_unary
-    handled: dict[grpc.StatusCode, object] = {}
+    # Called for unary-unary handlers only (intercept_service checks), which grpc.aio runs
+    # as coroutine functions of the aio context.
+    behaviour = cast("AioBehaviour", handler.unary_unary)
+    handled: dict[grpc.StatusCode, Counter] = {}
     seconds = GRPC_SERVER_SECONDS.labels("unary", service, method)
     # One access line per call: it carries the trace and request ids, so one request can
     # be followed through every service's log. Health probes arrive every second from
     # every balancer and stay at debug level.
     access = log.debug if service == HEALTH_SERVICE else log.info
 
-    async def observed(request, context: grpc.aio.ServicerContext):
+    async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         remaining = context.time_remaining()
         deadline_token = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
@@ -200,7 +215,7 @@ class GrpcService:
 async def serve(
     service: GrpcService,
     warm_up: Callable[[], Awaitable[bool]],
-    background: Iterable[Callable[[], Awaitable[None]]] = (),
+    background: Iterable[Callable[[], Coroutine[Any, Any, None]]] = (),
     close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run a service until SIGTERM/SIGINT.
@@ -233,6 +248,6 @@ async def serve(
             await close()
 
 
-def run_service(main: Callable[[], Awaitable[None]]) -> None:
+def run_service(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Entrypoint helper: run `main` on a fresh event loop."""
     asyncio.run(main())

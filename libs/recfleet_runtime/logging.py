@@ -7,11 +7,12 @@ import sys
 
 import structlog
 from opentelemetry import trace
+from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 from .context import request_id_var
 
 
-def _add_trace_context(_, __, event: dict) -> dict:
+def _add_trace_context(_: object, __: str, event: EventDict) -> EventDict:
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         event.setdefault("trace_id", format(span_context.trace_id, "032x"))
@@ -24,7 +25,7 @@ def _add_trace_context(_, __, event: dict) -> dict:
 
 def configure_logging(service: str, level: str = "INFO", track: str = "stable") -> None:
     """Route structlog and the standard library's logging to one JSON line per event."""
-    processors = [
+    processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -41,9 +42,7 @@ def configure_logging(service: str, level: str = "INFO", track: str = "stable") 
     structlog.contextvars.bind_contextvars(service=service, track=track)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=structlog.processors.JSONRenderer(), foreign_pre_chain=processors
-        )
+        structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer(), foreign_pre_chain=processors)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -52,5 +51,6 @@ def configure_logging(service: str, level: str = "INFO", track: str = "stable") 
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def get_logger(name: str | None = None):
-    return structlog.get_logger(name)
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -8,17 +8,17 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 # Every latency threshold an alert or SLO compares against is a bucket edge (5, 10, 25,
 # 80, 150, 200 ms), so histogram_quantile does not interpolate across the threshold.
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0
-)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 GRPC_SERVER_HANDLED = Counter(
     "grpc_server_handled_total",
@@ -81,16 +81,16 @@ class Heartbeat:
         return self._ready and self.alive()
 
 
-def _probe_app(heartbeat: Heartbeat | None, registry: CollectorRegistry) -> Callable:
+def _probe_app(heartbeat: Heartbeat | None, registry: CollectorRegistry) -> WSGIApplication:
     """/healthz/live and /healthz/ready from `heartbeat`; every other path is
     prometheus_client's own app, so /metrics is byte for byte what it serves."""
-    metrics = make_wsgi_app(registry)
+    metrics: WSGIApplication = make_wsgi_app(registry)
 
-    def answer(start_response, ok: bool, body: dict) -> list[bytes]:
+    def answer(start_response: StartResponse, ok: bool, body: dict[str, object]) -> list[bytes]:
         start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
         return [json.dumps(body).encode()]
 
-    def app(environ, start_response):
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path not in ("/healthz/live", "/healthz/ready"):
             return metrics(environ, start_response)
@@ -111,7 +111,7 @@ def _probe_app(heartbeat: Heartbeat | None, registry: CollectorRegistry) -> Call
 class _QuietHandler(WSGIRequestHandler):
     """Probes and scrapes arrive every few seconds: no access log."""
 
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

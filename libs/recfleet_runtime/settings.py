@@ -6,11 +6,13 @@ one name across the fleet through an explicit alias, so the Helm chart sets them
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def shared(name: str, default, description: str = ""):
+def shared(name: str, default: Any, description: str = "") -> Any:
     """A field read from one fleet-wide variable, whatever the service's prefix."""
     return Field(default, validation_alias=AliasChoices(name), description=description)
 
@@ -58,9 +60,7 @@ class TopicSettings(BaseSettings):
 
     kafka_topic_partitions: int = Field(12, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_TOPIC_PARTITIONS"))
     kafka_replication_factor: int = Field(1, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_REPLICATION_FACTOR"))
-    kafka_min_insync_replicas: int = Field(
-        1, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_MIN_INSYNC_REPLICAS")
-    )
+    kafka_min_insync_replicas: int = Field(1, ge=1, validation_alias=AliasChoices("RECFLEET_KAFKA_MIN_INSYNC_REPLICAS"))
 
     @model_validator(mode="after")
     def _min_isr_within_replication(self) -> TopicSettings:

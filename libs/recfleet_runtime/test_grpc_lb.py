@@ -18,10 +18,10 @@ from collections import Counter
 
 import pytest
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-from recfleet_store.kafka import free_port
 
 from recfleet_runtime.grpcclient import Downstream
 from recfleet_runtime.grpcserver import GrpcService
+from recfleet_runtime.ports import free_port
 from recfleet_runtime.settings import ServiceSettings
 
 SERVICE = "recfleet.ranking.v1.RankingService"
@@ -121,7 +121,8 @@ def client(dns: NameServer, port: int, **kwargs) -> Downstream:
 
 async def call_many(downstream: Downstream, count: int) -> None:
     for _ in range(count):
-        await downstream.call("GetModelStatus", ranking_pb2.GetModelStatusRequest())
+        request = ranking_pb2.GetModelStatusRequest()
+        await downstream.call(downstream.stub.GetModelStatus, request, method="GetModelStatus")
 
 
 @pytest.fixture

@@ -42,7 +42,9 @@ class ScriptedRanking(ranking_pb2_grpc.RankingServiceServicer):
     async def Rank(self, request, context):
         self.calls += 1
         if self.downstream is not None:
-            await self.downstream.call("GetModelStatus", ranking_pb2.GetModelStatusRequest(), timeout=5.0)
+            request = ranking_pb2.GetModelStatusRequest()
+            stub = self.downstream.stub
+            await self.downstream.call(stub.GetModelStatus, request, method="GetModelStatus", timeout=5.0)
         await asyncio.sleep(self.delay)
         return ranking_pb2.RankResponse(served_by="rules")
 
@@ -62,7 +64,11 @@ async def health_status(port: int, name: str = "") -> int:
 
 def downstream(port: int, **kwargs) -> Downstream:
     return Downstream(
-        name="ranking", target=f"127.0.0.1:{port}", stub_class=ranking_pb2_grpc.RankingServiceStub, service=SERVICE, **kwargs
+        name="ranking",
+        target=f"127.0.0.1:{port}",
+        stub_class=ranking_pb2_grpc.RankingServiceStub,
+        service=SERVICE,
+        **kwargs,
     )
 
 
@@ -89,7 +95,7 @@ async def test_deadline_of_the_caller_caps_downstream_calls():
     leaf = await start(leaf_servicer)
     middle = await start(ScriptedRanking(downstream=downstream(leaf.port)))
     client = downstream(middle.port)
-    await client.call("Rank", ranking_pb2.RankRequest(), timeout=0.3)
+    await client.call(client.stub.Rank, ranking_pb2.RankRequest(), method="Rank", timeout=0.3)
     # The middle hop asked for 5 s, but only what was left of the caller's 0.3 s went on
     # (gRPC carries deadlines as rounded timeouts, hence the small margin).
     assert 0 < leaf_servicer.seen_remaining[0] < 0.35
@@ -102,7 +108,7 @@ async def test_request_id_travels_in_metadata():
     client = downstream(server.port)
     token = request_id_var.set("req-123")
     try:
-        await client.call("GetModelStatus", ranking_pb2.GetModelStatusRequest())
+        await client.call(client.stub.GetModelStatus, ranking_pb2.GetModelStatusRequest(), method="GetModelStatus")
     finally:
         request_id_var.reset(token)
     assert servicer.seen_request_ids == ["req-123"]
@@ -113,13 +119,17 @@ async def test_unavailable_is_retried_for_idempotent_reads_only():
     servicer = ScriptedRanking(fail_first=2)
     server = await start(servicer)
     idempotent = downstream(server.port, idempotent_methods=("GetModelStatus",))
-    reply = await idempotent.call("GetModelStatus", ranking_pb2.GetModelStatusRequest(), timeout=2)
+    reply = await idempotent.call(
+        idempotent.stub.GetModelStatus, ranking_pb2.GetModelStatusRequest(), method="GetModelStatus", timeout=2
+    )
     assert reply.model_loaded and servicer.calls == 3
 
     servicer.calls, servicer.fail_first = 0, 1
     not_declared = downstream(server.port)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await not_declared.call("GetModelStatus", ranking_pb2.GetModelStatusRequest(), timeout=2)
+        await not_declared.call(
+            not_declared.stub.GetModelStatus, ranking_pb2.GetModelStatusRequest(), method="GetModelStatus", timeout=2
+        )
     assert raised.value.code() is grpc.StatusCode.UNAVAILABLE and servicer.calls == 1
     await asyncio.gather(idempotent.close(), not_declared.close(), server.stop())
 
@@ -129,10 +139,10 @@ async def test_breaker_opens_on_a_dead_dependency_and_stops_calling_it():
     dead.breaker.failure_threshold = 2
     for _ in range(2):
         with pytest.raises(grpc.aio.AioRpcError):
-            await dead.call("GetModelStatus", ranking_pb2.GetModelStatusRequest())
+            await dead.call(dead.stub.GetModelStatus, ranking_pb2.GetModelStatusRequest(), method="GetModelStatus")
     started = time.perf_counter()
     with pytest.raises(CircuitOpenError):
-        await dead.call("GetModelStatus", ranking_pb2.GetModelStatusRequest())
+        await dead.call(dead.stub.GetModelStatus, ranking_pb2.GetModelStatusRequest(), method="GetModelStatus")
     assert time.perf_counter() - started < 0.05  # refused locally, no network wait
     await dead.close()
 
@@ -146,7 +156,7 @@ async def test_no_call_goes_out_once_the_deadline_is_spent():
     token = deadline_var.set(time.monotonic() - 1)
     try:
         with pytest.raises(DeadlineSpentError):
-            await client.call("GetModelStatus", ranking_pb2.GetModelStatusRequest())
+            await client.call(client.stub.GetModelStatus, ranking_pb2.GetModelStatusRequest(), method="GetModelStatus")
     finally:
         deadline_var.reset(token)
     assert servicer.calls == 0
@@ -156,11 +166,11 @@ async def test_no_call_goes_out_once_the_deadline_is_spent():
 async def test_graceful_shutdown_lets_in_flight_calls_finish():
     server = await start(ScriptedRanking(delay=0.3), drain_seconds=0.05, grace_seconds=2)
     client = downstream(server.port, timeout=5)
-    in_flight = asyncio.create_task(client.call("Rank", ranking_pb2.RankRequest()))
+    in_flight = asyncio.create_task(client.call(client.stub.Rank, ranking_pb2.RankRequest(), method="Rank"))
     await asyncio.sleep(0.1)
     await server.stop()
     reply = await in_flight
     assert reply.served_by == "rules"
     with pytest.raises(grpc.aio.AioRpcError):
-        await client.call("Rank", ranking_pb2.RankRequest(), timeout=0.5)
+        await client.call(client.stub.Rank, ranking_pb2.RankRequest(), method="Rank", timeout=0.5)
     await client.close()

@@ -79,6 +79,9 @@ def test_liveness_follows_the_age_of_the_last_beat_and_readiness_the_loop(serve)
 
     heartbeat.beat()
     assert httpx.get(f"{url}/healthz/live").json() == {
-        "status": "ok", "heartbeat_age_seconds": 0.0, "liveness_seconds": 60.0}
+        "status": "ok",
+        "heartbeat_age_seconds": 0.0,
+        "liveness_seconds": 60.0,
+    }
     heartbeat.set_ready(False)
     assert httpx.get(f"{url}/healthz/ready").status_code == 503

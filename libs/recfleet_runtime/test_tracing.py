@@ -28,6 +28,8 @@ def test_store_clients_are_instrumented_only_when_spans_are_exported(exporter, e
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     if exporter:
         env["OTEL_TRACES_EXPORTER"] = exporter
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == expected

@@ -4,12 +4,16 @@ trace id; spans are exported only when the standard OTEL_* variables ask for it.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+if TYPE_CHECKING:
+    import grpc
 
 _configured = False
 _exporting = False
@@ -20,7 +24,9 @@ def configure_tracing(service: str) -> None:
     if _configured:
         return
     _configured = True
-    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none")
+    exporter = os.environ.get(
+        "OTEL_TRACES_EXPORTER", "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+    )
     _exporting = exporter in ("otlp", "console")
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     if exporter == "none" and "OTEL_TRACES_SAMPLER" not in os.environ:
@@ -42,16 +48,18 @@ def configure_tracing(service: str) -> None:
     trace.set_tracer_provider(provider)
 
 
-def instrument_grpc_server():
+def instrument_grpc_server() -> grpc.aio.ServerInterceptor:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return aio_server_interceptor()
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor()
+    return interceptor
 
 
-def instrument_grpc_client_interceptors():
+def instrument_grpc_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return aio_client_interceptors()
+    interceptors: list[grpc.aio.ClientInterceptor] = aio_client_interceptors()
+    return interceptors
 
 
 def exporting() -> bool:

@@ -27,7 +27,7 @@ def sha256(data: bytes) -> str:
 
 
 class DirectoryArtifactStore:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -55,7 +55,9 @@ class DirectoryArtifactStore:
         base = self._path(prefix)
         if not base.exists():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)

@@ -2,76 +2,31 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import random
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import structlog
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from recfleet_runtime.ports import free_port, wait_for_port
+from recfleet_runtime.settings import KafkaSettings, TopicSettings
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential,
+)
+from tenacity.stop import stop_base
 
 log = structlog.get_logger("recfleet.kafka")
-
-_handed_out: set[int] = set()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _bindable(port: int) -> bool:
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.bind((host, port))
-        except OSError as exc:
-            if family == socket.AF_INET6 and not socket.has_ipv6:
-                continue
-            if exc.errno == errno.EADDRNOTAVAIL:
-                continue
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A port nothing listens on, for a process started a moment later.
-
-    It is drawn below the kernel's ephemeral range: a port the kernel hands out to outgoing
-    connections (to Postgres, Redis, the broker) could otherwise be taken between this choice
-    and the child's bind. Ports handed out by this process are never handed out twice.
-    """
-    low, _ = _ephemeral_range()
-    top = max(low - 1, 20000)
-    for _ in range(1000):
-        port = random.randint(max(top - 12000, 10000), top)
-        if port not in _handed_out and _bindable(port):
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free port found below the ephemeral range")
-
-
-def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
 @dataclass
@@ -82,7 +37,7 @@ class LocalBroker:
     """
 
     port: int
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
 
     @property
     def bootstrap(self) -> str:
@@ -163,7 +118,7 @@ def describe_topics(admin: KafkaAdminClient, names: list[str]) -> dict[str, Topi
     return layout
 
 
-def create_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0) -> TopicsCreated:
+def create_topics(bootstrap: str, topics: dict[str, dict[str, Any]], timeout: float = 30.0) -> TopicsCreated:
     """Create those of `topics` (name -> {"partitions", "replication", "config"}) that do not
     exist; existing ones are left as they are (partitions only grow by hand: growing them
     moves keys to other partitions and breaks per-user order for a while)."""
@@ -174,8 +129,12 @@ def create_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0
         for name, spec in topics.items():
             if name in existing:
                 continue
-            new = NewTopic(name, num_partitions=spec.get("partitions", 1), replication_factor=spec.get("replication", 1),
-                           topic_configs=spec.get("config", {}))
+            new = NewTopic(
+                name,
+                num_partitions=spec.get("partitions", 1),
+                replication_factor=spec.get("replication", 1),
+                topic_configs=spec.get("config", {}),
+            )
             try:
                 admin.create_topics([new])
                 created.append(name)
@@ -186,7 +145,7 @@ def create_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0
         admin.close()
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, dict], timeout: float = 30.0) -> TopicsCreated:
+def ensure_topics(bootstrap: str, topics: dict[str, dict[str, Any]], timeout: float = 30.0) -> TopicsCreated:
     """Create topics that do not exist: name -> {"partitions": n, "replication": r, "config": {...}}."""
     return create_topics(bootstrap, topics, timeout)
 
@@ -211,6 +170,8 @@ def wait_for_topics(
     seconds or once `stop` is set. `while_waiting` runs between tries (a heartbeat)."""
 
     def log_wait(state: RetryCallState) -> None:
+        # tenacity calls before_sleep after a failed attempt: there is an outcome.
+        assert state.outcome is not None
         error = state.outcome.exception()
         if isinstance(error, TopicsMissing):
             log.warning("waiting for topics", missing=error.missing, reason=str(error), attempt=state.attempt_number)
@@ -224,10 +185,13 @@ def wait_for_topics(
         if missing:
             raise TopicsMissing(bootstrap, missing)
 
+    until: stop_base = stop_after_delay(timeout)
+    if stop is not None:
+        until = until | stop_when_event_set(stop)
     for attempt in Retrying(
         retry=retry_if_exception_type((TopicsMissing, KafkaError, OSError)),
         wait=wait_exponential(multiplier=0.2, max=5.0),
-        stop=stop_after_delay(timeout) | (lambda _: stop is not None and stop.is_set()),
+        stop=until,
         before_sleep=log_wait,
         reraise=True,
     ):
@@ -242,7 +206,7 @@ def fleet_topics(
     partitions: int = 12,
     replication_factor: int = 1,
     min_insync_replicas: int = 1,
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """The fleet's topics as `create_topics` takes them (defaults: TopicSettings').
 
     Events and users get `partitions` (at least the consumers' most replicas: a consumer
@@ -252,6 +216,21 @@ def fleet_topics(
     return {
         events: {"partitions": partitions, "replication": replication_factor, "config": dict(durability)},
         dead_letter: {"partitions": 1, "replication": replication_factor, "config": dict(durability)},
-        users: {"partitions": partitions, "replication": replication_factor,
-                "config": {"cleanup.policy": "compact", **durability}},
+        users: {
+            "partitions": partitions,
+            "replication": replication_factor,
+            "config": {"cleanup.policy": "compact", **durability},
+        },
     }
+
+
+def configured_topics(names: KafkaSettings, layout: TopicSettings) -> dict[str, dict[str, Any]]:
+    """`fleet_topics` with the names and the layout the settings give."""
+    return fleet_topics(
+        names.events_topic,
+        names.dead_letter_topic,
+        names.users_topic,
+        partitions=layout.kafka_topic_partitions,
+        replication_factor=layout.kafka_replication_factor,
+        min_insync_replicas=layout.kafka_min_insync_replicas,
+    )

@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import redis
 from psycopg.types.json import Jsonb
 
 from . import keys
+from .artifacts import ArtifactStore
 
 KINDS = ("als", "ranker")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -44,7 +46,12 @@ def index_manifest_key(artifact_uri: str) -> str:
 
 
 def register_version(
-    conn: psycopg.Connection, version: str, kind: str, artifact_uri: str, metrics: dict, params: dict
+    conn: psycopg.Connection,
+    version: str,
+    kind: str,
+    artifact_uri: str,
+    metrics: dict[str, Any],
+    params: dict[str, Any],
 ) -> None:
     """Record a new version as `candidate`. Re-registering a version is refused."""
     _check_kind(kind)
@@ -61,12 +68,18 @@ def register_version(
             raise ValueError(f"version {version!r} is already registered") from error
 
 
-def _publish(kind: str, version: str, redis_client) -> None:
+def _publish(kind: str, version: str, redis_client: redis.Redis | None) -> None:
     if kind == "als" and redis_client is not None:
         redis_client.set(keys.SERVING_VERSION, version)
 
 
-def promote(conn: psycopg.Connection, kind: str, version: str, redis_client=None, artifact_store=None) -> str | None:
+def promote(
+    conn: psycopg.Connection,
+    kind: str,
+    version: str,
+    redis_client: redis.Redis | None = None,
+    artifact_store: ArtifactStore | None = None,
+) -> str | None:
     """Make `version` the serving one of its kind; returns the version it replaced.
 
     The replaced version becomes `retired`. Unknown versions, versions of another kind and
@@ -98,7 +111,7 @@ def promote(conn: psycopg.Connection, kind: str, version: str, redis_client=None
     return previous
 
 
-def rollback(conn: psycopg.Connection, kind: str, redis_client=None) -> str:
+def rollback(conn: psycopg.Connection, kind: str, redis_client: redis.Redis | None = None) -> str:
     """Serve again the most recently promoted retired version; returns it.
 
     The version rolled back from returns to `candidate`. ValueError when no retired
@@ -114,7 +127,7 @@ def rollback(conn: psycopg.Connection, kind: str, redis_client=None) -> str:
         ).fetchone()
         if row is None:
             raise ValueError(f"no retired {kind} version to roll back to")
-        target = row[0]
+        target: str = row[0]
         conn.execute("UPDATE model_versions SET status = 'candidate' WHERE kind = %s AND status = 'serving'", (kind,))
         conn.execute("UPDATE model_versions SET status = 'serving', promoted_at = now() WHERE version = %s", (target,))
     _publish(kind, target, redis_client)
@@ -136,7 +149,7 @@ async def serving_version_async(aconn: psycopg.AsyncConnection, kind: str) -> st
     return row[0] if row else None
 
 
-def _as_dict(row: tuple) -> dict[str, Any]:
+def _as_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(_COLUMNS.split(", "), row, strict=True))
 
 

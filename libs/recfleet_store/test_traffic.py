@@ -17,8 +17,12 @@ async def test_admin_beats_the_routing_file_which_beats_defaults(store, tmp_path
     routing = tmp_path / "routing.json"
     routing.write_text(json.dumps({"services": {"ranking": {"weight": 20}, "feature-store": {"weight": 5}}}))
     await store.set("ranking", 10, 0, "alice")
-    merged = effective(["ranking", "feature-store", "candidate-gen"], await store.overrides(),
-                       read_routing_file(str(routing)), {"candidate-gen": 1})
+    merged = effective(
+        ["ranking", "feature-store", "candidate-gen"],
+        await store.overrides(),
+        read_routing_file(str(routing)),
+        {"candidate-gen": 1},
+    )
     assert (merged["ranking"].weight, merged["ranking"].source) == (10, "admin")
     assert (merged["feature-store"].weight, merged["feature-store"].source) == (5, "routing-file")
     assert (merged["candidate-gen"].weight, merged["candidate-gen"].source) == (1, "default")

@@ -82,12 +82,24 @@ def test_counts_decay_as_time_passes():
 
 
 def test_old_buckets_expire_and_foreign_fields_are_left_alone():
-    buckets = [f"300:{FIVE_PAST}", f"300:{TEN - HOUR}", f"300:{TEN - HOUR + 600}",
-               f"3600:{TEN - 7 * DAY}", f"3600:{TEN - 7 * DAY - HOUR}", f"3600:{TEN}", "60:0", "note"]
+    buckets = [
+        f"300:{FIVE_PAST}",
+        f"300:{TEN - HOUR}",
+        f"300:{TEN - HOUR + 600}",
+        f"3600:{TEN - 7 * DAY}",
+        f"3600:{TEN - 7 * DAY - HOUR}",
+        f"3600:{TEN}",
+        "60:0",
+        "note",
+    ]
     # At 10:07:30 a 5-minute bucket is dead once it starts before 09:07:30, an hourly one
     # once it starts before 10:07:30 seven days ago; sizes no window uses are dead too.
-    assert expired_fields(buckets, NOW) == [f"300:{TEN - HOUR}", f"3600:{TEN - 7 * DAY}",
-                                            f"3600:{TEN - 7 * DAY - HOUR}", "60:0"]
+    assert expired_fields(buckets, NOW) == [
+        f"300:{TEN - HOUR}",
+        f"3600:{TEN - 7 * DAY}",
+        f"3600:{TEN - 7 * DAY - HOUR}",
+        "60:0",
+    ]
     assert expired_fields(buckets, TEN) == [f"3600:{TEN - 7 * DAY - HOUR}", "60:0"]
     assert BUCKETS_TTL_SECONDS > 7 * DAY
 

@@ -12,8 +12,11 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 KEY_PREFIX = "rf:traffic:"
 # Set of the services the admin API has state for, so a refresh reads exactly those.
@@ -35,7 +38,7 @@ class TrafficState:
     updated_at: float = 0.0
     updated_by: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -45,7 +48,7 @@ def validate_percent(name: str, value: int) -> int:
     return value
 
 
-def read_routing_file(path: str) -> dict[str, dict]:
+def read_routing_file(path: str) -> dict[str, dict[str, Any]]:
     """The chart's routing ConfigMap: {"ranking": {"weight": 10, "shadow_percent": 0}, ...}."""
     if not path or not os.path.isfile(path):
         return {}
@@ -59,7 +62,7 @@ class TrafficStore:
     def __init__(self, redis: Redis):
         self.redis = redis
 
-    async def overrides(self) -> dict[str, dict]:
+    async def overrides(self) -> dict[str, dict[str, Any]]:
         """Every service the admin API set, with its stored fields, in one round trip."""
         names = sorted(n.decode() if isinstance(n, bytes) else n for n in await self.redis.smembers(SERVICES_KEY))
         if not names:
@@ -69,13 +72,15 @@ class TrafficStore:
                 pipe.hgetall(KEY_PREFIX + name)
             rows = await pipe.execute()
         return {
-            name: {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                   for k, v in raw.items()}
+            name: {
+                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in raw.items()
+            }
             for name, raw in zip(names, rows, strict=True)
             if raw
         }
 
-    async def _write(self, service: str, fields: dict) -> None:
+    async def _write(self, service: str, fields: dict[FieldT, EncodableT]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(KEY_PREFIX + service, mapping=fields)
             pipe.sadd(SERVICES_KEY, service)
@@ -86,14 +91,26 @@ class TrafficStore:
         validate_percent("shadow_percent", shadow_percent)
         current = await self.redis.hgetall(KEY_PREFIX + service)
         if current.get(b"frozen") == b"1" and weight > 0:
-            reason = current.get(b"reason", b"").decode()
+            reason = current.get(b"reason", b"")
+            reason = reason.decode() if isinstance(reason, bytes) else reason
             raise TrafficFrozen(f"{service} was rolled back ({reason}); acknowledge before raising its weight")
-        fields = {"weight": weight, "shadow_percent": shadow_percent, "updated_at": time.time(), "updated_by": actor}
+        fields: dict[FieldT, EncodableT] = {
+            "weight": weight,
+            "shadow_percent": shadow_percent,
+            "updated_at": time.time(),
+            "updated_by": actor,
+        }
         await self._write(service, fields)
         return await self.state(service)
 
     async def rollback(self, service: str, reason: str, actor: str) -> TrafficState:
-        fields = {"weight": 0, "frozen": 1, "reason": reason, "updated_at": time.time(), "updated_by": actor}
+        fields: dict[FieldT, EncodableT] = {
+            "weight": 0,
+            "frozen": 1,
+            "reason": reason,
+            "updated_at": time.time(),
+            "updated_by": actor,
+        }
         await self._write(service, fields)
         return await self.state(service)
 
@@ -103,12 +120,14 @@ class TrafficStore:
 
     async def state(self, service: str) -> TrafficState:
         raw = await self.redis.hgetall(KEY_PREFIX + service)
-        fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                  for k, v in raw.items()}
+        fields = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
         return state_from(service, fields, "admin")
 
 
-def state_from(service: str, fields: dict, source: str) -> TrafficState:
+def state_from(service: str, fields: dict[str, Any], source: str) -> TrafficState:
     return TrafficState(
         service=service,
         weight=int(float(fields.get("weight", 0))),
@@ -121,8 +140,12 @@ def state_from(service: str, fields: dict, source: str) -> TrafficState:
     )
 
 
-def effective(services: list[str], admin: dict[str, dict], routing_file: dict[str, dict],
-              defaults: dict[str, int]) -> dict[str, TrafficState]:
+def effective(
+    services: list[str],
+    admin: dict[str, dict[str, Any]],
+    routing_file: dict[str, dict[str, Any]],
+    defaults: dict[str, int],
+) -> dict[str, TrafficState]:
     """Merge the three sources: admin API > routing file > defaults."""
     result = {}
     for service in services:
@@ -135,22 +158,30 @@ def effective(services: list[str], admin: dict[str, dict], routing_file: dict[st
     return result
 
 
-async def record_event(pool, service: str, action: str, weight: int | None, shadow: int | None,
-                       reason: str, actor: str) -> None:
+async def record_event(
+    pool: AsyncConnectionPool,
+    service: str,
+    action: str,
+    weight: int | None,
+    shadow: int | None,
+    reason: str,
+    actor: str,
+) -> None:
     """Append to the Postgres audit trail (`canary_events`)."""
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO canary_events (service, action, weight, shadow, reason, actor) VALUES (%s, %s, %s, %s, %s, %s)",
+            "INSERT INTO canary_events (service, action, weight, shadow, reason, actor)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
             (service, action, weight, shadow, reason, actor),
         )
 
 
-async def recent_events(pool, limit: int = 20) -> list[dict]:
+async def recent_events(pool: AsyncConnectionPool, limit: int = 20) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT service, action, weight, shadow, reason, actor, created_at FROM canary_events "
             "ORDER BY id DESC LIMIT %s",
             (limit,),
         )
-        columns = [c.name for c in cursor.description]
-        return [dict(zip(columns, row)) for row in await cursor.fetchall()]
+        columns = [c.name for c in cursor.description or ()]
+        return [dict(zip(columns, row, strict=False)) for row in await cursor.fetchall()]

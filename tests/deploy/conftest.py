@@ -21,7 +21,7 @@ CHART = ROOT / "deploy" / "helm" / "recfleet"
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
 CRDS = ROOT / "deploy" / "crds"
 KUBE_VERSION = "1.33"
-SCENARIOS = ["default"] + sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
+SCENARIOS = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))]
 OVERLAYS = ["dev", "staging", "prod"]
 
 
@@ -83,11 +83,14 @@ def render_module():
 
 # --- Kubernetes schemas: kubernetes-validate's strict 1.33 schemas, loaded once per kind. ---
 
+
 @functools.cache
 def _kube_definitions() -> dict:
     from kubernetes_validate import utils
 
-    return utils.schema_contents(f"kubernetes-json-schema/v{_kube_schema_version()}-local-strict/_definitions.json", KUBE_VERSION)
+    return utils.schema_contents(
+        f"kubernetes-json-schema/v{_kube_schema_version()}-local-strict/_definitions.json", KUBE_VERSION
+    )
 
 
 @functools.cache
@@ -175,6 +178,13 @@ def dump(obj) -> str:
 def kit():
     """The helpers above, for the test modules (conftest is not importable under importlib mode)."""
     return types.SimpleNamespace(
-        render=render, strip=strip, pod_spec=pod_spec, validation_errors=validation_errors, dump=dump,
-        scenario_values=scenario_values, ROOT=ROOT, CHART=CHART, KUSTOMIZE=KUSTOMIZE,
+        render=render,
+        strip=strip,
+        pod_spec=pod_spec,
+        validation_errors=validation_errors,
+        dump=dump,
+        scenario_values=scenario_values,
+        ROOT=ROOT,
+        CHART=CHART,
+        KUSTOMIZE=KUSTOMIZE,
     )

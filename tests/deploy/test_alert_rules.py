@@ -111,7 +111,8 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 
 root = Path(sys.argv[1])
-packages = sorted({p.parent for p in root.glob("services/*/*/__init__.py")} | {p.parent for p in root.glob("libs/*/__init__.py")})
+services = {p.parent for p in root.glob("services/*/*/__init__.py")}
+packages = sorted(services | {p.parent for p in root.glob("libs/*/__init__.py")})
 failed = {}
 for package in packages:
     modules = [package.name] + [m.name for m in pkgutil.walk_packages([str(package)], prefix=package.name + ".")]
@@ -148,7 +149,12 @@ def exported() -> dict[str, dict]:
     """Family name -> {type, buckets} for every metric the services' and libraries' modules
     register when imported, in a fresh interpreter."""
     proc = subprocess.run(
-        [sys.executable, "-c", _LIST_METRICS, str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", _LIST_METRICS, str(ROOT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,8 +168,21 @@ def sample_names(metrics: dict[str, dict]) -> set[str]:
 
 # --- What the rules and dashboards query. ---
 
-_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-             "inf", "nan"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -223,7 +242,9 @@ def test_the_promql_name_extraction_keeps_metrics_only():
 
 def test_every_metric_a_rule_or_dashboard_queries_is_exported_by_the_code(rendered, exported):
     emitted = sample_names(exported)
-    recorded = {r["record"] for s in RULE_SCENARIOS for g in rule_groups(rendered[s]) for r in g["rules"] if "record" in r}
+    recorded = {
+        r["record"] for s in RULE_SCENARIOS for g in rule_groups(rendered[s]) for r in g["rules"] if "record" in r
+    }
     used: dict[str, set[str]] = {}
     for scenario in RULE_SCENARIOS:
         for group in rule_groups(rendered[scenario]):
@@ -236,13 +257,15 @@ def test_every_metric_a_rule_or_dashboard_queries_is_exported_by_the_code(render
                 used.setdefault(name, set()).add(board)
     assert len(used) > 15
     unknown = {
-        name: sorted(where) for name, where in used.items()
+        name: sorted(where)
+        for name, where in used.items()
         if name not in emitted and name not in recorded and name not in EXTERNAL_METRICS
     }
     assert not unknown, f"queried but registered by no module under services/ or libs/: {unknown}"
 
 
 # --- Latency thresholds on bucket edges. ---
+
 
 def _call_end(expr: str, start: int) -> int:
     """Index just past the parenthesis that closes the call opened at or after `start`."""
@@ -264,7 +287,7 @@ def quantile_thresholds(expr: str, recorded: dict[str, str]) -> list[tuple[str, 
         end = _call_end(expr, match.start())
         compared = re.match(r"\s*\)*\s*(?:>|<|>=|<=)\s*(?:bool\s+)?([0-9.]+(?:e-?[0-9]+)?)", expr[end:])
         if compared:
-            (family,) = set(re.findall(r"\b(\w+)_bucket\b", expr[match.start():end]))
+            (family,) = set(re.findall(r"\b(\w+)_bucket\b", expr[match.start() : end]))
             found.append((family, float(compared.group(1))))
     return found
 

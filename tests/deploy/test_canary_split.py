@@ -12,14 +12,21 @@ import json
 import helm_python as helm
 import pytest
 
-INTERNAL = {"candidateGen": "candidate-gen", "ranking": "ranking", "featureStore": "feature-store", "eventIngest": "event-ingest"}
+INTERNAL = {
+    "candidateGen": "candidate-gen",
+    "ranking": "ranking",
+    "featureStore": "feature-store",
+    "eventIngest": "event-ingest",
+}
 TRACK = "recfleet.io/track"
 
 
 def _combinations():
     """gatewayApi on/off x each canary alone, all of them, and the CI scenarios' own."""
-    canaries = {key: {"canary": {"enabled": True, "weight": weight}}
-                for key, weight in zip(["gateway", *INTERNAL], [5, 1, 10, 50, 100])}
+    canaries = {
+        key: {"canary": {"enabled": True, "weight": weight}}
+        for key, weight in zip(["gateway", *INTERNAL], [5, 1, 10, 50, 100], strict=False)
+    }
     sets = [[]] + [[key] for key in canaries] + [list(canaries)]
     for api, keys in itertools.product([False, True], sets):
         values = {"gatewayApi": {"enabled": api, "httpRoute": {"parentRefs": [{"name": "public"}]}}}
@@ -34,17 +41,22 @@ def _names_of(service_key: str, objects) -> set[str]:
     """Every Service name (both tracks, headless ones too) of one internal service."""
     component = INTERNAL[service_key]
     return {
-        o["metadata"]["name"] for o in objects
+        o["metadata"]["name"]
+        for o in objects
         if o["kind"] == "Service" and o["metadata"]["labels"]["app.kubernetes.io/component"] == component
     }
 
 
 def assert_one_layer_splits(objects, values):
     routing = json.loads(
-        next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "recfleet-routing")["data"]["routing.json"]
+        next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "recfleet-routing")["data"][
+            "routing.json"
+        ]
     )["services"]
     routes = [o for o in objects if o["kind"] in ("HTTPRoute", "GRPCRoute")]
-    backends = {ref["name"] for route in routes for rule in route["spec"]["rules"] for ref in rule.get("backendRefs", [])}
+    backends = {
+        ref["name"] for route in routes for rule in route["spec"]["rules"] for ref in rule.get("backendRefs", [])
+    }
     parents = {ref["name"] for route in routes for ref in route["spec"].get("parentRefs", [])}
     # Internal services: the gateway's routing file is the one splitter.
     for key, service in INTERNAL.items():
@@ -52,7 +64,9 @@ def assert_one_layer_splits(objects, values):
         on = canary.get("enabled", False)
         assert routing[service]["weight"] == (canary.get("weight", 0) if on else 0), service
         names = _names_of(key, objects)
-        assert not names & (backends | parents), f"a route splits {service} a second time: {names & (backends | parents)}"
+        assert not names & (backends | parents), (
+            f"a route splits {service} a second time: {names & (backends | parents)}"
+        )
     assert "gateway" not in routing, "the gateway does not route to itself"
     assert not [r for r in routes if r["kind"] == "GRPCRoute"]
     # Every Service selects one track: no Service splits by the pods' count.
@@ -84,7 +98,9 @@ def test_exactly_one_layer_splits_each_service(kit, name):
     assert_one_layer_splits(kit.render(values), values)
 
 
-@pytest.mark.parametrize("scenario", ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"])
+@pytest.mark.parametrize(
+    "scenario", ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
+)
 def test_exactly_one_layer_splits_each_service_in_every_ci_scenario(rendered, merged_values, scenario):
     assert_one_layer_splits(rendered[scenario], merged_values[scenario])
 

@@ -23,10 +23,7 @@ def test_helm_lint_reports_no_errors_or_warnings(kit, scenario):
 
 @from_scenarios
 def test_every_object_validates_against_kubernetes_1_33_or_its_crd(rendered, kit, scenario):
-    errors = {
-        f"{o['kind']}/{o['metadata']['name']}": kit.validation_errors(o)
-        for o in rendered[scenario]
-    }
+    errors = {f"{o['kind']}/{o['metadata']['name']}": kit.validation_errors(o) for o in rendered[scenario]}
     assert {k: v for k, v in errors.items() if v} == {}
 
 
@@ -83,7 +80,9 @@ def test_another_release_name_prefixes_every_object_and_address(kit):
     named = [o for o in objects if o["kind"] != "Pod"]
     assert all(o["metadata"]["name"].startswith("shop-recfleet-") for o in named)
     services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
-    gateway_env = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shop-recfleet-gateway-env")
+    gateway_env = next(
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shop-recfleet-gateway-env"
+    )
     targets = [v for k, v in gateway_env["data"].items() if k.endswith(("_TARGET", "_TARGETS")) and v]
     assert len(targets) == 5
     for value in targets:

@@ -83,7 +83,7 @@ def container_env(objects, container):
 @per_scenario
 def test_every_enabled_component_has_its_objects(rendered, merged_values, scenario):
     objects, values = rendered[scenario], merged_values[scenario]
-    for key, (name, traffic) in COMPONENTS.items():
+    for key, (name, _traffic) in COMPONENTS.items():
         v = values[key]
         if not v["enabled"]:
             continue
@@ -108,7 +108,10 @@ def test_production_has_hpa_pdb_servicemonitor_and_networkpolicy_for_every_servi
     objects = rendered["production"]
     for name, _ in COMPONENTS.values():
         for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
-            assert any(n == f"recfleet-{name}" or n.startswith(f"recfleet-{name}-s") for n in names(objects, kind)), (kind, name)
+            assert any(n == f"recfleet-{name}" or n.startswith(f"recfleet-{name}-s") for n in names(objects, kind)), (
+                kind,
+                name,
+            )
         assert f"recfleet-{name}" in names(objects, "ServiceMonitor")
         assert f"recfleet-{name}" in names(objects, "NetworkPolicy")
 
@@ -172,7 +175,10 @@ def test_gateway_targets_name_existing_services_in_shard_order(rendered):
         "dns:///recfleet-candidate-gen-canary-s0-headless:50051,dns:///recfleet-candidate-gen-canary-s1-headless:50051"
     )
     assert json.loads(env["RECFLEET_GATEWAY_CANARY_WEIGHTS"]) == {
-        "candidate-gen": 1, "event-ingest": 100, "feature-store": 50, "ranking": 10,
+        "candidate-gen": 1,
+        "event-ingest": 100,
+        "feature-store": 50,
+        "ranking": 10,
     }
     target_vars = [k for k in env if k.endswith(("_TARGET", "_TARGETS"))]
     assert len(target_vars) == 8
@@ -198,7 +204,9 @@ def test_shards_4x2_renders_four_statefulsets_of_two_with_explicit_shards(render
         assert from_maps["RECFLEET_CANDIDATES_SHARD_COUNT"] == "4"
     jobs_env = config_maps(objects)["recfleet-jobs-env"]
     assert jobs_env["RECFLEET_JOBS_SHARD_COUNT"] == "4"
-    headless = next(o for o in by_kind(objects, "Service") if o["metadata"]["name"] == "recfleet-candidate-gen-headless")
+    headless = next(
+        o for o in by_kind(objects, "Service") if o["metadata"]["name"] == "recfleet-candidate-gen-headless"
+    )
     assert headless["spec"]["clusterIP"] == "None"
 
 
@@ -236,7 +244,16 @@ def test_every_container_runs_with_restricted_pod_security(rendered, kit, scenar
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
         assert pod.get("automountServiceAccountToken") is False, where
         tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
-        restricted_types = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+        restricted_types = {
+            "configMap",
+            "csi",
+            "downwardAPI",
+            "emptyDir",
+            "ephemeral",
+            "persistentVolumeClaim",
+            "projected",
+            "secret",
+        }
         assert all(set(v) - {"name"} <= restricted_types for v in pod["volumes"]), where
         assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), where
         for container in pod["containers"]:
@@ -270,7 +287,11 @@ def test_each_service_port_targets_a_container_port_of_the_pods_it_selects(rende
             for spec in pods:
                 ports = [p for c in spec["containers"] for p in c.get("ports", [])]
                 target = port["targetPort"]
-                match = [p for p in ports if (p["name"] == target if isinstance(target, str) else p["containerPort"] == target)]
+                match = [
+                    p
+                    for p in ports
+                    if (p["name"] == target if isinstance(target, str) else p["containerPort"] == target)
+                ]
                 assert match, f"{svc['metadata']['name']}:{port['name']} -> {target} not a container port"
                 assert match[0]["containerPort"] == port["port"]
 
@@ -278,8 +299,14 @@ def test_each_service_port_targets_a_container_port_of_the_pods_it_selects(rende
 @per_scenario
 def test_no_workload_selects_another_workloads_pods(rendered, scenario):
     pods = [
-        (o["kind"], o["metadata"]["name"], o["spec"]["selector"]["matchLabels"], o["spec"]["template"]["metadata"]["labels"])
-        for o in rendered[scenario] if o["kind"] in ("Deployment", "StatefulSet")
+        (
+            o["kind"],
+            o["metadata"]["name"],
+            o["spec"]["selector"]["matchLabels"],
+            o["spec"]["template"]["metadata"]["labels"],
+        )
+        for o in rendered[scenario]
+        if o["kind"] in ("Deployment", "StatefulSet")
     ]
     for kind, name, selector, labels in pods:
         assert selector.items() <= labels.items(), f"{kind}/{name} does not select its own pods"
@@ -290,7 +317,9 @@ def test_no_workload_selects_another_workloads_pods(rendered, scenario):
 def test_each_shard_service_selects_only_its_shard(rendered):
     objects = rendered["shards-4x2"]
     for shard in range(4):
-        service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == f"recfleet-candidate-gen-s{shard}")
+        service = next(
+            o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == f"recfleet-candidate-gen-s{shard}"
+        )
         assert service["spec"]["selector"]["recfleet.io/shard"] == str(shard)
 
 
@@ -312,8 +341,11 @@ def test_env_vars_match_the_settings_classes_both_ways(rendered, scenario):
     for obj in workloads(objects):
         if obj["kind"] == "Pod":
             continue
-        container = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0] if obj["kind"] == "CronJob" \
+        container = (
+            obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+            if obj["kind"] == "CronJob"
             else obj["spec"]["template"]["spec"]["containers"][0]
+        )
         if container["name"] == "migrate":
             # Runs before the ConfigMaps exist: the DSN from its Secret and nothing else.
             assert [e["name"] for e in container["env"]] == ["RECFLEET_POSTGRES_DSN"]
@@ -328,13 +360,22 @@ def test_env_vars_match_the_settings_classes_both_ways(rendered, scenario):
         missing, unread = sorted(read - set_by_chart), sorted(set_by_chart - read)
         assert not missing, f"{where}: settings the chart does not set (add them to values.yaml): {missing}"
         assert not unread, f"{where}: variables the chart sets that nothing reads: {unread}"
-        canary_overrides = {e["name"] for e in obj["spec"].get("template", {}).get("spec", {}).get("containers", [{}])[0].get("env", [])}
+        canary_overrides = {
+            e["name"] for e in obj["spec"].get("template", {}).get("spec", {}).get("containers", [{}])[0].get("env", [])
+        }
         assert duplicated <= canary_overrides, f"{where}: {duplicated} set twice"
         for secret in SECRETS & read:
             assert "secretKeyRef" in env[secret]["valueFrom"], f"{where}: {secret} must come from a Secret"
         checked.add(cls.__name__)
     if scenario == "default":
-        assert checked == {"GatewaySettings", "CandidateSettings", "RankingSettings", "FeatureSettings", "IngestSettings", "JobSettings"}
+        assert checked == {
+            "GatewaySettings",
+            "CandidateSettings",
+            "RankingSettings",
+            "FeatureSettings",
+            "IngestSettings",
+            "JobSettings",
+        }
 
 
 @per_scenario
@@ -343,14 +384,26 @@ def test_otel_variables_appear_only_when_tracing_is_on(rendered, merged_values, 
     for obj in workloads(rendered[scenario]):
         if obj["kind"] == "Pod":
             continue
-        spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]["template"]["spec"]
+        spec = (
+            obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            if obj["kind"] == "CronJob"
+            else obj["spec"]["template"]["spec"]
+        )
         if spec["containers"][0]["name"] == "migrate":
             continue
         names_ = {e["name"] for e in spec["containers"][0]["env"]}
         assert ("OTEL_EXPORTER_OTLP_ENDPOINT" in names_) == otel
 
 
-REQUIRED_JOBS = {"train-als", "build-index", "train-ranker", "materialize", "popularity", "create-partitions", "evaluate"}
+REQUIRED_JOBS = {
+    "train-als",
+    "build-index",
+    "train-ranker",
+    "materialize",
+    "popularity",
+    "create-partitions",
+    "evaluate",
+}
 
 
 def test_cronjobs_run_each_batch_job_once_at_a_time(rendered):
@@ -396,13 +449,17 @@ def test_network_policies_deny_by_default_and_allow_each_edge(rendered):
     def egress_components(name):
         return {
             peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-            for rule in policies[name]["egress"] for peer in rule.get("to", []) if "podSelector" in peer
+            for rule in policies[name]["egress"]
+            for peer in rule.get("to", [])
+            if "podSelector" in peer
         }
 
     def ingress_components(name):
         return {
             peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-            for rule in policies[name]["ingress"] for peer in rule.get("from", []) if "podSelector" in peer
+            for rule in policies[name]["ingress"]
+            for peer in rule.get("from", [])
+            if "podSelector" in peer
         }
 
     assert egress_components("recfleet-gateway") == {"feature-store", "candidate-gen", "ranking", "event-ingest"}
@@ -413,6 +470,7 @@ def test_network_policies_deny_by_default_and_allow_each_edge(rendered):
     assert ingress_components("recfleet-candidate-gen") == {"gateway", "test"}
     dns = policies["recfleet-allow-dns"]["egress"][0]["ports"]
     assert {(p["port"], p["protocol"]) for p in dns} == {(53, "UDP"), (53, "TCP")}
+
     # Backing systems: one policy each, for exactly the components whose settings use them.
     def selected_components(name):
         (expression,) = policies[name]["podSelector"]["matchExpressions"]
@@ -420,8 +478,13 @@ def test_network_policies_deny_by_default_and_allow_each_edge(rendered):
         return set(expression["values"])
 
     assert selected_components("recfleet-egress-kafka") == {"event-ingest", "ingest-sink", "ingest-realtime", "jobs"}
-    assert "gateway" in selected_components("recfleet-egress-redis") and "candidate-gen" not in selected_components("recfleet-egress-redis")
-    ports = {name: {p["port"] for rule in policies[f"recfleet-egress-{name}"]["egress"] for p in rule["ports"]} for name in ("postgres", "redis", "kafka")}
+    assert "gateway" in selected_components("recfleet-egress-redis") and "candidate-gen" not in selected_components(
+        "recfleet-egress-redis"
+    )
+    ports = {
+        name: {p["port"] for rule in policies[f"recfleet-egress-{name}"]["egress"] for p in rule["ports"]}
+        for name in ("postgres", "redis", "kafka")
+    }
     assert ports == {"postgres": {5432}, "redis": {6379}, "kafka": {9092}}
 
 
@@ -467,7 +530,9 @@ def test_alert_rules_cover_the_slos_and_link_existing_runbooks(rendered, kit):
 
 
 def test_dashboards_are_grafana_json_in_labelled_configmaps(rendered):
-    dashboards = [o for o in by_kind(rendered["default"], "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    dashboards = [
+        o for o in by_kind(rendered["default"], "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     titles = set()
     for cm in dashboards:
         (body,) = cm["data"].values()
@@ -475,7 +540,10 @@ def test_dashboards_are_grafana_json_in_labelled_configmaps(rendered):
         titles.add(board["title"])
         assert board["panels"] and all(p["targets"] for p in board["panels"])
     assert titles == {
-        "recfleet / Fleet overview", "recfleet / Recommendation path", "recfleet / Ingest", "recfleet / Models and index",
+        "recfleet / Fleet overview",
+        "recfleet / Recommendation path",
+        "recfleet / Ingest",
+        "recfleet / Models and index",
     }
 
 
@@ -484,7 +552,8 @@ def test_helm_test_hook_checks_every_grpc_service_and_the_rest_api(rendered):
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     grpc_services = {
-        o["metadata"]["name"] for o in by_kind(rendered["canaries-on"], "Service")
+        o["metadata"]["name"]
+        for o in by_kind(rendered["canaries-on"], "Service")
         if any(p["name"] == "grpc" for p in o["spec"]["ports"]) and o["spec"].get("clusterIP") != "None"
     }
     assert {t.split(":")[0] for t in env["GRPC_TARGETS"].split(",")} == grpc_services
@@ -495,7 +564,8 @@ def test_gateway_api_routes_split_only_the_gateway_by_its_canary_weight(rendered
     objects = rendered["canaries-on"]
     http = next(o for o in objects if o["kind"] == "HTTPRoute")
     assert {b["name"]: b["weight"] for b in http["spec"]["rules"][0]["backendRefs"]} == {
-        "recfleet-gateway": 95, "recfleet-gateway-canary": 5,
+        "recfleet-gateway": 95,
+        "recfleet-gateway-canary": 5,
     }
     # The gateway splits the internal services itself; no mesh route splits them again.
     assert not [o for o in objects if o["kind"] == "GRPCRoute"]
@@ -506,7 +576,9 @@ def test_the_gateway_reads_the_rendered_routing_file(rendered, tmp_path):
     traffic = pytest.importorskip("recfleet_store.traffic")
     path = tmp_path / "routing.json"
     path.write_text(config_maps(rendered["canaries-on"])["recfleet-routing"]["routing.json"])
-    states = traffic.effective(["ranking", "feature-store", "candidate-gen", "event-ingest"], {}, traffic.read_routing_file(str(path)), {})
+    states = traffic.effective(
+        ["ranking", "feature-store", "candidate-gen", "event-ingest"], {}, traffic.read_routing_file(str(path)), {}
+    )
     assert {name: (s.weight, s.shadow_percent, s.source) for name, s in states.items()} == {
         "ranking": (10, 20, "routing-file"),
         "feature-store": (50, 0, "routing-file"),
@@ -520,7 +592,8 @@ def test_the_cursor_secret_comes_from_a_secret_when_one_is_named(rendered):
     gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "recfleet-gateway")
     env, from_maps = container_env(objects, gateway["spec"]["template"]["spec"]["containers"][0])
     assert env["RECFLEET_GATEWAY_CURSOR_SECRET"]["valueFrom"]["secretKeyRef"] == {
-        "name": "recfleet-gateway-cursor", "key": "cursor-secret",
+        "name": "recfleet-gateway-cursor",
+        "key": "cursor-secret",
     }
     assert "RECFLEET_GATEWAY_CURSOR_SECRET" not in from_maps
 

@@ -54,17 +54,38 @@ def reports(kit, rendered, built_overlays, skips, tmp_path_factory) -> dict[str,
 
     def scan(directory: Path) -> dict:
         proc = subprocess.run(
-            [uv, "run", "--frozen", "--isolated", "--only-group", "checkov", "--project", str(kit.ROOT),
-             "checkov", "--skip-download", "--framework", "kubernetes", "--directory", str(directory),
-             "--skip-check", ",".join(skips), "--output", "json", "--compact"],
-            capture_output=True, text=True, check=False, timeout=240,
+            [
+                uv,
+                "run",
+                "--frozen",
+                "--isolated",
+                "--only-group",
+                "checkov",
+                "--project",
+                str(kit.ROOT),
+                "checkov",
+                "--skip-download",
+                "--framework",
+                "kubernetes",
+                "--directory",
+                str(directory),
+                "--skip-check",
+                ",".join(skips),
+                "--output",
+                "json",
+                "--compact",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=240,
         )
         assert proc.returncode in (0, 1), f"checkov did not run:\n{proc.stderr[-3000:]}"
         report = json.loads(proc.stdout)
         return report[0] if isinstance(report, list) else report
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(targets, pool.map(scan, targets.values())))
+        return dict(zip(targets, pool.map(scan, targets.values()), strict=False))
 
 
 def test_the_skip_list_is_short_and_gives_a_reason_for_each(skips):

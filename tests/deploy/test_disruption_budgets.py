@@ -35,7 +35,9 @@ def test_every_budget_sets_one_field_and_lets_a_drain_evict_at_the_smallest_size
         spec, name = pdb["spec"], pdb["metadata"]["name"]
         assert len({"minAvailable", "maxUnavailable"} & set(spec)) == 1, f"{name}: {spec}"
         (target,) = [
-            w for w in workloads if spec["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+            w
+            for w in workloads
+            if spec["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
         ]
         wname = target["metadata"]["name"]
         smallest = hpas[wname]["spec"]["minReplicas"] if wname in hpas else target["spec"]["replicas"]
@@ -55,12 +57,15 @@ def _budget(objects, name):
 
 def test_min_available_renders_as_given_and_zero_stays_zero(kit):
     """minAvailable: 0 once rendered maxUnavailable: 0 (no disruption at all)."""
-    objects = kit.render({
-        "ranking": {"pdb": {"minAvailable": 0, "maxUnavailable": None}},
-        "gateway": {"pdb": {"minAvailable": "50%", "maxUnavailable": None}},
-    })
+    objects = kit.render(
+        {
+            "ranking": {"pdb": {"minAvailable": 0, "maxUnavailable": None}},
+            "gateway": {"pdb": {"minAvailable": "50%", "maxUnavailable": None}},
+        }
+    )
     assert {k: v for k, v in _budget(objects, "recfleet-ranking").items() if k != "selector"} == {
-        "minAvailable": 0, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "minAvailable": 0,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
     assert _budget(objects, "recfleet-gateway")["minAvailable"] == "50%"
     assert "maxUnavailable" not in _budget(objects, "recfleet-gateway")

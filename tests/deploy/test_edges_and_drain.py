@@ -15,8 +15,12 @@ import yaml
 SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
 per_scenario = pytest.mark.parametrize("scenario", SCENARIOS)
 PREFIXES = {
-    "gateway": "RECFLEET_GATEWAY_", "candidate-gen": "RECFLEET_CANDIDATES_", "ranking": "RECFLEET_RANKING_",
-    "feature-store": "RECFLEET_FEATURES_", "event-ingest": "RECFLEET_INGEST_", "ingest-sink": "RECFLEET_INGEST_",
+    "gateway": "RECFLEET_GATEWAY_",
+    "candidate-gen": "RECFLEET_CANDIDATES_",
+    "ranking": "RECFLEET_RANKING_",
+    "feature-store": "RECFLEET_FEATURES_",
+    "event-ingest": "RECFLEET_INGEST_",
+    "ingest-sink": "RECFLEET_INGEST_",
     "ingest-realtime": "RECFLEET_INGEST_",
 }
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -47,8 +51,11 @@ def _containers(obj):
 
 # --- gateway metrics on their own port -------------------------------------------------------
 
+
 @per_scenario
-def test_gateway_serves_metrics_on_a_port_of_its_own_that_is_scraped_and_never_routed(rendered, merged_values, scenario):
+def test_gateway_serves_metrics_on_a_port_of_its_own_that_is_scraped_and_never_routed(
+    rendered, merged_values, scenario
+):
     objects, values = rendered[scenario], merged_values[scenario]
     deployment = _get(objects, "Deployment", "recfleet-gateway")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -79,6 +86,7 @@ def test_only_the_scraper_reaches_the_gateway_metrics_port(rendered, merged_valu
 
 # --- drain ---------------------------------------------------------------------------------
 
+
 @per_scenario
 def test_every_pod_outlives_its_drain_and_grace(rendered, merged_values, scenario):
     objects = rendered[scenario]
@@ -108,7 +116,10 @@ def test_the_gateway_drains_by_itself(rendered):
     [
         ({"gateway": {"terminationGracePeriodSeconds": 15}}, "gateway.terminationGracePeriodSeconds (15)"),
         ({"ingestSink": {"terminationGracePeriodSeconds": 20}}, "ingestSink.terminationGracePeriodSeconds (20)"),
-        ({"eventIngest": {"env": {"RECFLEET_INGEST_DRAIN_SECONDS": "30"}}}, "eventIngest.terminationGracePeriodSeconds (30)"),
+        (
+            {"eventIngest": {"env": {"RECFLEET_INGEST_DRAIN_SECONDS": "30"}}},
+            "eventIngest.terminationGracePeriodSeconds (30)",
+        ),
         (
             {"ranking": {"canary": {"enabled": True, "weight": 1, "env": {"RECFLEET_RANKING_GRACE_SECONDS": "60"}}}},
             "(canary track)",
@@ -122,6 +133,7 @@ def test_a_grace_period_shorter_than_the_drain_is_refused(kit, values, message):
 
 
 # --- consumers ------------------------------------------------------------------------------
+
 
 @per_scenario
 def test_consumers_are_probed_on_their_poll_loop(rendered, scenario):
@@ -137,9 +149,14 @@ def test_consumers_are_probed_on_their_poll_loop(rendered, scenario):
 
 # --- the production example -----------------------------------------------------------------
 
+
 def test_every_production_image_is_pinned_by_a_marked_placeholder_digest(rendered, kit):
-    images = {c["image"] for o in rendered["production"] if o["kind"] in ("Deployment", "StatefulSet", "CronJob", "Job", "Pod")
-              for c in _containers(o)}
+    images = {
+        c["image"]
+        for o in rendered["production"]
+        if o["kind"] in ("Deployment", "StatefulSet", "CronJob", "Job", "Pod")
+        for c in _containers(o)
+    }
     assert len(images) >= 6
     assert {image for image in images if not DIGEST.search(image)} == set()
     text = (kit.CHART / "ci" / "production-values.yaml").read_text()
@@ -180,9 +197,15 @@ def test_the_artifacts_volume_binds_on_default_storage_classes_unless_configured
 
 # --- the prod overlay -----------------------------------------------------------------------
 
+
 def test_the_prod_overlay_is_a_production_example_too(built_overlays, kit):
     objects = built_overlays["prod"]
-    images = {c["image"] for o in objects if o["kind"] in ("Deployment", "StatefulSet", "CronJob", "Job") for c in _containers(o)}
+    images = {
+        c["image"]
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet", "CronJob", "Job")
+        for c in _containers(o)
+    }
     assert {image for image in images if not DIGEST.search(image)} == set()
     kustomization = (kit.KUSTOMIZE / "overlays" / "prod" / "kustomization.yaml").read_text()
     assert all("# replace" in line for line in kustomization.splitlines() if re.search(r"digest:|@sha256:", line))
@@ -210,5 +233,11 @@ def test_grace_arithmetic_matches_the_template(kit):
     """The refusal and the test agree at the boundary: drain + grace + 5 exactly is accepted."""
     drain, grace = 7.5, 12
     needed = math.ceil(drain + grace + 5)
-    kit.render({"gateway": {"terminationGracePeriodSeconds": needed,
-                            "env": {"RECFLEET_GATEWAY_DRAIN_SECONDS": str(drain), "RECFLEET_GATEWAY_GRACE_SECONDS": str(grace)}}})
+    kit.render(
+        {
+            "gateway": {
+                "terminationGracePeriodSeconds": needed,
+                "env": {"RECFLEET_GATEWAY_DRAIN_SECONDS": str(drain), "RECFLEET_GATEWAY_GRACE_SECONDS": str(grace)},
+            }
+        }
+    )

@@ -15,7 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 @pytest.fixture(scope="module")
 def hook_script(rendered):
-    pod = next(o for o in rendered["default"] if o["kind"] == "Pod" and o["metadata"]["annotations"]["helm.sh/hook"] == "test")
+    pod = next(
+        o for o in rendered["default"] if o["kind"] == "Pod" and o["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    )
     command = pod["spec"]["containers"][0]["command"]
     assert command[:2] == ["python", "-c"]
     return command[2]
@@ -60,7 +62,9 @@ def gateway():
 
 def run(script, targets, url):
     env = {"GRPC_TARGETS": ",".join(targets), "GATEWAY_URL": url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_passes_when_every_service_serves_and_the_api_answers(hook_script, health_servers, gateway):

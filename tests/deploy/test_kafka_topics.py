@@ -33,7 +33,9 @@ def test_create_topics_is_a_hook_that_runs_after_the_migrations(rendered, merged
     env = _inline_env(container)
     layout = values["kafka"]["topics"]
     assert [env[name] for name in LAYOUT] == [
-        str(layout["partitions"]), str(layout["replicationFactor"]), str(layout["minInsyncReplicas"]),
+        str(layout["partitions"]),
+        str(layout["replicationFactor"]),
+        str(layout["minInsyncReplicas"]),
     ]
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == values["kafka"]["bootstrapServers"]
     assert env["RECFLEET_EVENTS_TOPIC"] == layout["events"] and env["RECFLEET_USERS_TOPIC"] == layout["users"]
@@ -104,5 +106,9 @@ def test_the_chart_refuses_a_topic_layout_that_cannot_work(kit, values, message)
 def test_event_ingest_is_not_limited_by_partitions(kit):
     """event-ingest produces; only consumer groups are bounded by the partition count."""
     objects = kit.render({"eventIngest": {"autoscaling": {"maxReplicas": 40}}})
-    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == "recfleet-event-ingest")
+    hpa = next(
+        o
+        for o in objects
+        if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == "recfleet-event-ingest"
+    )
     assert hpa["spec"]["maxReplicas"] == 40

@@ -22,8 +22,12 @@ def test_base_and_components_are_up_to_date_with_the_chart(render_module, kit):
 
 
 def test_base_leaves_out_helm_test_hooks_and_optional_features(built_overlays, render_module):
-    base_kinds = {o["kind"] for o in render_module.render_objects(render_module.yaml.safe_load(
-        (render_module.HERE / "base-values.yaml").read_text()))}
+    base_kinds = {
+        o["kind"]
+        for o in render_module.render_objects(
+            render_module.yaml.safe_load((render_module.HERE / "base-values.yaml").read_text())
+        )
+    }
     assert "Pod" not in base_kinds
     assert "Job" in base_kinds, "schema migrations run on apply too"
     assert not base_kinds & {"NetworkPolicy", "ServiceMonitor", "PrometheusRule", "HTTPRoute", "GRPCRoute"}
@@ -85,7 +89,13 @@ INTENDED_FOR = {
     ("Deployment", r"^recfleet-gateway$"): [r"/containers\[gateway\]/env\[RECFLEET_GATEWAY_CURSOR_SECRET\]$"],
     ("ConfigMap", r"^recfleet-gateway-env$"): [r"^/data/RECFLEET_GATEWAY_CURSOR_SECRET$"],
 }
-PROD_ONLY = {"NetworkPolicy/recfleet-allow-otel", "ServiceMonitor", "PrometheusRule", "ConfigMap/recfleet-dashboard-", "canary"}
+PROD_ONLY = {
+    "NetworkPolicy/recfleet-allow-otel",
+    "ServiceMonitor",
+    "PrometheusRule",
+    "ConfigMap/recfleet-dashboard-",
+    "canary",
+}
 
 
 def test_prod_differs_from_dev_only_where_intended(built_overlays):
@@ -105,7 +115,9 @@ def test_prod_differs_from_dev_only_where_intended(built_overlays):
     changed = set()
     for key in dev:
         paths = list(_diff(dev[key], prod[key]))
-        allowed = INTENDED + [p for (kind, name), ps in INTENDED_FOR.items() if kind == key[0] and re.search(name, key[1]) for p in ps]
+        allowed = INTENDED + [
+            p for (kind, name), ps in INTENDED_FOR.items() if kind == key[0] and re.search(name, key[1]) for p in ps
+        ]
         bad = [p for p in paths if not any(re.search(pattern, p) for pattern in allowed)]
         if bad:
             unexpected[f"{key[0]}/{key[1]}"] = bad
@@ -139,14 +151,17 @@ def test_prod_deploys_only_canaries_that_get_traffic(built_overlays):
     prod = _index(built_overlays["prod"])
     routing = json.loads(prod[("ConfigMap", "recfleet-routing")]["data"]["routing.json"])["services"]
     deployed = {
-        o["metadata"]["labels"]["app.kubernetes.io/component"] for (kind, _), o in prod.items()
+        o["metadata"]["labels"]["app.kubernetes.io/component"]
+        for (kind, _), o in prod.items()
         if kind in ("Deployment", "StatefulSet") and o["metadata"]["labels"].get("recfleet.io/track") == "canary"
     }
     routed = {service for service, state in routing.items() if state["canary"]}
     assert deployed == routed == {"ranking"}
     assert all(routing[service]["weight"] > 0 for service in routed)
     gateway_env = prod[("ConfigMap", "recfleet-gateway-env")]["data"]
-    assert {k for k, v in gateway_env.items() if "_CANARY_TARGET" in k and v} == {"RECFLEET_GATEWAY_RANKING_CANARY_TARGET"}
+    assert {k for k, v in gateway_env.items() if "_CANARY_TARGET" in k and v} == {
+        "RECFLEET_GATEWAY_RANKING_CANARY_TARGET"
+    }
 
 
 FEATURES = ["network-policies", "service-monitors", "otel"]
@@ -155,10 +170,11 @@ CANARIES = [f"canary-{service}" for service in ("candidate-gen", "ranking", "fea
 # alone beside every feature (2^3 x 2 - 1 + 4 builds instead of 2^7 - 1).
 COMBINATIONS = [
     list(features) + canaries
-    for n in range(len(FEATURES) + 1) for features in itertools.combinations(FEATURES, n)
+    for n in range(len(FEATURES) + 1)
+    for features in itertools.combinations(FEATURES, n)
     for canaries in ([], CANARIES)
     if features or canaries
-] + [FEATURES + [canary] for canary in CANARIES]
+] + [[*FEATURES, canary] for canary in CANARIES]
 
 
 def test_the_combinations_cover_every_generated_component(render_module):
@@ -183,7 +199,7 @@ def combination_builds(kit, tmp_path_factory):
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(build, COMBINATIONS)
-        return {"+".join(c): r for c, r in zip(COMBINATIONS, results)}
+        return {"+".join(c): r for c, r in zip(COMBINATIONS, results, strict=False)}
 
 
 VALIDATED: set[str] = set()

@@ -10,8 +10,12 @@ SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off"
 per_scenario = pytest.mark.parametrize("scenario", SCENARIOS)
 TRACK, SHARD = "recfleet.io/track", "recfleet.io/shard"
 PREFIXES = {
-    "gateway": "RECFLEET_GATEWAY_", "candidate-gen": "RECFLEET_CANDIDATES_", "ranking": "RECFLEET_RANKING_",
-    "feature-store": "RECFLEET_FEATURES_", "event-ingest": "RECFLEET_INGEST_", "ingest-sink": "RECFLEET_INGEST_",
+    "gateway": "RECFLEET_GATEWAY_",
+    "candidate-gen": "RECFLEET_CANDIDATES_",
+    "ranking": "RECFLEET_RANKING_",
+    "feature-store": "RECFLEET_FEATURES_",
+    "event-ingest": "RECFLEET_INGEST_",
+    "ingest-sink": "RECFLEET_INGEST_",
     "ingest-realtime": "RECFLEET_INGEST_",
 }
 
@@ -116,7 +120,9 @@ def test_every_component_closes_connections_after_the_one_configured_age(rendere
         for source in container["envFrom"]:
             env.update(maps[source["configMapRef"]["name"]])
         assert float(env[f"{prefix}MAX_CONNECTION_AGE_SECONDS"]) == grpc["maxConnectionAgeSeconds"], component
-        assert float(env[f"{prefix}MAX_CONNECTION_AGE_GRACE_SECONDS"]) == grpc["maxConnectionAgeGraceSeconds"], component
+        assert float(env[f"{prefix}MAX_CONNECTION_AGE_GRACE_SECONDS"]) == grpc["maxConnectionAgeGraceSeconds"], (
+            component
+        )
         checked += 1
     assert checked >= 7
 
@@ -124,11 +130,18 @@ def test_every_component_closes_connections_after_the_one_configured_age(rendere
 def test_the_connection_age_is_one_value_for_the_fleet(kit):
     objects = kit.render({"grpc": {"maxConnectionAgeSeconds": 120, "maxConnectionAgeGraceSeconds": 20}})
     values = {
-        (k, v) for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-env")
-        for k, v in (o.get("data") or {}).items() if "MAX_CONNECTION_AGE" in k
+        (k, v)
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-env")
+        for k, v in (o.get("data") or {}).items()
+        if "MAX_CONNECTION_AGE" in k
     }
     assert {v for k, v in values if k.endswith("AGE_SECONDS")} == {"120"}
     assert {v for k, v in values if k.endswith("AGE_GRACE_SECONDS")} == {"20"}
     assert {k.split("_MAX_")[0] for k, _ in values} == {
-        "RECFLEET_GATEWAY", "RECFLEET_CANDIDATES", "RECFLEET_RANKING", "RECFLEET_FEATURES", "RECFLEET_INGEST",
+        "RECFLEET_GATEWAY",
+        "RECFLEET_CANDIDATES",
+        "RECFLEET_RANKING",
+        "RECFLEET_FEATURES",
+        "RECFLEET_INGEST",
     }

@@ -27,7 +27,9 @@ def allowed(policies, src: dict, dst: dict, port: int, name: str) -> bool:
             for rule in policy.get(kind.lower(), []):
                 peers = rule.get(peers_key)
                 peer_ok = peers is None or any(
-                    "podSelector" in peer and "namespaceSelector" not in peer and matches(peer["podSelector"], peer_labels)
+                    "podSelector" in peer
+                    and "namespaceSelector" not in peer
+                    and matches(peer["podSelector"], peer_labels)
                     for peer in peers
                 )
                 if peer_ok and port_matches(rule.get("ports"), port, name):

@@ -27,8 +27,13 @@ def runbooks() -> list[Path]:
 
 
 SCENARIOS = [
-    "canary-rollout", "redis-down", "postgres-primary-down", "kafka-broker-down", "feature-staleness",
-    "rate-limit-storm", "user-erasure-request",
+    "canary-rollout",
+    "redis-down",
+    "postgres-primary-down",
+    "kafka-broker-down",
+    "feature-staleness",
+    "rate-limit-storm",
+    "user-erasure-request",
 ]
 
 
@@ -42,7 +47,7 @@ def test_there_are_runbooks_for_the_alerts_and_the_on_call_scenarios():
 def test_runbook_has_every_section_in_order_and_a_safe_check(path):
     text = path.read_text()
     positions = [text.find(section) for section in SECTIONS]
-    assert -1 not in positions, f"missing sections: {[s for s, p in zip(SECTIONS, positions) if p == -1]}"
+    assert -1 not in positions, f"missing sections: {[s for s, p in zip(SECTIONS, positions, strict=False) if p == -1]}"
     assert positions == sorted(positions)
     assert safe_blocks(text), "no ```sh safe block to check the fleet with"
     assert re.search(r"`Recfleet[A-Za-z]+`", text), "name the alert(s) it answers or relates to"

@@ -19,7 +19,7 @@ def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
 
     redis_url = f"redis://127.0.0.1:6379/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
-    from recfleet_store.kafka import free_port
+    from recfleet_runtime.ports import free_port
 
     config = FleetConfig(
         state_dir=tmp_path_factory.mktemp("fleet"),
@@ -35,8 +35,11 @@ def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
         canaries=("ranking",),
         # Every process shares two cores here, so latency says more about the machine than
         # about the canary: the latency gate is wide and the error-rate gate does the work.
-        extra_env={"RECFLEET_GATEWAY_TRAFFIC_REFRESH_SECONDS": "0.5", "RECFLEET_GATEWAY_CANARY_ANALYSIS_SECONDS": "2",
-                   "RECFLEET_GATEWAY_CANARY_MAX_P99_SECONDS": "5"},
+        extra_env={
+            "RECFLEET_GATEWAY_TRAFFIC_REFRESH_SECONDS": "0.5",
+            "RECFLEET_GATEWAY_CANARY_ANALYSIS_SECONDS": "2",
+            "RECFLEET_GATEWAY_CANARY_MAX_P99_SECONDS": "5",
+        },
     )
     local = LocalFleet(config)
     try:
@@ -49,5 +52,7 @@ def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api(fleet):
-    with httpx.Client(base_url=fleet.gateway_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10) as client:
+    with httpx.Client(
+        base_url=fleet.gateway_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    ) as client:
         yield client

@@ -93,7 +93,7 @@ def test_shadow_leaves_responses_identical(api, fleet):
     set_traffic(api, "ranking", 0, shadow=0)
     assert before == during
     metrics = httpx.get(fleet.gateway_metrics_url).text
-    assert 'recfleet_gateway_shadow_requests_total{' in metrics
+    assert "recfleet_gateway_shadow_requests_total{" in metrics
 
 
 def test_a_failing_canary_is_rolled_back_within_60_seconds(api, fleet):
@@ -118,9 +118,22 @@ def test_a_failing_canary_is_rolled_back_within_60_seconds(api, fleet):
 
     # The operator sees why, and cannot raise the weight before acknowledging.
     status = subprocess.run(
-        [sys.executable, "-m", "recfleet_ctl", "--url", fleet.gateway_url, "--key", fleet.config.admin_key,
-         "traffic", "status"],
-        capture_output=True, text=True, timeout=60, check=False, env={**__import__("os").environ, "COLUMNS": "300"},
+        [
+            sys.executable,
+            "-m",
+            "recfleet_ctl",
+            "--url",
+            fleet.gateway_url,
+            "--key",
+            fleet.config.admin_key,
+            "traffic",
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**__import__("os").environ, "COLUMNS": "300"},
     )
     assert status.returncode == 0, status.stderr
     assert "auto-rollback" in status.stdout and "error rate" in status.stdout

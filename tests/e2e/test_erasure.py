@@ -22,8 +22,12 @@ def count(conn, sql: str) -> int:
 
 
 def test_export_then_erasure_leaves_nothing(api, fleet):
-    assert api.put(f"/v1/users/{USER}/profile", json={"age": 30, "country": "GB", "preferred_categories": ["Drama"]}
-                   ).status_code == 200
+    assert (
+        api.put(
+            f"/v1/users/{USER}/profile", json={"age": 30, "country": "GB", "preferred_categories": ["Drama"]}
+        ).status_code
+        == 200
+    )
     event = {"event_id": str(uuid.uuid4()), "user_id": USER, "item_id": "1", "type": "click"}
     assert api.post("/v1/events", json={"events": [event]}).status_code == 202
     assert api.get("/v1/recommendations", params={"user_id": USER, "limit": 5}).status_code == 200
@@ -59,8 +63,9 @@ def test_export_then_erasure_leaves_nothing(api, fleet):
     leftovers = [key for key in client.scan_iter(count=1000) if f"{{{USER}}}".encode() in key]
     assert not leftovers, leftovers
 
-    consumer = KafkaConsumer(bootstrap_servers=fleet.kafka_bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=fleet.kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000
+    )
     partitions = [TopicPartition("recfleet.users.v1", p) for p in consumer.partitions_for_topic("recfleet.users.v1")]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)

@@ -10,6 +10,7 @@ service, the broker and the runner's watchdog, whatever the runner recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import psycopg
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from recfleet_store.kafka import free_port
+from recfleet_runtime.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -67,8 +68,9 @@ class Runner:
             makefile.write_text(f"run:\n\t{' '.join(command)}\n")
             command = ["make", "--no-print-directory", "-f", str(makefile), "run"]
         with open(self.output_path, "wb") as out:
-            self.popen = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     @property
@@ -90,7 +92,9 @@ class Runner:
                 continue
             try:
                 if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    found[int(entry.name)] = (
+                        (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    )
             except OSError:
                 continue
         return found
@@ -105,8 +109,10 @@ class Runner:
         while time.monotonic() < deadline:
             assert self.popen.poll() is None, f"the runner exited with {self.popen.returncode}:\n{self.output}"
             processes = self.record().get("processes", {})
-            if SERVICES <= set(processes) and all(
-                listening(port) for name in SERVICES for role, port in processes[name]["ports"].items()
+            if set(processes) >= SERVICES and all(
+                listening(port)
+                for name in SERVICES
+                for role, port in processes[name]["ports"].items()
                 if role in ("grpc", "http")
             ):
                 return self.record()
@@ -131,10 +137,8 @@ class Runner:
     def kill_everything(self) -> None:
         """Test cleanup: whatever the runner left, on a machine others share."""
         for pid in self.fleet_pids():
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except OSError:
-                pass
         if self.popen is not None and self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
@@ -214,15 +218,25 @@ def test_two_ctrl_c_stop_every_process_and_a_stale_fleet_is_stopped_first(runner
     # What a fleet whose runner died uncleanly leaves behind: a record naming a process that still runs.
     state_dir = Path(runner_env["RECFLEET_STATE_DIR"])
     state_dir.mkdir(parents=True)
-    stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=runner_env,
-                             start_new_session=True)
+    stale = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], env=runner_env, start_new_session=True
+    )
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (state_dir / "fleet.json").write_text(json.dumps({
-        "runner": {"pid": dead.pid, "start_time": 0, "argv": ["python", "-m", "recfleet_ctl.localfleet", "run"]},
-        "processes": {"ranking": {"pid": stale.pid, "start_time": start_time(stale.pid), "argv": stale.args,
-                                  "ports": {}}},
-    }))
+    (state_dir / "fleet.json").write_text(
+        json.dumps(
+            {
+                "runner": {
+                    "pid": dead.pid,
+                    "start_time": 0,
+                    "argv": ["python", "-m", "recfleet_ctl.localfleet", "run"],
+                },
+                "processes": {
+                    "ranking": {"pid": stale.pid, "start_time": start_time(stale.pid), "argv": stale.args, "ports": {}}
+                },
+            }
+        )
+    )
     try:
         runner = runners(runner_env).start()
         runner.wait_up()

@@ -33,9 +33,14 @@ def catalog(fleet, item_ids) -> dict[str, dict]:
 
 def as_body(row: dict, **changes) -> dict:
     body = {
-        "title": row["title"], "categories": row["categories"], "creator": row["creator"],
+        "title": row["title"],
+        "categories": row["categories"],
+        "creator": row["creator"],
         "published_at": row["published_at"].isoformat() if row["published_at"] else None,
-        "tags": row["tags"], "age_rating": row["age_rating"], "regions": row["regions"], "available": row["available"],
+        "tags": row["tags"],
+        "age_rating": row["age_rating"],
+        "regions": row["regions"],
+        "available": row["available"],
     }
     body.update(changes)
     return body
@@ -59,16 +64,20 @@ def restricted_catalog(api, fleet):
     for index, item_id in enumerate(targets):
         kind = index % 4
         changes[item_id] = (
-            {"age_rating": 18} if kind == 0 else
-            {"regions": ["FR"]} if kind == 1 else
-            {"available": False} if kind == 2 else
-            {"categories": ["Documentary", *before[item_id]["categories"]]}
+            {"age_rating": 18}
+            if kind == 0
+            else {"regions": ["FR"]}
+            if kind == 1
+            else {"available": False}
+            if kind == 2
+            else {"categories": ["Documentary", *before[item_id]["categories"]]}
         )
     batch = [{"item_id": i, **as_body(before[i], **c)} for i, c in changes.items()]
     assert api.post("/v1/items:batch", json={"items": batch}).status_code == 200
     time.sleep(CATALOG_REACHES_RANKING_SECONDS)
-    reply = api.put(f"/v1/users/{RESTRICTED_USER}/profile",
-                    json={"age": 12, "country": "DE", "blocked_categories": ["Documentary"]})
+    reply = api.put(
+        f"/v1/users/{RESTRICTED_USER}/profile", json={"age": 12, "country": "DE", "blocked_categories": ["Documentary"]}
+    )
     assert reply.status_code == 200, reply.text
     yield changes
     api.post("/v1/items:batch", json={"items": [{"item_id": i, **as_body(r)} for i, r in before.items()]})

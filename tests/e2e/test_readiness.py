@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 from recfleet_ctl.localfleet import FleetConfig, LocalFleet
-from recfleet_store.kafka import free_port
+from recfleet_runtime.ports import free_port
 
 ADMIN_KEY = "e2e-admin-key"  # the session fleet's (tests/e2e/conftest.py)
 
@@ -91,9 +91,11 @@ def empty_fleet(kafka_bootstrap, tmp_path_factory):
         free_ports=True,
         pipeline=False,
         # Topics of its own: the session fleet's consumers must not see its events.
-        extra_env={"RECFLEET_EVENTS_TOPIC": f"recfleet.events.v1{suffix}",
-                   "RECFLEET_DEAD_LETTER_TOPIC": f"recfleet.events.dlq.v1{suffix}",
-                   "RECFLEET_USERS_TOPIC": f"recfleet.users.v1{suffix}"},
+        extra_env={
+            "RECFLEET_EVENTS_TOPIC": f"recfleet.events.v1{suffix}",
+            "RECFLEET_DEAD_LETTER_TOPIC": f"recfleet.events.dlq.v1{suffix}",
+            "RECFLEET_USERS_TOPIC": f"recfleet.users.v1{suffix}",
+        },
     )
     local = LocalFleet(config)
     try:

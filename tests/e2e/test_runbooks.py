@@ -43,18 +43,32 @@ def test_safe_commands_run(runbook, fleet):
         RECFLEET_ARTIFACT_URL=fleet.artifact_url,
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
         RECFLEET_GRPC_TARGETS=" ".join(
-            f"127.0.0.1:{port}" for name, port in fleet.ports.items()
+            f"127.0.0.1:{port}"
+            for name, port in fleet.ports.items()
             if not name.endswith("-metrics") and "canary" not in name
         ),
         RECFLEET_INGEST_TARGET=f"127.0.0.1:{fleet.ports['event-ingest']}",
         **{
             f"RECFLEET_{key}_METRICS_URL": f"http://127.0.0.1:{fleet.ports[name]}"
-            for key, name in (("GATEWAY", "gateway-metrics"), ("FEATURES", "feature-store-metrics"), ("RANKING", "ranking-metrics"),
-                              ("INGEST", "event-ingest-metrics"), ("SINK", "event-sink-metrics"),
-                              ("REALTIME", "event-realtime-metrics"), ("SHARD0", "candidate-gen-0-metrics"))
+            for key, name in (
+                ("GATEWAY", "gateway-metrics"),
+                ("FEATURES", "feature-store-metrics"),
+                ("RANKING", "ranking-metrics"),
+                ("INGEST", "event-ingest-metrics"),
+                ("SINK", "event-sink-metrics"),
+                ("REALTIME", "event-realtime-metrics"),
+                ("SHARD0", "candidate-gen-0-metrics"),
+            )
         },
     )
     for block in blocks:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 0, f"{runbook.name}: command failed\n{block}\n{result.stdout}\n{result.stderr}"

@@ -16,8 +16,11 @@ METADATA_SOURCE = "metadata"
 class Searchable(Protocol):
     """An inner-product index over item ids: a loaded shard or the metadata items."""
 
-    item_ids: list[str]
-    rows: dict[str, int]
+    # Read-only members, so frozen dataclasses (MetadataIndex) qualify too.
+    @property
+    def item_ids(self) -> list[str]: ...
+    @property
+    def rows(self) -> dict[str, int]: ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Never, TypeVar
 
 import faiss
 import grpc
@@ -70,10 +70,12 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
         return result
 
     @staticmethod
-    async def _invalid(context: grpc.aio.ServicerContext, error: InvalidArgument) -> None:
+    async def _invalid(context: grpc.aio.ServicerContext, error: InvalidArgument) -> Never:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
-    async def Retrieve(self, request, context):
+    async def Retrieve(
+        self, request: candidates_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
+    ) -> candidates_pb2.RetrieveResponse:
         shard = await self._served(request.model_version, context)
         try:
             k = check_k(request.k)
@@ -89,7 +91,9 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             add(item_id=item, score=score, source=source)
         return response
 
-    async def SimilarItems(self, request, context):
+    async def SimilarItems(
+        self, request: candidates_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> candidates_pb2.SimilarItemsResponse:
         shard = await self._served(request.model_version, context)
         try:
             if not request.item_id:
@@ -138,10 +142,14 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             metadata_item_count=extra.item_count if (extra := self.metadata.for_version(status.model_version)) else 0,
         )
 
-    async def GetShardStatus(self, request, context):
+    async def GetShardStatus(
+        self, request: candidates_pb2.GetShardStatusRequest, context: grpc.aio.ServicerContext
+    ) -> candidates_pb2.ShardStatus:
         return self._status()
 
-    async def ReloadIndex(self, request, context):
+    async def ReloadIndex(
+        self, request: candidates_pb2.ReloadIndexRequest, context: grpc.aio.ServicerContext
+    ) -> candidates_pb2.ShardStatus:
         version = request.model_version or await self._resolve_version()
         if not version:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no model version is serving in the registry")

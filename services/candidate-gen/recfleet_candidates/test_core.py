@@ -63,7 +63,7 @@ def test_metadata_items_merge_by_score_with_their_source_and_exclusions():
 
 
 def test_request_checks_name_the_field():
-    with pytest.raises(InvalidArgument, match="^k: must be between 1 and 1000, got 0$"):
+    with pytest.raises(InvalidArgument, match=r"^k: must be between 1 and 1000, got 0$"):
         check_k(0)
     with pytest.raises(InvalidArgument, match="query_vector: has 2 values; model als-t has dimension 3"):
         as_query([1.0, 2.0], 3, "als-t")

@@ -35,7 +35,11 @@ class IngestApi:
         self.pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False)
         self.erased = ErasedUsers(settings.erased_refresh_seconds)
         self.servicer = EventIngestServicer(
-            self.producer, ErasureStore(self.pool), self.erased, settings.events_topic, settings.users_topic,
+            self.producer,
+            ErasureStore(self.pool),
+            self.erased,
+            settings.events_topic,
+            settings.users_topic,
             settings.max_batch_events,
         )
         ingest_pb2_grpc.add_EventIngestServicer_to_server(self.servicer, self.service.server)
@@ -54,14 +58,18 @@ class IngestApi:
         erased-users list is loaded."""
 
         def log_retry(state: RetryCallState) -> None:
+            # tenacity calls before_sleep after a failed attempt: there is an outcome.
+            assert state.outcome is not None
             error = state.outcome.exception()
             event = "waiting for topics" if isinstance(error, TopicsMissing) else "warm-up retrying"
             log.warning(event, error=str(error), attempt=state.attempt_number)
 
         try:
             async for attempt in AsyncRetrying(
-                wait=wait_exponential(multiplier=0.2, max=2.0), stop=stop_after_delay(self.warm_up_seconds),
-                before_sleep=log_retry, reraise=True,
+                wait=wait_exponential(multiplier=0.2, max=2.0),
+                stop=stop_after_delay(self.warm_up_seconds),
+                before_sleep=log_retry,
+                reraise=True,
             ):
                 with attempt:
                     await asyncio.to_thread(self.producer.connect)

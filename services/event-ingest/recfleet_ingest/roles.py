@@ -37,8 +37,13 @@ def wait_for_fleet_topics(
 ) -> None:
     """Block until the fleet's topics exist (they are made by `recfleet-jobs create-topics`,
     never by a service); raises TopicsMissing after `timeout`."""
-    wait_for_topics(settings.kafka_bootstrap_servers, fleet_topic_names(settings), timeout, stop,
-                    heartbeat.beat if heartbeat is not None else None)
+    wait_for_topics(
+        settings.kafka_bootstrap_servers,
+        fleet_topic_names(settings),
+        timeout,
+        stop,
+        heartbeat.beat if heartbeat is not None else None,
+    )
 
 
 def run_role(name: str, run: Role) -> None:

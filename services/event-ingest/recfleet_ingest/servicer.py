@@ -74,14 +74,19 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
         self.users_topic = users_topic
         self.max_batch_events = max_batch_events
 
-    async def Ingest(self, request: ingest_pb2.IngestRequest, context: grpc.aio.ServicerContext):
+    async def Ingest(
+        self, request: ingest_pb2.IngestRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.IngestResponse:
         if not request.events:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "events: the batch is empty")
         request_id = request.request_id or request_id_var.get() or ""
         try:
             verdict = validate_batch(
-                [event_fields(e) for e in request.events], datetime.now(UTC), self.max_batch_events,
-                self.erased.users, request_id,
+                [event_fields(e) for e in request.events],
+                datetime.now(UTC),
+                self.max_batch_events,
+                self.erased.users,
+                request_id,
             )
         except BatchTooLarge as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -106,7 +111,9 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
             accepted=len(events), rejected=rejected, event_ids=[e.event_id for e in events]
         )
 
-    async def EraseUser(self, request: ingest_pb2.EraseUserRequest, context: grpc.aio.ServicerContext):
+    async def EraseUser(
+        self, request: ingest_pb2.EraseUserRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EraseUserResponse:
         if not ID_PATTERN.fullmatch(request.user_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_id: {ID_RULE}")
         receipt_id = request.receipt_id or str(uuid.uuid4())

@@ -31,8 +31,13 @@ def test_counters_recent_seen_and_categories():
 
 
 def test_timestamps_never_move_backwards():
-    plan = plan_updates([ev("u", "a", 1)], {"u": UserState(last_seen_at=T0 + 3600)},
-                        {"a": ItemState([], last_interaction_at=T0 + 7200)}, 10, now=T0 + 7200)
+    plan = plan_updates(
+        [ev("u", "a", 1)],
+        {"u": UserState(last_seen_at=T0 + 3600)},
+        {"a": ItemState([], last_interaction_at=T0 + 7200)},
+        10,
+        now=T0 + 7200,
+    )
     assert plan.user_last_seen["u"] == T0 + 3600
     assert plan.item_last_interaction["a"] == T0 + 7200
 
@@ -63,7 +68,11 @@ def test_window_counts_merge_stored_buckets_with_the_batch_and_drop_expired_ones
     plan = plan_updates(events, {}, items, recent_cap=5, now=epoch)
     two_days = int((now - timedelta(days=2)).timestamp()) // 3600 * 3600
     assert plan.item_bucket_increments["a"] == {
-        f"300:{noon}": 1, f"3600:{noon}": 1, f"300:{noon - 1800}": 1, f"3600:{noon - 3600}": 1, f"3600:{two_days}": 1,
+        f"300:{noon}": 1,
+        f"3600:{noon}": 1,
+        f"300:{noon - 1800}": 1,
+        f"3600:{noon - 3600}": 1,
+        f"3600:{two_days}": 1,
     }
     assert plan.item_expired_buckets["a"] == [f"300:{noon - 3600}", f"3600:{noon - 7 * 86400}"]
     assert plan.item_windows["a"] == {"interactions_1h": 6, "interactions_24h": 8, "interactions_7d": 9}

@@ -81,7 +81,7 @@ class RoleThread:
     def _main(self, run, settings):
         try:
             run(settings, self.stop)
-        except Exception as error:  # noqa: BLE001 - surfaced by close()
+        except Exception as error:
             self.errors.append(error)
 
     def close(self) -> None:

@@ -11,10 +11,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recfleet.ingest.v1 import ingest_pb2
 
 
-def event(user: str = "u1", item: str = "i1", kind: str = "view", value: float | None = None,
-          event_id: str | None = None, at: datetime | None = None) -> ingest_pb2.Event:
-    message = ingest_pb2.Event(event_id=event_id if event_id is not None else str(uuid.uuid4()),
-                               user_id=user, item_id=item, type=kind)
+def event(
+    user: str = "u1",
+    item: str = "i1",
+    kind: str = "view",
+    value: float | None = None,
+    event_id: str | None = None,
+    at: datetime | None = None,
+) -> ingest_pb2.Event:
+    message = ingest_pb2.Event(
+        event_id=event_id if event_id is not None else str(uuid.uuid4()), user_id=user, item_id=item, type=kind
+    )
     if value is not None:
         message.value = value
     if at is not None:

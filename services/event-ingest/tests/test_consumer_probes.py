@@ -31,8 +31,16 @@ def test_a_loop_blocked_past_the_threshold_fails_liveness_and_recovers(settings)
         entered.set()
         release.wait(60)
 
-    consumer = BatchConsumer(settings.kafka_bootstrap_servers, settings.events_topic, settings.sink_group,
-                             stuck_handler, 100, 100, stop, heartbeat=heartbeat)
+    consumer = BatchConsumer(
+        settings.kafka_bootstrap_servers,
+        settings.events_topic,
+        settings.sink_group,
+        stuck_handler,
+        100,
+        100,
+        stop,
+        heartbeat=heartbeat,
+    )
     loop = threading.Thread(target=consumer.run, daemon=True)
     try:
         assert status(port, "/healthz/ready") == 503

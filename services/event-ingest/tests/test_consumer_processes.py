@@ -16,7 +16,8 @@ from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from recfleet_ingest.roles import wait_for_fleet_topics
 from recfleet_ingest.validation import validate_event
-from recfleet_store.kafka import TopicsMissing, free_port
+from recfleet_runtime.ports import free_port
+from recfleet_store.kafka import TopicsMissing
 
 from .conftest import create_topics, make_settings
 from .helpers import wait_until
@@ -93,9 +94,12 @@ def fill_every_partition(settings, per_partition: int = 5) -> None:
     try:
         for partition in range(PARTITIONS):
             for _ in range(per_partition):
-                record = validate_event({"user_id": f"u{partition}", "item_id": "i1", "type": "view"}, datetime.now(UTC))
-                producer.send(settings.events_topic, key=f"u{partition}".encode(), value=record.to_json(),
-                              partition=partition)
+                record = validate_event(
+                    {"user_id": f"u{partition}", "item_id": "i1", "type": "view"}, datetime.now(UTC)
+                )
+                producer.send(
+                    settings.events_topic, key=f"u{partition}".encode(), value=record.to_json(), partition=partition
+                )
         producer.flush()
     finally:
         producer.close()
@@ -129,8 +133,9 @@ def test_lag_gauges_follow_the_partitions_across_a_rebalance(settings, processes
 
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["sink", "realtime"])
-def test_a_consumer_waits_for_its_topics_and_creates_none(pg_dsn, redis_url, kafka_bootstrap, processes, tmp_path,
-                                                           role):
+def test_a_consumer_waits_for_its_topics_and_creates_none(
+    pg_dsn, redis_url, kafka_bootstrap, processes, tmp_path, role
+):
     settings = make_settings(pg_dsn, redis_url, kafka_bootstrap)
     consumer = ConsumerProcess(settings, tmp_path / f"{role}.log", role)
     processes.append(consumer)

@@ -32,8 +32,11 @@ async def test_realtime_updater_fills_seen_recent_counters_and_drops_the_cache(a
     client.hset(keys.result_cache("u1"), "digest", b"{}")
 
     base = datetime.now(UTC).replace(microsecond=0)
-    events = [event("u1", "m1", at=base - timedelta(seconds=30)), event("u1", "m2", at=base - timedelta(seconds=20)),
-              event("u1", "m3", at=base - timedelta(seconds=10))]
+    events = [
+        event("u1", "m1", at=base - timedelta(seconds=30)),
+        event("u1", "m2", at=base - timedelta(seconds=20)),
+        event("u1", "m3", at=base - timedelta(seconds=10)),
+    ]
     assert (await stub.Ingest(ingest_pb2.IngestRequest(events=events), timeout=10)).accepted == 3
     # A user erased after their event reached the topic gets no features from it.
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
@@ -61,8 +64,9 @@ async def test_erasure_removes_events_writes_a_tombstone_and_drops_later_events(
     ingest, stub = api
     start_role(sink.run, settings)
     dsn = settings.postgres_dsn
-    await stub.Ingest(ingest_pb2.IngestRequest(events=[event("eve", f"i{i}") for i in range(5)]
-                                               + [event("bob", "i1")]), timeout=10)
+    await stub.Ingest(
+        ingest_pb2.IngestRequest(events=[event("eve", f"i{i}") for i in range(5)] + [event("bob", "i1")]), timeout=10
+    )
     assert await asyncio.to_thread(wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events") == 6)
 
     reply = await stub.EraseUser(ingest_pb2.EraseUserRequest(user_id="eve", receipt_id="r-1"), timeout=10)
@@ -93,18 +97,27 @@ async def test_erasure_removes_events_writes_a_tombstone_and_drops_later_events(
 
 async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(settings, start_role):
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    good = {"event_id": str(uuid.uuid4()), "user_id": "u1", "item_id": "i1", "type": "view",
-            "timestamp": "2026-01-01T00:00:00Z"}
+    good = {
+        "event_id": str(uuid.uuid4()),
+        "user_id": "u1",
+        "item_id": "i1",
+        "type": "view",
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
     producer.send(settings.events_topic, key=b"u1", value=b"{not json")
-    producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4()),
-                                                                        "type": "hover"}))
+    producer.send(
+        settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4()), "type": "hover"})
+    )
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(good))
     # A valid event that Postgres refuses (here: a constraint the database gained since):
     # dead-lettered, and the rest of its batch is still stored.
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (item_id <> 'poison')")
-    producer.send(settings.events_topic, key=b"u1", value=orjson.dumps(
-        {**good, "event_id": str(uuid.uuid4()), "item_id": "poison"}))
+    producer.send(
+        settings.events_topic,
+        key=b"u1",
+        value=orjson.dumps({**good, "event_id": str(uuid.uuid4()), "item_id": "poison"}),
+    )
     producer.send(settings.events_topic, key=b"u1", value=orjson.dumps({**good, "event_id": str(uuid.uuid4())}))
     producer.flush()
     producer.close()

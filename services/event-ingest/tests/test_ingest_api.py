@@ -53,8 +53,9 @@ async def test_hundred_events_land_in_postgres_exactly_once_even_when_posted_twi
 async def test_generated_ids_and_fields_travel_on_the_topic_keyed_by_user(api, settings):
     _, stub = api
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    request = ingest_pb2.IngestRequest(events=[event(user="alice", item="m:42", kind="rating", value=4.5,
-                                                     event_id="", at=at)], request_id="req-1")
+    request = ingest_pb2.IngestRequest(
+        events=[event(user="alice", item="m:42", kind="rating", value=4.5, event_id="", at=at)], request_id="req-1"
+    )
     request.events[0].context.update({"surface": "home", "position": 3})
     reply = await stub.Ingest(request, timeout=10)
     assert reply.accepted == 1 and len(reply.event_ids[0]) == 36
@@ -63,8 +64,13 @@ async def test_generated_ids_and_fields_travel_on_the_topic_keyed_by_user(api, s
     assert len(records) == 1
     assert records[0].key == b"alice"
     assert orjson.loads(records[0].value) == {
-        "event_id": reply.event_ids[0], "user_id": "alice", "item_id": "m:42", "type": "rating", "value": 4.5,
-        "timestamp": "2026-01-02T03:04:05.000000Z", "context": {"surface": "home", "position": 3.0},
+        "event_id": reply.event_ids[0],
+        "user_id": "alice",
+        "item_id": "m:42",
+        "type": "rating",
+        "value": 4.5,
+        "timestamp": "2026-01-02T03:04:05.000000Z",
+        "context": {"surface": "home", "position": 3.0},
         "request_id": "req-1",
     }
 
@@ -73,22 +79,31 @@ async def test_rejections_name_index_field_and_reason(api):
     _, stub = api
     future = datetime.now(UTC) + timedelta(hours=1)
     events = [
-        event(),                                   # 0 fine
-        event(user="bad user"),                    # 1 id charset
-        event(kind="hover"),                       # 2 unknown type
-        event(kind="rating"),                      # 3 rating without value
-        event(kind="rating", value=7),             # 4 rating out of range
-        event(at=future),                          # 5 future timestamp
-        event(event_id="not-a-uuid"),              # 6
-        event(item="x" * 129),                     # 7 too long
-        event(value=float("nan")),                 # 8
+        event(),  # 0 fine
+        event(user="bad user"),  # 1 id charset
+        event(kind="hover"),  # 2 unknown type
+        event(kind="rating"),  # 3 rating without value
+        event(kind="rating", value=7),  # 4 rating out of range
+        event(at=future),  # 5 future timestamp
+        event(event_id="not-a-uuid"),  # 6
+        event(item="x" * 129),  # 7 too long
+        event(value=float("nan")),  # 8
         event(at=datetime(1980, 1, 1, tzinfo=UTC)),  # 9
     ]
     reply = await stub.Ingest(ingest_pb2.IngestRequest(events=events), timeout=10)
     assert reply.accepted == 1
     got = {(r.index, r.field) for r in reply.rejected}
-    assert got == {(1, "user_id"), (2, "type"), (3, "value"), (4, "value"), (5, "timestamp"),
-                   (6, "event_id"), (7, "item_id"), (8, "value"), (9, "timestamp")}
+    assert got == {
+        (1, "user_id"),
+        (2, "type"),
+        (3, "value"),
+        (4, "value"),
+        (5, "timestamp"),
+        (6, "event_id"),
+        (7, "item_id"),
+        (8, "value"),
+        (9, "timestamp"),
+    }
     reasons = {r.index: r.error for r in reply.rejected}
     assert "future" in reasons[5] and "0.5..5.0" in reasons[4]
 

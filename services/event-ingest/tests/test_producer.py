@@ -28,4 +28,3 @@ def test_keys_land_where_the_default_partitioner_puts_them(kafka_bootstrap):
     finally:
         ours.close(timeout=5)
         reference.close(timeout=5)
-

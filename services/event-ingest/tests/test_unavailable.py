@@ -8,7 +8,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet_ingest.app import IngestApi
-from recfleet_store.kafka import LocalBroker, free_port
+from recfleet_runtime.ports import free_port
+from recfleet_store.kafka import LocalBroker
 
 from .conftest import create_topics, make_settings
 from .helpers import event

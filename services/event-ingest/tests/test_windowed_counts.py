@@ -27,8 +27,14 @@ WINDOWS = ("interactions_1h", "interactions_24h", "interactions_7d")
 async def feature_store(settings):
     """The feature store on the same Redis and Postgres, in-process on a free port; yields its stub."""
     app = FeatureStoreApp(
-        FeatureSettings(redis_url=settings.redis_url, postgres_dsn=settings.postgres_dsn, grpc_port=0,
-                        metrics_port=0, drain_seconds=0, grace_seconds=0)
+        FeatureSettings(
+            redis_url=settings.redis_url,
+            postgres_dsn=settings.postgres_dsn,
+            grpc_port=0,
+            metrics_port=0,
+            drain_seconds=0,
+            grace_seconds=0,
+        )
     )
     port = await app.service.start("127.0.0.1:0")
     assert await app.warm_up()
@@ -55,8 +61,13 @@ async def test_item_counts_per_window_follow_event_time(api, settings, start_rol
     started = int(time.time())
 
     start_role(realtime.run, settings)
-    assert await asyncio.to_thread(wait_until, lambda: numbers(client, "hot", "interaction_count", "interactions_7d")
-                                   == [5, 4] and numbers(client, "old", "interaction_count") == [1])
+    assert await asyncio.to_thread(
+        wait_until,
+        lambda: (
+            numbers(client, "hot", "interaction_count", "interactions_7d") == [5, 4]
+            and numbers(client, "old", "interaction_count") == [1]
+        ),
+    )
 
     # now and 30 minutes ago in the hour; 3 hours ago too in the day; 2 days ago too in
     # the week; 10 days ago in none (but in the all-time count).

@@ -74,7 +74,8 @@ def postgres_outage(dsn: str, seconds: float) -> None:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND application_name = %s",
                     (name, SINK_APPLICATION_NAME),
                 )
                 time.sleep(0.2)

@@ -52,7 +52,9 @@ class CatalogReader:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
             with self._conn.cursor() as cursor:
                 # Taken before the read's own snapshot: every row committed by then is in it.
-                read_at = cursor.execute("SELECT statement_timestamp()").fetchone()[0]
+                stamp = cursor.execute("SELECT statement_timestamp()").fetchone()
+                assert stamp is not None  # a SELECT without FROM returns its one row
+                read_at = stamp[0]
                 cursor.execute(query, params)
                 rows = cursor.fetchall()
         except psycopg.Error:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import structlog
 from kafka import KafkaConsumer, TopicPartition
@@ -37,7 +39,7 @@ CONSUMER_LAG = Gauge(
 Handler = Callable[[list[ConsumerRecord]], None]
 
 
-def consumer_config(bootstrap: str, group: str, batch_size: int) -> dict:
+def consumer_config(bootstrap: str, group: str, batch_size: int) -> dict[str, Any]:
     return {
         "bootstrap_servers": bootstrap,
         "group_id": group,
@@ -65,13 +67,13 @@ class PartitionLag:
             self.gauge.labels(self.group, str(partition)).set(lag)
             self._published.add(partition)
 
-    def remove(self, partitions: set[int]) -> None:
+    def remove(self, partitions: AbstractSet[int]) -> None:
         with self._lock:
             for partition in partitions & self._published:
                 self.gauge.remove(self.group, str(partition))
             self._published -= partitions
 
-    def keep_only(self, partitions: set[int]) -> None:
+    def keep_only(self, partitions: AbstractSet[int]) -> None:
         """Remove every child but those of `partitions` (a revoke that raced a `set`)."""
         with self._lock:
             stale = self._published - partitions
@@ -119,13 +121,13 @@ class BatchConsumer:
         self._config = consumer_config(bootstrap, group, batch_size)
         self.consumer: KafkaConsumer | None = None
 
-    def _poll_batch(self) -> list[ConsumerRecord]:
+    def _poll_batch(self, consumer: KafkaConsumer) -> list[ConsumerRecord]:
         """Gather up to batch_size records, waiting at most max_wait_ms once the first arrived."""
         records: list[ConsumerRecord] = []
         deadline = None
         while len(records) < self.batch_size and not self.stop.is_set():
             wait_ms = self.max_wait_ms if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
-            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=self.batch_size - len(records))
+            polled = consumer.poll(timeout_ms=wait_ms, max_records=self.batch_size - len(records))
             for partition_records in polled.values():
                 records.extend(partition_records)
             if deadline is None:
@@ -136,12 +138,12 @@ class BatchConsumer:
                 break
         return records
 
-    def _record_lag(self) -> None:
-        assigned = self.consumer.assignment()
+    def _record_lag(self, consumer: KafkaConsumer) -> None:
+        assigned = consumer.assignment()
         for tp in assigned:
-            highwater = self.consumer.highwater(tp)
+            highwater = consumer.highwater(tp)
             try:
-                position = self.consumer.position(tp, timeout_ms=1000) if highwater is not None else None
+                position = consumer.position(tp, timeout_ms=1000) if highwater is not None else None
             except IllegalStateError:
                 continue  # revoked since assignment() was read
             if highwater is not None and position is not None:
@@ -157,9 +159,9 @@ class BatchConsumer:
             last[tp] = max(record.offset, last.get(tp, -1))
         return {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
 
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    def _commit(self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
-            self.consumer.commit(offsets)
+            consumer.commit(offsets)
         except CommitFailedError:
             # The group rebalanced while the batch was written: its new owner re-reads it
             # and the handler's idempotency absorbs the repeat.
@@ -172,28 +174,28 @@ class BatchConsumer:
         and decoded, so the database's time overlaps with ours. Offsets of a batch are
         committed only after its handler returned, and batches are handled in order.
         """
-        self.consumer = KafkaConsumer(**self._config)
-        self.consumer.subscribe([self.topic], listener=RevokedLagCleanup(self.lag))
+        consumer = self.consumer = KafkaConsumer(**self._config)
+        consumer.subscribe([self.topic], listener=RevokedLagCleanup(self.lag))
         log.info("consumer started", topic=self.topic, group=self.group)
-        pending: tuple[Future, dict] | None = None
+        pending: tuple[Future[None], dict[TopicPartition, OffsetAndMetadata]] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.group}-handler") as worker:
             try:
                 while not self.stop.is_set():
                     self.heartbeat.beat()
-                    records = self._poll_batch()
+                    records = self._poll_batch(consumer)
                     self.heartbeat.set_ready(True)
                     if pending is not None:
                         pending[0].result()
-                        self._commit(pending[1])
+                        self._commit(consumer, pending[1])
                         pending = None
                     if records:
                         pending = (worker.submit(self.handler, records), self._next_offsets(records))
-                    self._record_lag()
+                    self._record_lag(consumer)
                 if pending is not None:
                     pending[0].result()
-                    self._commit(pending[1])
+                    self._commit(consumer, pending[1])
             finally:
                 self.heartbeat.set_ready(False)
-                self.consumer.close(autocommit=False)
+                consumer.close(autocommit=False)
                 self.lag.keep_only(set())
                 log.info("consumer stopped", group=self.group)

@@ -90,13 +90,24 @@ class EventSink:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("LOCK TABLE erased_users IN SHARE MODE")
-                with cur.copy("COPY incoming (event_id, user_id, item_id, type, value, ts, context) FROM STDIN") as copy:
+                with cur.copy(
+                    "COPY incoming (event_id, user_id, item_id, type, value, ts, context) FROM STDIN"
+                ) as copy:
                     for e in events:
                         copy.write_row(
-                            (e.event_id, e.user_id, e.item_id, e.type, e.value, e.timestamp,
-                             orjson.dumps(e.context).decode())
+                            (
+                                e.event_id,
+                                e.user_id,
+                                e.item_id,
+                                e.type,
+                                e.value,
+                                e.timestamp,
+                                orjson.dumps(e.context).decode(),
+                            )
                         )
-                stored, erased = cur.execute(_STORE_NEW).fetchone()
+                counts = cur.execute(_STORE_NEW).fetchone()
+                assert counts is not None  # a SELECT of two scalar subqueries: one row
+                stored, erased = counts
         except psycopg.OperationalError:
             self.close()
             raise

@@ -10,6 +10,7 @@ import orjson
 import redis
 from recfleet_store import keys
 from recfleet_store.windows import BUCKETS_TTL_SECONDS
+from redis.typing import EncodableT, FieldT
 
 from ..features import FeatureUpdates, ItemState, UserState
 
@@ -65,10 +66,8 @@ class OnlineFeatureWriter:
             parsed = _json(counts, {})
             users[user_id] = UserState(_epoch(last_seen), parsed if isinstance(parsed, dict) else {})
         items: dict[str, ItemState] = {}
-        item_replies = replies[len(user_ids):]
-        for item_id, (categories, last), buckets in zip(
-            item_ids, item_replies[::2], item_replies[1::2], strict=True
-        ):
+        item_replies = replies[len(user_ids) :]
+        for item_id, (categories, last), buckets in zip(item_ids, item_replies[::2], item_replies[1::2], strict=True):
             parsed = _json(categories, [])
             items[item_id] = ItemState(
                 [str(c) for c in parsed] if isinstance(parsed, list) else [], _epoch(last), _buckets(buckets)
@@ -83,7 +82,7 @@ class OnlineFeatureWriter:
             key = keys.user(user_id)
             # A JSON integer is its decimal digits, so HINCRBY keeps the value JSON.
             pipe.hincrby(key, "interaction_count", count)
-            fields = {"last_seen_at": orjson.dumps(updates.user_last_seen[user_id])}
+            fields: dict[FieldT, EncodableT] = {"last_seen_at": orjson.dumps(updates.user_last_seen[user_id])}
             if user_id in updates.user_category_counts:
                 fields["category_counts"] = orjson.dumps(updates.user_category_counts[user_id])
             pipe.hset(key, mapping=fields)

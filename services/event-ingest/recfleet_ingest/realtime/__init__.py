@@ -99,12 +99,23 @@ def run(settings: IngestSettings, stop: threading.Event, heartbeat: Heartbeat | 
         with attempt:
             dead_letters.connect()
     handler = RealtimeHandler(
-        OnlineFeatureWriter(client, settings.recent_items), dead_letters, settings.dead_letter_topic,
-        ErasedUsers(settings.erased_refresh_seconds), settings.postgres_dsn, stop, heartbeat,
+        OnlineFeatureWriter(client, settings.recent_items),
+        dead_letters,
+        settings.dead_letter_topic,
+        ErasedUsers(settings.erased_refresh_seconds),
+        settings.postgres_dsn,
+        stop,
+        heartbeat,
     )
     consumer = BatchConsumer(
-        settings.kafka_bootstrap_servers, settings.events_topic, settings.realtime_group, handler,
-        settings.sink_batch_size, settings.sink_max_wait_ms, stop, heartbeat,
+        settings.kafka_bootstrap_servers,
+        settings.events_topic,
+        settings.realtime_group,
+        handler,
+        settings.sink_batch_size,
+        settings.sink_max_wait_ms,
+        stop,
+        heartbeat,
     )
     try:
         consumer.run()

@@ -117,8 +117,12 @@ class SinkHandler:
                 outcome = self._write([event])
             except (psycopg.DataError, psycopg.IntegrityError) as error:
                 reason = f"postgres: {str(error).splitlines()[0]}"
-                dead.append((event.user_id, orjson.dumps(
-                    {"event": event.to_json().decode(), "reason": reason, "source": self.source})))
+                dead.append(
+                    (
+                        event.user_id,
+                        orjson.dumps({"event": event.to_json().decode(), "reason": reason, "source": self.source}),
+                    )
+                )
                 continue
             stored, duplicate, erased = stored + outcome.stored, duplicate + outcome.duplicate, erased + outcome.erased
         return SinkOutcome(stored, duplicate, erased), dead
@@ -153,8 +157,14 @@ def run(settings: IngestSettings, stop: threading.Event, heartbeat: Heartbeat | 
             dead_letters.connect()
     handler = SinkHandler(sink, dead_letters, settings.dead_letter_topic, stop, heartbeat)
     consumer = BatchConsumer(
-        settings.kafka_bootstrap_servers, settings.events_topic, settings.sink_group, handler,
-        settings.sink_batch_size, settings.sink_max_wait_ms, stop, heartbeat,
+        settings.kafka_bootstrap_servers,
+        settings.events_topic,
+        settings.sink_group,
+        handler,
+        settings.sink_batch_size,
+        settings.sink_max_wait_ms,
+        stop,
+        heartbeat,
     )
     try:
         consumer.run()
