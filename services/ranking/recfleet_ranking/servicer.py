@@ -10,13 +10,12 @@ import time
 import grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_models.ranking.features import Candidate, UserContext
-from recfleet_runtime.grpcclient import Downstream
 
-from .adapters.feature_store import load_item_features
+from .adapters.feature_store import FeatureStoreDownstream, load_item_features
 from .adapters.models import RankerVersions
 from .item_cache import ItemFeatureCache
 from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
-from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankQuery
+from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankOutcome, RankQuery
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 IDS_RE = re.compile(r"(?:[A-Za-z0-9_.:-]{1,128}\n)*")
@@ -87,11 +86,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self,
         pipeline: RankingPipeline,
         versions: RankerVersions,
-        feature_store: Downstream,
+        feature_store: FeatureStoreDownstream,
         max_candidates: int = 1000,
         inject_error_rate: float = 0.0,
         item_cache: ItemFeatureCache | None = None,
-    ):
+    ) -> None:
         self.pipeline = pipeline
         self.versions = versions
         self.feature_store = feature_store
@@ -99,7 +98,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.inject_error_rate = inject_error_rate
         self.item_cache = item_cache if item_cache is not None else ItemFeatureCache(0)
 
-    async def Rank(self, request, context):
+    async def Rank(
+        self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RankResponse:
         if self.inject_error_rate and random.random() < self.inject_error_rate:
             await context.abort(grpc.StatusCode.INTERNAL, "injected error (inject_error_rate drill)")
         try:
@@ -124,7 +125,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             FILTERED.labels(reason).inc(count)
         return to_response(outcome)
 
-    async def GetModelStatus(self, request, context):
+    async def GetModelStatus(
+        self, request: ranking_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.ModelStatus:
         serving = self.versions.serving
         return ranking_pb2.ModelStatus(
             ranker_version=serving.version if serving else "",
@@ -133,7 +136,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         )
 
 
-def to_response(outcome) -> ranking_pb2.RankResponse:
+def to_response(outcome: RankOutcome) -> ranking_pb2.RankResponse:
     """The RankResponse for a pipeline outcome; explanations only where they were computed."""
     response = ranking_pb2.RankResponse(
         served_by=outcome.served_by,
