@@ -138,35 +138,24 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
 
 
 def start_plumbing() -> tuple[str, str, list]:
-    import subprocess
+    """The bare plumbing fleet (bench/plumbing.py) on free ports: (url, key, processes)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     import plumbing
     from recfleet_runtime.ports import free_port
-    from recfleet_runtime.settings import PostgresSettings
-    from recfleet_store.postgres import ensure_database, migrate
 
-    # The gateway reads API keys and traffic weights from Postgres, as in the real fleet.
-    dsn = PostgresSettings().postgres_dsn
-    ensure_database(dsn)
-    migrate(dsn)
     shard_count = 2
-    ports = {name: free_port() for name in ("feature-store", "ranking", "event-ingest")}
+    ports = {name: free_port() for name in ("feature-store", "ranking")}
     ports.update({f"candidate-gen-{s}": free_port() for s in range(shard_count)})
-    processes = plumbing.start_fleet(ports, shard_count)
-    gateway_port, key = free_port(), "plumbing-key"
-    processes.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "recfleet_gateway"], env=plumbing.gateway_env(ports, shard_count, gateway_port, key)
-        )
-    )
+    gateway_port = free_port()
+    processes = plumbing.start_fleet(ports, shard_count, gateway_port)
     url = f"http://127.0.0.1:{gateway_port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
-                return url, key, processes
+                return url, "unused", processes  # the bare gateway checks no key
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
@@ -192,7 +181,7 @@ def main() -> None:
     parser.add_argument(
         "--plumbing",
         action="store_true",
-        help="start the gateway in front of gRPC servers that do no work (the ceiling)",
+        help="start the bare plumbing fleet instead (bench/plumbing.py: no auth, limits or cache; the ceiling)",
     )
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",")]

@@ -1,52 +1,49 @@
-"""A plumbing-only fleet: the real gateway in front of gRPC servers that do no work.
+"""A plumbing-only fleet: the bare shape of a recommendation, with no work on any hop.
 
-Each server answers from a canned response built once, through the same runtime
-(GrpcService: health, reflection, interceptors, tracing) as the real services. Its
-throughput is the ceiling of this architecture on this machine: the real fleet can only
-approach it. `bench/e2e_latency.py --plumbing` starts it and loads it like the real one.
+A plain FastAPI app (uvicorn on uvloop and httptools, as the real gateway runs) calls four
+plain `grpc.aio` servers in the order the real gateway does: the feature store
+(`GetUserFeatures`), both candidate-gen shards at once (`Retrieve`), then ranking
+(`Rank`, with the 400 candidates), and returns the top `limit` as JSON. The servers
+answer from canned replies built once. There is no auth, rate limit, result cache,
+experiment, circuit breaker, interceptor, health service, metrics, tracing or logging
+on the path: this is the ceiling of the architecture (HTTP in, four gRPC hops, JSON out)
+on this machine, which the real fleet can only approach.
+`bench/e2e_latency.py --plumbing` starts it and loads it like the real one.
 
-    .venv/bin/python bench/plumbing.py --role ranking --port 50071   # one server
+    .venv/bin/python bench/plumbing.py --role ranking --port 50071       # one server
+    .venv/bin/python bench/plumbing.py --role gateway --port 8090 \\
+        --targets 127.0.0.1:50070,127.0.0.1:50072,127.0.0.1:50073,127.0.0.1:50071
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 
+import grpc
+import orjson
 from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
-from recfleet.ingest.v1 import ingest_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-from recfleet_runtime.grpcserver import GrpcService
-from recfleet_runtime.logging import configure_logging
-from recfleet_runtime.settings import ServiceSettings
-from recfleet_runtime.tracing import configure_tracing
 
 VERSION = "als-plumbing"
 DIM = 64
+CANDIDATES_PER_SHARD = 200  # the gateway's default `candidates_per_shard`
+SNAPSHOT_SIZE = 100  # the gateway's default `snapshot_size`
+DEADLINE = 2.0
 
 
 class NoWorkFeatures(features_pb2_grpc.FeatureStoreServicer):
     reply = features_pb2.GetUserFeaturesResponse(
         user_vector=common_pb2.Vector(values=[0.1] * DIM, model_version=VERSION), interaction_count=50
     )
-    items = features_pb2.GetItemFeaturesResponse()
-    popular = features_pb2.GetPopularItemsResponse(
-        items=[common_pb2.ScoredItem(item_id=str(i), score=1.0 / i, source="popular") for i in range(1, 101)]
-    )
 
     async def GetUserFeatures(self, request, context):
         return self.reply
-
-    async def GetItemFeatures(self, request, context):
-        return self.items
-
-    async def GetPopularItems(self, request, context):
-        return self.popular
 
 
 class NoWorkShard(candidates_pb2_grpc.CandidateServiceServicer):
@@ -54,7 +51,7 @@ class NoWorkShard(candidates_pb2_grpc.CandidateServiceServicer):
         self.reply = candidates_pb2.RetrieveResponse(
             items=[
                 common_pb2.ScoredItem(item_id=str(shard * 1000 + i), score=1.0 - i / 1000, source="als")
-                for i in range(200)
+                for i in range(CANDIDATES_PER_SHARD)
             ],
             shard=shard,
             model_version=VERSION,
@@ -74,88 +71,121 @@ class NoWorkRanking(ranking_pb2_grpc.RankingServiceServicer):
         return ranking_pb2.RankResponse(items=items, served_by="rules", ranker_version="")
 
 
-class NoWorkIngest(ingest_pb2_grpc.EventIngestServicer):
-    pass
-
-
 ROLES = {
-    "feature-store": (
-        "recfleet.features.v1.FeatureStore",
-        features_pb2_grpc.add_FeatureStoreServicer_to_server,
-        lambda _: NoWorkFeatures(),
-    ),
-    "candidate-gen": (
-        "recfleet.candidates.v1.CandidateService",
-        candidates_pb2_grpc.add_CandidateServiceServicer_to_server,
-        NoWorkShard,
-    ),
-    "ranking": (
-        "recfleet.ranking.v1.RankingService",
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server,
-        lambda _: NoWorkRanking(),
-    ),
-    "event-ingest": (
-        "recfleet.ingest.v1.EventIngest",
-        ingest_pb2_grpc.add_EventIngestServicer_to_server,
-        lambda _: NoWorkIngest(),
-    ),
+    "feature-store": (features_pb2_grpc.add_FeatureStoreServicer_to_server, lambda _: NoWorkFeatures()),
+    "candidate-gen": (candidates_pb2_grpc.add_CandidateServiceServicer_to_server, NoWorkShard),
+    "ranking": (ranking_pb2_grpc.add_RankingServiceServicer_to_server, lambda _: NoWorkRanking()),
 }
 
 
 async def serve(role: str, port: int, shard: int) -> None:
-    configure_logging(f"plumbing-{role}", level="WARNING")
-    configure_tracing(f"plumbing-{role}")
-    name, add, make = ROLES[role]
-    service = GrpcService(f"plumbing-{role}", ServiceSettings(grpc_port=port, metrics_port=0, drain_seconds=0), [name])
-    add(make(shard), service.server)
-    await service.start(f"127.0.0.1:{port}")
-    await service.health.set_serving(True)
-    await service.wait_for_termination()
+    """One bare grpc.aio server: no interceptors, health, reflection or tracing."""
+    add, make = ROLES[role]
+    server = grpc.aio.server()
+    add(make(shard), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
 
 
-def start_fleet(ports: dict[str, int], shard_count: int) -> list[subprocess.Popen]:
-    """One process per server, as in the real fleet."""
+def create_app(feature_store: str, shards: list[str], ranking: str):
+    """The bare gateway: one route with the real gateway's hop shape, and a readiness probe."""
+    from fastapi import FastAPI, Response
+
+    channels: list[grpc.aio.Channel] = []
+    stubs: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        for target in (feature_store, *shards, ranking):
+            channels.append(grpc.aio.insecure_channel(target))
+        stubs["features"] = features_pb2_grpc.FeatureStoreStub(channels[0])
+        stubs["shards"] = [candidates_pb2_grpc.CandidateServiceStub(c) for c in channels[1:-1]]
+        stubs["ranking"] = ranking_pb2_grpc.RankingServiceStub(channels[-1])
+        yield
+        for channel in channels:
+            await channel.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def recommend(user_id: str, limit: int) -> dict:
+        user = await stubs["features"].GetUserFeatures(
+            features_pb2.GetUserFeaturesRequest(user_id=user_id), timeout=DEADLINE
+        )
+        retrieve = candidates_pb2.RetrieveRequest(
+            query_vector=user.user_vector.values, k=CANDIDATES_PER_SHARD, model_version=user.user_vector.model_version
+        )
+        replies = await asyncio.gather(*(shard.Retrieve(retrieve, timeout=DEADLINE) for shard in stubs["shards"]))
+        candidates = [item for reply in replies for item in reply.items]
+        ranked = await stubs["ranking"].Rank(
+            ranking_pb2.RankRequest(user_id=user_id, candidates=candidates, limit=SNAPSHOT_SIZE), timeout=DEADLINE
+        )
+        return {
+            "user_id": user_id,
+            "items": [
+                {"item_id": item.item_id, "rank": item.rank, "score": round(item.score, 6), "source": item.source}
+                for item in ranked.items[:limit]
+            ],
+            "served_by": ranked.served_by,
+        }
+
+    @app.get("/v1/recommendations")
+    async def recommendations(user_id: str, limit: int = 20, surface: str = "") -> Response:
+        return Response(orjson.dumps(await recommend(user_id, limit)), media_type="application/json")
+
+    @app.get("/healthz/ready")
+    async def ready() -> Response:
+        try:
+            await recommend("1", 1)
+        except grpc.aio.AioRpcError:
+            return Response(status_code=503)
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    return app
+
+
+def serve_gateway(port: int, targets: list[str]) -> None:
+    import uvicorn
+
+    app = create_app(targets[0], targets[1:-1], targets[-1])
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+    )
+
+
+def start_fleet(ports: dict[str, int], shard_count: int, gateway_port: int) -> list[subprocess.Popen]:
+    """One process per server and one for the bare gateway, as in the real fleet."""
     processes = []
-    for role in ("feature-store", "ranking", "event-ingest"):
+    for role in ("feature-store", "ranking"):
         processes.append(subprocess.Popen([sys.executable, __file__, "--role", role, "--port", str(ports[role])]))
     for shard in range(shard_count):
+        port = str(ports[f"candidate-gen-{shard}"])
         processes.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--role",
-                    "candidate-gen",
-                    "--shard",
-                    str(shard),
-                    "--port",
-                    str(ports[f"candidate-gen-{shard}"]),
-                ]
+                [sys.executable, __file__, "--role", "candidate-gen", "--shard", str(shard), "--port", port]
             )
         )
+    targets = [
+        f"127.0.0.1:{ports['feature-store']}",
+        *(f"127.0.0.1:{ports[f'candidate-gen-{s}']}" for s in range(shard_count)),
+        f"127.0.0.1:{ports['ranking']}",
+    ]
+    processes.append(
+        subprocess.Popen(
+            [sys.executable, __file__, "--role", "gateway", "--port", str(gateway_port), "--targets", ",".join(targets)]
+        )
+    )
     return processes
 
 
-def gateway_env(ports: dict[str, int], shard_count: int, gateway_port: int, key: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RECFLEET_GATEWAY_PORT=str(gateway_port),
-        RECFLEET_GATEWAY_FEATURE_STORE_TARGET=f"127.0.0.1:{ports['feature-store']}",
-        RECFLEET_GATEWAY_RANKING_TARGET=f"127.0.0.1:{ports['ranking']}",
-        RECFLEET_GATEWAY_EVENT_INGEST_TARGET=f"127.0.0.1:{ports['event-ingest']}",
-        RECFLEET_GATEWAY_CANDIDATE_GEN_TARGETS=",".join(
-            f"127.0.0.1:{ports[f'candidate-gen-{s}']}" for s in range(shard_count)
-        ),
-        RECFLEET_BOOTSTRAP_ADMIN_KEY=key,
-        RECFLEET_GATEWAY_LOG_LEVEL="WARNING",
-    )
-    return env
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--role", choices=sorted(ROLES), required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=[*sorted(ROLES), "gateway"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--targets", default="", help="gateway: feature store, shards..., ranking (comma-separated)")
     args = parser.parse_args()
-    asyncio.run(serve(args.role, args.port, args.shard))
+    if args.role == "gateway":
+        serve_gateway(args.port, args.targets.split(","))
+    else:
+        asyncio.run(serve(args.role, args.port, args.shard))
