@@ -47,6 +47,10 @@ async def test_bad_path_id_and_body_fields(client):
 async def test_unknown_route_and_method_are_problems(client):
     assert_problem(await client.get("/v1/nothing-here"), 404)
     assert_problem(await client.delete("/v1/popular"), 405)
+    # `Allow` names every method of the resource, whichever route matched first.
+    reply = await client.delete("/admin/v1/experiments")
+    assert_problem(reply, 405)
+    assert reply.headers["Allow"] == "GET, POST"
 
 
 async def test_body_over_one_mebibyte_is_413(client):

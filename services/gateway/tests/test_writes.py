@@ -180,3 +180,44 @@ async def test_a_job_already_running_is_409(gateway_settings):
         assert assert_problem(second, 409)["job_id"] == first["job_id"]
         await wait_for(http, f"/admin/v1/jobs/{first['job_id']}", lambda b: b["status"] == "succeeded")
         assert (await http.post("/admin/v1/jobs/materialize")).status_code == 202
+
+
+VALID_EXPERIMENT = {"name": "exp-types", "variants": [{"name": "a", "share": 0.5}, {"name": "b", "share": 0.5}]}
+
+
+async def test_bodies_that_break_the_published_schema_are_refused_not_coerced(client):
+    """A boolean where the schema says integer (or an integer where it says boolean) is a
+    400 naming the field: before, `"available": 0` was stored as false and `"age": false`
+    as no age."""
+    cases = [
+        ("PUT", "/v1/items/typed-1", {"title": "T", "available": 0}, "body.available"),
+        ("POST", "/v1/items:batch", {"items": [{"item_id": "typed-2", "available": 1}]}, "body.items[0].available"),
+        ("PUT", "/v1/users/typed-user/profile", {"age": False}, "body.age"),
+        ("PUT", "/admin/v1/traffic/ranking", {"weight": 0, "shadow_percent": False}, "body.shadow_percent"),
+        ("PUT", "/admin/v1/traffic/ranking", {"weight": True}, "body.weight"),
+        (
+            "POST",
+            "/admin/v1/experiments",
+            {**VALID_EXPERIMENT, "variants": VALID_EXPERIMENT["variants"][:1]},
+            "body.variants",
+        ),
+        ("POST", "/admin/v1/experiments", {**VALID_EXPERIMENT, "name": "has space"}, "body.name"),
+        (
+            "POST",
+            "/admin/v1/experiments",
+            {**VALID_EXPERIMENT, "variants": [{"name": "a", "share": True}, {"name": "b", "share": 0.5}]},
+            "body.variants[0].share",
+        ),
+    ]
+    for method, path, body, field in cases:
+        problem = assert_problem(await client.request(method, path, json=body), 400)
+        assert field in [error["field"] for error in problem["errors"]], (path, body, problem)
+
+
+async def test_the_published_schema_states_what_the_code_checks(anonymous):
+    schemas = (await anonymous.get("/openapi.json")).json()["components"]["schemas"]
+    experiment, variant = schemas["ExperimentIn"]["properties"], schemas["VariantIn"]["properties"]
+    assert experiment["name"]["pattern"] == r"^[A-Za-z0-9_.:\-]{1,64}$"
+    assert (experiment["variants"]["minItems"], experiment["variants"]["maxItems"]) == (2, 10)
+    assert (variant["share"]["exclusiveMinimum"], variant["share"]["maximum"]) == (0, 1)
+    assert experiment["salt"]["anyOf"][0]["maxLength"] == 128

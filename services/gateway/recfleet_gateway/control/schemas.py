@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..experiments import MAX_VARIANTS, NAME_RE
 from ..rest.schemas import Label, Strict
+
+NAME_PATTERN = NAME_RE.pattern
 
 # -- admin --------------------------------------------------------------------------------------
 
@@ -74,18 +77,20 @@ class JobOut(BaseModel):
 
 
 class VariantIn(Strict):
-    name: str = Field(description="1-64 characters of [A-Za-z0-9_.:-]; the first variant is the control.")
-    share: float = Field(description="Share of users, in (0, 1]; the shares add up to 1.")
+    name: str = Field(pattern=NAME_PATTERN, description="1-64 characters of [A-Za-z0-9_.:-]; the first is the control.")
+    share: float = Field(strict=True, gt=0, le=1, description="Share of users, in (0, 1]; the shares add up to 1.")
     ranker_version: str = Field(
         "serving", description="`rules` (rule formula only), `serving` (the serving ranker) or a ranker version."
     )
 
 
 class ExperimentIn(Strict):
-    name: str = Field(description="1-64 characters of [A-Za-z0-9_.:-].")
-    variants: list[VariantIn] = Field(description="2-10 variants.")
-    salt: str | None = Field(None, description="Bucketing salt; defaults to the name.")
-    surface: str | None = Field(None, description="Only requests for this surface take part; none means all.")
+    name: str = Field(pattern=NAME_PATTERN, description="1-64 characters of [A-Za-z0-9_.:-].")
+    variants: list[VariantIn] = Field(min_length=2, max_length=MAX_VARIANTS, description="2-10 variants.")
+    salt: str | None = Field(None, min_length=1, max_length=128, description="Bucketing salt; defaults to the name.")
+    surface: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Only requests for this surface take part; none means all."
+    )
 
 
 class VariantOut(BaseModel):

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from recfleet_runtime.context import request_id_var
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://recfleet.dev/problems/"
@@ -124,14 +125,33 @@ async def handle_validation(_: Request, exc: Exception) -> Response:
     return problem_response(Problem(400, f"invalid request: {fields}", errors=errors))
 
 
-async def handle_http(_: Request, exc: Exception) -> Response:
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+async def handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = "no such resource"
     if exc.status_code == 405:
         detail = "method not allowed on this resource"
-    return problem_response(Problem(exc.status_code, detail, headers=dict(exc.headers or {})))
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(Problem(exc.status_code, detail, headers=headers))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own `Allow` names only
+    those of the first route that matched the path, where a resource has one route per
+    method. Each method is tried against the app's routes as a request would be."""
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "type": "http", "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 async def handle_unexpected(_: Request, exc: Exception) -> Response:

@@ -4,7 +4,7 @@ in OpenAPI)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -112,7 +112,8 @@ class ItemIn(Strict):
     tags: list[Label] = Field([], max_length=256)
     age_rating: Literal[0, 7, 13, 16, 18] = 0
     regions: list[Country] = Field([], max_length=300, description="ISO 3166 alpha-2; empty = everywhere.")
-    available: bool = True
+    # Strict: the schema says boolean, so 0 or "yes" is refused rather than coerced.
+    available: bool = Field(True, strict=True)
 
 
 class ItemWithId(ItemIn):
@@ -132,7 +133,7 @@ class ProfileIn(Strict):
     preferred_categories: list[Label] = Field([], max_length=64)
     blocked_categories: list[Label] = Field([], max_length=64)
     liked_items: list[Id] = Field([], max_length=500)
-    age: int | None = Field(None, ge=0, le=150, description="Years.")
+    age: Annotated[int, Field(strict=True, ge=0, le=150)] | None = Field(None, description="Years.")
     country: Country | None = None
 
 

@@ -23,8 +23,11 @@ Admin = Annotated[Principal, Depends(authorize("admin"))]
 
 class TrafficIn(BaseModel):
     model_config = {"extra": "forbid"}
-    weight: int = Field(ge=0, le=100, description="Percent of users routed to the canary (sticky per user).")
-    shadow_percent: int = Field(0, ge=0, le=100, description="Percent of calls mirrored to the canary.")
+    # Strict: a boolean or a string is refused, not read as 0/1.
+    weight: int = Field(
+        strict=True, ge=0, le=100, description="Percent of users routed to the canary (sticky per user)."
+    )
+    shadow_percent: int = Field(0, strict=True, ge=0, le=100, description="Percent of calls mirrored to the canary.")
 
 
 class RollbackIn(BaseModel):
