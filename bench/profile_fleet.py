@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -38,6 +39,33 @@ def output_path(service: str, fmt: str, tag: str, native: bool) -> Path:
     return RESULTS / "profiles" / f"{name}_{tag}{suffix}.collapsed"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# Where this machine keeps things (the checkout, the virtualenv, the Python build) says
+# nothing about the profile: paths are cut to what follows site-packages/, the
+# standard library's python3.x/, or the repository root.
+_LOCAL_PREFIXES = (
+    (re.compile(r"/[^\s;()\"'<>]*?/site-packages/"), "site-packages/"),
+    (re.compile(r"/[^\s;()\"'<>]*?/lib/(python3\.\d+)/"), r"\1/"),
+    (re.compile(r"/tmp/python-build\.[^/\s]+/"), ""),
+    (re.compile(r"/[^\s;()\"'<>]*?/lib/(libpython[^\s;()\"'<>/]*)"), r"\1"),
+    (re.compile(re.escape(str(ROOT)) + "/"), ""),
+)
+
+
+def without_local_paths(text: str) -> str:
+    for pattern, replacement in _LOCAL_PREFIXES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def scrub(path: Path) -> None:
+    """Rewrite a profile (SVG, or gzipped collapsed stacks) without local paths."""
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(without_local_paths(gzip.decompress(path.read_bytes()).decode()).encode()))
+    else:
+        path.write_text(without_local_paths(path.read_text()))
+
+
 async def profile_one(args: argparse.Namespace, service: str, pid: int) -> dict:
     path = output_path(service, args.format, args.tag, args.native)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +81,7 @@ async def profile_one(args: argparse.Namespace, service: str, pid: int) -> dict:
         "--format",
         args.format,
         "-o",
-        str(path),
+        str(path.resolve().relative_to(ROOT)),
     ]
     if args.native:
         command.append("--native")
@@ -69,7 +97,7 @@ async def profile_one(args: argparse.Namespace, service: str, pid: int) -> dict:
         load = asyncio.create_task(run_rate(client, args.rate, args.seconds, False))
         await asyncio.sleep(max(0.0, (args.seconds - args.duration) / 2))
         sampler = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT
         )
         said, _ = await sampler.communicate()
         row = await load
@@ -81,6 +109,8 @@ async def profile_one(args: argparse.Namespace, service: str, pid: int) -> dict:
         packed.write_bytes(gzip.compress(path.read_bytes()))
         path.unlink()
         path = packed
+    if path.exists():
+        scrub(path)
     said_lines = [line for line in said.decode().splitlines() if "Samples" in line]
     print(f"{service} (pid {pid}) -> {path}: {said_lines[-1] if said_lines else said.decode().strip()}")
     print(
@@ -88,7 +118,13 @@ async def profile_one(args: argparse.Namespace, service: str, pid: int) -> dict:
         f"errors {row['errors']}",
         flush=True,
     )
-    return {"service": service, "pid": pid, "output": str(path), "command": shlex.join(command), **row}
+    return {
+        "service": service,
+        "pid": pid,
+        "output": str(path.resolve().relative_to(ROOT)),
+        "command": without_local_paths(shlex.join(command)),
+        **row,
+    }
 
 
 async def profile_all(args: argparse.Namespace, pids: dict[str, int]) -> list[dict]:
