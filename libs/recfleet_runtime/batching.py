@@ -1,0 +1,195 @@
+"""Batched RPCs: many requests in one call, each answered as if it had been sent alone.
+
+A batched RPC (`RetrieveBatch`, `RankBatch`, `GetUserFeaturesBatch`) carries a list of the
+unary RPC's requests and answers a list of results, each holding the unary response or
+the status the unary call would have ended with (`recfleet.common.v1.CallStatus`). One
+entry that fails never fails its neighbours.
+
+Server side, `answer_each` runs the unary handler once per entry with a context whose
+`abort` ends that entry only. Client side, `Coalescer` joins concurrent calls: a call
+leaves at once when fewer than `max_in_flight` batches are out, otherwise it joins the
+next batch, which leaves as soon as one returns. No window is waited for, so a lone
+request is sent as soon as it arrives; under load each call carries the requests that
+arrived while the previous one was out, and its per-call cost (HTTP/2 frames, the
+completion queue, protobuf framing, the interceptors) is shared between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
+
+import grpc
+from recfleet.common.v1 import common_pb2
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+OK_STATUS = common_pb2.CallStatus(code=grpc.StatusCode.OK.value[0])
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+# -- server side ----------------------------------------------------------------------
+
+
+class EntryAbortedError(Exception):
+    """An entry of a batch was aborted by its handler (the unary call would have ended
+    with this status)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class EntryContext:
+    """Stands in for the call's `ServicerContext` while one entry is answered: `abort`
+    ends this entry only; everything else is the batch call's own context."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]):
+        self._context = context
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()) -> NoReturn:
+        raise EntryAbortedError(code, details)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class BatchResult(Protocol[ResponseT]):
+    """A `*Result` message: `response` and `status`."""
+
+    @property
+    def response(self) -> ResponseT: ...
+
+    @property
+    def status(self) -> common_pb2.CallStatus: ...
+
+
+def entry_status(code: grpc.StatusCode, details: str = "") -> common_pb2.CallStatus:
+    return common_pb2.CallStatus(code=code.value[0], message=details)
+
+
+async def answer_each(
+    requests: Iterable[RequestT],
+    handler: Callable[[RequestT, Any], Awaitable[ResponseT]],
+    context: grpc.aio.ServicerContext[Any, Any],
+    result: Callable[..., Any],
+) -> list[Any]:
+    """`result(response=..., status=...)` for each request, answered by the unary
+    `handler(request, context)`; an entry the handler aborts gets that status."""
+    entry_context = EntryContext(context)
+    results = []
+    for request in requests:
+        try:
+            response = await handler(request, entry_context)
+        except EntryAbortedError as aborted:
+            results.append(result(status=entry_status(aborted.code, aborted.details)))
+        else:
+            results.append(result(response=response, status=OK_STATUS))
+    return results
+
+
+# -- client side ----------------------------------------------------------------------
+
+
+def entry_error(status: common_pb2.CallStatus) -> grpc.aio.AioRpcError:
+    """The error a unary call would have raised for an entry's non-OK status, so callers
+    handle a batched call's failure exactly like a unary one's."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), status.message)
+
+
+def unpack(results: Sequence[BatchResult[ResponseT]], expected: int) -> list[ResponseT | BaseException]:
+    """Each entry's response, or the error its status stands for."""
+    if len(results) != expected:
+        error = grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            f"batch answered {len(results)} results for {expected} requests",
+        )
+        return [error] * expected
+    return [entry.response if entry.status.code == 0 else entry_error(entry.status) for entry in results]
+
+
+SendBatch = Callable[[list[RequestT]], Awaitable[Sequence["ResponseT | BaseException"]]]
+
+
+class Coalescer(Generic[RequestT, ResponseT]):
+    """Joins concurrent `submit` calls into batches sent by `send`.
+
+    `send(requests)` returns one response or exception per request, in order; if it
+    raises, every request of the batch gets that error. A request waits only while
+    `max_in_flight` batches are already out. `on_batch(size)` is told each batch's size.
+    """
+
+    def __init__(
+        self,
+        send: SendBatch[RequestT, ResponseT],
+        *,
+        max_batch: int = 64,
+        max_in_flight: int = 1,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ):
+        if max_batch < 1 or max_in_flight < 1:
+            raise ValueError("max_batch and max_in_flight must be at least 1")
+        self._send = send
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._on_batch = on_batch
+        self._pending: list[tuple[RequestT, asyncio.Future[ResponseT]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: RequestT) -> ResponseT:
+        future: asyncio.Future[ResponseT] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._in_flight < self._max_in_flight:
+            self._launch()
+        return await future
+
+    def _launch(self) -> None:
+        self._in_flight += 1
+        task = asyncio.create_task(self._run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        try:
+            # The batch is taken when the task starts, so calls made in the same turn of
+            # the event loop as the one that launched it travel with it.
+            while self._pending:
+                batch = [(request, future) for request, future in self._pending[: self._max_batch] if not future.done()]
+                self._pending = self._pending[self._max_batch :]
+                if batch:
+                    await self._send_one(batch)
+                    return
+        finally:
+            self._in_flight -= 1
+            while self._pending and self._in_flight < self._max_in_flight:
+                self._launch()
+
+    async def _send_one(self, batch: list[tuple[RequestT, asyncio.Future[ResponseT]]]) -> None:
+        self._on_batch(len(batch))
+        try:
+            answers = await self._send([request for request, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:
+            answers = [error] * len(batch)
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
