@@ -1,12 +1,13 @@
 """Feature-store read latency over gRPC: one user plus 500 items, as a recommendation
-request reads them.
+request reads them, and 8 users read one by one or in one batched call.
 
     .venv/bin/python bench/feature_bench.py                    # 2,000 reads per series
     .venv/bin/python bench/feature_bench.py --reads 5000 --items 1000
+    .venv/bin/python bench/feature_bench.py --series user,users8-unary,users8-batch
 
 Starts `python -m recfleet_features` as its own process (against a scratch Postgres
-database and the Redis database of `--redis-url`), seeds one user (profile, counters,
-64-d vector, 200 seen items) and `--items` item hashes with every catalog and popularity
+database and the Redis database of `--redis-url`), seeds 8 users (profile, counters,
+64-d vector, 200 seen items each) and `--items` item hashes with every catalog and popularity
 field, then a client in this process issues reads one after another (closed loop, one in
 flight) and records each call's latency from send to answer:
 
@@ -16,10 +17,15 @@ flight) and records each call's latency from send to answer:
 - items-columnar: the same with `columnar` set (one repeated field per feature), as
   ranking asks for them;
 - user+items: the user read and the columnar item read, concurrently, as the gateway and
-  ranking issue them.
+  ranking issue them;
+- users8-unary: GetUserFeatures for 8 different users, the 8 calls concurrently (one
+  Redis round trip each);
+- users8-batch: GetUserFeaturesBatch with the same 8 requests in one call (one Redis
+  round trip for all).
 
 Prints p50/p90/p99/max per series, with the CPU milliseconds per read that the server
-process and this client spent (a figure other load on the machine hardly moves),
+process and this client spent (a figure other load on the machine hardly moves; for the
+users8 series a read is the 8 users, and the server's CPU per user is printed after),
 and writes a CDF chart and the figures as JSON to
 bench/results/. The seeded keys are deleted afterwards. Nothing passes or fails on time.
 """
@@ -60,7 +66,10 @@ RANKING_FEATURES = [
 ]
 
 
-def seed(client: redis.Redis, user: str, items: list[str]) -> None:
+BATCH_USERS = 8
+
+
+def seed(client: redis.Redis, users: list[str], items: list[str]) -> None:
     rng = np.random.default_rng(7)
     pipe = client.pipeline(transaction=False)
     profile = {
@@ -73,9 +82,10 @@ def seed(client: redis.Redis, user: str, items: list[str]) -> None:
         "age": 30,
         "country": "DE",
     }
-    pipe.hset(keys.user(user), mapping={k: json.dumps(v) for k, v in profile.items()})
-    pipe.hset(keys.user_vectors(user), VERSION, rng.standard_normal(64).astype("<f4").tobytes())
-    pipe.sadd(keys.user_seen(user), *items[:200])
+    for user in users:
+        pipe.hset(keys.user(user), mapping={k: json.dumps(v) for k, v in profile.items()})
+        pipe.hset(keys.user_vectors(user), VERSION, rng.standard_normal(64).astype("<f4").tobytes())
+        pipe.sadd(keys.user_seen(user), *items[:200])
     for n, item in enumerate(items):
         fields = {
             "title": f"Item {n}",
@@ -116,11 +126,13 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 async def measure(
-    stub, user: str, items: list[str], reads: int, warmup: int, server_pid: int
+    stub, users: list[str], items: list[str], reads: int, warmup: int, server_pid: int, only: set[str]
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     """Latency samples per series, and CPU milliseconds per read spent by the server and
     by this client (insensitive to other load on the machine, unlike the latencies)."""
-    user_request = features_pb2.GetUserFeaturesRequest(user_id=user, model_version=VERSION)
+    user_request = features_pb2.GetUserFeaturesRequest(user_id=users[0], model_version=VERSION)
+    user_requests = [features_pb2.GetUserFeaturesRequest(user_id=user, model_version=VERSION) for user in users]
+    batch_request = features_pb2.GetUserFeaturesBatchRequest(requests=user_requests)
     all_request = features_pb2.GetItemFeaturesRequest(item_ids=items)
     ranking_request = features_pb2.GetItemFeaturesRequest(item_ids=items, feature_names=RANKING_FEATURES)
     columnar_request = features_pb2.GetItemFeaturesRequest(
@@ -132,16 +144,28 @@ async def measure(
             stub.GetUserFeatures(user_request, timeout=1), stub.GetItemFeatures(columnar_request, timeout=1)
         )
 
+    async def users_unary():
+        await asyncio.gather(*(stub.GetUserFeatures(request, timeout=1) for request in user_requests))
+
+    async def users_batch():
+        reply = await stub.GetUserFeaturesBatch(batch_request, timeout=1)
+        if any(result.status.code for result in reply.results):
+            raise RuntimeError("a batch entry failed")
+
     series = {
         "user": lambda: stub.GetUserFeatures(user_request, timeout=1),
         "items-all": lambda: stub.GetItemFeatures(all_request, timeout=1),
         "items-ranking": lambda: stub.GetItemFeatures(ranking_request, timeout=1),
         "items-columnar": lambda: stub.GetItemFeatures(columnar_request, timeout=1),
         "user+items": both,
+        "users8-unary": users_unary,
+        "users8-batch": users_batch,
     }
     latencies: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, float]] = {}
     for name, call in series.items():
+        if only and name not in only:
+            continue
         for _ in range(warmup):
             await call()
         samples = []
@@ -198,9 +222,9 @@ async def run(args) -> None:
     migrate(dsn)
     client = redis.Redis.from_url(args.redis_url)
     run_id = uuid.uuid4().hex[:6]
-    user = f"bench-{run_id}-user"
+    users = [f"bench-{run_id}-user{n}" for n in range(BATCH_USERS)]
     items = [f"bench-{run_id}-{n}" for n in range(args.items)]
-    seed(client, user, items)
+    seed(client, users, items)
     port = free_port()
     env = {
         **os.environ,
@@ -218,13 +242,15 @@ async def run(args) -> None:
             await wait_serving(channel)
             stub = features_pb2_grpc.FeatureStoreStub(channel)
             load_before = os.getloadavg()[0]
-            latencies, cpu = await measure(stub, user, items, args.reads, args.warmup, server.pid)
+            only = {name for name in args.series.split(",") if name}
+            latencies, cpu = await measure(stub, users, items, args.reads, args.warmup, server.pid, only)
             load_after = os.getloadavg()[0]
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)
         pipe = client.pipeline(transaction=False)
-        pipe.delete(keys.user(user), keys.user_vectors(user), keys.user_seen(user))
+        for user in users:
+            pipe.delete(keys.user(user), keys.user_vectors(user), keys.user_seen(user))
         for item in items:
             pipe.delete(keys.item(item))
         pipe.execute()
@@ -240,6 +266,14 @@ async def run(args) -> None:
             f"{name:<15}{row['p50_ms']:>9.3f}{row['p90_ms']:>9.3f}{row['p99_ms']:>9.3f}{row['max_ms']:>9.3f}"
             f"{row['server_cpu_ms_per_read']:>12.3f}{row['client_cpu_ms_per_read']:>12.3f}"
         )
+    for name in ("users8-unary", "users8-batch"):
+        if name in figures:
+            per_user = figures[name]["server_cpu_ms_per_read"] / BATCH_USERS
+            figures[name]["server_cpu_ms_per_user"] = round(per_user, 3)
+            print(f"{name}: server CPU {per_user:.3f} ms per user")
+    if args.series:
+        # A partial run prints its figures only: the chart and JSON hold every series.
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / "feature_read_latency.png"
     chart(latencies, args.items, png)
@@ -259,6 +293,9 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--items", type=int, default=500)
+    parser.add_argument(
+        "--series", default="", help="comma-separated series to run (default: all); a partial run writes no files"
+    )
     parser.add_argument("--redis-url", default=os.environ.get("RECFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument(
         "--postgres-admin-dsn",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -283,6 +284,15 @@ class LoadedShard:
     def vector_of(self, item_id: str) -> np.ndarray | None:
         row = self.rows.get(item_id)
         return None if row is None else self.vectors[row]
+
+    @property
+    def same_candidates_up_to(self) -> int:
+        """Searches asking for up to this many results look at the same candidates, so
+        one search with the largest of them answers every smaller one. HNSW walks its
+        graph with max(efSearch, k) candidates, so a larger k changes what it finds;
+        flat and IVF scan the same items whatever k is."""
+        hnsw = getattr(self.index, "hnsw", None)
+        return int(hnsw.efSearch) if hnsw is not None else sys.maxsize
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search: (scores, rows), row -1 where fewer than k were found."""

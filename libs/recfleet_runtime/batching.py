@@ -17,14 +17,28 @@ completion queue, protobuf framing, the interceptors) is shared between them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import grpc
+from prometheus_client import Histogram
 from recfleet.common.v1 import common_pb2
+
+from .context import deadline_var, remaining
+from .grpcclient import Downstream, UnaryRpc
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
+ResponseT_co = TypeVar("ResponseT_co", covariant=True)
+
+BATCH_SIZE = Histogram(
+    "recfleet_grpc_client_batch_size",
+    "Requests carried by each batched call a client sent (coalesced concurrent requests).",
+    ["downstream", "track", "grpc_method"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+)
 
 OK_STATUS = common_pb2.CallStatus(code=grpc.StatusCode.OK.value[0])
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -57,11 +71,11 @@ class EntryContext:
         return getattr(self._context, name)
 
 
-class BatchResult(Protocol[ResponseT]):
+class BatchResult(Protocol[ResponseT_co]):
     """A `*Result` message: `response` and `status`."""
 
     @property
-    def response(self) -> ResponseT: ...
+    def response(self) -> ResponseT_co: ...
 
     @property
     def status(self) -> common_pb2.CallStatus: ...
@@ -139,20 +153,22 @@ class Coalescer(Generic[RequestT, ResponseT]):
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._on_batch = on_batch
-        self._pending: list[tuple[RequestT, asyncio.Future[ResponseT]]] = []
+        self._pending: list[tuple[RequestT, asyncio.Future[ResponseT], contextvars.Context]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, request: RequestT) -> ResponseT:
         future: asyncio.Future[ResponseT] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
+        self._pending.append((request, future, contextvars.copy_context()))
         if self._in_flight < self._max_in_flight:
             self._launch()
         return await future
 
     def _launch(self) -> None:
+        # The batch is sent in the context of the request that opens it (its request id,
+        # trace and deadline), not that of whichever task happened to launch it.
         self._in_flight += 1
-        task = asyncio.create_task(self._run())
+        task = asyncio.create_task(self._run(), context=self._pending[0][2].copy())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -161,7 +177,9 @@ class Coalescer(Generic[RequestT, ResponseT]):
             # The batch is taken when the task starts, so calls made in the same turn of
             # the event loop as the one that launched it travel with it.
             while self._pending:
-                batch = [(request, future) for request, future in self._pending[: self._max_batch] if not future.done()]
+                batch = [
+                    (request, future) for request, future, _ in self._pending[: self._max_batch] if not future.done()
+                ]
                 self._pending = self._pending[self._max_batch :]
                 if batch:
                     await self._send_one(batch)
@@ -193,3 +211,85 @@ class Coalescer(Generic[RequestT, ResponseT]):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+BatchRequestT = TypeVar("BatchRequestT")
+BatchResponseT = TypeVar("BatchResponseT")
+
+# After a server answers UNIMPLEMENTED to a batched RPC (a pod from before batching, during
+# a rolling upgrade), its unary RPC is used for this long before batching is tried again.
+UNIMPLEMENTED_BACKOFF_SECONDS = 60.0
+
+
+class BatchedRpc(Generic[RequestT, ResponseT, BatchRequestT, BatchResponseT]):
+    """One unary RPC of a downstream, with concurrent calls coalesced into its batched RPC.
+
+    `await rpc(request)` answers like the unary call: its response, or the `AioRpcError`
+    the unary call would raise (an entry's status, or the batch call's own failure, which
+    every entry of that batch shares). Each entry keeps its own deadline; the batch is sent
+    with the latest deadline among its entries, through `Downstream.call` (breaker,
+    metrics, request id of the request that opened the batch).
+    """
+
+    def __init__(
+        self,
+        downstream: Downstream[Any],
+        *,
+        unary: UnaryRpc[RequestT, ResponseT],
+        method: str,
+        batch: UnaryRpc[BatchRequestT, BatchResponseT],
+        batch_method: str,
+        wrap: Callable[[list[RequestT]], BatchRequestT],
+        results: Callable[[BatchResponseT], Sequence[BatchResult[ResponseT]]],
+        max_batch: int,
+        max_in_flight: int,
+    ):
+        self._downstream = downstream
+        self._unary = unary
+        self._method = method
+        self._batch = batch
+        self._batch_method = batch_method
+        self._wrap = wrap
+        self._results = results
+        self._unbatched_until = float("-inf")
+        size = BATCH_SIZE.labels(downstream.name, downstream.track, batch_method)
+        self._coalescer: Coalescer[tuple[RequestT, float], ResponseT] = Coalescer(
+            self._send, max_batch=max_batch, max_in_flight=max_in_flight, on_batch=size.observe
+        )
+
+    async def __call__(self, request: RequestT) -> ResponseT:
+        budget = remaining(self._downstream.timeout)
+        if budget <= 0:
+            # Downstream.call records and raises the spent budget the usual way.
+            return await self._downstream.call(self._unary, request, method=self._method)
+        try:
+            async with asyncio.timeout(budget):
+                return await self._coalescer.submit((request, time.monotonic() + budget))
+        except TimeoutError:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                f"{self._downstream.name}: no answer within {budget:.3f} s",
+            ) from None
+
+    async def _send(self, entries: list[tuple[RequestT, float]]) -> Sequence[ResponseT | BaseException]:
+        requests = [request for request, _ in entries]
+        deadline_var.set(max(deadline for _, deadline in entries))
+        if time.monotonic() < self._unbatched_until:
+            return await self._each(requests)
+        try:
+            reply = await self._downstream.call(self._batch, self._wrap(requests), method=self._batch_method)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._unbatched_until = time.monotonic() + UNIMPLEMENTED_BACKOFF_SECONDS
+            return await self._each(requests)
+        return unpack(self._results(reply), len(requests))
+
+    async def _each(self, requests: list[RequestT]) -> Sequence[ResponseT | BaseException]:
+        calls = (self._downstream.call(self._unary, request, method=self._method) for request in requests)
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self._coalescer.close()

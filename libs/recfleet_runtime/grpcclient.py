@@ -5,7 +5,9 @@ policy every call follows. A call names the stub's bound method (`client.stub.Re
 so the request and response types come from the generated `_pb2_grpc.pyi` stubs; services
 wrap it in thin typed clients with one method per RPC.
 
-Every call has a deadline: its own budget, capped by what is left of the caller's.
+Every call has a deadline: its own budget, capped by what is left of the caller's, and
+carries the request id and the W3C trace context (OpenTelemetry's client interceptor
+when spans are exported, else `tracing.outgoing_trace_context` added to the metadata).
 Retries on UNAVAILABLE are declared once, in the channel's service config, and only for
 the idempotent reads named by the caller. Each dependency has its own circuit breaker.
 Every channel balances its calls round-robin over all the addresses its target resolves to.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import grpc
+from prometheus_client import Counter, Histogram
 
 from . import tracing
 from .context import REQUEST_ID_HEADER, remaining, request_id_var
@@ -106,7 +109,9 @@ def open_channel(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ],
-        interceptors=tracing.instrument_grpc_client_interceptors(),
+        # Client spans only when they are exported; otherwise `Downstream.call` carries the
+        # trace context itself.
+        interceptors=tracing.instrument_grpc_client_interceptors() if tracing.exporting() else None,
     )
 
 
@@ -153,6 +158,11 @@ class Downstream(Generic[StubT]):
         self.stub: StubT = self.stub_class(self.channel)
         if self.breaker is None:
             self.breaker = CircuitBreaker(f"{self.name}:{self.track}")
+        # Decided with the channel's interceptors: OpenTelemetry's propagate when present.
+        self._carry_trace_context = not tracing.exporting()
+        # The labelled metric children of each (method, code), looked up once: `.labels()`
+        # builds and hashes the label tuple under a lock on every call.
+        self._metrics: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
 
     async def call(
         self,
@@ -172,6 +182,8 @@ class Downstream(Generic[StubT]):
             self._record(method, grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
             raise DeadlineSpentError(self.name)
         metadata: Metadata = ((REQUEST_ID_HEADER, request_id),) if (request_id := request_id_var.get()) else ()
+        if self._carry_trace_context:
+            metadata += tracing.outgoing_trace_context()
         started = time.perf_counter()
         try:
             response = await rpc(request, timeout=budget, metadata=metadata)
@@ -187,8 +199,15 @@ class Downstream(Generic[StubT]):
         return response
 
     def _record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        GRPC_CLIENT_HANDLED.labels(self.service, method, code.name, self.name, self.track).inc()
-        GRPC_CLIENT_SECONDS.labels(self.service, method, self.name, self.track).observe(seconds)
+        children = self._metrics.get((method, code))
+        if children is None:
+            children = self._metrics[(method, code)] = (
+                GRPC_CLIENT_HANDLED.labels(self.service, method, code.name, self.name, self.track),
+                GRPC_CLIENT_SECONDS.labels(self.service, method, self.name, self.track),
+            )
+        handled, latency = children
+        handled.inc()
+        latency.observe(seconds)
         ok = code not in BREAKER_CODES
         for observer in _observers:
             observer(self.name, self.track, ok, seconds)

@@ -30,6 +30,9 @@ class ServiceSettings(BaseSettings):
     drain_seconds: float = 1.0
     # Seconds in-flight RPCs get to finish once the server stops.
     grace_seconds: float = 5.0
+    # An RPC's access line is written at INFO when its trace is sampled, when it failed,
+    # or when it took at least this long; every other call's line is DEBUG.
+    access_log_slow_ms: float = Field(100.0, ge=0)
     # A client connection is closed (GOAWAY) after this age, +/-10% jitter, so clients
     # re-resolve the headless Service's name and spread calls over pods added since.
     max_connection_age_seconds: float = 30.0

@@ -1,19 +1,42 @@
 """OpenTelemetry tracing. A tracer provider is always installed so every log line has a
-trace id; spans are exported only when the standard OTEL_* variables ask for it."""
+trace id; spans are exported only when the standard OTEL_* variables ask for it.
+
+Two modes, chosen once per process by `configure_tracing`:
+
+- an exporter is configured (`exporting()`): full instrumentation, OpenTelemetry's gRPC
+  server and client interceptors and its FastAPI middleware record spans and propagate
+  the W3C trace context;
+- no exporter (the default deployment): no span would ever leave the process, so the
+  instrumentation is skipped and each hop only carries the trace context along
+  (`enter_hop` / `leave_hop` on the way in, `outgoing_trace_context` on the way out). Log
+  lines keep their `trace_id` and `span_id`, and a sampled `traceparent` stays sampled
+  on every hop, at a fraction of the instrumentation's CPU.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
+    import contextvars
+
     import grpc
+
+# The W3C trace context headers (gRPC metadata keys are lower case).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 _configured = False
 _exporting = False
@@ -89,3 +112,43 @@ def instrument_psycopg() -> None:
     instrumentor = PsycopgInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(enable_commenter=False)
+
+
+# Trace context without instrumentation (used when `exporting()` is False).
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_IDS = RandomIdGenerator()
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def enter_hop(carrier: Mapping[str, str]) -> contextvars.Token[otel_context.Context]:
+    """Make this hop's trace context current, from the caller's W3C headers in `carrier`
+    (`traceparent`, `tracestate`; lower-case keys).
+
+    The hop keeps the caller's trace id and sampled flag and gets a span id of its own,
+    as the server span of the full instrumentation would, but records nothing. Without a
+    valid `traceparent` a fresh random trace starts, unsampled (what the parent-based
+    always-off sampler decides for a root). Pair with `leave_hop(token)`."""
+    parent = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    if parent.is_valid:
+        trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+    else:
+        trace_id, flags, state = _IDS.generate_trace_id(), _UNSAMPLED, None
+    span = NonRecordingSpan(SpanContext(trace_id, _IDS.generate_span_id(), False, flags, state))
+    return otel_context.attach(trace.set_span_in_context(span))
+
+
+def leave_hop(token: contextvars.Token[otel_context.Context]) -> None:
+    otel_context.detach(token)
+
+
+def outgoing_trace_context() -> tuple[tuple[str, str], ...]:
+    """The current trace context as W3C headers for the next hop (empty when none)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return tuple(carrier.items())
+
+
+def current_trace_sampled() -> bool:
+    """Whether the current call's trace is sampled (`traceparent` flags 01)."""
+    return trace.get_current_span().get_span_context().trace_flags.sampled

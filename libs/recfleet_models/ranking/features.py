@@ -1,15 +1,20 @@
 """The domain objects ranking works on: candidates with their item features, and the user.
 
-Pure: no protobuf, network or database here. The ranking service's servicer and
-feature-store adapter build these from the request and the `GetItemFeatures` rows; the
-trainer builds them from point-in-time values.
+Two forms of the same data: `Candidate` objects (the trainer builds them from
+point-in-time values; tests) and columns (`CandidateColumns`, `ItemColumns`: one array
+per field), which the ranking service builds from the request and its item-feature
+cache so that per-call work is one numpy operation per feature rather than Python per
+candidate. Every function that computes from candidates accepts both and gives the same
+numbers.
+
+Pure: no protobuf, network or database here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -93,6 +98,136 @@ class UserContext:
     @property
     def interaction_count(self) -> float:
         return float(self.features.get("interaction_count", 0.0))
+
+
+def objects(values: Iterable[object], count: int) -> np.ndarray:
+    """A 1-d object array of `values` (tuples stay elements, never a second axis)."""
+    return np.fromiter(values, dtype=object, count=count)
+
+
+@dataclass(slots=True)
+class ItemColumns:
+    """Item features as parallel columns, position i = one item.
+
+    The serving path's form: a feature is one numpy operation over a call rather than one
+    attribute read per `Candidate`, and a call's items are gathered from the ranking
+    service's cache with one fancy index per column (`take`). `age_rating` is NaN where
+    the item's features are unknown (the age filter counts it as 18-rated).
+    """
+
+    categories: np.ndarray  # object: tuple[str, ...], first = primary
+    primary_categories: np.ndarray  # object: str, "" without categories
+    creators: np.ndarray  # object: str
+    published_at: np.ndarray  # float64
+    age_rating: np.ndarray  # float64, NaN unknown
+    regions: np.ndarray  # object: tuple[str, ...]
+    available: np.ndarray  # bool
+    popularity: np.ndarray  # float64
+    popularity_7d: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.published_at)
+
+    def take(self, rows: np.ndarray) -> ItemColumns:
+        """The items at these positions, in this order (copies)."""
+        return ItemColumns(
+            self.categories[rows],
+            self.primary_categories[rows],
+            self.creators[rows],
+            self.published_at[rows],
+            self.age_rating[rows],
+            self.regions[rows],
+            self.available[rows],
+            self.popularity[rows],
+            self.popularity_7d[rows],
+        )
+
+    def put(self, rows: np.ndarray, other: ItemColumns) -> None:
+        """Overwrite the items at these positions with `other`'s, in order."""
+        for name in _ITEM_COLUMN_NAMES:
+            getattr(self, name)[rows] = getattr(other, name)
+
+    @classmethod
+    def unknown(cls, count: int) -> ItemColumns:
+        """`count` items whose features are unknown: every value at its `Candidate` default."""
+        empty = objects([()] * count, count)
+        blank = objects([""] * count, count)
+        return cls(
+            empty,
+            blank,
+            blank.copy(),
+            np.zeros(count),
+            np.full(count, np.nan),
+            empty.copy(),
+            np.ones(count, bool),
+            np.zeros(count),
+            np.zeros(count),
+        )
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> ItemColumns:
+        n = len(candidates)
+        return cls(
+            objects((c.categories for c in candidates), n),
+            objects((c.primary_category for c in candidates), n),
+            objects((c.creator for c in candidates), n),
+            np.fromiter((c.published_at for c in candidates), np.float64, n),
+            np.fromiter((np.nan if c.age_rating is None else c.age_rating for c in candidates), np.float64, n),
+            objects((c.regions for c in candidates), n),
+            np.fromiter((c.available for c in candidates), bool, n),
+            np.fromiter((c.popularity for c in candidates), np.float64, n),
+            np.fromiter((c.popularity_7d for c in candidates), np.float64, n),
+        )
+
+
+_ITEM_COLUMN_NAMES = tuple(f.name for f in fields(ItemColumns))
+
+
+@dataclass(slots=True)
+class CandidateColumns:
+    """The candidates of one call as columns: what retrieval said plus their item features.
+
+    `ranks` is each candidate's 0-based position by retrieval score over the whole call
+    (`retrieval_ranks`), kept when filters `take` a subset. A `Candidate` list (training,
+    tests) converts with `of`; both forms give the same numbers to every function here.
+    """
+
+    item_ids: np.ndarray  # object: str
+    scores: np.ndarray  # float64
+    sources: np.ndarray  # object: str
+    items: ItemColumns
+    ranks: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, rows: np.ndarray) -> CandidateColumns:
+        return CandidateColumns(
+            self.item_ids[rows], self.scores[rows], self.sources[rows], self.items.take(rows), self.ranks[rows]
+        )
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> CandidateColumns:
+        """Columns of candidates whose ranks are set (`assign_ranks`)."""
+        n = len(candidates)
+        return cls(
+            objects((c.item_id for c in candidates), n),
+            np.fromiter((c.score for c in candidates), np.float64, n),
+            objects((c.source for c in candidates), n),
+            ItemColumns.of(candidates),
+            np.fromiter((c.rank for c in candidates), np.int64, n),
+        )
+
+
+def as_columns(candidates: Sequence[Candidate] | CandidateColumns) -> CandidateColumns:
+    return candidates if isinstance(candidates, CandidateColumns) else CandidateColumns.of(candidates)
+
+
+def retrieval_ranks(scores: np.ndarray) -> np.ndarray:
+    """`assign_ranks` for a score column: 0-based position by score, ties in input order."""
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
+    return ranks
 
 
 def assign_ranks(candidates: list[Candidate]) -> None:

@@ -9,13 +9,14 @@ store's online values, so both see the same columns computed the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 
-from .features import Candidate, UserContext, age_days_array, freshness_array
+from .features import Candidate, CandidateColumns, UserContext, age_days_array, as_columns, freshness_array
 from .rules import min_max
 
 FEATURE_NAMES = (
@@ -41,37 +42,43 @@ def _relative(values: np.ndarray) -> np.ndarray:
 
 
 def feature_matrix(
-    candidates: list[Candidate], user: UserContext, now: float, half_life_days: float = 365.0
+    candidates: Sequence[Candidate] | CandidateColumns, user: UserContext, now: float, half_life_days: float = 365.0
 ) -> np.ndarray:
     """An `n x len(FEATURE_NAMES)` float64 matrix, one row per candidate.
 
-    Candidate ranks must be set (`features.assign_ranks`). `category_affinity` is the
-    user's highest affinity over the item's categories, missing (NaN) when the request
-    carries no affinities at all; `category_match` is 1 when any
-    of the item's categories is one of the user's preferred categories.
+    Candidate ranks must be set (`features.assign_ranks`; columns carry them). A
+    `Candidate` list is turned into columns first, so training and serving share this one
+    computation. `category_affinity` is the user's highest affinity over the item's
+    categories, missing (NaN) when the request carries no affinities at all;
+    `category_match` is 1 when any of the item's categories is one of the user's
+    preferred categories.
     """
-    n = len(candidates)
+    columns = as_columns(candidates)
+    items = columns.items
+    n = len(columns)
     x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    scores = np.fromiter((c.score for c in candidates), np.float64, n)
-    popularity = np.fromiter((c.popularity for c in candidates), np.float64, n)
-    popularity_7d = np.fromiter((c.popularity_7d for c in candidates), np.float64, n)
+    scores = columns.scores
     preferred = user.preferred_categories
     x[:, 0] = scores
     x[:, 1] = min_max(scores)
-    x[:, 2] = np.fromiter((c.rank for c in candidates), np.float64, n)
-    x[:, 3] = popularity
-    x[:, 4] = _relative(popularity)
-    x[:, 5] = _relative(popularity_7d)
-    published = np.fromiter((c.published_at for c in candidates), np.float64, n)
-    x[:, 6] = freshness_array(published, now, half_life_days)
-    x[:, 7] = age_days_array(published, now)
-    x[:, 8] = np.fromiter(
-        (1.0 if preferred and not preferred.isdisjoint(c.categories) else 0.0 for c in candidates), np.float64, n
-    )
+    x[:, 2] = columns.ranks
+    x[:, 3] = items.popularity
+    x[:, 4] = _relative(items.popularity)
+    x[:, 5] = _relative(items.popularity_7d)
+    x[:, 6] = freshness_array(items.published_at, now, half_life_days)
+    x[:, 7] = age_days_array(items.published_at, now)
+    if preferred:
+        x[:, 8] = ~np.fromiter(map(preferred.isdisjoint, items.categories), bool, n)
+    else:
+        x[:, 8] = 0.0
     affinities = user.affinities
     if affinities:
+        # Items share few distinct category tuples: each one's best affinity is worked out once.
         get = affinities.get
-        x[:, 9] = [max([get(k, 0.0) for k in c.categories], default=0.0) for c in candidates]
+        best: dict[tuple[str, ...], float] = {}
+        for categories in set(items.categories.tolist()):
+            best[categories] = max([get(k, 0.0) for k in categories], default=0.0)
+        x[:, 9] = np.fromiter(map(best.__getitem__, items.categories), np.float64, n)
     else:
         x[:, 9] = np.nan
     x[:, 10] = user.interaction_count
@@ -99,7 +106,7 @@ class LearnedRanker:
         names = tuple(meta.get("feature_names") or booster.feature_name())
         return cls(version, booster, names, float(meta.get("freshness_half_life_days", 365.0)))
 
-    def features(self, candidates: list[Candidate], user: UserContext, now: float) -> np.ndarray:
+    def features(self, candidates: Sequence[Candidate] | CandidateColumns, user: UserContext, now: float) -> np.ndarray:
         """The model's input: `feature_matrix` restricted to (and ordered as) its features."""
         return feature_matrix(candidates, user, now, self.half_life_days)[:, self._columns]
 

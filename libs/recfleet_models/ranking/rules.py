@@ -8,11 +8,12 @@ item's age with a configurable half-life.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .features import Candidate, freshness_array
+from .features import Candidate, CandidateColumns, as_columns, freshness_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +43,19 @@ def min_max(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def rule_terms(candidates: list[Candidate], now: float, half_life_days: float) -> np.ndarray:
+def rule_terms(candidates: Sequence[Candidate] | CandidateColumns, now: float, half_life_days: float) -> np.ndarray:
     """An `n x 3` matrix of the normalised terms, columns in TERMS order."""
-    n = len(candidates)
-    terms = np.empty((n, 3), dtype=np.float64)
-    terms[:, 0] = min_max(np.fromiter((c.score for c in candidates), dtype=np.float64, count=n))
-    terms[:, 1] = np.clip(np.fromiter((c.popularity for c in candidates), dtype=np.float64, count=n), 0.0, 1.0)
-    published = np.fromiter((c.published_at for c in candidates), dtype=np.float64, count=n)
-    terms[:, 2] = freshness_array(published, now, half_life_days)
+    columns = as_columns(candidates)
+    terms = np.empty((len(columns), 3), dtype=np.float64)
+    terms[:, 0] = min_max(columns.scores)
+    terms[:, 1] = np.clip(columns.items.popularity, 0.0, 1.0)
+    terms[:, 2] = freshness_array(columns.items.published_at, now, half_life_days)
     return terms
 
 
-def rule_scores(candidates: list[Candidate], now: float, weights: RuleWeights) -> tuple[np.ndarray, np.ndarray]:
+def rule_scores(
+    candidates: Sequence[Candidate] | CandidateColumns, now: float, weights: RuleWeights
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, contributions): contributions is `n x 3`, weight times term, summing to the score."""
     terms = rule_terms(candidates, now, weights.half_life_days)
     contributions = terms * np.array([weights.candidate, weights.popularity, weights.freshness])

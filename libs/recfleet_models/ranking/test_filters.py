@@ -1,5 +1,7 @@
-from recfleet_models.ranking.features import Candidate, UserContext
-from recfleet_models.ranking.filters import apply_filters, reason_to_filter
+import itertools
+
+from recfleet_models.ranking.features import Candidate, CandidateColumns, UserContext
+from recfleet_models.ranking.filters import apply_filters, filter_columns, reason_to_filter
 
 
 def item(item_id="i", **features):
@@ -72,3 +74,39 @@ def test_apply_filters_counts_each_item_once_by_first_reason():
     )
     assert [c.item_id for c in result.kept] == ["old-enough", "fine"]
     assert result.removed == {"seen": 1, "blocked-category": 1, "age": 1}
+
+
+def test_filters_over_columns_decide_and_count_as_one_item_at_a_time():
+    """The service filters columns; every combination of item and user is decided as
+    `reason_to_filter` decides it, and counted in the same order as `apply_filters`."""
+    items = [
+        item(
+            f"i{n}",
+            categories=categories,
+            age_rating=rating,
+            regions=regions,
+            available=available,
+        )
+        for n, (categories, rating, regions, available) in enumerate(
+            itertools.product(
+                [(), ("Drama",), ("Horror", "Comedy")], [0, 16, 18, None], [(), ("DE",), ("FR", "US")], [True, False]
+            )
+        )
+    ]
+    users = [
+        user(age=age, country=country, blocked_categories=blocked, seen_item_ids=seen)
+        for age, country, blocked, seen in itertools.product(
+            [0, 14, 16, 30],
+            ["", "DE", "us"],
+            [frozenset(), frozenset({"Horror"})],
+            [frozenset(), frozenset({"i3", "i40"})],
+        )
+    ]
+    columns = CandidateColumns.of(items)
+    for someone in users:
+        for category in ("", "Comedy"):
+            kept, removed = filter_columns(columns, someone, category)
+            expected = apply_filters(items, someone, category)
+            assert columns.item_ids[kept].tolist() == [c.item_id for c in expected.kept]
+            assert list(removed.items()) == list(expected.removed.items())
+            assert [reason_to_filter(c, someone, category) is None for c in items].count(True) == len(kept)

@@ -1,9 +1,18 @@
 import math
 
+import numpy as np
 import pytest
 
-from recfleet_models.ranking.features import SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
+from recfleet_models.ranking.features import (
+    SECONDS_PER_DAY,
+    Candidate,
+    CandidateColumns,
+    UserContext,
+    assign_ranks,
+    retrieval_ranks,
+)
 from recfleet_models.ranking.learned import FEATURE_NAMES, LearnedRanker, feature_matrix
+from recfleet_models.ranking.rules import rule_terms
 
 NOW = 1_800_000_000.0
 
@@ -45,3 +54,37 @@ def test_no_affinities_in_the_request_is_missing_not_zero():
 def test_a_model_needing_unknown_features_is_refused(popularity_ranker):
     with pytest.raises(ValueError, match="does not compute"):
         LearnedRanker("ranker-x", popularity_ranker.booster, ("candidate_score", "user_mood"))
+
+
+def test_columns_give_the_same_features_and_rule_terms_as_candidate_lists():
+    """The service computes features from columns, training from `Candidate` lists: the
+    same numbers, to the bit."""
+    rng = np.random.default_rng(3)
+    candidates = [
+        Candidate(
+            f"i{k}",
+            float(rng.random()),
+            categories=(("Drama", "Comedy"), ("Comedy",), ())[k % 3],
+            popularity=float(rng.random()),
+            popularity_7d=float(rng.random()) * (k % 2),
+            published_at=0.0 if k % 5 == 0 else NOW - float(rng.integers(1, 900)) * SECONDS_PER_DAY,
+            age_rating=None if k % 7 == 0 else 13,
+        )
+        for k in range(50)
+    ]
+    assign_ranks(candidates)
+    columns = CandidateColumns.of(candidates)
+    assert columns.ranks.tolist() == [c.rank for c in candidates]
+    for user in (
+        UserContext("u"),
+        UserContext(
+            "u",
+            preferred_categories=frozenset({"Comedy"}),
+            features={"interaction_count": 3, "affinity:Drama": 0.6},
+        ),
+    ):
+        from_list = feature_matrix(candidates, user, NOW)
+        from_columns = feature_matrix(columns, user, NOW)
+        assert from_list.tobytes() == from_columns.tobytes()
+    assert rule_terms(candidates, NOW, 100.0).tobytes() == rule_terms(columns, NOW, 100.0).tobytes()
+    assert retrieval_ranks(columns.scores).tolist() == [c.rank for c in candidates]

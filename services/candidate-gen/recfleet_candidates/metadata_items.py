@@ -13,6 +13,7 @@ places them, leave it on the next refresh. A failed refresh keeps the last index
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,11 @@ class MetadataIndex:
     @property
     def item_count(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def same_candidates_up_to(self) -> int:
+        """Exact search scans every item whatever k is (see `LoadedShard`)."""
+        return sys.maxsize
 
     def vector_of(self, item_id: str) -> np.ndarray | None:
         row = self.rows.get(item_id)

@@ -5,17 +5,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Never, TypeVar
+from functools import partial
+from typing import Never, TypeVar, cast
 
 import faiss
 import grpc
 from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
 from recfleet.common.v1 import common_pb2
 from recfleet_models.index import LoadedShard
+from recfleet_runtime.batching import OK_STATUS, EntryAbortedError, EntryContext, entry_status
 
 from . import metrics
 from .metadata_items import MetadataItems
-from .retrieval import InvalidArgument, as_query, check_excluded, check_k, merged_top_k
+from .retrieval import (
+    Found,
+    InvalidArgument,
+    Query,
+    as_query,
+    check_excluded,
+    check_k,
+    merged_top_k,
+    merged_top_k_many,
+)
 from .served_index import ServedIndex
 
 SERVICE_NAME = candidates_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name
@@ -73,9 +84,10 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
     async def _invalid(context: grpc.aio.ServicerContext, error: InvalidArgument) -> Never:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
-    async def Retrieve(
+    async def _checked(
         self, request: candidates_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
-    ) -> candidates_pb2.RetrieveResponse:
+    ) -> tuple[LoadedShard, Query]:
+        """The shard that answers `request` and the checked query; aborts as `Retrieve` does."""
         shard = await self._served(request.model_version, context)
         try:
             k = check_k(request.k)
@@ -83,13 +95,61 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             query = as_query(request.query_vector, shard.dimension, shard.version)
         except InvalidArgument as error:
             await self._invalid(context, error)
-        extra = self.metadata.for_version(shard.version)
-        found = await self._search(shard, "Retrieve", lambda: merged_top_k(shard, extra, query, k, excluded, "als"))
-        response = candidates_pb2.RetrieveResponse(shard=self.index.shard, model_version=shard.version)
-        add = response.items.add
-        for item, score, source in found:
-            add(item_id=item, score=score, source=source)
+        return shard, Query(query, k, excluded)
+
+    def _fill(
+        self, response: candidates_pb2.RetrieveResponse, shard: LoadedShard, packed: bool, found: Found
+    ) -> candidates_pb2.RetrieveResponse:
+        """Writes the answer into `response` in place (a batch's result holds it: no copy)."""
+        response.shard = self.index.shard
+        response.model_version = shard.version
+        if packed:
+            # Whole columns at once: no protobuf message, and no Python step, per item.
+            items = response.packed_items
+            items.item_ids.extend(found.item_ids)
+            items.scores.extend(found.scores.tolist())
+            items.sources.extend(found.sources)
+        else:
+            add = response.items.add
+            for item, score, source in found.entries():
+                add(item_id=item, score=score, source=source)
         return response
+
+    async def Retrieve(
+        self, request: candidates_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
+    ) -> candidates_pb2.RetrieveResponse:
+        shard, query = await self._checked(request, context)
+        extra = self.metadata.for_version(shard.version)
+        found = await self._search(shard, "Retrieve", lambda: merged_top_k_many(shard, extra, [query], "als"))
+        return self._fill(candidates_pb2.RetrieveResponse(), shard, request.packed, found[0])
+
+    async def RetrieveBatch(
+        self, request: candidates_pb2.RetrieveBatchRequest, context: grpc.aio.ServicerContext
+    ) -> candidates_pb2.RetrieveBatchResponse:
+        """Each query answered as `Retrieve` would answer it alone, with its status; the
+        queries answered by the same loaded version are searched together (one matrix
+        search, see `retrieval.top_k_many`), in a worker thread where `Retrieve` would."""
+        batch = candidates_pb2.RetrieveBatchResponse()
+        results = [batch.results.add() for _ in request.queries]
+        # Keyed by the shard object: a batch can pin the version just swapped out too.
+        groups: dict[int, tuple[LoadedShard, list[tuple[int, Query]]]] = {}
+        # Its `abort` ends one entry only, so the unary checks run unchanged.
+        entry_context = cast(grpc.aio.ServicerContext, EntryContext(context))
+        for position, entry in enumerate(request.queries):
+            try:
+                shard, query = await self._checked(entry, entry_context)
+            except EntryAbortedError as refused:
+                results[position].status.CopyFrom(entry_status(refused.code, refused.details))
+                continue
+            groups.setdefault(id(shard), (shard, []))[1].append((position, query))
+        for shard, members in groups.values():
+            extra = self.metadata.for_version(shard.version)
+            queries = [query for _, query in members]
+            found = await self._search(shard, "RetrieveBatch", partial(merged_top_k_many, shard, extra, queries, "als"))
+            for (position, _), answer in zip(members, found, strict=True):
+                self._fill(results[position].response, shard, request.queries[position].packed, answer)
+                results[position].status.CopyFrom(OK_STATUS)
+        return batch
 
     async def SimilarItems(
         self, request: candidates_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext

@@ -22,7 +22,7 @@ from .rows import (
     decode_values,
     stored_fields,
 )
-from .stores import OfflineFeatureStore, OnlineFeatureStore
+from .stores import OfflineFeatureStore, OnlineFeatureStore, UserReadResult
 from .validation import CatalogItem, Profile, ValidationError, check_id, check_ids, validate_items, validate_profile
 
 POPULAR_WINDOWS = ("all", "7d", "trending")
@@ -31,6 +31,17 @@ MAX_POPULAR = 1000
 USER_READ_FIELDS = (*CONSTRAINT_FIELDS, "interaction_count")
 # `vector_status` when no model version serves at all (before the first training run).
 NO_SERVING_MODEL = "no-serving-model"
+# Distinct lists of feature names whose user read plan is kept (callers use a handful).
+MAX_USER_PLANS = 256
+# Users per GetUserFeaturesBatch call: their read is one script run, during which Redis
+# serves nobody else.
+MAX_USERS_PER_BATCH = 256
+
+
+def check_batch_size(count: int) -> None:
+    """ValidationError when a batch holds more users than one read may take."""
+    if count > MAX_USERS_PER_BATCH:
+        raise ValidationError(f"requests: at most {MAX_USERS_PER_BATCH} per call (got {count})")
 
 
 @dataclass
@@ -41,6 +52,25 @@ class UserFeatures:
     vector_status: str
     constraints: Constraints
     interaction_count: int
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    """One GetUserFeatures request: the user, the features asked for (all when empty) and
+    the model version of the vector (the serving one when empty)."""
+
+    user_id: str
+    names: tuple[str, ...]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class _UserPlan:
+    """What a user read with given feature names needs, worked out once per list of names:
+    the views of the row and the hash fields to read."""
+
+    views: list[FeatureView]
+    fields: list[str]
 
 
 class FeatureService:
@@ -61,6 +91,7 @@ class FeatureService:
         self.item_row_cache_size = item_row_cache_size
         # Rows by the fields they were read from, then by (item id, stored values' text).
         self._item_rows: dict[tuple[str, ...], dict[tuple[str, str], Row]] = {}
+        self._user_plans: dict[tuple[str, ...], _UserPlan] = {}
 
     def views(self, entity: str, names: list[str], where: str = "feature_names") -> list[FeatureView]:
         """The views `names` asks for (all of the entity's when empty), or ValidationError."""
@@ -72,24 +103,56 @@ class FeatureService:
             raise ValidationError(f"{where}: unknown {entity} feature(s) {', '.join(map(repr, unknown))}")
         return [views[name] for name in dict.fromkeys(names)]
 
-    async def get_user(self, user_id: str, names: list[str], model_version: str) -> UserFeatures:
-        """Features (defaults for missing/stale), the vector of `model_version` (or of the
-        serving version), constraints and the interaction count, in one Redis round trip."""
-        check_id(user_id, "user_id")
-        views = self.views("user", names)
-        fields = list(dict.fromkeys([*stored_fields(views), *USER_READ_FIELDS]))
-        read = await self.online.read_user(user_id, fields, need_serving_version=not model_version)
-        version = model_version or read.serving_version or ""
+    def _user_plan(self, names: tuple[str, ...]) -> _UserPlan:
+        """The plan for a user read of `names`, or ValidationError. Callers ask for the
+        same few lists of names over and over: the plans are kept (a bounded number)."""
+        plan = self._user_plans.get(names)
+        if plan is None:
+            views = self.views("user", list(names))
+            plan = _UserPlan(views, list(dict.fromkeys([*stored_fields(views), *USER_READ_FIELDS])))
+            if len(self._user_plans) >= MAX_USER_PLANS:
+                self._user_plans.clear()
+            self._user_plans[names] = plan
+        return plan
+
+    async def get_users(self, queries: list[UserQuery]) -> list[UserFeatures | ValidationError]:
+        """For each query, in order, what a user read answers, or the ValidationError that
+        rejects that query alone: features (defaults for missing/stale), the vector of the
+        model version (or of the serving version), constraints and the interaction count.
+        All valid queries are read in one Redis round trip, however many there are."""
+        errors: dict[int, ValidationError] = {}
+        to_read: list[tuple[int, UserQuery, _UserPlan]] = []
+        for index, query in enumerate(queries):
+            try:
+                check_id(query.user_id, "user_id")
+                to_read.append((index, query, self._user_plan(query.names)))
+            except ValidationError as error:
+                errors[index] = error
+        found: dict[int, UserFeatures] = {}
+        if to_read:
+            read = await self.online.read_users(
+                [(query.user_id, plan.fields) for _, query, plan in to_read],
+                need_serving_version=any(not query.model_version for _, query, _ in to_read),
+            )
+            now = time.time()
+            for (index, query, plan), user in zip(to_read, read.users, strict=True):
+                found[index] = self._user_features(query, plan, user, read.serving_version, now)
+        return [found[index] if index in found else errors[index] for index in range(len(queries))]
+
+    def _user_features(
+        self, query: UserQuery, plan: _UserPlan, read: UserReadResult, serving_version: str | None, now: float
+    ) -> UserFeatures:
+        version = query.model_version or serving_version or ""
         if version:
             vector, status = choose_vector(read.vectors, version)
         else:
             # No model version serves yet (a fresh install): no vector can be used.
             vector, status = None, NO_SERVING_MODEL
-        row = build_row(user_id, read.stored, views, time.time())
+        row = build_row(query.user_id, read.stored, plan.views, now)
         count = read.stored.get("interaction_count")
-        metrics.USER_READS.labels(status.split(":", 1)[0] or "ok").inc()
+        metrics.count_user_read(status)
         if row.defaulted:
-            metrics.DEFAULTED.labels("user").inc(len(row.defaulted))
+            metrics.USER_DEFAULTED.inc(len(row.defaulted))
         return UserFeatures(
             row=row,
             vector=vector,

@@ -22,3 +22,18 @@ DEFAULTED = Counter(
     "Feature values served as the registry default (missing, stale or mistyped), by entity.",
     ["entity"],
 )
+
+# Children resolved once: `labels()` takes a lock and builds a key on every call, and a
+# user read counts on every request.
+USER_DEFAULTED = DEFAULTED.labels("user")
+_USER_READS_BY_KIND: dict[str, Counter] = {}
+
+
+def count_user_read(vector_status: str) -> None:
+    """Count one user read under its vector status's kind (`version-mismatch:a,b` counts
+    as `version-mismatch`, the empty status as `ok`)."""
+    kind = vector_status.split(":", 1)[0]
+    child = _USER_READS_BY_KIND.get(kind)
+    if child is None:
+        child = _USER_READS_BY_KIND[kind] = USER_READS.labels(kind or "ok")
+    child.inc()

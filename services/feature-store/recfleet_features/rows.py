@@ -94,8 +94,9 @@ def build_row(entity_id: str, stored: dict[str, Any], views: list[FeatureView], 
             # Fast paths for values already of the view's type: this loop runs for every
             # feature of up to 1,000 items per read.
             kind = value.__class__
-            if view.type == "number" and kind is float:
-                values[name] = value
+            if view.type == "number" and (kind is float or kind is int):
+                # JSON whole numbers (counts, ages, epoch seconds) decode as int.
+                values[name] = value if kind is float else float(value)
                 continue
             if (view.type == "text" and kind is str) or (view.type == "strings" and kind is list):
                 values[name] = value if view.type == "text" else [str(v) for v in value]

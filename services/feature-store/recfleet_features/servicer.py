@@ -10,10 +10,11 @@ import grpc
 import orjson
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
+from recfleet_runtime.batching import OK_STATUS, entry_status
 from recfleet_store.features.registry import FeatureView
 
 from . import wire
-from .features import FeatureService
+from .features import FeatureService, UserFeatures, UserQuery, check_batch_size
 from .rows import Row
 from .validation import CatalogItem, Profile, ValidationError
 
@@ -159,6 +160,26 @@ def profile_message(profile: Profile) -> features_pb2.UserProfile:
     )
 
 
+def user_query(request: features_pb2.GetUserFeaturesRequest) -> UserQuery:
+    return UserQuery(request.user_id, tuple(request.feature_names), request.model_version)
+
+
+def fill_user_features(target: features_pb2.GetUserFeaturesResponse, found: UserFeatures) -> None:
+    """Set a GetUserFeaturesResponse in place (a unary reply, or a batch entry's response)."""
+    target.vector_status = found.vector_status
+    target.interaction_count = found.interaction_count
+    fill_row(target.features, found.row)
+    if found.vector is not None:
+        target.user_vector.values.extend(found.vector)
+        target.user_vector.model_version = found.vector_version
+    c, constraints = found.constraints, target.constraints
+    constraints.blocked_categories.extend(c.blocked_categories)
+    constraints.preferred_categories.extend(c.preferred_categories)
+    constraints.age = c.age
+    constraints.country = c.country
+    constraints.seen_item_ids.extend(c.seen_item_ids)
+
+
 async def _invalid(context: grpc.aio.ServicerContext, error: ValidationError) -> Never:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
@@ -177,23 +198,33 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
     async def GetUserFeatures(
         self, request: features_pb2.GetUserFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.GetUserFeaturesResponse:
+        # A batch of one: the unary and the batched call share every step.
+        [found] = await self.features.get_users([user_query(request)])
+        if isinstance(found, ValidationError):
+            return await _invalid(context, found)
+        reply = features_pb2.GetUserFeaturesResponse()
+        fill_user_features(reply, found)
+        return reply
+
+    async def GetUserFeaturesBatch(
+        self, request: features_pb2.GetUserFeaturesBatchRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetUserFeaturesBatchResponse:
+        """Each entry answered as GetUserFeatures would answer it alone (a rejected entry
+        gets INVALID_ARGUMENT in its own status), every user read in one Redis round trip."""
         try:
-            found = await self.features.get_user(request.user_id, list(request.feature_names), request.model_version)
+            check_batch_size(len(request.requests))
         except ValidationError as error:
             return await _invalid(context, error)
-        reply = features_pb2.GetUserFeaturesResponse(
-            vector_status=found.vector_status, interaction_count=found.interaction_count
-        )
-        fill_row(reply.features, found.row)
-        if found.vector is not None:
-            reply.user_vector.values.extend(found.vector)
-            reply.user_vector.model_version = found.vector_version
-        c, constraints = found.constraints, reply.constraints
-        constraints.blocked_categories.extend(c.blocked_categories)
-        constraints.preferred_categories.extend(c.preferred_categories)
-        constraints.age = c.age
-        constraints.country = c.country
-        constraints.seen_item_ids.extend(c.seen_item_ids)
+        answers = await self.features.get_users([user_query(entry) for entry in request.requests])
+        reply = features_pb2.GetUserFeaturesBatchResponse()
+        results = reply.results
+        for found in answers:
+            result = results.add()
+            if isinstance(found, ValidationError):
+                result.status.CopyFrom(entry_status(grpc.StatusCode.INVALID_ARGUMENT, str(found)))
+            else:
+                result.status.CopyFrom(OK_STATUS)
+                fill_user_features(result.response, found)
         return reply
 
     # Answers the encoded GetItemFeaturesResponse: add_to_server registers it with a pass-through

@@ -3,6 +3,7 @@ URL scheme. The service is written against these Protocols only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -12,8 +13,15 @@ from .validation import CatalogItem, Profile
 class UserReadResult(Protocol):
     stored: dict[str, Any]
     vectors: dict
-    serving_version: str | None
     seen: list[str]
+
+
+class UsersReadResult(Protocol):
+    @property
+    def serving_version(self) -> str | None: ...
+
+    @property
+    def users(self) -> Sequence[UserReadResult]: ...
 
 
 class OnlineFeatureStore(Protocol):
@@ -25,7 +33,9 @@ class OnlineFeatureStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def read_user(self, user_id: str, fields: list[str], need_serving_version: bool) -> UserReadResult: ...
+    async def read_users(self, users: list[tuple[str, list[str]]], need_serving_version: bool) -> UsersReadResult:
+        """Every user's (user id, fields) read in one round trip, answers in order."""
+        ...
 
     async def read_items(self, item_ids: list[str], fields: list[str]) -> list[str]: ...
 

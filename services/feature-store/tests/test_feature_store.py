@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
+from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
@@ -213,6 +214,87 @@ async def test_no_vector_is_returned_before_any_model_version_serves(fleet):
     reply = await fleet.stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id=user), timeout=5)
     assert reply.vector_status == "no-serving-model"
     assert not reply.HasField("user_vector")
+
+
+async def unary_answer(
+    fleet: Fleet, request: features_pb2.GetUserFeaturesRequest
+) -> features_pb2.GetUserFeaturesResult:
+    """What GetUserFeatures answers for `request` alone, shaped as a batch entry."""
+    try:
+        reply = await fleet.stub.GetUserFeatures(request, timeout=5)
+    except grpc.aio.AioRpcError as error:
+        return features_pb2.GetUserFeaturesResult(
+            status=common_pb2.CallStatus(code=error.code().value[0], message=error.details())
+        )
+    return features_pb2.GetUserFeaturesResult(response=reply, status=common_pb2.CallStatus(code=0))
+
+
+async def test_batch_answers_each_user_as_alone_in_one_round_trip(fleet):
+    with_vector, without_vector, stranger = uid("u"), uid("u"), uid("u")
+    put_json(fleet.redis, keys.user(with_vector), {"interaction_count": 9, "age": 41, "country": "FR"})
+    fleet.redis.hset(keys.user_vectors(with_vector), "als-A", (np.arange(3, dtype="<f4") / 4).tobytes())
+    fleet.redis.sadd(keys.user_seen(with_vector), "i3", "i1")
+    put_json(fleet.redis, keys.user(without_vector), {"blocked_categories": ["Horror"], "liked_items": ["i9"]})
+    fleet.redis.set(keys.SERVING_VERSION, "als-A")
+    requests = [
+        features_pb2.GetUserFeaturesRequest(user_id=with_vector),
+        features_pb2.GetUserFeaturesRequest(user_id="bad id"),
+        features_pb2.GetUserFeaturesRequest(user_id=without_vector, feature_names=["age", "liked_items"]),
+        features_pb2.GetUserFeaturesRequest(user_id=with_vector, model_version="als-B"),
+        features_pb2.GetUserFeaturesRequest(user_id=stranger, feature_names=["shoe_size"]),
+        features_pb2.GetUserFeaturesRequest(user_id=stranger, model_version="als-A"),
+    ]
+
+    before = CountingConnection.sends
+    batch = await fleet.stub.GetUserFeaturesBatch(
+        features_pb2.GetUserFeaturesBatchRequest(requests=requests), timeout=5
+    )
+    # Four users are read (two entries are rejected before any read): one round trip.
+    assert CountingConnection.sends - before == 1
+
+    alone = [await unary_answer(fleet, request) for request in requests]
+    assert list(batch.results) == alone
+    vector, bad, subset, mismatch, unknown, cold = batch.results
+    assert vector.response.user_vector.model_version == "als-A" and list(vector.response.constraints.seen_item_ids) == [
+        "i1",
+        "i3",
+    ]
+    assert (bad.status.code, bad.status.message) == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "user_id: must be 1-128 characters of A-Z a-z 0-9 _ . : - (got 'bad id')",
+    )
+    assert set(subset.response.features.values) == {"age", "liked_items"}
+    assert value_of(subset.response.features.values["liked_items"]) == ["i9"]
+    assert list(subset.response.constraints.blocked_categories) == ["Horror"]
+    assert subset.response.vector_status == "missing"
+    assert mismatch.response.vector_status == "version-mismatch:als-A"
+    assert unknown.status.message == "feature_names: unknown user feature(s) 'shoe_size'"
+    assert cold.response.vector_status == "missing" and set(cold.response.features.defaulted) == USER_FEATURES
+
+
+async def test_batch_entry_with_a_value_that_is_not_json_matches_the_unary_answer(fleet):
+    odd, plain = uid("u"), uid("u")
+    fleet.redis.hset(keys.user(odd), mapping={"age": "30", "country": "not json"})
+    put_json(fleet.redis, keys.user(plain), {"age": 22, "country": "SE"})
+    requests = [features_pb2.GetUserFeaturesRequest(user_id=user) for user in (odd, plain, odd)]
+    batch = await fleet.stub.GetUserFeaturesBatch(
+        features_pb2.GetUserFeaturesBatchRequest(requests=requests), timeout=5
+    )
+    assert list(batch.results) == [await unary_answer(fleet, request) for request in requests]
+    assert batch.results[0].response.constraints.age == 30 and "country" in batch.results[0].response.features.defaulted
+    assert batch.results[1].response.constraints.country == "SE"
+
+
+async def test_batch_size_is_bounded_and_an_empty_batch_reads_nothing(fleet):
+    too_many = [features_pb2.GetUserFeaturesRequest(user_id=f"u{n}") for n in range(257)]
+    await expect_invalid(
+        fleet.stub.GetUserFeaturesBatch,
+        features_pb2.GetUserFeaturesBatchRequest(requests=too_many),
+        "requests: at most 256 per call (got 257)",
+    )
+    before = CountingConnection.sends
+    empty = await fleet.stub.GetUserFeaturesBatch(features_pb2.GetUserFeaturesBatchRequest(), timeout=5)
+    assert list(empty.results) == [] and CountingConnection.sends == before
 
 
 async def test_item_read_of_500_items_is_one_round_trip_with_defaults(fleet):

@@ -91,12 +91,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.state.drain = drain
     app.add_middleware(
-        GatewayMiddleware, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight, drain=drain
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+        drain=drain,
+        carry_trace_context=not tracing.exporting(),
     )
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    if tracing.exporting():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    # One server span per request; the per-message send/receive spans cost more than
-    # they tell on the hot path.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics", exclude_spans=["receive", "send"])
+        # One server span per request; the per-message send/receive spans cost more than
+        # they tell on the hot path.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics", exclude_spans=["receive", "send"])
+    # Otherwise GatewayMiddleware carries the W3C trace context itself: OpenTelemetry's
+    # ASGI layer was most of the gateway's tracing cost for spans nobody exported.
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -26,6 +26,13 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # Requests one process works on at once before it answers 503 + Retry-After (load
     # shedding; probes, /metrics and /admin are never shed). 0 = no bound.
     max_in_flight: int = 64
+    # Concurrent recommendation requests share their feature-store, candidate-gen and
+    # ranking calls: at most this many requests per batched call (1 = a unary call per
+    # request), and at most coalesce_max_in_flight batched calls out per endpoint at once
+    # (a request waits only while that many are out; raise it to spread a burst over more
+    # pods of one service).
+    coalesce_max_batch: int = Field(32, ge=1, le=256)
+    coalesce_max_in_flight: int = Field(2, ge=1, le=64)
     candidates_per_shard: int = 200
     cold_start_threshold: int = 5
     bootstrap_admin_key: str = shared("RECFLEET_BOOTSTRAP_ADMIN_KEY", "", "accepted with every scope")
@@ -42,8 +49,8 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     canary_weights: dict[str, int] = Field(default_factory=dict)
     # Per-key limits by scope, e.g. {"events:write": "2000/second"}; others use rate_limit_per_key.
     rate_limits_per_scope: dict[str, str] = Field(default_factory=dict)
-    # Seconds a verified API key stays in the in-process cache (revocation on another
-    # replica takes at most this long to apply).
+    # Seconds a verified API key stays in the in-process cache: a revocation applies at
+    # once in the worker that revoked it, within this long in other workers and replicas.
     api_key_cache_seconds: float = 5.0
     readiness_cache_seconds: float = 1.0
     # Secret for signing pagination cursors; empty means one random secret per replica,

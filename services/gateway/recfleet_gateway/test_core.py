@@ -12,9 +12,10 @@ from .rest.auth import key_from_headers
 from .rest.problems import Problem, _field_path
 from .serving.cache import CursorCodec, parameters_digest
 from .serving.fallbacks import interleave
+from .serving.items import ItemList, merge_by_score
 from .serving.ranking_call import ranked_items
 from .serving.recommender import model_version
-from .serving.retrieval import merge_by_score
+from .serving.retrieval import merge_similar
 from .serving.shadow import overlap_at_k
 
 
@@ -67,9 +68,20 @@ def test_parameters_digest_ignores_key_order():
     assert parameters_digest({"a": 1}) != parameters_digest({"a": 2})
 
 
-def test_merge_by_score_keeps_best_score_once_and_excludes():
-    merged = merge_by_score([[scored("a", 0.5), scored("b", 0.9)], [scored("a", 0.7), scored("c", 0.1)]], 3, {"c"})
+def test_merge_similar_keeps_best_score_once_and_excludes():
+    merged = merge_similar([[scored("a", 0.5), scored("b", 0.9)], [scored("a", 0.7), scored("c", 0.1)]], 3, {"c"})
     assert [(i.item_id, round(i.score, 2)) for i in merged] == [("b", 0.9), ("a", 0.7)]
+
+
+def test_merge_by_score_of_packed_lists_keeps_best_score_once_and_names_the_source():
+    first = ItemList(["a", "b", "e"], [0.5, 0.9, 0.2], ["", "metadata", ""])
+    second = ItemList.unpack(common_pb2.ScoredItemList(item_ids=["a", "c", "d"], scores=[0.7, 0.1, 0.7]))
+    merged = merge_by_score([first, second], 4, "als")
+    assert merged.item_ids == ["b", "a", "d", "e"]
+    assert [round(s, 2) for s in merged.scores] == [0.9, 0.7, 0.7, 0.2]
+    assert merged.sources == ["metadata", "als", "als", "als"]
+    round_trip = ItemList.unpack(merged.pack())
+    assert (round_trip.item_ids, round_trip.sources) == (merged.item_ids, merged.sources)
 
 
 def test_interleave_round_robins_sources_without_duplicates():
@@ -102,6 +114,16 @@ def test_ranked_items_round_scores_and_explain_only_when_asked():
     ]
     explained = ranked_items(ranked, explain=True)[0]["explanation"]
     assert explained == {"candidate_score": 0.5, "ranker_contributions": {"popularity": 0.0625}, "rules": ["diversity"]}
+    packed = ranking_pb2.RankResponse(
+        ranked=common_pb2.ScoredItemList(
+            item_ids=[i.item_id for i in ranked.items],
+            scores=[i.score for i in ranked.items],
+            sources=[i.source for i in ranked.items],
+        ),
+        explanations=[i.explanation for i in ranked.items],
+    )
+    assert ranked_items(packed, explain=True) == ranked_items(ranked, explain=True)
+    assert ranked_items(packed, explain=False) == ranked_items(ranked, explain=False)
 
 
 def test_model_version_names_retrieval_and_the_rung():

@@ -21,6 +21,7 @@ from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from recfleet_models.sharding import shard_of
+from recfleet_runtime.batching import answer_each
 
 MODEL_VERSION = "als-20261123T000000Z"
 RANKER_VERSION = "ranker-20261123T000000Z"
@@ -54,6 +55,13 @@ class Scripted:
     def __init__(self):
         self.calls = []
         self.failing = None
+        # Answer batched RPCs with UNIMPLEMENTED, like a server from before batching.
+        self.batches_unimplemented = False
+
+    async def enter_batch(self, context, method: str) -> None:
+        if self.batches_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
+        await self.enter(context, method)
 
     async def enter(self, context, method: str) -> None:
         self.calls.append(method)
@@ -77,7 +85,17 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
         if request.model_version and request.model_version != MODEL_VERSION:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "other model version")
         items = self._top(list(request.query_vector), request.k, set(request.exclude_item_ids))
+        if request.packed:
+            packed = common_pb2.ScoredItemList(
+                item_ids=[i.item_id for i in items], scores=[i.score for i in items], sources=[i.source for i in items]
+            )
+            return candidates_pb2.RetrieveResponse(packed_items=packed, shard=self.shard, model_version=MODEL_VERSION)
         return candidates_pb2.RetrieveResponse(items=items, shard=self.shard, model_version=MODEL_VERSION)
+
+    async def RetrieveBatch(self, request, context):
+        await self.enter_batch(context, "RetrieveBatch")
+        results = await answer_each(request.queries, self.Retrieve, context, candidates_pb2.RetrieveResult)
+        return candidates_pb2.RetrieveBatchResponse(results=results)
 
     async def SimilarItems(self, request, context):
         await self.enter(context, "SimilarItems")
@@ -105,8 +123,8 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
 
 
 class ScriptedFeatureStore(Scripted, features_pb2_grpc.FeatureStoreServicer):
-    """Users: `warm-*` have a vector and 10 interactions (seen m1, m2); others are cold
-    with whatever profile was put."""
+    """Users: `warm-*` have a vector and 10 interactions (seen m1, m2; `warm-old-*` with a
+    vector of an older model version); others are cold with whatever profile was put."""
 
     def __init__(self):
         super().__init__()
@@ -133,12 +151,19 @@ class ScriptedFeatureStore(Scripted, features_pb2_grpc.FeatureStoreServicer):
         if user_id.startswith("warm-"):
             constraints.seen_item_ids.extend(["m1", "m2"])
             values["interaction_count"] = features_pb2.FeatureValue(number=10)
-            reply.user_vector.CopyFrom(common_pb2.Vector(values=vector_of(user_id), model_version=MODEL_VERSION))
+            # `warm-old-*` users carry a vector of a version no shard serves any more.
+            version = "als-20261001T000000Z" if user_id.startswith("warm-old-") else MODEL_VERSION
+            reply.user_vector.CopyFrom(common_pb2.Vector(values=vector_of(user_id), model_version=version))
             reply.vector_status = ""
             reply.interaction_count = 10
         reply.constraints.CopyFrom(constraints)
         reply.features.CopyFrom(features_pb2.FeatureRow(entity_id=user_id, values=values))
         return reply
+
+    async def GetUserFeaturesBatch(self, request, context):
+        await self.enter_batch(context, "GetUserFeaturesBatch")
+        results = await answer_each(request.requests, self.GetUserFeatures, context, features_pb2.GetUserFeaturesResult)
+        return features_pb2.GetUserFeaturesBatchResponse(results=results)
 
     async def GetItemFeatures(self, request, context):
         await self.enter(context, "GetItemFeatures")
@@ -199,12 +224,32 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
     def __init__(self):
         super().__init__()
         self.requests: list[ranking_pb2.RankRequest] = []
+        # Whether each request asked for (and got) the packed answer.
+        self.packed: list[bool] = []
         self.metadata: list[dict[str, str]] = []
         # When set, answers with no items and these degraded reasons.
         self.empty_with: list[str] | None = None
 
+    async def RankBatch(self, request, context):
+        await self.enter_batch(context, "RankBatch")
+        results = await answer_each(request.requests, self.Rank, context, ranking_pb2.RankResult)
+        return ranking_pb2.RankBatchResponse(results=results)
+
     async def Rank(self, request, context):
         await self.enter(context, "Rank")
+        packed = request.packed
+        if not request.candidates and request.HasField("candidate_list"):
+            # Kept for the tests in the one-message-per-candidate form they inspect.
+            listed, original = request.candidate_list, request
+            request = ranking_pb2.RankRequest()
+            request.CopyFrom(original)
+            request.ClearField("candidate_list")
+            sources = list(listed.sources) or [""] * len(listed.item_ids)
+            request.candidates.extend(
+                common_pb2.ScoredItem(item_id=i, score=s, source=src)
+                for i, s, src in zip(listed.item_ids, listed.scores, sources, strict=True)
+            )
+        self.packed.append(packed)
         self.requests.append(request)
         self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
         if self.empty_with is not None:
@@ -233,6 +278,17 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
             )
             for rank, c in enumerate(kept[: request.limit], start=1)
         ]
+        if packed:
+            return ranking_pb2.RankResponse(
+                ranked=common_pb2.ScoredItemList(
+                    item_ids=[i.item_id for i in items],
+                    scores=[i.score for i in items],
+                    sources=[i.source for i in items],
+                ),
+                explanations=[i.explanation for i in items] if request.explain else [],
+                served_by="rules",
+                ranker_version="",
+            )
         return ranking_pb2.RankResponse(items=items, served_by="rules", ranker_version="")
 
 

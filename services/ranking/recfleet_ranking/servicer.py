@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
 
 import grpc
+import numpy as np
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-from recfleet_models.ranking.features import Candidate, UserContext
+from recfleet_models.ranking.features import CandidateColumns, ItemColumns, UserContext, objects, retrieval_ranks
+from recfleet_runtime.batching import OK_STATUS, EntryAbortedError, EntryContext, entry_status
 
-from .adapters.feature_store import FeatureStoreDownstream, load_item_features
+from .adapters.feature_store import FeatureStoreDownstream, load_item_features, load_item_features_of_each
 from .adapters.models import RankerVersions
 from .item_cache import ItemFeatureCache
 from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
-from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankOutcome, RankQuery
+from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankJob, RankOutcome, RankQuery
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 IDS_RE = re.compile(r"(?:[A-Za-z0-9_.:-]{1,128}\n)*")
@@ -38,13 +39,76 @@ def _check_id(value: str, field: str) -> None:
         raise InvalidArgument(f"{field}: must be 1-128 characters of [A-Za-z0-9_.:-], got {value[:140]!r}")
 
 
+def _check_ids(ids: list[str], field: str) -> None:
+    """`field[i]` names the first malformed id."""
+    if not _all_valid_ids(ids):
+        for index, item_id in enumerate(ids):
+            _check_id(item_id, field.format(index))
+
+
+def _check_scores(scores: np.ndarray, field: str) -> None:
+    finite = np.isfinite(scores)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise InvalidArgument(f"{field.format(index)}: must be a finite number, got {float(scores[index])}")
+
+
+def _is_packed(request: ranking_pb2.RankRequest) -> bool:
+    """The candidates come in `candidate_list` (only read when `candidates` is empty)."""
+    return not request.candidates and request.HasField("candidate_list")
+
+
+def _candidates(request: ranking_pb2.RankRequest, max_candidates: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """(ids, scores, sources) of the request's candidates, from `candidates` or, when that
+    is empty, from the parallel arrays of `candidate_list`; the count is checked here, the
+    ids and scores by the caller."""
+    if not _is_packed(request):
+        scored = request.candidates
+        if len(scored) > max_candidates:
+            raise InvalidArgument(f"candidates: at most {max_candidates} per call, got {len(scored)}")
+        ids = [item.item_id for item in scored]
+        scores = np.array([item.score for item in scored], dtype=np.float64)
+        return ids, scores, [item.source for item in scored]
+    arrays = request.candidate_list
+    ids = list(arrays.item_ids)
+    if len(ids) > max_candidates:
+        raise InvalidArgument(f"candidate_list.item_ids: at most {max_candidates} per call, got {len(ids)}")
+    if len(arrays.scores) != len(ids):
+        raise InvalidArgument(
+            f"candidate_list.scores: one score per item id, got {len(arrays.scores)} for {len(ids)} item ids"
+        )
+    if arrays.sources and len(arrays.sources) != len(ids):
+        raise InvalidArgument(
+            "candidate_list.sources: empty or one source per item id, "
+            f"got {len(arrays.sources)} for {len(ids)} item ids"
+        )
+    sources = list(arrays.sources) if arrays.sources else [""] * len(ids)
+    return ids, np.array(arrays.scores, dtype=np.float64), sources
+
+
+def _best_of_duplicates(
+    ids: list[str], scores: np.ndarray, sources: list[str]
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """A candidate id given twice counts once, at its first position, with its best score
+    (and that score's source; the first of equal scores)."""
+    if len(set(ids)) == len(ids):
+        return ids, scores, sources
+    best: dict[str, tuple[float, str]] = {}
+    for item_id, score, source in zip(ids, scores.tolist(), sources, strict=True):
+        known = best.get(item_id)
+        if known is None or score > known[0]:
+            best[item_id] = (score, source)
+    unique = list(best)
+    return unique, np.fromiter((best[i][0] for i in unique), np.float64, len(unique)), [best[i][1] for i in unique]
+
+
 def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> RankQuery:
-    """The domain query for a request; InvalidArgument when a field is malformed."""
+    """The domain query for a request; InvalidArgument when a field is malformed. Its
+    candidates' item features are still unknown (the servicer loads them)."""
     _check_id(request.user_id, "user_id")
     if request.limit < 0:
         raise InvalidArgument(f"limit: must be 0 (all) or positive, got {request.limit}")
-    if len(request.candidates) > max_candidates:
-        raise InvalidArgument(f"candidates: at most {max_candidates} per call, got {len(request.candidates)}")
+    ids, scores, sources = _candidates(request, max_candidates)
     if request.ranker_version:
         _check_id(request.ranker_version, "ranker_version")
     constraints = request.constraints
@@ -52,21 +116,21 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
         raise InvalidArgument(f"constraints.age: must be 0 (unknown) to 150, got {constraints.age}")
     if constraints.country and not re.fullmatch(r"[A-Za-z]{2}", constraints.country):
         raise InvalidArgument(f"constraints.country: must be ISO 3166 alpha-2, got {constraints.country!r}")
-    scored = request.candidates
-    ids = [item.item_id for item in scored]
-    scores = [item.score for item in scored]
-    sources = [item.source for item in scored]
-    if not _all_valid_ids(ids):
-        for index, item_id in enumerate(ids):
-            _check_id(item_id, f"candidates[{index}].item_id")
-    if not all(map(math.isfinite, scores)):
-        index = next(i for i, score in enumerate(scores) if not math.isfinite(score))
-        raise InvalidArgument(f"candidates[{index}].score: must be a finite number, got {scores[index]}")
-    candidates: dict[str, Candidate] = {}
-    for item_id, score, source in zip(ids, scores, sources, strict=True):
-        known = candidates.get(item_id)
-        if known is None or score > known.score:
-            candidates[item_id] = Candidate(item_id, score, source)
+    if _is_packed(request):
+        _check_ids(ids, "candidate_list.item_ids[{}]")
+        _check_scores(scores, "candidate_list.scores[{}]")
+    else:
+        _check_ids(ids, "candidates[{}].item_id")
+        _check_scores(scores, "candidates[{}].score")
+    ids, scores, sources = _best_of_duplicates(ids, scores, sources)
+    count = len(ids)
+    candidates = CandidateColumns(
+        objects(ids, count),
+        scores,
+        objects(sources, count),
+        ItemColumns.unknown(count),
+        retrieval_ranks(scores),
+    )
     user = UserContext(
         user_id=request.user_id,
         age=constraints.age,
@@ -76,11 +140,18 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
         seen_item_ids=frozenset(constraints.seen_item_ids),
         features=dict(request.user_features),
     )
-    return RankQuery(user, list(candidates.values()), request.limit, request.explain, request.category)
+    return RankQuery(user, candidates, request.limit, request.explain, request.category)
+
+
+def _columns(query: RankQuery) -> CandidateColumns:
+    """A parsed query's candidates (`parse_request` always gives columns)."""
+    assert isinstance(query.candidates, CandidateColumns)
+    return query.candidates
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
-    """Rank: validate, fetch item features, run the pipeline, answer; GetModelStatus."""
+    """Rank and RankBatch: validate, fetch item features, run the pipeline, answer;
+    GetModelStatus."""
 
     def __init__(
         self,
@@ -101,20 +172,84 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
+        query = await self._parse(request, context)
+        items, degraded = await load_item_features(
+            self.feature_store, _columns(query).item_ids.tolist(), self.item_cache
+        )
+        job = await self._job(request, query, items, degraded)
+        started = time.perf_counter()
+        outcome = self.pipeline.rank_many([job])[0]
+        CORE_SECONDS.observe(time.perf_counter() - started)
+        return self._answer(request, outcome)
+
+    async def RankBatch(
+        self, request: ranking_pb2.RankBatchRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RankBatchResponse:
+        """Each entry answered as `Rank` would answer it alone (an invalid entry gets its
+        status, its neighbours are unaffected). Cheaper than a Rank per entry: one
+        `GetItemFeatures` for what the cache lacks of as many entries as one read may
+        carry, and one model predict for the entries one ranker scores."""
+        entry_context = EntryContext(context)
+        parsed: list[RankQuery | ranking_pb2.RankResult] = []
+        for entry in request.requests:
+            try:
+                parsed.append(await self._parse(entry, entry_context))
+            except EntryAbortedError as aborted:
+                parsed.append(ranking_pb2.RankResult(status=entry_status(aborted.code, aborted.details)))
+        valid = [
+            (entry, query)
+            for entry, query in zip(request.requests, parsed, strict=True)
+            if isinstance(query, RankQuery)
+        ]
+        loaded = await load_item_features_of_each(
+            self.feature_store,
+            [_columns(query).item_ids.tolist() for _, query in valid],
+            self.item_cache,
+            max_per_read=self.max_candidates,
+        )
+        jobs = [
+            await self._job(entry, query, items, degraded)
+            for (entry, query), (items, degraded) in zip(valid, loaded, strict=True)
+        ]
+        started = time.perf_counter()
+        outcomes = iter(self.pipeline.rank_many(jobs))
+        if jobs:
+            share = (time.perf_counter() - started) / len(jobs)
+            for _ in jobs:
+                CORE_SECONDS.observe(share)
+        response = ranking_pb2.RankBatchResponse()
+        for entry, query in zip(request.requests, parsed, strict=True):
+            if isinstance(query, RankQuery):
+                response.results.add(response=self._answer(entry, next(outcomes)), status=OK_STATUS)
+            else:
+                response.results.append(query)
+        return response
+
+    async def _parse(
+        self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext | EntryContext
+    ) -> RankQuery:
+        """The validated query; aborts the call (or the batch entry) with the status Rank
+        answers: the fault drill's INTERNAL, INVALID_ARGUMENT naming the field."""
         if self.inject_error_rate and random.random() < self.inject_error_rate:
             await context.abort(grpc.StatusCode.INTERNAL, "injected error (inject_error_rate drill)")
         try:
-            query = parse_request(request, self.max_candidates)
+            return parse_request(request, self.max_candidates)
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        degraded = await load_item_features(self.feature_store, query.candidates, self.item_cache)
+
+    async def _job(
+        self, request: ranking_pb2.RankRequest, query: RankQuery, items: ItemColumns, degraded: list[str]
+    ) -> RankJob:
+        """The query with its item features and the ranker chosen for it."""
+        _columns(query).items = items
         ranker = None if request.force_rules else await self.versions.get(request.ranker_version)
         if ranker is None and request.ranker_version and not request.force_rules:
             degraded.append(RANKER_VERSION_UNAVAILABLE)
             ranker = self.versions.serving
-        started = time.perf_counter()
-        outcome = self.pipeline.rank(query, ranker, degraded=degraded)
-        CORE_SECONDS.observe(time.perf_counter() - started)
+        return RankJob(query, ranker, degraded)
+
+    @staticmethod
+    def _answer(request: ranking_pb2.RankRequest, outcome: RankOutcome) -> ranking_pb2.RankResponse:
         if request.force_rules:
             # Rules were asked for (an experiment's "rules" variant): not a degradation.
             outcome.degraded = [reason for reason in outcome.degraded if reason != RANKER_UNAVAILABLE]
@@ -123,7 +258,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             DEGRADED.labels(reason).inc()
         for reason, count in outcome.filtered.items():
             FILTERED.labels(reason).inc(count)
-        return to_response(outcome)
+        return to_packed_response(outcome) if request.packed else to_response(outcome)
 
     async def GetModelStatus(
         self, request: ranking_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
@@ -150,4 +285,28 @@ def to_response(outcome: RankOutcome) -> ranking_pb2.RankResponse:
             item.explanation.candidate_score = entry.candidate_score
             item.explanation.contributions.update(entry.contributions)
             item.explanation.rules.extend(entry.rules)
+    return response
+
+
+def to_packed_response(outcome: RankOutcome) -> ranking_pb2.RankResponse:
+    """The same answer as `to_response` with the items as parallel arrays in `ranked`
+    (rank = position from 1) and, when explanations were computed, `explanations`."""
+    response = ranking_pb2.RankResponse(
+        served_by=outcome.served_by,
+        ranker_version=outcome.ranker_version,
+        degraded=outcome.degraded,
+        filtered=outcome.filtered,
+    )
+    items = outcome.items
+    ranked = response.ranked
+    ranked.item_ids.extend([entry.item_id for entry in items])
+    ranked.scores.extend([entry.score for entry in items])
+    ranked.sources.extend([entry.source for entry in items])
+    if any(entry.contributions or entry.rules for entry in items):
+        for entry in items:
+            explanation = response.explanations.add()
+            if entry.contributions or entry.rules:
+                explanation.candidate_score = entry.candidate_score
+                explanation.contributions.update(entry.contributions)
+                explanation.rules.extend(entry.rules)
     return response

@@ -1,5 +1,6 @@
 """The item-feature cache with a fake clock: what is fresh, what must be read again."""
 
+import numpy as np
 import pytest
 from recfleet_models.ranking.features import Candidate
 
@@ -76,3 +77,25 @@ def test_announcements_are_read_leniently():
 
     assert changed_ids(b'["1", "x:2"]') == ["1", "x:2"]
     assert changed_ids(b"not json") == [] and changed_ids(b'{"a": 1}') == []
+
+
+def test_many_refreshes_and_drops_keep_every_entry_right():
+    """Refreshed and dropped entries leave rows behind that the cache reclaims; what it
+    answers never changes because of that."""
+    clock = Clock()
+    cache = ItemFeatureCache(60, clock=clock)
+    cache.store({"unknown": None})
+    for round_ in range(3000):
+        cache.store({"a": ItemFeatures(creator=f"a{round_}"), f"gone{round_}": ItemFeatures()})
+        cache.forget([f"gone{round_}"])
+    cache.store({"b": ItemFeatures(categories=("Drama",), age_rating=16)})
+    found, missing = cache.lookup(["a", "b", "unknown", "gone5"])
+    assert missing == ["gone5"] and len(cache) == 3
+    assert found == {
+        "a": ItemFeatures(creator="a2999"),
+        "b": ItemFeatures(categories=("Drama",), age_rating=16),
+        "unknown": None,
+    }
+    items = cache.gather(cache.rows(["b", "unknown", "a"])[0])
+    assert items.primary_categories.tolist() == ["Drama", "", ""]
+    assert items.age_rating[0] == 16 and np.isnan(items.age_rating[1]) and items.creators[2] == "a2999"

@@ -283,3 +283,212 @@ async def test_a_catalog_upsert_reaches_ranking_at_once_through_the_announcement
         follower.cancel()
         await features_channel.close()
         await stop_ranking(service, servicer, channel)
+
+
+def packed_request(unpacked: ranking_pb2.RankRequest, with_sources: bool = True) -> ranking_pb2.RankRequest:
+    """The same request with its candidates as parallel arrays, answered packed."""
+    packed = ranking_pb2.RankRequest()
+    packed.CopyFrom(unpacked)
+    del packed.candidates[:]
+    packed.candidate_list.item_ids.extend([c.item_id for c in unpacked.candidates])
+    packed.candidate_list.scores.extend([c.score for c in unpacked.candidates])
+    if with_sources:
+        packed.candidate_list.sources.extend([c.source for c in unpacked.candidates])
+    packed.packed = True
+    return packed
+
+
+def unpacked_view(response: ranking_pb2.RankResponse):
+    """What a packed answer says, in the shape of an unpacked one's items."""
+    ranked = response.ranked
+    explanations = list(response.explanations) or [ranking_pb2.Explanation()] * len(ranked.item_ids)
+    sources = list(ranked.sources) or [""] * len(ranked.item_ids)
+    items = []
+    for rank, (i, s, src, e) in enumerate(zip(ranked.item_ids, ranked.scores, sources, explanations, strict=True), 1):
+        item = ranking_pb2.RankedItem(item_id=i, rank=rank, score=s, source=src)
+        if e.ByteSize():
+            item.explanation.CopyFrom(e)
+        items.append(item)
+    return items
+
+
+def same_answer_fields(a: ranking_pb2.RankResponse, b: ranking_pb2.RankResponse) -> None:
+    assert (a.served_by, a.ranker_version, list(a.degraded), dict(a.filtered)) == (
+        b.served_by,
+        b.ranker_version,
+        list(b.degraded),
+        dict(b.filtered),
+    )
+
+
+async def test_packed_candidates_and_answers_equal_the_unpacked_ones(
+    feature_store, fresh_pg_dsn, artifact_dir, popularity_model
+):
+    store = DirectoryArtifactStore(artifact_dir)
+    prefix = write_ranker(store, "ranker-20260101T000000Z", *popularity_model)
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+        register_version(conn, "ranker-20260101T000000Z", "ranker", prefix, {}, {})
+        promote(conn, "ranker", "ranker-20260101T000000Z")
+    service, servicer, channel, stub = await start_ranking(feature_store, fresh_pg_dsn, artifact_dir)
+    with_duplicates = [
+        *request().candidates,
+        common_pb2.ScoredItem(item_id="3", score=0.95, source="popular"),
+        common_pb2.ScoredItem(item_id="1", score=0.1, source="popular"),
+    ]
+    adult = common_pb2.UserConstraints(age=30, country="DE", seen_item_ids=["8"])
+    try:
+        for fields in (
+            {"constraints": adult, "explain": True},
+            {"constraints": adult, "explain": False, "limit": 4},
+            {"constraints": adult, "explain": True, "force_rules": True, "candidates": with_duplicates},
+            {"constraints": common_pb2.UserConstraints(age=14), "explain": True, "category": "Drama"},
+        ):
+            unpacked = request(**fields)
+            expected = await stub.Rank(unpacked, timeout=5)
+            assert expected.items and not expected.HasField("ranked") and not expected.explanations
+            for with_sources in (True, False):
+                answer = await stub.Rank(packed_request(unpacked, with_sources), timeout=5)
+                assert not answer.items
+                same_answer_fields(answer, expected)
+                want = list(expected.items)
+                if not with_sources:
+                    for item in want:
+                        item.source = ""
+                assert unpacked_view(answer) == want
+                assert len(answer.explanations) == (len(want) if unpacked.explain else 0)
+        # Unpacked candidates answered packed, and packed candidates answered unpacked.
+        answer = await stub.Rank(request(constraints=adult, packed=True), timeout=5)
+        assert unpacked_view(answer) == list((await stub.Rank(request(constraints=adult), timeout=5)).items)
+        old_style = packed_request(request(constraints=adult))
+        old_style.packed = False
+        assert (await stub.Rank(old_style, timeout=5)).items == (await stub.Rank(request(constraints=adult))).items
+    finally:
+        await stop_ranking(service, servicer, channel)
+
+
+@pytest.mark.parametrize(
+    ("candidate_list", "message"),
+    [
+        ({"item_ids": ["1", "2", "3", "4"], "scores": [0.1, 0.2, 0.3, float("nan")]}, "candidate_list.scores[3]"),
+        ({"item_ids": ["1", "2", "3"], "scores": [0.1, float("inf"), 0.3]}, "candidate_list.scores[1]"),
+        ({"item_ids": ["1", "2", "bad id"], "scores": [0.1, 0.2, 0.3]}, "candidate_list.item_ids[2]"),
+        ({"item_ids": ["1", "2", "3"], "scores": [0.1, 0.2]}, "candidate_list.scores"),
+        ({"item_ids": ["1", "2"], "scores": [0.1, 0.2], "sources": ["als"]}, "candidate_list.sources"),
+        ({"item_ids": [str(i) for i in range(11)], "scores": [0.5] * 11}, "candidate_list.item_ids: at most 10"),
+    ],
+)
+async def test_malformed_packed_candidates_are_refused_naming_the_field(candidate_list, message, pg_dsn, artifact_dir):
+    service, servicer, channel, stub = await start_ranking(
+        f"127.0.0.1:{free_port()}", pg_dsn, artifact_dir, max_candidates=10
+    )
+    try:
+        bad = ranking_pb2.RankRequest(
+            user_id="u1", candidate_list=common_pb2.ScoredItemList(**candidate_list), packed=True
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Rank(bad, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert message in refused.value.details()
+    finally:
+        await stop_ranking(service, servicer, channel)
+
+
+async def test_rank_batch_answers_each_request_as_rank_alone(
+    feature_store, fresh_pg_dsn, artifact_dir, popularity_model
+):
+    store = DirectoryArtifactStore(artifact_dir)
+    prefix = write_ranker(store, "ranker-20260101T000000Z", *popularity_model)
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+        register_version(conn, "ranker-20260101T000000Z", "ranker", prefix, {}, {})
+        promote(conn, "ranker", "ranker-20260101T000000Z")
+    service, servicer, channel, stub = await start_ranking(feature_store, fresh_pg_dsn, artifact_dir)
+    adult = common_pb2.UserConstraints(age=30, country="DE")
+    requests = [
+        request(user_id="u1", constraints=adult, explain=True),
+        request(user_id="bad user"),
+        request(user_id="u2", constraints=common_pb2.UserConstraints(age=14), limit=3),
+        packed_request(request(user_id="u3", constraints=adult, explain=True)),
+        ranking_pb2.RankRequest(user_id="u4", candidate_list=common_pb2.ScoredItemList(item_ids=["1"], scores=[])),
+        request(user_id="u5", constraints=adult, force_rules=True),
+        request(user_id="u6", constraints=adult, ranker_version="ranker-20990101T000000Z"),
+        request(user_id="u7", constraints=adult, candidates=[]),
+        request(user_id="u8", constraints=adult, limit=-1),
+        request(user_id="u9", constraints=common_pb2.UserConstraints(seen_item_ids=list(ITEMS))),
+    ]
+    try:
+        batch = await stub.RankBatch(ranking_pb2.RankBatchRequest(requests=requests), timeout=5)
+        assert len(batch.results) == len(requests)
+        for entry, result in zip(requests, batch.results, strict=True):
+            try:
+                alone = await stub.Rank(entry, timeout=5)
+            except grpc.aio.AioRpcError as error:
+                assert (result.status.code, result.status.message) == (error.code().value[0], error.details())
+                assert not result.HasField("response")
+            else:
+                assert result.status.code == grpc.StatusCode.OK.value[0]
+                assert result.response == alone
+        codes = [result.status.code for result in batch.results]
+        assert codes.count(grpc.StatusCode.INVALID_ARGUMENT.value[0]) == 3
+        served = [result.response.served_by for result in batch.results if result.status.code == 0]
+        assert served.count("ranker") >= 3  # more than one entry shared the model
+        assert (await stub.RankBatch(ranking_pb2.RankBatchRequest(), timeout=5)).results == []
+    finally:
+        await stop_ranking(service, servicer, channel)
+
+
+async def test_rank_batch_without_the_feature_store_degrades_only_entries_that_needed_it(pg_dsn, artifact_dir):
+    service, servicer, channel, stub = await start_ranking(f"127.0.0.1:{free_port()}", pg_dsn, artifact_dir)
+    requests = [
+        request(user_id="u1", constraints=common_pb2.UserConstraints(age=30), limit=3),
+        request(user_id="u2", candidates=[]),
+        packed_request(request(user_id="u3", constraints=common_pb2.UserConstraints(age=12))),
+    ]
+    try:
+        batch = await stub.RankBatch(ranking_pb2.RankBatchRequest(requests=requests), timeout=5)
+        assert [list(result.response.degraded) for result in batch.results] == [
+            ["feature-store-unavailable", "ranker-unavailable"],
+            ["ranker-unavailable"],
+            ["feature-store-unavailable", "ranker-unavailable"],
+        ]
+        for entry, result in zip(requests, batch.results, strict=True):
+            assert result.response == await stub.Rank(entry, timeout=5)
+    finally:
+        await stop_ranking(service, servicer, channel)
+
+
+async def test_rank_batch_reads_more_items_than_one_read_may_carry(redis_url, pg_dsn, artifact_dir):
+    """On a cold cache the entries together lack more items than one GetItemFeatures may
+    ask for (the feature store's limit, ranking's max_candidates): the batch reads them in
+    several calls, degrading nothing."""
+    fill_redis(redis_url)
+    features = FeatureStoreApp(
+        FeatureSettings(
+            redis_url=redis_url,
+            postgres_dsn=pg_dsn,
+            grpc_port=0,
+            metrics_port=0,
+            drain_seconds=0,
+            grace_seconds=0,
+            max_items_per_read=5,
+        )
+    )
+    port = await features.service.start("127.0.0.1:0")
+    assert await features.warm_up()
+    await features.service.health.set_serving(True)
+    service, servicer, channel, stub = await start_ranking(f"127.0.0.1:{port}", pg_dsn, artifact_dir, max_candidates=5)
+    adult = common_pb2.UserConstraints(age=30, country="DE")
+    requests = [
+        request(user_id="u1", constraints=adult, candidates=request().candidates[:5]),
+        request(user_id="u2", constraints=adult, candidates=request().candidates[3:]),
+        request(user_id="u3", constraints=adult, candidates=request().candidates[1:4]),
+    ]
+    try:
+        batch = await stub.RankBatch(ranking_pb2.RankBatchRequest(requests=requests), timeout=5)
+        assert [list(result.response.degraded) for result in batch.results] == [["ranker-unavailable"]] * 3
+        assert {i.item_id for i in batch.results[1].response.items} == {"4", "6", "7", "8"}
+        for entry, result in zip(requests, batch.results, strict=True):
+            assert result.response == await stub.Rank(entry, timeout=5)
+    finally:
+        await stop_ranking(service, servicer, channel)
+        await features.service.stop()
+        await features.close()

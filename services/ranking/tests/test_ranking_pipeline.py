@@ -6,7 +6,7 @@ import pytest
 from recfleet_models.ranking.diversity import DiversityPolicy
 from recfleet_models.ranking.features import Candidate, UserContext
 from recfleet_models.ranking.learned import FEATURE_NAMES, LearnedRanker
-from recfleet_ranking.pipeline import RankingPipeline, RankQuery
+from recfleet_ranking.pipeline import RankingPipeline, RankJob, RankQuery
 
 NOW = 1_800_000_000.0
 
@@ -127,3 +127,27 @@ def test_everything_filtered_gives_an_empty_list():
         now=NOW,
     )
     assert outcome.items == [] and outcome.filtered == {"seen": 40}
+
+
+def test_rank_many_gives_each_query_what_rank_alone_gives(popularity_ranker):
+    def jobs():
+        adult = UserContext("u1", age=30, preferred_categories=frozenset({"g1"}), features={"affinity:g2": 0.5})
+        return [
+            RankJob(query(catalog(40), limit=10, explain=True), popularity_ranker),
+            RankJob(RankQuery(adult, catalog(25)[5:], limit=7, explain=True), popularity_ranker),
+            RankJob(query(catalog(30), limit=5), None),
+            RankJob(
+                RankQuery(UserContext("u2", seen_item_ids=frozenset(f"m{i}" for i in range(40))), catalog()),
+                popularity_ranker,
+            ),
+            RankJob(
+                query(catalog(12, categories=2), limit=0, explain=True),
+                popularity_ranker,
+                ["feature-store-unavailable"],
+            ),
+        ]
+
+    together = RankingPipeline().rank_many(jobs(), now=NOW)
+    alone = [RankingPipeline().rank(job.query, job.ranker, now=NOW, degraded=job.degraded) for job in jobs()]
+    assert together == alone
+    assert [outcome.served_by for outcome in together] == ["ranker", "ranker", "rules", "ranker", "ranker"]

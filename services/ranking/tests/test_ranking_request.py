@@ -20,7 +20,8 @@ def test_duplicate_candidates_count_once_with_their_best_score():
         ),
         max_candidates=10,
     )
-    assert [(c.item_id, round(c.score, 3), c.source) for c in query.candidates] == [
+    candidates = query.candidates
+    assert list(zip(candidates.item_ids, candidates.scores.round(3).tolist(), candidates.sources, strict=True)) == [
         ("a", 0.9, "als"),
         ("b", 0.5, "als"),
     ]

@@ -73,36 +73,59 @@ end
 return out
 """
 
-# The whole user read: the fields named in ARGV[2] (newline-separated) of the features
-# hash, joined like an item's text, the vectors hash, the seen set as ONE newline-joined
-# string (item ids cannot hold a newline; parsing thousands of set members one by one is
-# the slow part of a pipelined read in Python) and, when ARGV[1] is "1", the serving
-# version.
-USER_READ_SCRIPT = """
-local fields = {}
-for name in string.gmatch(ARGV[2], '[^\\n]+') do fields[#fields + 1] = name end
-local values = {}
-if #fields > 0 then values = redis.call('HMGET', KEYS[1], unpack(fields)) end
-for j = 1, #fields do
-  if not values[j] then values[j] = 'null' end
-end
-local seen = table.concat(redis.call('SMEMBERS', KEYS[3]), '\\n')
+# The whole read of one or more users, one call for all of them: KEYS[1] is the serving
+# version key, then each user's features hash, vectors hash and seen set. ARGV[1] is "1"
+# when the serving version is wanted; ARGV[1 + n] the fields of user n, newline-separated.
+# Answers the serving version (false when not asked or not set), then per user: the
+# fields' stored values joined like an item's text, the vectors hash as HGETALL answers
+# it, and the seen set as ONE newline-joined string (item ids cannot hold a newline;
+# parsing thousands of set members one by one is the slow part of a pipelined read in
+# Python). One script call rather than a pipeline of one per user: redis-py checks every
+# script of a pipeline with SCRIPT EXISTS first, a second round trip.
+USERS_READ_SCRIPT = """
 local serving = false
-if ARGV[1] == '1' then serving = redis.call('GET', KEYS[4]) end
-return {table.concat(values, ','), redis.call('HGETALL', KEYS[2]), seen, serving}
+if ARGV[1] == '1' then serving = redis.call('GET', KEYS[1]) end
+local out = {serving}
+local parsed = {}
+for n = 1, #ARGV - 1 do
+  local spec = ARGV[n + 1]
+  local fields = parsed[spec]
+  if not fields then
+    fields = {}
+    for name in string.gmatch(spec, '[^\\n]+') do fields[#fields + 1] = name end
+    parsed[spec] = fields
+  end
+  local key = 3 * n - 1
+  local values = {}
+  if #fields > 0 then values = redis.call('HMGET', KEYS[key], unpack(fields)) end
+  for j = 1, #fields do
+    if not values[j] then values[j] = 'null' end
+  end
+  out[#out + 1] = table.concat(values, ',')
+  out[#out + 1] = redis.call('HGETALL', KEYS[key + 1])
+  out[#out + 1] = table.concat(redis.call('SMEMBERS', KEYS[key + 2]), '\\n')
+end
+return out
 """
 
 
 @dataclass
 class UserRead:
-    """What one user read returned: the decoded values of the fields asked for (absent
-    ones left out), stored vectors (version -> bytes), the serving version (None when the
-    request named one) and the seen set."""
+    """What the read of one user returned: the decoded values of the fields asked for
+    (absent ones left out), stored vectors (version -> bytes) and the seen set."""
 
     stored: dict[str, Any]
     vectors: dict[str, bytes]
-    serving_version: str | None
     seen: list[str]
+
+
+@dataclass
+class UsersRead:
+    """What one read of several users returned: the serving version (None when no user
+    needed it) and each user's read, in the order asked."""
+
+    serving_version: str | None
+    users: list[UserRead]
 
 
 def _text(value) -> str:
@@ -118,7 +141,7 @@ class RedisOnlineStore:
         self._serving: tuple[float, str] | None = None
         self._item_rows = client.register_script(ITEM_ROWS_SCRIPT)
         self._popular = client.register_script(POPULAR_SCRIPT)
-        self._user_read = client.register_script(USER_READ_SCRIPT)
+        self._users_read = client.register_script(USERS_READ_SCRIPT)
 
     @classmethod
     def from_url(
@@ -143,9 +166,9 @@ class RedisOnlineStore:
     async def warm_up(self) -> None:
         """Load the scripts and run each read once, so the first requests do not pay for
         script compilation, NOSCRIPT retries or new connections."""
-        for script in (self._item_rows, self._popular, self._user_read):
+        for script in (self._item_rows, self._popular, self._users_read):
             await self.client.script_load(script.script)
-        await self.read_user("warm-up", ["age"], need_serving_version=True)
+        await self.read_users([("warm-up", ["age"])], need_serving_version=True)
         await self.read_items(["warm-up"], ["title"])
         await self.popular("all", "", 1, set())
 
@@ -153,34 +176,51 @@ class RedisOnlineStore:
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
 
-    async def read_user(self, user_id: str, fields: list[str], need_serving_version: bool) -> UserRead:
-        """The user's `fields`, vectors, seen set and (when asked and not cached) the serving
-        version, in one round trip (one script call); a second one only when a stored
-        value is not JSON (that value counts as absent)."""
+    async def read_users(self, users: list[tuple[str, list[str]]], need_serving_version: bool) -> UsersRead:
+        """For each (user id, fields): the user's fields, vectors and seen set; and (when
+        asked and not cached) the serving version; all in one round trip (one script
+        call), whatever the number of users. A second round trip, for the users concerned
+        only, when a stored value is not JSON (that value counts as absent)."""
         now = time.monotonic()
-        fetch_serving = need_serving_version and (
-            self._serving is None or now - self._serving[0] > self.serving_cache_seconds
-        )
-        user_key = keys.user(user_id)
-        text, vectors, seen, serving_raw = await self._user_read(
-            keys=[user_key, keys.user_vectors(user_id), keys.user_seen(user_id), keys.SERVING_VERSION],
-            args=["1" if fetch_serving else "0", "\n".join(fields)],
-        )
+        cached = self._serving
+        fetch_serving = need_serving_version and (cached is None or now - cached[0] > self.serving_cache_seconds)
+        script_keys = [keys.SERVING_VERSION]
+        args = ["1" if fetch_serving else "0"]
+        for user_id, fields in users:
+            script_keys += (keys.user(user_id), keys.user_vectors(user_id), keys.user_seen(user_id))
+            args.append("\n".join(fields))
+        answer = await self._users_read(keys=script_keys, args=args)
         serving = None
         if fetch_serving:
-            serving = _text(serving_raw) if serving_raw else ""
+            serving = _text(answer[0]) if answer[0] else ""
             self._serving = (now, serving)
-        elif need_serving_version and self._serving is not None:
-            serving = self._serving[1]
-        values = decode_values(text, len(fields))
-        if values is None:
-            values = await self._hash_values(user_key, fields)
-        return UserRead(
-            stored={name: value for name, value in zip(fields, values, strict=False) if value is not None},
-            vectors=_pairs(vectors),
-            serving_version=serving,
-            seen=_text(seen).split("\n") if seen else [],
-        )
+        elif need_serving_version and cached is not None:
+            serving = cached[1]
+        reads = []
+        unreadable = []
+        for index, (_, fields) in enumerate(users):
+            text, vectors, seen = answer[3 * index + 1 : 3 * index + 4]
+            values = decode_values(text, len(fields))
+            if values is None:
+                unreadable.append(index)
+                values = []
+            reads.append(
+                UserRead(
+                    stored={name: value for name, value in zip(fields, values, strict=False) if value is not None},
+                    vectors=_pairs(vectors),
+                    seen=_text(seen).split("\n") if seen else [],
+                )
+            )
+        if unreadable:
+            pipe = self.client.pipeline(transaction=False)
+            for index in unreadable:
+                pipe.hmget(keys.user(users[index][0]), users[index][1])
+            for index, raw in zip(unreadable, await pipe.execute(), strict=True):
+                values = [_json_or_none(value) for value in raw]
+                reads[index].stored = {
+                    name: value for name, value in zip(users[index][1], values, strict=False) if value is not None
+                }
+        return UsersRead(serving_version=serving, users=reads)
 
     async def read_items(self, item_ids: list[str], fields: list[str]) -> list[str]:
         """Per item, the stored JSON texts of its `fields` in order joined by commas (null

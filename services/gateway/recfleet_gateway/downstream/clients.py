@@ -9,11 +9,14 @@ call to the generated stub.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_runtime.batching import BatchedRpc
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.resilience import CircuitOpenError
 
@@ -30,22 +33,54 @@ def is_timeout(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+@dataclass(frozen=True)
+class Coalescing:
+    """How concurrent requests share downstream calls (`recfleet_runtime.batching`): at
+    most `max_batch` requests per batched call, at most `max_in_flight` batched calls out
+    per endpoint at once (a request waits only while that many are out). `max_batch` 1
+    sends every request as its own unary call."""
+
+    max_batch: int = 32
+    max_in_flight: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch > 1
+
+
 class CandidateClient(Downstream["candidates_pb2_grpc.CandidateServiceAsyncStub"]):
     """One candidate-gen shard (`recfleet.candidates.v1.CandidateService`): the FAISS index
-    of the items the shard owns."""
+    of the items the shard owns. Concurrent `retrieve` calls share `RetrieveBatch` calls."""
 
-    def __init__(self, shard: int, target: str, track: str, timeout: float):
+    def __init__(self, shard: int, target: str, track: str, timeout: float, coalescing: Coalescing = Coalescing()):
         super().__init__(
             name=f"{CANDIDATE_GEN}-shard-{shard}",
             target=target,
             stub_class=candidates_pb2_grpc.CandidateServiceStub,
             service="recfleet.candidates.v1.CandidateService",
             timeout=timeout,
-            idempotent_methods=("Retrieve", "SimilarItems", "GetShardStatus"),
+            idempotent_methods=("Retrieve", "RetrieveBatch", "SimilarItems", "GetShardStatus"),
             track=track,
+        )
+        self._retrieve = (
+            BatchedRpc(
+                self,
+                unary=self.stub.Retrieve,
+                method="Retrieve",
+                batch=self.stub.RetrieveBatch,
+                batch_method="RetrieveBatch",
+                wrap=lambda queries: candidates_pb2.RetrieveBatchRequest(queries=queries),
+                results=lambda reply: reply.results,
+                max_batch=coalescing.max_batch,
+                max_in_flight=coalescing.max_in_flight,
+            )
+            if coalescing.enabled
+            else None
         )
 
     async def retrieve(self, request: candidates_pb2.RetrieveRequest) -> candidates_pb2.RetrieveResponse:
+        if self._retrieve is not None:
+            return await self._retrieve(request)
         return await self.call(self.stub.Retrieve, request, method="Retrieve")
 
     async def similar_items(self, request: candidates_pb2.SimilarItemsRequest) -> candidates_pb2.SimilarItemsResponse:
@@ -58,28 +93,47 @@ class CandidateClient(Downstream["candidates_pb2_grpc.CandidateServiceAsyncStub"
 
 
 class RankingClient(Downstream["ranking_pb2_grpc.RankingServiceAsyncStub"]):
-    """The ranking service (`recfleet.ranking.v1.RankingService`) on one track."""
+    """The ranking service (`recfleet.ranking.v1.RankingService`) on one track.
+    Concurrent `rank` calls share `RankBatch` calls."""
 
-    def __init__(self, target: str, track: str, timeout: float):
+    def __init__(self, target: str, track: str, timeout: float, coalescing: Coalescing = Coalescing()):
         super().__init__(
             name=RANKING,
             target=target,
             stub_class=ranking_pb2_grpc.RankingServiceStub,
             service="recfleet.ranking.v1.RankingService",
             timeout=timeout,
-            idempotent_methods=("Rank", "GetModelStatus"),
+            idempotent_methods=("Rank", "RankBatch", "GetModelStatus"),
             track=track,
+        )
+        self._rank = (
+            BatchedRpc(
+                self,
+                unary=self.stub.Rank,
+                method="Rank",
+                batch=self.stub.RankBatch,
+                batch_method="RankBatch",
+                wrap=lambda requests: ranking_pb2.RankBatchRequest(requests=requests),
+                results=lambda reply: reply.results,
+                max_batch=coalescing.max_batch,
+                max_in_flight=coalescing.max_in_flight,
+            )
+            if coalescing.enabled
+            else None
         )
 
     async def rank(self, request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
+        if self._rank is not None:
+            return await self._rank(request)
         return await self.call(self.stub.Rank, request, method="Rank")
 
 
 class FeatureStoreClient(Downstream["features_pb2_grpc.FeatureStoreAsyncStub"]):
     """The feature store (`recfleet.features.v1.FeatureStore`) on one track: user and item
-    features, popular items, and the catalog and profile writes behind the REST API."""
+    features, popular items, and the catalog and profile writes behind the REST API.
+    Concurrent `get_user_features` calls share `GetUserFeaturesBatch` calls."""
 
-    def __init__(self, target: str, track: str, timeout: float):
+    def __init__(self, target: str, track: str, timeout: float, coalescing: Coalescing = Coalescing()):
         super().__init__(
             name=FEATURE_STORE,
             target=target,
@@ -88,6 +142,7 @@ class FeatureStoreClient(Downstream["features_pb2_grpc.FeatureStoreAsyncStub"]):
             timeout=timeout,
             idempotent_methods=(
                 "GetUserFeatures",
+                "GetUserFeaturesBatch",
                 "GetItemFeatures",
                 "GetPopularItems",
                 "ListFeatureViews",
@@ -95,10 +150,27 @@ class FeatureStoreClient(Downstream["features_pb2_grpc.FeatureStoreAsyncStub"]):
             ),
             track=track,
         )
+        self._user_features = (
+            BatchedRpc(
+                self,
+                unary=self.stub.GetUserFeatures,
+                method="GetUserFeatures",
+                batch=self.stub.GetUserFeaturesBatch,
+                batch_method="GetUserFeaturesBatch",
+                wrap=lambda requests: features_pb2.GetUserFeaturesBatchRequest(requests=requests),
+                results=lambda reply: reply.results,
+                max_batch=coalescing.max_batch,
+                max_in_flight=coalescing.max_in_flight,
+            )
+            if coalescing.enabled
+            else None
+        )
 
     async def get_user_features(
         self, request: features_pb2.GetUserFeaturesRequest
     ) -> features_pb2.GetUserFeaturesResponse:
+        if self._user_features is not None:
+            return await self._user_features(request)
         return await self.call(self.stub.GetUserFeatures, request, method="GetUserFeatures")
 
     async def get_item_features(

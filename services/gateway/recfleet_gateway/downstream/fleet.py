@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -15,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recfleet_runtime.grpcclient import Downstream
 
 from ..settings import GatewaySettings
-from .clients import CandidateClient, FeatureStoreClient, IngestClient, RankingClient
+from .clients import CandidateClient, Coalescing, FeatureStoreClient, IngestClient, RankingClient
 from .tracks import CANARY, CANDIDATE_GEN, EVENT_INGEST, FEATURE_STORE, RANKING, STABLE, TrackRouter, record_track
 
 ClientT = TypeVar("ClientT", bound=Downstream[Any])
@@ -76,15 +77,21 @@ class Fleet:
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
+        # Reads on the recommendation path share calls between concurrent requests.
+        coalescing = Coalescing(settings.coalesce_max_batch, settings.coalesce_max_in_flight)
         self.feature_store = _tracks(
             FEATURE_STORE,
-            FeatureStoreClient,
+            partial(FeatureStoreClient, coalescing=coalescing),
             settings.feature_store_target,
             settings.feature_store_canary_target,
             settings.feature_store_timeout,
         )
         self.ranking = _tracks(
-            RANKING, RankingClient, settings.ranking_target, settings.ranking_canary_target, settings.ranking_timeout
+            RANKING,
+            partial(RankingClient, coalescing=coalescing),
+            settings.ranking_target,
+            settings.ranking_canary_target,
+            settings.ranking_timeout,
         )
         self.event_ingest = _tracks(
             EVENT_INGEST,
@@ -96,7 +103,7 @@ class Fleet:
 
         def shards(targets: list[str], track: str) -> list[CandidateClient]:
             return [
-                CandidateClient(index, target, track, settings.candidate_gen_timeout)
+                CandidateClient(index, target, track, settings.candidate_gen_timeout, coalescing)
                 for index, target in enumerate(targets)
             ]
 

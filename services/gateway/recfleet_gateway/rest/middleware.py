@@ -1,6 +1,7 @@
-"""The gateway's outermost ASGI layer: request id, load shedding, body size limit,
-response headers (`X-Request-ID`, `Recfleet-Tracks`), request metrics, and a
-problem+json answer for anything that escaped the handlers."""
+"""The gateway's outermost ASGI layer: request id, trace context (when OpenTelemetry's
+middleware is not installed), load shedding, body size limit, response headers
+(`X-Request-ID`, `Recfleet-Tracks`), request metrics, and a problem+json answer for
+anything that escaped the handlers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 import orjson
 from prometheus_client import Counter, Histogram
+from recfleet_runtime import tracing
 from recfleet_runtime.context import deadline_var, new_request_id, request_id_var
 from recfleet_runtime.logging import get_logger
 from recfleet_runtime.metrics import LATENCY_BUCKETS
@@ -44,14 +46,27 @@ class GatewayMiddleware:
     quick refusal the client can retry beats every request queueing past its deadline.
 
     While the worker drains (`drain`), every response closes its connection, so
-    keep-alive clients reconnect through the balancer to a pod that stays."""
+    keep-alive clients reconnect through the balancer to a pod that stays.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_in_flight: int = 0, drain: Drain | None = None):
+    With `carry_trace_context` (spans are not exported, so OpenTelemetry's middleware is
+    not installed) the request's W3C `traceparent` becomes the current trace context, or
+    a fresh random trace when it has none: the access line and every log line of the
+    request carry its trace id, and the gRPC clients pass it on."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_in_flight: int = 0,
+        drain: Drain | None = None,
+        carry_trace_context: bool = False,
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.drain = drain
+        self.carry_trace_context = carry_trace_context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +78,7 @@ class GatewayMiddleware:
         tracks: dict[str, str] = {}
         request_id_token, tracks_token = request_id_var.set(request_id), tracks_var.set(tracks)
         deadline_token = deadline_var.set(None)
+        trace_token = tracing.enter_hop(headers) if self.carry_trace_context else None
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -124,6 +140,8 @@ class GatewayMiddleware:
                 access_log.info(
                     "request", method=scope["method"], route=name, status=status, ms=round(seconds * 1000, 2)
                 )
+            if trace_token is not None:
+                tracing.leave_hop(trace_token)
             request_id_var.reset(request_id_token)
             tracks_var.reset(tracks_token)
             deadline_var.reset(deadline_token)

@@ -1,18 +1,24 @@
-"""Rate limits per API key and per user: sliding windows in Redis (the `limits` library)."""
+"""Rate limits per API key and per user: sliding windows in Redis (the `limits` library).
+
+Every window a request counts against is counted in one Redis round trip: one script
+that runs the library's own sliding-window acquire script once per window. The windows'
+keys are the library's, so its stats (`Retry-After` on a 429) and its `clear` (erasure)
+read and remove exactly what was counted.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
+from limits.aio.storage.redis.bridge import RedisBridge
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import Counter
 from recfleet_runtime.logging import get_logger
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from .problems import Problem
@@ -31,6 +37,30 @@ def storage_uri(redis_url: str) -> str:
         if redis_url.startswith(scheme):
             return "async+" + redis_url
     return redis_url
+
+
+def acquire_windows_script() -> str:
+    """A Lua script that counts one hit against each of several sliding windows, each
+    exactly as `limits` counts one (its `acquire_sliding_window` script, run as a
+    function per window), and answers 1 (counted) or 0 (refused) per window.
+
+    KEYS: previous and current key of each window, in order; ARGV: limit, expiry
+    seconds and cost of each window. Each window is counted or refused on its own, as
+    separate `hit` calls would: a request the user's window refuses still counts
+    against its key's window. (The windows' keys hash to different slots: this needs
+    one Redis server, not a Redis Cluster, like the rest of the gateway's Redis use.)"""
+    return (
+        "local function acquire(KEYS, ARGV)\n"
+        + RedisBridge.SCRIPT_ACQUIRE_SLIDING_WINDOW.decode()
+        + "\nend\n"
+        + "local counted = {}\n"
+        + "for window = 0, #KEYS / 2 - 1 do\n"
+        + "  local ok = acquire({KEYS[2 * window + 1], KEYS[2 * window + 2]},\n"
+        + "    {ARGV[3 * window + 1], ARGV[3 * window + 2], ARGV[3 * window + 3]})\n"
+        + "  counted[window + 1] = ok and 1 or 0\n"
+        + "end\n"
+        + "return counted\n"
+    )
 
 
 def bounded_pool(redis_url: str, max_connections: int, wait_seconds: float) -> BlockingConnectionPool:
@@ -61,16 +91,27 @@ class RateLimiter:
         # A Redis that stops answering costs a request `timeout_seconds`, then the request is
         # let through (`check`). A non-blocking pool refused a burst beyond its size at once,
         # which let every request of the burst through uncounted.
+        pool = bounded_pool(redis_url, max_connections, timeout_seconds)
         # `limits` hands its options to redis-py; it types them as scalars only.
-        options: dict[str, Any] = {"connection_pool": bounded_pool(redis_url, max_connections, timeout_seconds)}
+        options: dict[str, Any] = {"connection_pool": pool}
         self._storage = RedisStorage(storage_uri(redis_url), implementation="redispy", key_prefix="rf:rl", **options)
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
+        # Counting goes through one script on the same pool; the strategy reads the stats
+        # of a refused window and clears a user's windows.
+        self._acquire = Redis(connection_pool=pool).register_script(acquire_windows_script())
         self._per_key = parse(per_key)
         self._per_user = parse(per_user)
         self._per_scope = {scope: parse(value) for scope, value in (per_scope or {}).items()}
 
     def key_limit(self, scope: str) -> RateLimitItem:
         return self._per_scope.get(scope, self._per_key)
+
+    def window_keys(self, item: RateLimitItem, namespace: str, identifier: str) -> tuple[str, str]:
+        """The Redis keys (previous, current) under which `limits` keeps this window: the
+        key layout of its sliding-window counter on Redis."""
+        key = item.key_for(namespace, identifier)
+        prefixed = self._storage.bridge.prefixed_key
+        return prefixed(self._storage._previous_window_key(key)), prefixed(self._storage._current_window_key(key))
 
     async def check(self, key_id: str, scope: str, user_id: str | None) -> None:
         """`count`, failing open: when Redis cannot be reached the request is let through
@@ -84,17 +125,18 @@ class RateLimiter:
     async def count(self, key_id: str, scope: str, user_id: str | None) -> None:
         """Counts one request against the key's and (when given) the user's window;
         raises a 429 Problem with `Retry-After` and `RateLimit-*` headers when one is
-        exhausted. Both windows are counted concurrently; a window's stats are read only
-        when it refused, so an allowed request costs one Redis round trip per window."""
+        exhausted. Both windows are counted in one round trip; a window's stats are read
+        only when it refused."""
         windows = [(self.key_limit(scope), KEY_NAMESPACE, key_id)]
         if user_id:
             windows.append((self._per_user, USER_NAMESPACE, user_id))
-        if len(windows) == 1:
-            item, namespace, identifier = windows[0]
-            allowed = [await self._strategy.hit(item, namespace, identifier)]
-        else:
-            allowed = await asyncio.gather(*(self._strategy.hit(item, ns, ident) for item, ns, ident in windows))
-        for (item, namespace, identifier), ok in zip(windows, allowed, strict=True):
+        keys: list[str] = []
+        args: list[int] = []
+        for item, namespace, identifier in windows:
+            keys.extend(self.window_keys(item, namespace, identifier))
+            args.extend((item.amount, item.get_expiry(), 1))
+        counted = await self._acquire(keys=keys, args=args)
+        for (item, namespace, identifier), ok in zip(windows, counted, strict=True):
             if ok:
                 continue
             window = await self._strategy.get_window_stats(item, namespace, identifier)

@@ -5,6 +5,11 @@ parameters) so that deleting that one key invalidates every cached response of t
 user. Snapshots (the full ranked list a cursor pages through) live beside it in
 `rf:cache:{user}:pages`, which outlives invalidation so that an issued cursor stays
 stable for its lifetime.
+
+A cached entry is stored as JSON with its `response` last and as the exact bytes the
+API sends, so that a hit sends those bytes with only `request_id` replaced
+(`rest.responses.RenderedJSON`) instead of serialising the same answer again. Entries
+stay plain JSON objects of the same fields, readable by any replica.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import base64
 import hashlib
 import hmac
 import secrets
+from functools import cache
+from typing import Any, cast
 
 import orjson
 from prometheus_client import Counter
@@ -22,12 +29,44 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..rest.problems import Problem
+from ..rest.responses import RenderedJSON
 
 CACHE_REQUESTS = Counter(
     "recfleet_gateway_cache_requests_total", "Result cache lookups, by result (hit, miss, error).", ["result"]
 )
 REDIS_ERRORS = (RedisError, OSError)
 log = get_logger("recfleet.gateway.cache")
+RESPONSE_FIELD = b'"response":'
+
+
+@cache
+def _counted(result: str) -> Counter:
+    """The lookup counter's child for `result`, found once (`labels` takes a lock)."""
+    return CACHE_REQUESTS.labels(result)
+
+
+def _head(entry: dict[str, Any]) -> bytes:
+    """The JSON of an entry up to its response's value: every other field, then
+    `"response":`."""
+    others = orjson.dumps({field: value for field, value in entry.items() if field != "response"})
+    return (others[:-1] + b"," if len(others) > 2 else b"{") + RESPONSE_FIELD
+
+
+def encode_entry(entry: dict[str, Any]) -> bytes:
+    """A cache entry's JSON, with `response` last."""
+    return _head(entry) + orjson.dumps(entry["response"]) + b"}"
+
+
+def decode_entry(raw: bytes) -> dict[str, Any]:
+    """A cache entry; its response a `RenderedJSON` over the stored bytes when the entry
+    was written by `encode_entry` (any other JSON object is read as it is)."""
+    entry: dict[str, Any] = orjson.loads(raw)
+    response = entry.get("response")
+    if isinstance(response, dict):
+        head = _head(entry)
+        if raw.startswith(head):
+            entry["response"] = RenderedJSON(response, raw[len(head) : -1])
+    return entry
 
 
 def pages_key(user_id: str) -> str:
@@ -49,13 +88,14 @@ class ResultCache:
         """The cached entry, or None on a miss. Redis being down is a miss: the cache
         only saves work, it is never a reason to fail a request."""
         try:
-            raw = await self._redis.hget(keys.result_cache(user_id), digest)
+            # Bytes: the gateway's client does not decode responses.
+            raw = cast(bytes | None, await self._redis.hget(keys.result_cache(user_id), digest))
         except REDIS_ERRORS as error:
-            CACHE_REQUESTS.labels("error").inc()
+            _counted("error").inc()
             log.warning("result cache unavailable", error=str(error))
             return None
-        CACHE_REQUESTS.labels("hit" if raw else "miss").inc()
-        return orjson.loads(raw) if raw else None
+        _counted("hit" if raw else "miss").inc()
+        return decode_entry(raw) if raw else None
 
     async def put(self, user_id: str, snapshot_id: str, snapshot: dict, digest: str | None, entry: dict) -> None:
         """Stores a fresh ranked list's snapshot and, when `digest` is given, the cached
@@ -67,7 +107,7 @@ class ResultCache:
                 pipe.expire(pages, self._snapshot_ttl)
                 if digest is not None:
                     responses = keys.result_cache(user_id)
-                    pipe.hset(responses, digest, orjson.dumps(entry))
+                    pipe.hset(responses, digest, encode_entry(entry))
                     pipe.expire(responses, self._ttl)
                 await pipe.execute()
         except REDIS_ERRORS as error:

@@ -10,25 +10,28 @@ from ..downstream.fleet import Fleet
 from ..downstream.tracks import RANKING, STABLE
 from ..experiments import Assignment, ranking_choice
 from ..settings import GatewaySettings
+from .items import ItemList, explanations, ranked
 from .query import RecommendationQuery
 from .shadow import Shadow, item_overlap
 from .user_context import UserContext
 
 
-def ranked_items(ranked: ranking_pb2.RankResponse, explain: bool) -> list[dict]:
+def ranked_items(reply: ranking_pb2.RankResponse, explain: bool) -> list[dict]:
     """The ranked items as the snapshot keeps them (with explanations when asked)."""
-    items = []
-    for item in ranked.items:
-        entry: dict = {"item_id": item.item_id, "score": round(float(item.score), 6), "source": item.source}
-        if explain:
+    listed = ranked(reply)
+    items: list[dict] = [
+        {"item_id": item_id, "score": round(score, 6), "source": source}
+        for item_id, score, source in zip(listed.item_ids, listed.scores, listed.sources, strict=True)
+    ]
+    if explain:
+        for entry, explanation in zip(items, explanations(reply), strict=False):
             entry["explanation"] = {
-                "candidate_score": round(float(item.explanation.candidate_score), 6),
+                "candidate_score": round(float(explanation.candidate_score), 6),
                 "ranker_contributions": {
-                    name: round(float(value), 6) for name, value in item.explanation.contributions.items()
+                    name: round(float(value), 6) for name, value in explanation.contributions.items()
                 },
-                "rules": list(item.explanation.rules),
+                "rules": list(explanation.rules),
             }
-        items.append(entry)
     return items
 
 
@@ -44,14 +47,15 @@ class RankingCall:
         self,
         query: RecommendationQuery,
         user: UserContext,
-        candidates: list[common_pb2.ScoredItem],
+        candidates: ItemList,
         constraints: common_pb2.UserConstraints,
         chosen: Assignment | None = None,
     ) -> ranking_pb2.RankResponse:
         client = self.fleet.ranking.pick(self.fleet.router, query.user_id)
         request = ranking_pb2.RankRequest(
             user_id=query.user_id,
-            candidates=candidates,
+            candidate_list=candidates.pack(),
+            packed=True,
             limit=self.settings.snapshot_size,
             constraints=constraints,
             explain=query.explain,
@@ -63,6 +67,6 @@ class RankingCall:
         canary = self.fleet.ranking.canary
         if client.track == STABLE and self.shadow.wanted(RANKING) and canary is not None:
             primary = await client.rank(request)
-            self.shadow.mirror(RANKING, canary.rank, request, item_overlap(primary.items))
+            self.shadow.mirror(RANKING, canary.rank, request, item_overlap(ranked(primary).item_ids, ranked))
             return primary
         return await client.rank(request)

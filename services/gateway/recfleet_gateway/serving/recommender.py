@@ -27,6 +27,7 @@ from ..settings import GatewaySettings
 from .cache import CursorCodec, ResultCache, parameters_digest
 from .experiment_book import ExperimentBook
 from .fallbacks import Fallbacks
+from .items import ItemList
 from .query import RecommendationQuery
 from .ranking_call import RankingCall, ranked_items
 from .retrieval import CandidateRetrieval
@@ -165,13 +166,13 @@ class Recommender:
         seen = list(dict.fromkeys([*user.constraints.seen_item_ids, *query.exclude]))
         cold_start = not user.vector or user.interaction_count < self.settings.cold_start_threshold
         als_version = ""
-        candidates: list[common_pb2.ScoredItem] = []
+        candidates = ItemList()
         if not cold_start:
             candidates, als_version = await self.retrieval.retrieve(query.user_id, user, seen, degraded)
             if not candidates:
                 cold_start = True
         if cold_start:
-            candidates = await self.fallbacks.cold_start_candidates(query, user, seen, degraded)
+            candidates = ItemList.of(await self.fallbacks.cold_start_candidates(query, user, seen, degraded))
         constraints = common_pb2.UserConstraints()
         constraints.CopyFrom(user.constraints)
         del constraints.seen_item_ids[:]
@@ -185,7 +186,8 @@ class Recommender:
             degraded.append("no-candidates" if isinstance(error, NoCandidatesError) else "ranking-unavailable")
             return await self._popular_snapshot(query, constraints, degraded, cold_start)
         degraded.extend(d for d in ranked.degraded if d not in degraded)
-        if not ranked.items:
+        items = ranked_items(ranked, query.explain)
+        if not items:
             # Ranking answered but kept nothing (its own dependencies failed, or every
             # candidate was filtered): an empty list helps no one, popular items might.
             log.warning("ranking returned no items; serving popular items", degraded=list(ranked.degraded))
@@ -193,7 +195,7 @@ class Recommender:
             return await self._popular_snapshot(query, constraints, degraded, cold_start)
         served_by = ranked.served_by or "rules"
         return {
-            "items": ranked_items(ranked, query.explain),
+            "items": items,
             "model_version": model_version(als_version, served_by, ranked.ranker_version),
             "served_by": served_by,
             "degraded": degraded,

@@ -19,11 +19,12 @@ from ..downstream.fleet import Fleet
 from ..downstream.tracks import CANDIDATE_GEN, STABLE
 from ..rest.problems import Problem
 from ..settings import GatewaySettings
+from .items import ItemList, merge_by_score, retrieved
 from .shadow import Shadow, item_overlap
 from .user_context import UserContext
 
 
-def merge_by_score(
+def merge_similar(
     groups: list[list[common_pb2.ScoredItem]], k: int, exclude: Collection[str] = frozenset()
 ) -> list[common_pb2.ScoredItem]:
     """Shard answers -> one list by descending score, each item once."""
@@ -56,7 +57,7 @@ class CandidateRetrieval:
 
     async def retrieve(
         self, user_id: str, user: UserContext, seen: list[str], degraded: list[str]
-    ) -> tuple[list[common_pb2.ScoredItem], str]:
+    ) -> tuple[ItemList, str]:
         """(the shards' nearest items to the user's vector, merged by score; the model
         version they come from). A shard that fails is named in `degraded`."""
         shards = self.fleet.candidate_gen.pick(self.fleet.router, user_id)
@@ -65,13 +66,16 @@ class CandidateRetrieval:
             k=self.settings.candidates_per_shard,
             exclude_item_ids=seen,
             model_version=user.vector_version,
+            packed=True,
         )
         replies = await asyncio.gather(*(shard.retrieve(request) for shard in shards), return_exceptions=True)
         canaries = self.fleet.candidate_gen.canary
         if shards and shards[0].track == STABLE and len(canaries) == len(shards) and self.shadow.wanted(CANDIDATE_GEN):
             for canary, reply in zip(canaries, replies, strict=True):
                 if not isinstance(reply, BaseException):
-                    self.shadow.mirror(CANDIDATE_GEN, canary.retrieve, request, item_overlap(reply.items))
+                    self.shadow.mirror(
+                        CANDIDATE_GEN, canary.retrieve, request, item_overlap(retrieved(reply).item_ids, retrieved)
+                    )
         groups = []
         for shard, reply in zip(shards, replies, strict=True):
             if isinstance(reply, BaseException):
@@ -79,10 +83,8 @@ class CandidateRetrieval:
                     raise reply
                 degraded.append(f"{shard.name}-{shard_failure(reply)}")
                 continue
-            groups.append(list(reply.items))
-        merged = merge_by_score(groups, self.settings.candidates_per_shard * max(1, len(shards)))
-        for item in merged:
-            item.source = item.source or "als"
+            groups.append(retrieved(reply))
+        merged = merge_by_score(groups, self.settings.candidates_per_shard * max(1, len(shards)), "als")
         return merged, user.vector_version
 
     async def similar(
@@ -126,4 +128,4 @@ class CandidateRetrieval:
                     degraded.append(f"{shard.name}-unavailable")
                     continue
                 groups.append(list(reply.items))
-        return merge_by_score(groups, limit, set(excluded)), first.model_version, degraded
+        return merge_similar(groups, limit, set(excluded)), first.model_version, degraded

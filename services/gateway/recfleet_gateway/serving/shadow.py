@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
 from recfleet.features.v1 import features_pb2
 from recfleet_runtime.metrics import LATENCY_BUCKETS
 
 from ..downstream.clients import DOWNSTREAM_ERRORS
+from .items import ItemList
 
 SHADOW_REQUESTS = Counter(
     "recfleet_gateway_shadow_requests_total",
@@ -35,27 +36,15 @@ RequestT = TypeVar("RequestT")
 ReplyT = TypeVar("ReplyT")
 
 
-class Item(Protocol):
-    @property
-    def item_id(self) -> str: ...
-
-
-class ItemsReply(Protocol):
-    """An answer that lists items (`RetrieveResponse`, `RankResponse`)."""
-
-    @property
-    def items(self) -> Sequence[Item]: ...
-
-
 def overlap_at_k(primary: list[str], other: list[str], k: int = 10) -> float:
     top = set(primary[:k])
     return len(top & set(other[:k])) / len(top) if top else 1.0
 
 
-def item_overlap(primary_items: Iterable[Item]) -> Callable[[ItemsReply], float]:
-    """Agreement of a mirrored answer's items with the stable answer's (overlap@10)."""
-    primary_ids = [item.item_id for item in primary_items]
-    return lambda reply: overlap_at_k(primary_ids, [item.item_id for item in reply.items])
+def item_overlap(primary_ids: list[str], listed: Callable[[ReplyT], ItemList]) -> Callable[[ReplyT], float]:
+    """Agreement of a mirrored answer's items (`listed(reply)`) with the stable answer's
+    ids (overlap@10)."""
+    return lambda reply: overlap_at_k(primary_ids, listed(reply).item_ids)
 
 
 def feature_agreement(

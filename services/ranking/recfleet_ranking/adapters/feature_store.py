@@ -3,13 +3,17 @@ feature store in one columnar `GetItemFeatures` call."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
+
 import grpc
+import numpy as np
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
-from recfleet_models.ranking.features import ITEM_FEATURE_NAMES, Candidate
+from recfleet_models.ranking.features import ITEM_FEATURE_NAMES, ItemColumns, objects
 from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
 from recfleet_runtime.resilience import CircuitOpenError
 
-from ..item_cache import ItemFeatureCache, ItemFeatures, Known
+from ..item_cache import ItemFeatureCache
 
 FEATURE_STORE_UNAVAILABLE = "feature-store-unavailable"
 SERVICE = "recfleet.features.v1.FeatureStore"
@@ -28,80 +32,118 @@ def feature_store_client(target: str, timeout: float) -> FeatureStoreDownstream:
     )
 
 
-def _decode_columns(item_ids: list[str], columns) -> dict[str, Known]:
-    """ItemFeatures per item from a columnar GetItemFeatures answer (None: unknown item)."""
+def _decode_columns(
+    item_ids: list[str], columns: Sequence[features_pb2.FeatureColumn]
+) -> tuple[ItemColumns, np.ndarray]:
+    """(features, known) for the items of a columnar GetItemFeatures answer. An item the
+    store does not know (every feature defaulted) is not known and keeps every default."""
     by_name = {column.name: column for column in columns}
     count = len(item_ids)
-    defaulted = [0] * count
+    defaulted = np.zeros(count, dtype=np.int64)
     for column in columns:
-        for position in column.defaulted:
-            defaulted[position] += 1
+        np.add.at(defaulted, np.asarray(column.defaulted, dtype=np.int64), 1)
 
-    def numbers(name: str, default: float) -> list[float]:
+    def numbers(name: str, default: float) -> np.ndarray:
         column = by_name.get(name)
-        return list(column.numbers) if column is not None and len(column.numbers) == count else [default] * count
+        if column is not None and len(column.numbers) == count:
+            return np.asarray(column.numbers, dtype=np.float64)
+        return np.full(count, default)
 
-    def texts(name: str) -> list[str]:
+    def texts(name: str) -> np.ndarray:
         column = by_name.get(name)
-        return list(column.texts) if column is not None and len(column.texts) == count else [""] * count
+        return objects(column.texts if column is not None and len(column.texts) == count else [""] * count, count)
 
-    def lists(name: str) -> list[tuple[str, ...]]:
+    def lists(name: str, convert: Callable[[str], str] = str) -> np.ndarray:
         column = by_name.get(name)
         if column is None or len(column.lists) != count:
-            return [()] * count
-        return [tuple(entry.values) for entry in column.lists]
+            return objects([()] * count, count)
+        return objects((tuple(map(convert, entry.values)) for entry in column.lists), count)
 
-    categories, regions = lists("categories"), lists("regions")
-    creators = texts("creator")
-    published, age, available = numbers("published_at", 0.0), numbers("age_rating", 0.0), numbers("available", 1.0)
-    popularity, popularity_7d = numbers("popularity", 0.0), numbers("popularity_7d", 0.0)
-    unknown_at = len(columns)
-    decoded: dict[str, Known] = {}
-    for index, item_id in enumerate(item_ids):
-        if unknown_at and defaulted[index] >= unknown_at:
-            decoded[item_id] = None
-            continue
-        decoded[item_id] = ItemFeatures(
-            categories=categories[index],
-            creator=creators[index],
-            published_at=published[index],
-            age_rating=int(age[index]),
-            regions=tuple(region.upper() for region in regions[index]),
-            available=bool(available[index]),
-            popularity=popularity[index],
-            popularity_7d=popularity_7d[index],
-        )
-    return decoded
+    categories = lists("categories")
+    items = ItemColumns(
+        categories=categories,
+        primary_categories=objects((c[0] if c else "" for c in categories), count),
+        creators=texts("creator"),
+        published_at=numbers("published_at", 0.0),
+        age_rating=np.trunc(numbers("age_rating", 0.0)),
+        regions=lists("regions", str.upper),
+        available=numbers("available", 1.0) != 0,
+        popularity=numbers("popularity", 0.0),
+        popularity_7d=numbers("popularity_7d", 0.0),
+    )
+    known = defaulted < len(columns) if columns else np.ones(count, dtype=bool)
+    unknown_at = np.flatnonzero(~known)
+    if len(unknown_at):
+        items.put(unknown_at, ItemColumns.unknown(len(unknown_at)))
+    return items, known
 
 
 async def load_item_features(
-    client: FeatureStoreDownstream, candidates: list[Candidate], cache: ItemFeatureCache
-) -> list[str]:
-    """Fill the candidates' item features from the cache, reading only what it lacks in
-    one columnar `GetItemFeatures` call; returns the degradations taken (empty when fine).
+    client: FeatureStoreDownstream, item_ids: list[str], cache: ItemFeatureCache
+) -> tuple[ItemColumns, list[str]]:
+    """The items' features, position i for `item_ids[i]`, from the cache, reading only
+    what it lacks in one columnar `GetItemFeatures` call; and the degradations taken
+    (empty when fine).
 
     When the feature store cannot answer, expired cache entries still serve; items with
     none keep unknown features.
     """
-    if not candidates:
-        return []
-    found, missing = cache.lookup(c.item_id for c in candidates)
-    degraded: list[str] = []
-    if missing:
-        request = features_pb2.GetItemFeaturesRequest(
-            item_ids=missing, feature_names=list(ITEM_FEATURE_NAMES), columnar=True
-        )
-        try:
-            response = await client.call(client.stub.GetItemFeatures, request, method="GetItemFeatures")
-        except (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError):
-            degraded.append(FEATURE_STORE_UNAVAILABLE)
-            found.update(cache.stale(missing))
-        else:
-            read = _decode_columns(missing, response.columns)
-            cache.store(read)
-            found.update(read)
-    for candidate in candidates:
-        features = found.get(candidate.item_id)
-        if features is not None:
-            features.apply(candidate)
-    return degraded
+    rows, missing_at = cache.rows(item_ids)
+    items = cache.gather(rows)
+    if not missing_at:
+        return items, []
+    missing = [item_ids[i] for i in missing_at]
+    read, failed = await _read(client, missing, cache)
+    items.put(np.asarray(missing_at, dtype=np.int64), read)
+    return items, [FEATURE_STORE_UNAVAILABLE] if failed else []
+
+
+async def load_item_features_of_each(
+    client: FeatureStoreDownstream, id_lists: list[list[str]], cache: ItemFeatureCache, max_per_read: int
+) -> list[tuple[ItemColumns, list[str]]]:
+    """`load_item_features` for several calls' ids (a RankBatch), with one
+    `GetItemFeatures` for what the cache lacks of as many whole lists as fit in
+    `max_per_read` ids (the reads run concurrently). Each list is read by one call, which
+    succeeds or fails for the whole list as its own call would; a list whose items were
+    all cached takes no degradation, as it would not have called alone."""
+    looked_up = [cache.rows(ids) for ids in id_lists]
+    answers = [(cache.gather(rows), list[str]()) for rows, _ in looked_up]
+    groups: list[dict[str, None]] = []  # ids of one read, in order, each once
+    group_of: list[int] = []
+    for ids, (_, missing_at) in zip(id_lists, looked_up, strict=True):
+        wanted = dict.fromkeys(ids[i] for i in missing_at)
+        if wanted and groups and len(groups[-1].keys() | wanted.keys()) <= max_per_read:
+            groups[-1].update(wanted)
+        elif wanted:
+            groups.append(wanted)
+        group_of.append(len(groups) - 1)
+    reads = await asyncio.gather(*(_read(client, list(group), cache) for group in groups))
+    positions = [{item_id: index for index, item_id in enumerate(group)} for group in groups]
+    for ids, (_, missing_at), (items, degraded), group in zip(id_lists, looked_up, answers, group_of, strict=True):
+        if missing_at:
+            read, failed = reads[group]
+            at = positions[group]
+            items.put(
+                np.asarray(missing_at, dtype=np.int64),
+                read.take(np.fromiter((at[ids[i]] for i in missing_at), np.int64, len(missing_at))),
+            )
+            if failed:
+                degraded.append(FEATURE_STORE_UNAVAILABLE)
+    return answers
+
+
+async def _read(
+    client: FeatureStoreDownstream, item_ids: list[str], cache: ItemFeatureCache
+) -> tuple[ItemColumns, bool]:
+    """(features of these items, whether the feature store failed): its answer, kept in
+    the cache, or when it cannot answer what the cache still holds, expired or not."""
+    request = features_pb2.GetItemFeaturesRequest(
+        item_ids=item_ids, feature_names=list(ITEM_FEATURE_NAMES), columnar=True
+    )
+    try:
+        response = await client.call(client.stub.GetItemFeatures, request, method="GetItemFeatures")
+    except (grpc.aio.AioRpcError, CircuitOpenError, DeadlineSpentError):
+        return cache.gather(cache.stale_rows(item_ids)), True
+    read, known = _decode_columns(item_ids, response.columns)
+    cache.store_columns(item_ids, read, known)
+    return read, False
