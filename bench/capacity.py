@@ -11,7 +11,8 @@ machine's shared cores, one run is:
 3. the real fleet, cache misses, open loop at `--open-rate` requests/s over
    `--open-connections` keep-alive connections, each latency counted from the request's
    due time (so a queue shows up as latency, never as a slower sender);
-4. the real fleet, cache hits of one user, closed loop.
+4. the real fleet, cache hits (every user's list cached first, users drawn at random),
+   closed loop.
 
 `--runs 3` repeats the whole and reports medians. The load generator runs on the same
 cores as the fleet: its own CPU per request is printed too.
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httptools
-from e2e_latency import RESULTS, USERS, percentile, start_plumbing
+from e2e_latency import RESULTS, USERS, percentile, start_plumbing, warm_every_user
 from fleet_cpu import OFF_PATH, cpu_seconds, fleet_processes, sample
 from loadgen import ConnectionLost, LeanClient
 
@@ -51,8 +52,12 @@ def miss_params(seed: int) -> Params:
     }
 
 
-def hit_params(index: int) -> dict:
-    return {"user_id": "1", "limit": 20}
+def hit_params(seed: int) -> Params:
+    """Cached lists: every user's first page was requested before (`warm_every_user`).
+    Users are drawn at random because one user alone would meet the per-user rate limit
+    (`RECFLEET_GATEWAY_RATE_LIMIT_PER_USER`, 100/minute by default) within a second."""
+    rng = random.Random(seed)
+    return lambda index: {"user_id": str(rng.randint(1, USERS)), "limit": 20}
 
 
 class Tally:
@@ -162,8 +167,8 @@ async def fleet_run(args: argparse.Namespace, run: int) -> dict:
             client, miss_params(300 + run), args.open_rate, args.open_seconds, args.open_connections
         )
         await asyncio.sleep(2)
-        await client.get("/v1/recommendations", hit_params(0))
-        hits = await closed_loop(client, hit_params, args.connections, args.seconds)
+        await warm_every_user(client)
+        hits = await closed_loop(client, hit_params(400 + run), args.connections, args.seconds)
     finally:
         await client.close()
     return {"misses_closed": misses, "misses_open": opened, "hits_closed": hits}
@@ -252,7 +257,7 @@ def main() -> None:
     print(f"  {'  ... as a share of the ceiling':<52} {ratio:>12.2f}")
     open_p99 = f"{result['open_p99_ms']} ms"
     print(f"  {f'fleet, cache misses, open loop {args.open_rate:.0f}/s, p99':<52} {open_p99:>12}  <= 25 ms, 0 errors")
-    print(f"  {'fleet, cache hits of one user, closed loop, req/s':<52} {result['hits_rps']:>12}  >= 2,000")
+    print(f"  {'fleet, cache hits, closed loop, req/s':<52} {result['hits_rps']:>12}  >= 2,000")
     cpu_sum = result["cpu_ms_per_request_on_path"]
     print(f"  {'CPU ms per cache-miss request, fleet sum (closed loop)':<52} {cpu_sum:>12}  <= 6")
     for name, value in sorted(result["cpu_ms_per_request"].items(), key=lambda kv: -kv[1]):

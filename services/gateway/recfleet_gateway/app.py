@@ -95,6 +95,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
         drain=drain,
+        access_log_slow_ms=settings.access_log_slow_ms,
         carry_trace_context=not tracing.exporting(),
     )
     if tracing.exporting():

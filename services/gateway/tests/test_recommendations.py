@@ -252,6 +252,32 @@ async def test_the_gateway_logs_each_request_with_its_trace_id(client, capsys):
     assert access[-1]["route"] == "/v1/popular" and access[-1]["status"] == 200
 
 
+async def test_unsampled_quick_requests_write_no_info_access_line_refusals_do(client, capsys):
+    import json
+    import logging
+
+    import structlog
+    from recfleet_runtime.logging import configure_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging("gateway")
+    try:
+        unsampled = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
+        assert (await client.get("/v1/popular", headers={**unsampled, "X-Request-ID": "quiet-1"})).status_code == 200
+        assert (await client.get("/v1/popular", headers={"X-Request-ID": "quiet-2"})).status_code == 200
+        refused = await client.get("/v1/popular", params={"limit": "-1"}, headers={"X-Request-ID": "loud-1"})
+        assert refused.status_code == 400
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    logged = {line.get("request_id") for line in lines if line.get("event") == "request"}
+    assert "loud-1" in logged
+    assert not logged & {"quiet-1", "quiet-2"}
+
+
 async def test_a_degraded_list_is_not_cached(client, fleet):
     await fleet.shards[1].stop()
     params = {"user_id": "warm-11", "limit": 5}

@@ -60,8 +60,10 @@ class GatewayMiddleware:
         max_in_flight: int = 0,
         drain: Drain | None = None,
         carry_trace_context: bool = False,
+        access_log_slow_ms: float = 100.0,
     ):
         self.app = app
+        self.access_log_slow_seconds = access_log_slow_ms / 1000
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -136,8 +138,15 @@ class GatewayMiddleware:
             REQUEST_SECONDS.labels(name).observe(seconds)
             if name not in QUIET_ROUTES:
                 # One line per request, carrying the trace and request ids (the logging
-                # processors add them) so a request can be followed across services.
-                access_log.info(
+                # processors add them) so a request can be followed across services: at
+                # INFO when its trace is sampled, it was refused or failed (4xx, 5xx), or
+                # it was slow, like every service's RPC lines; DEBUG otherwise (at
+                # thousands of requests a second the lines cost more than they tell;
+                # the metrics count every request).
+                worth_a_line = (
+                    status >= 400 or seconds >= self.access_log_slow_seconds or tracing.current_trace_sampled()
+                )
+                (access_log.info if worth_a_line else access_log.debug)(
                     "request", method=scope["method"], route=name, status=status, ms=round(seconds * 1000, 2)
                 )
             if trace_token is not None:

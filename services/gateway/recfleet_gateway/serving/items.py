@@ -77,11 +77,17 @@ def explanations(reply: ranking_pb2.RankResponse) -> list[ranking_pb2.Explanatio
 def merge_by_score(groups: list[ItemList], k: int, default_source: str = "") -> ItemList:
     """Shard answers -> one list by descending score (ties by id), each item once with its
     best score; an item with no source gets `default_source`."""
-    best: dict[str, tuple[float, str]] = {}
-    for group in groups:
-        for item_id, score, source in zip(group.item_ids, group.scores, group.sources, strict=True):
+    ids = [item_id for group in groups for item_id in group.item_ids]
+    scores = [score for group in groups for score in group.scores]
+    sources = [source or default_source for group in groups for source in group.sources]
+    if len(set(ids)) != len(ids):
+        # Shards own disjoint items, so this is rare: keep each item's best score.
+        best: dict[str, tuple[float, str]] = {}
+        for item_id, score, source in zip(ids, scores, sources, strict=True):
             current = best.get(item_id)
             if current is None or score > current[0]:
-                best[item_id] = (score, source or default_source)
-    top = sorted(best.items(), key=lambda entry: (-entry[1][0], entry[0]))[:k]
-    return ItemList([item_id for item_id, _ in top], [s for _, (s, _) in top], [src for _, (_, src) in top])
+                best[item_id] = (score, source)
+        ids, scores, sources = list(best), [s for s, _ in best.values()], [src for _, src in best.values()]
+    # Tuples sort in C, without a key function per item: (-score, id) orders by score, then id.
+    top = sorted(zip([-score for score in scores], ids, sources, strict=True))[:k]
+    return ItemList([item_id for _, item_id, _ in top], [-neg for neg, _, _ in top], [src for _, _, src in top])
