@@ -168,7 +168,13 @@ async def fleet_run(args: argparse.Namespace, run: int) -> dict:
         )
         await asyncio.sleep(2)
         await warm_every_user(client)
+        before = sample(processes)
         hits = await closed_loop(client, hit_params(400 + run), args.connections, args.seconds)
+        after = sample(processes)
+        served = max(1, hits["ok"])
+        hits["cpu_ms_per_request"] = {
+            name: round((after[name] - before[name]) * 1000 / served, 3) for name in ("gateway", "redis")
+        }
     finally:
         await client.close()
     return {"misses_closed": misses, "misses_open": opened, "hits_closed": hits}
@@ -248,6 +254,9 @@ def main() -> None:
             name: median_of(runs, "misses_closed", "cpu_ms_per_request", name) for name in cpu_names
         },
         "load_generator_cpu_ms_per_request": median_of(runs, "misses_closed", "load_generator_cpu_ms_per_request"),
+        "hit_cpu_ms_per_request": {
+            name: median_of(runs, "hits_closed", "cpu_ms_per_request", name) for name in ("gateway", "redis")
+        },
     }
     ratio = result["misses_rps"] / result["ceiling_rps"]
     print(f"\nmedians of {args.runs} run(s), load generator on the same cores:")
@@ -264,6 +273,8 @@ def main() -> None:
         note = "  (not on the request path)" if name.startswith(OFF_PATH) else ""
         print(f"    {name:<50} {value:>12}{note}")
     print(f"  {'load generator CPU ms per request (not summed)':<52} {result['load_generator_cpu_ms_per_request']:>12}")
+    for name, value in result["hit_cpu_ms_per_request"].items():
+        print(f"  {f'CPU ms per cache hit, {name}':<52} {value:>12}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "capacity.json").write_text(json.dumps(result, indent=2))
     draw(result, RESULTS / "capacity.png")

@@ -228,7 +228,9 @@ class BatchedRpc(Generic[RequestT, ResponseT, BatchRequestT, BatchResponseT]):
     the unary call would raise (an entry's status, or the batch call's own failure, which
     every entry of that batch shares). Each entry keeps its own deadline; the batch is sent
     with the latest deadline among its entries, through `Downstream.call` (breaker,
-    metrics, request id of the request that opened the batch).
+    metrics, request id of the request that opened the batch). Each entry is also recorded
+    as a unary call of `method` (`Downstream.record_entries`): the client metrics, the
+    canary analysis and the breaker see requests, whatever batches carried them.
     """
 
     def __init__(
@@ -278,14 +280,24 @@ class BatchedRpc(Generic[RequestT, ResponseT, BatchRequestT, BatchResponseT]):
         deadline_var.set(max(deadline for _, deadline in entries))
         if time.monotonic() < self._unbatched_until:
             return await self._each(requests)
+        started = time.perf_counter()
         try:
-            reply = await self._downstream.call(self._batch, self._wrap(requests), method=self._batch_method)
+            reply = await self._downstream.call(
+                self._batch, self._wrap(requests), method=self._batch_method, observed=False
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                codes = [error.code()] * len(requests)
+                self._downstream.record_entries(self._method, codes, time.perf_counter() - started, False)
                 raise
             self._unbatched_until = time.monotonic() + UNIMPLEMENTED_BACKOFF_SECONDS
             return await self._each(requests)
-        return unpack(self._results(reply), len(requests))
+        answers = unpack(self._results(reply), len(requests))
+        codes = [
+            answer.code() if isinstance(answer, grpc.aio.AioRpcError) else grpc.StatusCode.OK for answer in answers
+        ]
+        self._downstream.record_entries(self._method, codes, time.perf_counter() - started)
+        return answers
 
     async def _each(self, requests: list[RequestT]) -> Sequence[ResponseT | BaseException]:
         calls = (self._downstream.call(self._unary, request, method=self._method) for request in requests)

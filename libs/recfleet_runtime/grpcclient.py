@@ -171,15 +171,17 @@ class Downstream(Generic[StubT]):
         *,
         method: str,
         timeout: float | None = None,
+        observed: bool = True,
     ) -> ResponseT:
         """`rpc(request)` within the budget (`timeout`, else the endpoint's, capped by what
         is left of the caller's deadline). `method` is the RPC's name in the metrics
         (`grpc_method`) and in nothing else: `client.call(client.stub.Rank, request,
-        method="Rank")`."""
+        method="Rank")`. A batched call passes `observed=False` and reports its entries
+        with `record_entries`, so that call observers count requests, not batches."""
         self.breaker.before_call()
         budget = remaining(timeout if timeout is not None else self.timeout)
         if budget <= 0:
-            self._record(method, grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
+            self._record(method, grpc.StatusCode.DEADLINE_EXCEEDED, 0.0, observed)
             raise DeadlineSpentError(self.name)
         metadata: Metadata = ((REQUEST_ID_HEADER, request_id),) if (request_id := request_id_var.get()) else ()
         if self._carry_trace_context:
@@ -188,17 +190,29 @@ class Downstream(Generic[StubT]):
         try:
             response = await rpc(request, timeout=budget, metadata=metadata)
         except grpc.aio.AioRpcError as error:
-            self._record(method, error.code(), time.perf_counter() - started)
+            self._record(method, error.code(), time.perf_counter() - started, observed)
             if error.code() in BREAKER_CODES:
                 self.breaker.record_failure()
             else:
                 self.breaker.record_success()
             raise
-        self._record(method, grpc.StatusCode.OK, time.perf_counter() - started)
+        self._record(method, grpc.StatusCode.OK, time.perf_counter() - started, observed)
         self.breaker.record_success()
         return response
 
-    def _record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+    def record_entries(
+        self, method: str, codes: Iterable[grpc.StatusCode], seconds: float, count_failures: bool = True
+    ) -> None:
+        """The entries of a batched call, each as the unary `method` would have been
+        recorded: metrics, call observers (canary analysis counts requests) and, unless
+        the batch's own failure was already counted (`count_failures=False`), a breaker
+        failure for each entry that failed the way an unhealthy dependency does."""
+        for code in codes:
+            self._record(method, code, seconds)
+            if count_failures and code in BREAKER_CODES:
+                self.breaker.record_failure()
+
+    def _record(self, method: str, code: grpc.StatusCode, seconds: float, observed: bool = True) -> None:
         children = self._metrics.get((method, code))
         if children is None:
             children = self._metrics[(method, code)] = (
@@ -208,6 +222,8 @@ class Downstream(Generic[StubT]):
         handled, latency = children
         handled.inc()
         latency.observe(seconds)
+        if not observed:
+            return
         ok = code not in BREAKER_CODES
         for observer in _observers:
             observer(self.name, self.track, ok, seconds)

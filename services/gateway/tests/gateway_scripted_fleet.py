@@ -57,11 +57,16 @@ class Scripted:
         self.failing = None
         # Answer batched RPCs with UNIMPLEMENTED, like a server from before batching.
         self.batches_unimplemented = False
+        self.failing_batches: grpc.StatusCode | None = None
 
     async def enter_batch(self, context, method: str) -> None:
+        """A batched call: `failing` fails each entry (the unary handler runs per entry);
+        `failing_batches` fails the whole call."""
+        self.calls.append(method)
         if self.batches_unimplemented:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
-        await self.enter(context, method)
+        if self.failing_batches is not None:
+            await context.abort(self.failing_batches, f"scripted failure of {method}")
 
     async def enter(self, context, method: str) -> None:
         self.calls.append(method)

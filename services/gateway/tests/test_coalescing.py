@@ -75,4 +75,41 @@ async def test_servers_without_batched_rpcs_get_unary_calls(slow_features, clien
     bodies = await recommend_all(client, USERS[:6])
     assert all(body["degraded"] == [] and body["items"] for body in bodies)
     assert slow_features.ranking.servicer.calls.count("Rank") == 6
-    assert "RankBatch" not in slow_features.ranking.servicer.calls
+    # Only the batches already out when the first refusal came back were tried.
+    assert slow_features.ranking.servicer.calls.count("RankBatch") <= 2
+
+
+@pytest.mark.parametrize("whole_batch", [False, True], ids=["entries-fail", "batch-fails"])
+async def test_observers_and_metrics_count_requests_not_batches(slow_features, client, whole_batch):
+    """The canary analysis and the client metrics see each request's outcome, whether its
+    entry failed or the batch that carried it did."""
+    import grpc
+    from recfleet_runtime.grpcclient import add_call_observer, remove_call_observer
+    from recfleet_runtime.metrics import GRPC_CLIENT_HANDLED
+
+    seen: list[tuple[str, bool]] = []
+
+    def observer(name: str, track: str, ok: bool, seconds: float) -> None:
+        seen.append((name, ok))
+
+    def internal_rank_errors() -> float:
+        value = GRPC_CLIENT_HANDLED.labels(
+            "recfleet.ranking.v1.RankingService", "Rank", "INTERNAL", "ranking", "stable"
+        )._value.get()
+        return float(value)
+
+    ranking = slow_features.ranking.servicer
+    if whole_batch:
+        ranking.failing_batches = grpc.StatusCode.INTERNAL
+    else:
+        ranking.failing = grpc.StatusCode.INTERNAL
+    before = internal_rank_errors()
+    add_call_observer(observer)
+    try:
+        bodies = await recommend_all(client, USERS[:8])
+    finally:
+        remove_call_observer(observer)
+    assert all("ranking-unavailable" in body["degraded"] for body in bodies)
+    assert 0 < ranking.calls.count("RankBatch") < 8
+    assert [ok for name, ok in seen if name == "ranking"] == [False] * 8
+    assert internal_rank_errors() - before == 8
