@@ -137,6 +137,12 @@ def main() -> None:
         help="also the share of busy samples with any frame matching REGEX (whatever runs under it)",
     )
     parser.add_argument("--min-share", type=float, default=0.02, help="fold smaller categories into 'the rest'")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "results" / "profiles" / "where_the_time_goes.json",
+        help="where the summary's JSON goes",
+    )
     args = parser.parse_args()
     cpu = json.loads(args.cpu.read_text())["cpu_ms_per_request"] if args.cpu else {}
     inclusive = {label: re.compile(rx) for label, rx in (item.split("=", 1) for item in args.inclusive)}
@@ -172,9 +178,8 @@ def main() -> None:
             print("  top deciding frames:")
             for row in summary["top_frames"]:
                 print(f"    {row['share']:5.1%}  {row['category'][:28]:<28}  {row['frame'][:110]}")
-    out = Path(__file__).parent / "results" / "profiles" / "where_the_time_goes.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summaries, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summaries, indent=2))
 
 
 if __name__ == "__main__":
