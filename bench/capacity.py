@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httptools
 from e2e_latency import RESULTS, USERS, percentile, start_plumbing, warm_every_user
-from fleet_cpu import OFF_PATH, cpu_seconds, fleet_processes, sample
+from fleet_cpu import OFF_PATH, add_fleet_arguments, cpu_seconds, fleet_processes, sample
 from loadgen import ConnectionLost, LeanClient
 
 ERRORS = (OSError, TimeoutError, ConnectionLost, httptools.HttpParserError)
@@ -215,9 +215,7 @@ def draw(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--key", default="dev-admin-key")
-    parser.add_argument("--record", type=Path, default=Path(".state/fleet.json"), help="the fleet record of make run")
+    add_fleet_arguments(parser)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15, help="length of each closed-loop phase")

@@ -111,11 +111,16 @@ async def measure(url: str, key: str, rate: float, seconds: float, processes: di
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    """--url, --key and --record of the `make run` fleet a bench measures."""
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--key", default="dev-admin-key")
     parser.add_argument("--record", type=Path, default=Path(".state/fleet.json"), help="the fleet record of make run")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fleet_arguments(parser)
     parser.add_argument("--rate", type=float, default=60)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--plumbing", action="store_true", help="start and measure the bare plumbing fleet")

@@ -100,6 +100,16 @@ async def stop_ranking(service, servicer, channel):
     await servicer.feature_store.close()
 
 
+async def start_serving_ranker(feature_store_target, dsn, artifact_dir, popularity_model):
+    """Ranking with `ranker-20260101T000000Z` (the popularity model) registered and serving."""
+    store = DirectoryArtifactStore(artifact_dir)
+    prefix = write_ranker(store, "ranker-20260101T000000Z", *popularity_model)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_version(conn, "ranker-20260101T000000Z", "ranker", prefix, {}, {})
+        promote(conn, "ranker", "ranker-20260101T000000Z")
+    return await start_ranking(feature_store_target, dsn, artifact_dir)
+
+
 def request(**fields):
     fields.setdefault("user_id", "u1")
     fields.setdefault(
@@ -324,12 +334,9 @@ def same_answer_fields(a: ranking_pb2.RankResponse, b: ranking_pb2.RankResponse)
 async def test_packed_candidates_and_answers_equal_the_unpacked_ones(
     feature_store, fresh_pg_dsn, artifact_dir, popularity_model
 ):
-    store = DirectoryArtifactStore(artifact_dir)
-    prefix = write_ranker(store, "ranker-20260101T000000Z", *popularity_model)
-    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
-        register_version(conn, "ranker-20260101T000000Z", "ranker", prefix, {}, {})
-        promote(conn, "ranker", "ranker-20260101T000000Z")
-    service, servicer, channel, stub = await start_ranking(feature_store, fresh_pg_dsn, artifact_dir)
+    service, servicer, channel, stub = await start_serving_ranker(
+        feature_store, fresh_pg_dsn, artifact_dir, popularity_model
+    )
     with_duplicates = [
         *request().candidates,
         common_pb2.ScoredItem(item_id="3", score=0.95, source="popular"),
@@ -396,12 +403,9 @@ async def test_malformed_packed_candidates_are_refused_naming_the_field(candidat
 async def test_rank_batch_answers_each_request_as_rank_alone(
     feature_store, fresh_pg_dsn, artifact_dir, popularity_model
 ):
-    store = DirectoryArtifactStore(artifact_dir)
-    prefix = write_ranker(store, "ranker-20260101T000000Z", *popularity_model)
-    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
-        register_version(conn, "ranker-20260101T000000Z", "ranker", prefix, {}, {})
-        promote(conn, "ranker", "ranker-20260101T000000Z")
-    service, servicer, channel, stub = await start_ranking(feature_store, fresh_pg_dsn, artifact_dir)
+    service, servicer, channel, stub = await start_serving_ranker(
+        feature_store, fresh_pg_dsn, artifact_dir, popularity_model
+    )
     adult = common_pb2.UserConstraints(age=30, country="DE")
     requests = [
         request(user_id="u1", constraints=adult, explain=True),

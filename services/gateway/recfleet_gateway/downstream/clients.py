@@ -9,18 +9,25 @@ call to the generated stub.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
 from recfleet.features.v1 import features_pb2, features_pb2_grpc
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
-from recfleet_runtime.batching import BatchedRpc
-from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream
+from recfleet_runtime.batching import BatchedRpc, BatchResult
+from recfleet_runtime.grpcclient import DeadlineSpentError, Downstream, UnaryRpc
 from recfleet_runtime.resilience import CircuitOpenError
 
 from .tracks import CANDIDATE_GEN, EVENT_INGEST, FEATURE_STORE, RANKING
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+BatchRequestT = TypeVar("BatchRequestT")
+ResultT_co = TypeVar("ResultT_co", covariant=True)
 
 # What a call that got no answer raises: the RPC's own error, an open breaker, or a
 # budget spent before the call was sent.
@@ -48,6 +55,38 @@ class Coalescing:
         return self.max_batch > 1
 
 
+class BatchedReply(Protocol[ResultT_co]):
+    """A batched RPC's response: `results`, one per request."""
+
+    @property
+    def results(self) -> Sequence[ResultT_co]: ...
+
+
+def coalesced(
+    downstream: Downstream[Any],
+    coalescing: Coalescing,
+    unary: UnaryRpc[RequestT, ResponseT],
+    batch: UnaryRpc[BatchRequestT, BatchedReply[BatchResult[ResponseT]]],
+    wrap: Callable[[list[RequestT]], BatchRequestT],
+    method: str,
+) -> BatchedRpc[RequestT, ResponseT, BatchRequestT, BatchedReply[BatchResult[ResponseT]]] | None:
+    """`method` of `downstream` with concurrent calls sent as its `<method>Batch` RPC, or
+    None when coalescing is off (every call then goes out alone)."""
+    if not coalescing.enabled:
+        return None
+    return BatchedRpc(
+        downstream,
+        unary=unary,
+        method=method,
+        batch=batch,
+        batch_method=f"{method}Batch",
+        wrap=wrap,
+        results=lambda reply: reply.results,
+        max_batch=coalescing.max_batch,
+        max_in_flight=coalescing.max_in_flight,
+    )
+
+
 class CandidateClient(Downstream["candidates_pb2_grpc.CandidateServiceAsyncStub"]):
     """One candidate-gen shard (`recfleet.candidates.v1.CandidateService`): the FAISS index
     of the items the shard owns. Concurrent `retrieve` calls share `RetrieveBatch` calls."""
@@ -62,20 +101,13 @@ class CandidateClient(Downstream["candidates_pb2_grpc.CandidateServiceAsyncStub"
             idempotent_methods=("Retrieve", "RetrieveBatch", "SimilarItems", "GetShardStatus"),
             track=track,
         )
-        self._retrieve = (
-            BatchedRpc(
-                self,
-                unary=self.stub.Retrieve,
-                method="Retrieve",
-                batch=self.stub.RetrieveBatch,
-                batch_method="RetrieveBatch",
-                wrap=lambda queries: candidates_pb2.RetrieveBatchRequest(queries=queries),
-                results=lambda reply: reply.results,
-                max_batch=coalescing.max_batch,
-                max_in_flight=coalescing.max_in_flight,
-            )
-            if coalescing.enabled
-            else None
+        self._retrieve = coalesced(
+            self,
+            coalescing,
+            self.stub.Retrieve,
+            self.stub.RetrieveBatch,
+            lambda queries: candidates_pb2.RetrieveBatchRequest(queries=queries),
+            "Retrieve",
         )
 
     async def retrieve(self, request: candidates_pb2.RetrieveRequest) -> candidates_pb2.RetrieveResponse:
@@ -106,20 +138,13 @@ class RankingClient(Downstream["ranking_pb2_grpc.RankingServiceAsyncStub"]):
             idempotent_methods=("Rank", "RankBatch", "GetModelStatus"),
             track=track,
         )
-        self._rank = (
-            BatchedRpc(
-                self,
-                unary=self.stub.Rank,
-                method="Rank",
-                batch=self.stub.RankBatch,
-                batch_method="RankBatch",
-                wrap=lambda requests: ranking_pb2.RankBatchRequest(requests=requests),
-                results=lambda reply: reply.results,
-                max_batch=coalescing.max_batch,
-                max_in_flight=coalescing.max_in_flight,
-            )
-            if coalescing.enabled
-            else None
+        self._rank = coalesced(
+            self,
+            coalescing,
+            self.stub.Rank,
+            self.stub.RankBatch,
+            lambda requests: ranking_pb2.RankBatchRequest(requests=requests),
+            "Rank",
         )
 
     async def rank(self, request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
@@ -150,20 +175,13 @@ class FeatureStoreClient(Downstream["features_pb2_grpc.FeatureStoreAsyncStub"]):
             ),
             track=track,
         )
-        self._user_features = (
-            BatchedRpc(
-                self,
-                unary=self.stub.GetUserFeatures,
-                method="GetUserFeatures",
-                batch=self.stub.GetUserFeaturesBatch,
-                batch_method="GetUserFeaturesBatch",
-                wrap=lambda requests: features_pb2.GetUserFeaturesBatchRequest(requests=requests),
-                results=lambda reply: reply.results,
-                max_batch=coalescing.max_batch,
-                max_in_flight=coalescing.max_in_flight,
-            )
-            if coalescing.enabled
-            else None
+        self._user_features = coalesced(
+            self,
+            coalescing,
+            self.stub.GetUserFeatures,
+            self.stub.GetUserFeaturesBatch,
+            lambda requests: features_pb2.GetUserFeaturesBatchRequest(requests=requests),
+            "GetUserFeatures",
         )
 
     async def get_user_features(
