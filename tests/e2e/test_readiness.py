@@ -90,11 +90,15 @@ def empty_fleet(kafka_bootstrap, tmp_path_factory):
         admin_key=ADMIN_KEY,
         free_ports=True,
         pipeline=False,
-        # Topics of its own: the session fleet's consumers must not see its events.
+        # Topics and consumer groups of its own: the session fleet's consumers must not see
+        # its events, nor lose their partitions to a rebalance when its consumers join or
+        # leave the same group.
         extra_env={
             "RECFLEET_EVENTS_TOPIC": f"recfleet.events.v1{suffix}",
             "RECFLEET_DEAD_LETTER_TOPIC": f"recfleet.events.dlq.v1{suffix}",
             "RECFLEET_USERS_TOPIC": f"recfleet.users.v1{suffix}",
+            "RECFLEET_INGEST_SINK_GROUP": f"recfleet-sink{suffix}",
+            "RECFLEET_INGEST_REALTIME_GROUP": f"recfleet-realtime{suffix}",
         },
     )
     local = LocalFleet(config)
