@@ -7,9 +7,13 @@ import os
 
 import httpx
 import pytest
+from psycopg.conninfo import make_conninfo
 from recfleet_ctl.localfleet import FleetConfig, LocalFleet
 
 ADMIN_KEY = "e2e-admin-key"
+# Every process of the session fleet gets its DSN with this password (the local server
+# trusts 127.0.0.1 and ignores it): test_no_secrets looks for it in every log file.
+PG_PASSWORD = "e2e-pg-password-7Kq2Zr"
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +27,7 @@ def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
 
     config = FleetConfig(
         state_dir=tmp_path_factory.mktemp("fleet"),
-        postgres_dsn=pg_dsn,
+        postgres_dsn=make_conninfo(pg_dsn, password=PG_PASSWORD),
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
         shard_count=2,
