@@ -102,6 +102,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight,
         drain=drain,
         access_log_slow_ms=settings.access_log_slow_ms,
+        body_timeout_seconds=settings.body_timeout_seconds,
         carry_trace_context=not tracing.exporting(),
     )
     if tracing.exporting():

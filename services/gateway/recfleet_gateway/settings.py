@@ -40,6 +40,9 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     rate_limit_per_key: str = shared("RECFLEET_GATEWAY_RATE_LIMIT_PER_KEY", "10000/second")
     cache_ttl_seconds: int = 300
     max_body_bytes: int = 1_048_576
+    # Seconds each part of a request body may take to arrive; a client slower than that
+    # is answered 408 and its connection closed, so it cannot hold a request slot.
+    body_timeout_seconds: float = Field(10.0, gt=0)
     # Canary tracks (issue 7): empty targets mean no canary; the weight is the percent of
     # users (sticky by user id) routed to the canary.
     feature_store_canary_target: str = ""

@@ -40,6 +40,7 @@ def gateway_env(fleet, pg_dsn: str, redis_url: str, port: int, metrics_port: int
             "RECFLEET_GATEWAY_CANDIDATE_GEN_TIMEOUT": "2",
             "RECFLEET_GATEWAY_RANKING_TIMEOUT": "2",
             "RECFLEET_GATEWAY_MAX_IN_FLIGHT": "0",
+            "RECFLEET_GATEWAY_BODY_TIMEOUT_SECONDS": "1",
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         }
     )
@@ -143,3 +144,46 @@ async def test_sigterm_drains_under_load_without_failing_a_request(gateway_proce
     assert len(before) > 10 and all(before), f"{before.count(False)} of {len(before)} failed before the signal"
     assert len(during) > 10 and all(during), f"{during.count(False)} of {len(during)} failed while draining"
     assert exit_code == 0
+
+
+async def post_raw(url: str, head: bytes, body_parts: list[bytes]) -> tuple[bytes, asyncio.StreamWriter]:
+    """Sends a request's head and body parts over a raw connection, as a slow or endless
+    client would; returns what the gateway answered and the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # it may answer and close first
+        for part in body_parts:
+            writer.write(part)
+            await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), 20)
+    return answer, writer
+
+
+def events_head(extra: str) -> bytes:
+    return (
+        "POST /v1/events HTTP/1.1\r\nHost: gateway\r\n"
+        f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n{extra}\r\n"
+    ).encode()
+
+
+async def test_a_body_that_never_finishes_is_answered_408_and_holds_nothing(gateway_process):
+    _, url, _, _ = gateway_process
+    slow = asyncio.create_task(post_raw(url, events_head("Content-Length: 1000\r\n"), [b'{"events": [']))
+    # While that client sits on its body, the gateway serves everyone else.
+    async with httpx.AsyncClient(timeout=5, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+        assert (await http.get(f"{url}/v1/popular")).status_code == 200
+    answer, writer = await slow
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"application/problem+json" in answer and b"did not arrive within 1 s" in answer
+
+
+async def test_an_endless_chunked_body_is_cut_at_the_size_limit(gateway_process):
+    _, url, _, _ = gateway_process
+    chunk = b"x" * 65536
+    parts = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 24  # 1.5 MiB, past the 1 MiB limit, and no end
+    answer, writer = await post_raw(url, events_head("Transfer-Encoding: chunked\r\n"), parts)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"application/problem+json" in answer

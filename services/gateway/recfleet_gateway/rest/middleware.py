@@ -5,6 +5,7 @@ anything that escaped the handlers."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -40,6 +41,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTooSlow(Exception):
+    pass
+
+
 class GatewayMiddleware:
     """`max_in_flight` bounds the requests one process works on at once (0 = no bound).
     Beyond it a request is refused at once with 503 and Retry-After: under overload a
@@ -61,8 +66,10 @@ class GatewayMiddleware:
         drain: Drain | None = None,
         carry_trace_context: bool = False,
         access_log_slow_ms: float = 100.0,
+        body_timeout_seconds: float = 10.0,
     ):
         self.app = app
+        self.body_timeout_seconds = body_timeout_seconds
         self.access_log_slow_seconds = access_log_slow_ms / 1000
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
@@ -115,13 +122,21 @@ class GatewayMiddleware:
                 await self._too_large(send_with_headers)
                 status = 413
                 return
-            if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                # The whole body is read here, each part within body_timeout_seconds, so a
+                # client that trickles or never finishes its body is answered 408 instead
+                # of holding a request slot; then the route reads it from memory.
                 receive = await self._buffered(receive)
             await self.app(scope, receive, send_with_headers)
         except BodyTooLarge:
             if not response_started:
                 await self._too_large(send_with_headers)
             status = 413
+        except BodyTooSlow:
+            if not response_started:
+                body = problem_body(408, f"the request body did not arrive within {self.body_timeout_seconds:g} s")
+                await _send_problem(send_with_headers, 408, body, {"Connection": "close"})
+            status = 408
         except Exception:
             log.exception("unhandled error", path=scope.get("path"))
             if not response_started:
@@ -156,11 +171,16 @@ class GatewayMiddleware:
             deadline_var.reset(deadline_token)
 
     async def _buffered(self, receive: Receive) -> Receive:
-        """Reads a body without Content-Length up to the limit, then replays it."""
+        """Reads the body up to the size limit, each part within the body timeout, then
+        replays it."""
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout_seconds):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow from None
             if message["type"] != "http.request":
                 break
             chunks.append(message.get("body", b""))
