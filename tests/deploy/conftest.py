@@ -8,6 +8,7 @@ import importlib.util
 import json
 import re
 import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -16,12 +17,15 @@ import jsonschema
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from chart_scenarios import SCENARIOS
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "recfleet"
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
 CRDS = ROOT / "deploy" / "crds"
 KUBE_VERSION = "1.33"
-SCENARIOS = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))]
 OVERLAYS = ["dev", "staging", "prod"]
 
 

@@ -7,10 +7,8 @@ import json
 import re
 
 import pytest
+from chart_scenarios import per_scenario
 from recfleet_runtime.settings import env_names
-
-SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
-per_scenario = pytest.mark.parametrize("scenario", SCENARIOS)
 
 # values key -> (object name, kind of traffic, settings class read by its entrypoint)
 COMPONENTS = {

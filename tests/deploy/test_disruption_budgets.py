@@ -8,8 +8,7 @@ import math
 
 import helm_python as helm
 import pytest
-
-SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
+from chart_scenarios import SCENARIOS
 
 
 def allowed_disruptions(spec: dict, pods: int) -> int:

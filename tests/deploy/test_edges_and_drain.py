@@ -11,18 +11,8 @@ import re
 import helm_python as helm
 import pytest
 import yaml
+from chart_scenarios import PREFIXES, per_scenario
 
-SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
-per_scenario = pytest.mark.parametrize("scenario", SCENARIOS)
-PREFIXES = {
-    "gateway": "RECFLEET_GATEWAY_",
-    "candidate-gen": "RECFLEET_CANDIDATES_",
-    "ranking": "RECFLEET_RANKING_",
-    "feature-store": "RECFLEET_FEATURES_",
-    "event-ingest": "RECFLEET_INGEST_",
-    "ingest-sink": "RECFLEET_INGEST_",
-    "ingest-realtime": "RECFLEET_INGEST_",
-}
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 

@@ -4,20 +4,9 @@ and every server closes connections after one configured age so clients re-resol
 
 from __future__ import annotations
 
-import pytest
+from chart_scenarios import PREFIXES, per_scenario
 
-SCENARIOS = ["default", "minimal", "production", "canaries-on", "monitoring-off", "shards-4x2"]
-per_scenario = pytest.mark.parametrize("scenario", SCENARIOS)
 TRACK, SHARD = "recfleet.io/track", "recfleet.io/shard"
-PREFIXES = {
-    "gateway": "RECFLEET_GATEWAY_",
-    "candidate-gen": "RECFLEET_CANDIDATES_",
-    "ranking": "RECFLEET_RANKING_",
-    "feature-store": "RECFLEET_FEATURES_",
-    "event-ingest": "RECFLEET_INGEST_",
-    "ingest-sink": "RECFLEET_INGEST_",
-    "ingest-realtime": "RECFLEET_INGEST_",
-}
 
 
 def _workloads(objects):

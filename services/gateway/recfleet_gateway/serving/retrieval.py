@@ -5,7 +5,8 @@ shard (`Retrieve`), similar items from the shard that owns an item and then the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
 
 import grpc
 from recfleet.candidates.v1 import candidates_pb2
@@ -23,20 +24,40 @@ from .items import ItemList, merge_by_score, retrieved
 from .shadow import Shadow, item_overlap
 from .user_context import UserContext
 
+ReplyT = TypeVar("ReplyT")
+
 
 def merge_similar(
     groups: list[list[common_pb2.ScoredItem]], k: int, exclude: Collection[str] = frozenset()
 ) -> list[common_pb2.ScoredItem]:
-    """Shard answers -> one list by descending score, each item once."""
-    best: dict[str, common_pb2.ScoredItem] = {}
-    for group in groups:
-        for item in group:
-            if item.item_id in exclude:
-                continue
-            current = best.get(item.item_id)
-            if current is None or item.score > current.score:
-                best[item.item_id] = item
-    return sorted(best.values(), key=lambda item: (-item.score, item.item_id))[:k]
+    """Shard answers -> one list by descending score, each item once (`merge_by_score` on
+    the answers' items, as the messages the similar-items callers read)."""
+    kept = [ItemList.of(item for item in group if item.item_id not in exclude) for group in groups]
+    merged = merge_by_score(kept, k)
+    return [
+        common_pb2.ScoredItem(item_id=item_id, score=score, source=source)
+        for item_id, score, source in zip(merged.item_ids, merged.scores, merged.sources, strict=True)
+    ]
+
+
+def answered(
+    shards: Sequence[CandidateClient],
+    replies: Sequence[ReplyT | BaseException],
+    degraded: list[str],
+    failure: Callable[[BaseException], str] = lambda error: "unavailable",
+) -> list[ReplyT]:
+    """The replies of the shards that answered; each shard that did not is named in
+    `degraded` as `<shard>-<failure(error)>`. An error no downstream call raises is a bug,
+    raised again."""
+    replied = []
+    for shard, reply in zip(shards, replies, strict=True):
+        if isinstance(reply, BaseException):
+            if not isinstance(reply, DOWNSTREAM_ERRORS):
+                raise reply
+            degraded.append(f"{shard.name}-{failure(reply)}")
+        else:
+            replied.append(reply)
+    return replied
 
 
 def shard_failure(error: BaseException) -> str:
@@ -76,14 +97,7 @@ class CandidateRetrieval:
                     self.shadow.mirror(
                         CANDIDATE_GEN, canary.retrieve, request, item_overlap(retrieved(reply).item_ids, retrieved)
                     )
-        groups = []
-        for shard, reply in zip(shards, replies, strict=True):
-            if isinstance(reply, BaseException):
-                if not isinstance(reply, DOWNSTREAM_ERRORS):
-                    raise reply
-                degraded.append(f"{shard.name}-{shard_failure(reply)}")
-                continue
-            groups.append(retrieved(reply))
+        groups = [retrieved(reply) for reply in answered(shards, replies, degraded, shard_failure)]
         merged = merge_by_score(groups, self.settings.candidates_per_shard * max(1, len(shards)), "als")
         return merged, user.vector_version
 
@@ -121,11 +135,5 @@ class CandidateRetrieval:
                 model_version=first.model_version,
             )
             replies = await asyncio.gather(*(s.similar_items(request) for s in others), return_exceptions=True)
-            for shard, reply in zip(others, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    if not isinstance(reply, DOWNSTREAM_ERRORS):
-                        raise reply
-                    degraded.append(f"{shard.name}-unavailable")
-                    continue
-                groups.append(list(reply.items))
+            groups.extend(list(reply.items) for reply in answered(others, replies, degraded))
         return merge_similar(groups, limit, set(excluded)), first.model_version, degraded
