@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/python/.stamp
 
-.PHONY: help install protos run test test-unit lint bench images chart-base clean tools
+.PHONY: help install protos run test test-unit lint bench chaos images chart-base clean tools
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,6 +63,9 @@ lint: install  ## ruff (rules and format), the layer contracts (import-linter), 
 
 bench: install  ## end-to-end latency benchmark through the gateway (see bench/README.md)
 	$(PY) bench/e2e_latency.py
+
+chaos: install  ## the chaos suite: each dependency killed, frozen or slowed under load; writes docs/reliability.md
+	$(PY) bench/chaos.py --docs $(CHAOS_ARGS)
 
 clean:  ## remove generated code and local state
 	rm -rf gen/python .state

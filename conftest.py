@@ -7,12 +7,15 @@ server at all."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 
 import psycopg
 import pytest
 import redis
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from recfleet_store.kafka import LocalBroker
 from recfleet_store.postgres import migrate
 
@@ -88,3 +91,50 @@ def artifact_dir(tmp_path):
     path = tmp_path / "artifacts"
     path.mkdir()
     return path
+
+
+class CuttablePostgres:
+    """The test database reached through a TCP forwarder on a port of its own: `cut()`
+    closes the forwarder and every connection through it, as if Postgres died."""
+
+    def __init__(self, dsn: str, port: int):
+        self.dsn = dsn
+        self._target = port
+        self._links: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self, listen: int) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+                    await writer.drain()
+            writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target)
+            self._links += [writer, upstream_writer]
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", listen)
+
+    def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in self._links:
+            link.close()
+
+
+@pytest.fixture
+async def cuttable_pg_dsn(pg_dsn):
+    """(A DSN of the test database through a forwarder, the forwarder): for tests of what a
+    service does when Postgres goes away."""
+    from recfleet_runtime.ports import free_port
+
+    listen = free_port()
+    forwarder = CuttablePostgres(
+        make_conninfo(pg_dsn, host="127.0.0.1", port=listen), int(conninfo_to_dict(pg_dsn).get("port") or 5432)
+    )
+    await forwarder.start(listen)
+    yield forwarder
+    forwarder.cut()

@@ -70,7 +70,7 @@ class _Connection(asyncio.Protocol):
 
 
 class LeanClient:
-    """GET requests over a pool of keep-alive connections (opened on demand)."""
+    """GET and POST requests over a pool of keep-alive connections (opened on demand)."""
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout: float = 10.0):
         parts = urlsplit(base_url)
@@ -96,10 +96,18 @@ class LeanClient:
     async def get(self, path: str, params: dict | None = None) -> tuple[int, bytes]:
         """(status, body) of one GET; raises ConnectionLost, TimeoutError or OSError."""
         target = f"{path}?{urlencode(params, doseq=True)}" if params else path
+        return await self._send(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head)
+
+    async def post(self, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
+        """(status, body) of one POST of `body`; raises like `get`."""
+        head = f"POST {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        return await self._send(head.encode() + self._head + body)
+
+    async def _send(self, request: bytes) -> tuple[int, bytes]:
         connection = await self._connection()
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await connection.send(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head)
+                answer = await connection.send(request)
         except BaseException:
             connection.reusable = False
             connection.transport.close()

@@ -136,9 +136,15 @@ def models_list(
 
 
 @models_app.command("promote")
-def models_promote(kind: str, version: str) -> None:
-    """Make a version serving: every shard and the user vectors switch together."""
-    emit(request("POST", f"/admin/v1/models/{kind}/promote", json={"version": version}), False)
+def models_promote(
+    kind: str,
+    version: str,
+    force: bool = typer.Option(False, "--force", help="promote even when the promotion gates refuse"),
+) -> None:
+    """Make a version serving: every shard and the user vectors switch together. Refused
+    (409, with the reasons) for an ALS version without an index for every shard, or one
+    whose validation metric falls too far below the serving version's, unless --force."""
+    emit(request("POST", f"/admin/v1/models/{kind}/promote", json={"version": version, "force": force}), False)
 
 
 @models_app.command("rollback")
@@ -178,21 +184,101 @@ def jobs_status(job_id: str) -> None:
 
 
 @keys_app.command("create")
-def keys_create(name: str, scopes: list[str] = typer.Option(..., "--scope", help="repeat for several")) -> None:
+def keys_create(
+    name: str,
+    scopes: list[str] = typer.Option(..., "--scope", help="repeat for several"),
+    ttl: int = typer.Option(0, "--ttl", help="seconds until the key expires (default: never)"),
+    expires_at: str = typer.Option("", "--expires-at", help="RFC 3339 time the key expires (instead of --ttl)"),
+) -> None:
     """Create a key; its secret is printed once."""
-    emit(request("POST", "/admin/v1/api-keys", json={"name": name, "scopes": scopes}), False)
+    emit(
+        request("POST", "/admin/v1/api-keys", json={"name": name, "scopes": scopes, **_expiry(ttl, expires_at)}), False
+    )
+
+
+def _expiry(ttl: int, expires_at: str) -> dict[str, Any]:
+    if ttl and expires_at:
+        raise typer.BadParameter("give --ttl or --expires-at, not both")
+    return {"ttl_seconds": ttl} if ttl else {"expires_at": expires_at} if expires_at else {}
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """Keys with scopes (never their secrets)."""
+    """Keys with scopes, status, expiry and successor (never their secrets)."""
     emit(request("GET", "/admin/v1/api-keys"), False)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key at once (rotation = create, deploy the new one, revoke the old)."""
+    """Revoke a key at once (to replace a key without an outage, use `keys rotate`)."""
     emit(request("DELETE", f"/admin/v1/api-keys/{key_id}"), False)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    overlap: int = typer.Option(3600, "--overlap", help="seconds the old key keeps working (0..604800)"),
+    ttl: int = typer.Option(0, "--ttl", help="seconds until the new key expires (default: never)"),
+    expires_at: str = typer.Option("", "--expires-at", help="RFC 3339 time the new key expires"),
+) -> None:
+    """A new key with the same name and scopes (its secret is printed once); the old one
+    keeps working for the overlap, then expires."""
+    body = {"overlap_seconds": overlap, **_expiry(ttl, expires_at)}
+    emit(request("POST", f"/admin/v1/api-keys/{key_id}/rotate", json=body), False)
+
+
+@keys_app.command("bootstrap")
+def keys_bootstrap() -> None:
+    """Whether the bootstrap admin key (RECFLEET_BOOTSTRAP_ADMIN_KEY) is disabled."""
+    emit(request("GET", "/admin/v1/api-keys/bootstrap"), False)
+
+
+@keys_app.command("disable-bootstrap")
+def keys_disable_bootstrap() -> None:
+    """Refuse the bootstrap admin key from now on (needs another usable admin key)."""
+    emit(request("POST", "/admin/v1/api-keys/bootstrap/disable"), False)
+
+
+@keys_app.command("enable-bootstrap")
+def keys_enable_bootstrap() -> None:
+    """Accept the bootstrap admin key again (call it with another admin key)."""
+    emit(request("POST", "/admin/v1/api-keys/bootstrap/enable"), False)
+
+
+@app.command("audit")
+def audit(
+    action: str = typer.Option("", help="only this action, e.g. traffic.set or api_key.rotate"),
+    key_id: str = typer.Option("", "--key-id", help="only actions of this key"),
+    since: str = typer.Option("", help="only actions at or after this RFC 3339 time"),
+    limit: int = typer.Option(100, help="entries per page (1..500)"),
+    before: int = typer.Option(0, help="only entries older than this audit id (the next page)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Admin actions, newest first: who, under which request, what, before and after."""
+    filters = {"action": action, "key_id": key_id, "since": since, "before": before or "", "limit": limit}
+    data = request("GET", "/admin/v1/audit", params={k: v for k, v in filters.items() if v != ""})
+    if as_json:
+        emit(data, True)
+        return
+    table = Table("id", "when", "key", "action", "target", "before", "after", "request id")
+    for entry in data.get("entries", []):
+        table.add_row(
+            str(entry["audit_id"]),
+            str(entry["created_at"]),
+            f"{entry['key_id']} ({entry['key_name']})" if entry.get("key_name") else entry["key_id"],
+            entry["action"],
+            entry["target"],
+            _compact(entry.get("before")),
+            _compact(entry.get("after")),
+            entry.get("request_id") or "",
+        )
+    console.print(table)
+    if data.get("next_before"):
+        console.print(f"older entries: --before {data['next_before']}")
+
+
+def _compact(state: dict[str, Any] | None) -> str:
+    return "" if state is None else json.dumps(state, separators=(",", ":"), default=str)
 
 
 @traffic_app.command("status")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ import typer
 from pydantic_settings import BaseSettings
 from recfleet_runtime.ports import free_port
 from recfleet_runtime.settings import KafkaSettings, TopicSettings, env_names
-from recfleet_store import keys
+from recfleet_store import keys, suppression
 from recfleet_store.kafka import LocalBroker, configured_topics, ensure_topics
 from recfleet_store.postgres import ensure_database, migrate
 from rich.console import Console
@@ -249,10 +250,29 @@ class LocalFleet:
 
     # -- environment -------------------------------------------------------------
 
+    def erasure_hash_key(self) -> str:
+        """RECFLEET_ERASURE_HASH_KEY when set, else a key generated on the first run and kept
+        in `<state dir>/erasure-hash-key`: it must stay the same for as long as the database
+        does, or users erased earlier would match no hash and their events would be kept."""
+        given = os.environ.get(suppression.KEY_ENV)
+        if given:
+            return given
+        path = self.state_dir / "erasure-hash-key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            key = secrets.token_hex(32)
+            out.write(key + "\n")
+        return key
+
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
+                suppression.KEY_ENV: self.erasure_hash_key(),
                 "RECFLEET_POSTGRES_DSN": self.config.postgres_dsn,
                 "RECFLEET_REDIS_URL": self.config.redis_url,
                 "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap or "",
@@ -405,12 +425,21 @@ class LocalFleet:
     def run_pipeline(self, force: bool = False) -> None:
         self.job("load-movielens", "--data-dir", self.config.data_dir)
         if force or not self._serving_version_usable():
-            output = self.job("train-als")
+            # The bundled MovieLens sample keeps the default parameters when they are
+            # searched (docs/evaluation.md), so the local fleet skips the search.
+            output = self.job("train-als", "--tune-seconds", "0")
             version = next(
                 line.split("=", 1)[1] for line in reversed(output.splitlines()) if line.startswith("version=")
             )
             self.job("build-index", "--version", version, "--shards", str(self.config.shard_count))
-            self.job("promote", "--kind", "als", "--version", version)
+            try:
+                self.job("promote", "--kind", "als", "--version", version)
+            except RuntimeError as error:
+                # The promotion gates refused it (docs/operations.md): the version that
+                # serves keeps serving, if there is one.
+                if not self._serving_version_usable():
+                    raise
+                console.print(f"[yellow]{version} not promoted ({error}); the serving version stays[/]")
             trained = True
         else:
             console.print("reusing the serving model version")

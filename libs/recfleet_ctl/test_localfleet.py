@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from recfleet_store.suppression import LOCAL_KEY
 
 from recfleet_ctl import fleetrecord, localfleet
 from recfleet_ctl.localfleet import FleetConfig, LocalFleet
@@ -175,3 +176,17 @@ def test_the_parent_death_signal_stops_a_child_whose_parent_is_killed():
     finally:
         if fleetrecord.still_running(entry):
             os.kill(grandchild, signal.SIGKILL)
+
+
+def test_every_process_gets_one_erasure_hash_key_that_survives_a_restart(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECFLEET_ERASURE_HASH_KEY", raising=False)
+    first = LocalFleet(FleetConfig(state_dir=tmp_path / "state"))
+    key = first.service_env("event-ingest")["RECFLEET_ERASURE_HASH_KEY"]
+    assert len(key) == 64 and key != LOCAL_KEY
+    assert first.base_env()["RECFLEET_ERASURE_HASH_KEY"] == key  # the jobs get the same one
+    assert (tmp_path / "state" / "erasure-hash-key").stat().st_mode & 0o077 == 0
+    # `make run` again on the same state directory: the same key, so erased users stay erased.
+    assert LocalFleet(FleetConfig(state_dir=tmp_path / "state")).base_env()["RECFLEET_ERASURE_HASH_KEY"] == key
+    assert LocalFleet(FleetConfig(state_dir=tmp_path / "other")).base_env()["RECFLEET_ERASURE_HASH_KEY"] != key
+    monkeypatch.setenv("RECFLEET_ERASURE_HASH_KEY", "a-key-given-by-the-operator")
+    assert first.base_env()["RECFLEET_ERASURE_HASH_KEY"] == "a-key-given-by-the-operator"

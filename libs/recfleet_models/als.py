@@ -1,13 +1,24 @@
 """Implicit-feedback ALS: interaction weighting, training and top-k queries.
 
-Confidence for a (user, item) pair is the sum of its events' weights. Each event type has
-a fixed weight (`ALSParams.event_weights`); a weight of 0 drops the type (a dislike is not
-a weak like). Ratings are weighted by their value: `max(0, stars - rating_offset) + 1`, so
-every rating counts at least 1 (on MovieLens a rated movie was watched, and the published
-ML-100k protocol counts every test rating as relevant) and liked movies count more (a
-5-star rating weighs 3.5 with the default offset 2.5). Optionally the matrix is then
-re-weighted with BM25 or TF-IDF (implicit's `bm25_weight` / `tfidf_weight`), which damps
-very popular items; implicit multiplies the result by `alpha`.
+Confidence for a (user, item) pair is the sum of its events' confidences, and one event's
+confidence is its type's weight times a function of its `value`:
+
+    confidence = event_weights[type] * f(value),  f = value_transforms.get(type, "none")
+
+- `none`: f = 1, the value is not read;
+- `log1p`: f = 1 + log1p(max(value, 0)), 1 for an event without a value, so a play
+  count or watch time raises confidence slowly (2 plays 2.1, 100 plays 5.6, an hour of
+  watch seconds 9.2) and one huge count cannot drown a user's other items;
+- `rating`: f = max(0, value - rating_offset) + 1, 0 (the event is ignored) without a
+  value. Every rating counts at least 1 (on MovieLens a rated movie was watched, and the
+  published ML-100k protocol counts every test rating as relevant) and liked movies
+  count more (a 5-star rating weighs 3.5 with the default offset 2.5).
+
+By default ratings use `rating`, `view` and `watch` use `log1p` (a play count, watch
+seconds) and every other type `none`. A weight of 0 drops the type (a dislike is not a
+weak like). The summed matrix is then optionally re-weighted (`weighting`): BM25 or
+TF-IDF (implicit's `bm25_weight` / `tfidf_weight`, which damp very popular items) or
+log1p of each pair's summed confidence; implicit multiplies the result by `alpha`.
 
 Training wraps implicit's CPU `AlternatingLeastSquares` in float32 with BLAS limited to
 one thread (implicit parallelises itself and asks for that).
@@ -33,8 +44,11 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "dislike": 0.0,
     "share": 3.0,
     "watch": 2.0,
+    "rating": 1.0,
 }
-WEIGHTINGS = ("none", "bm25", "tfidf")
+VALUE_TRANSFORMS = ("none", "log1p", "rating")
+DEFAULT_VALUE_TRANSFORMS: dict[str, str] = {"rating": "rating", "view": "log1p", "watch": "log1p"}
+WEIGHTINGS = ("none", "bm25", "tfidf", "log1p")
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class ALSParams:
     alpha: float = 2.0
     random_state: int = 42
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    value_transforms: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VALUE_TRANSFORMS))
     rating_offset: float = 2.5
     weighting: str = "none"
     bm25_k1: float = 100.0
@@ -67,18 +82,29 @@ class ALSParams:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if any(w < 0 for w in self.event_weights.values()):
             raise ValueError("event weights must be >= 0 (0 excludes the event type)")
+        unknown = sorted({f for f in self.value_transforms.values() if f not in VALUE_TRANSFORMS})
+        if unknown:
+            raise ValueError(f"value transforms must be {', '.join(VALUE_TRANSFORMS)}, got {', '.join(unknown)}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def value_factor(transform: str, values: np.ndarray, rating_offset: float) -> np.ndarray:
+    """f(value) of the named transform for an array of values (NaN = no value)."""
+    if transform == "none":
+        return np.ones(len(values))
+    known = np.isfinite(values)
+    if transform == "log1p":
+        return np.where(known, 1.0 + np.log1p(np.maximum(np.where(known, values, 0.0), 0.0)), 1.0)
+    if transform == "rating":
+        return np.where(known, np.maximum(0.0, np.where(known, values, 0.0) - rating_offset) + 1.0, 0.0)
+    raise ValueError(f"unknown value transform {transform!r} (expected one of {', '.join(VALUE_TRANSFORMS)})")
+
+
 def event_weight(event_type: str, value: float | None, params: ALSParams) -> float:
     """The confidence one event adds; 0 means the event is ignored."""
-    if event_type == "rating":
-        if value is None or not np.isfinite(value):
-            return 0.0
-        return max(0.0, float(value) - params.rating_offset) + 1.0
-    return float(params.event_weights.get(event_type, 0.0))
+    return float(event_weights([event_type], [value], params)[0])
 
 
 def event_weights(types: Sequence[str], values: Sequence[float | None] | np.ndarray, params: ALSParams) -> np.ndarray:
@@ -87,13 +113,12 @@ def event_weights(types: Sequence[str], values: Sequence[float | None] | np.ndar
     values_arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     weights = np.zeros(len(types_arr), dtype=np.float64)
     for event_type in set(types_arr.tolist()):
+        weight = params.event_weights.get(event_type, 0.0)
+        if weight == 0:
+            continue
         mask = types_arr == event_type
-        if event_type == "rating":
-            stars = values_arr[mask]
-            w = np.maximum(0.0, stars - params.rating_offset) + 1.0
-            weights[mask] = np.where(np.isfinite(stars), w, 0.0)
-        else:
-            weights[mask] = params.event_weights.get(event_type, 0.0)
+        transform = params.value_transforms.get(event_type, "none")
+        weights[mask] = weight * value_factor(transform, values_arr[mask], params.rating_offset)
     return weights
 
 
@@ -129,10 +154,39 @@ def build_interaction_matrix(
     return matrix, user_index, item_index
 
 
+def build_interaction_times(
+    user_ids: Sequence[Any] | np.ndarray,
+    item_ids: Sequence[Any] | np.ndarray,
+    types: Sequence[str],
+    values: Sequence[float | None] | np.ndarray,
+    timestamps: Sequence[float] | np.ndarray,
+    params: ALSParams,
+) -> sp.csr_matrix:
+    """When each stored entry of `build_interaction_matrix` (same arguments) was first
+    counted: a CSR matrix with the same rows, columns and entries holding the time of the
+    pair's earliest counted event."""
+    weights = event_weights(types, values, params)
+    keep = weights > 0
+    user_rows, user_index = _index(np.asarray(user_ids, dtype=object)[keep])
+    item_cols, item_index = _index(np.asarray(item_ids, dtype=object)[keep])
+    times = np.asarray(timestamps, dtype=np.float64)[keep]
+    order = np.lexsort((times, item_cols, user_rows))
+    rows, cols, times = user_rows[order], item_cols[order], times[order]
+    first = np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])] if len(rows) else np.empty(0, dtype=bool)
+    rows, cols, times = rows[first], cols[first], times[first]
+    indptr = np.zeros(len(user_index) + 1, dtype=np.int64)
+    np.add.at(indptr, rows + 1, 1)
+    return sp.csr_matrix((times, cols.astype(np.int32), np.cumsum(indptr)), shape=(len(user_index), len(item_index)))
+
+
 def confidence_matrix(matrix: sp.csr_matrix, params: ALSParams) -> sp.csr_matrix:
-    """The matrix implicit is fitted on, after the optional BM25 / TF-IDF re-weighting."""
+    """The matrix implicit is fitted on, after the optional re-weighting."""
     if params.weighting == "none":
         return matrix.astype(np.float32).tocsr()
+    if params.weighting == "log1p":
+        weighted = matrix.astype(np.float32).tocsr(copy=True)
+        weighted.data = np.log1p(weighted.data)
+        return weighted
     from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 
     # implicit's weighting functions take items x users (idf over users' rows).

@@ -53,6 +53,21 @@ class RankingMetrics:
 User = TypeVar("User")
 
 
+def user_ndcg(
+    recommended: Mapping[User, Sequence[object]], relevant: Mapping[User, AbstractSet[object]], k: int
+) -> dict[User, float]:
+    """NDCG@k of every user with relevant items (0 for one without recommendations)."""
+    discounts = 1.0 / np.log(np.arange(2, k + 2))
+    out: dict[User, float] = {}
+    for user, truth in relevant.items():
+        if not truth:
+            continue
+        top = list(recommended.get(user, ()))[:k]
+        dcg = sum(discounts[rank] for rank, item in enumerate(top) if item in truth)
+        out[user] = float(dcg / discounts[: min(len(truth), k)].sum())
+    return out
+
+
 def ranking_metrics(
     recommended: Mapping[User, Sequence[object]],
     relevant: Mapping[User, AbstractSet[object]],
@@ -63,9 +78,7 @@ def ranking_metrics(
     if k < 1:
         raise ValueError("k must be at least 1")
     common = [u for u in relevant if u in recommended and len(recommended[u]) > 0]
-    discounts = 1.0 / np.log(np.arange(2, k + 2))
     precision = recall = average_precision = 0.0
-    ndcg_sum = 0.0
     shown: set[object] = set()
     for user in common:
         truth = relevant[user]
@@ -76,16 +89,13 @@ def ranking_metrics(
         precision += hits / k
         recall += hits / len(truth)
         average_precision += sum((n / rank) for n, rank in enumerate(hit_ranks, start=1)) / len(truth)
-        dcg = sum(discounts[rank - 1] for rank in hit_ranks)
-        idcg = discounts[: min(len(truth), k)].sum()
-        ndcg_sum += float(dcg / idcg)
+    ndcg = user_ndcg(recommended, relevant, k)
     n_common = len(common)
-    n_truth = sum(1 for u in relevant if relevant[u])
     return RankingMetrics(
         k=k,
         precision=precision / n_common if n_common else 0.0,
         recall=recall / n_common if n_common else 0.0,
-        ndcg=ndcg_sum / n_truth if n_truth else 0.0,
+        ndcg=sum(ndcg.values()) / len(ndcg) if ndcg else 0.0,
         map=average_precision / n_common if n_common else 0.0,
         coverage=len(shown) / catalog_size if catalog_size else 0.0,
         users_evaluated=n_common,
@@ -197,6 +207,73 @@ def evaluate(split: Split, recommender: Recommender, k: int | None = None) -> Ra
     return ranking_metrics(recommended, truth, k, catalog)
 
 
+@dataclass(frozen=True)
+class MatrixHoldout:
+    """A users x items matrix with part of each user's items hidden: `train` keeps the
+    rest, `truth` maps a user's row to the hidden columns."""
+
+    train: sp.csr_matrix
+    truth: dict[int, set[int]]
+
+
+def holdout_split(
+    matrix: sp.csr_matrix,
+    fraction: float = 0.1,
+    min_interactions: int = 5,
+    seed: int = 42,
+    times: sp.csr_matrix | None = None,
+) -> MatrixHoldout:
+    """Hide `fraction` of the items (at least one) of every user with `min_interactions`.
+
+    Without `times` the hidden items are drawn at random (seeded); with `times` (a matrix
+    of the same entries holding when each pair began, `als.build_interaction_times`) they
+    are the items each user came to last, ties broken at random.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError("fraction must be between 0 and 1")
+    matrix = matrix.tocsr()
+    if times is not None:
+        times = times.tocsr()
+        if not (np.array_equal(times.indptr, matrix.indptr) and np.array_equal(times.indices, matrix.indices)):
+            raise ValueError("times must have the same entries as the matrix")
+    rng = np.random.default_rng(seed)
+    hidden = np.zeros(matrix.nnz, dtype=bool)
+    truth: dict[int, set[int]] = {}
+    for row in range(matrix.shape[0]):
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        count = end - start
+        if count < min_interactions:
+            continue
+        size = max(1, round(fraction * count))
+        if times is None:
+            chosen = start + rng.choice(count, size=size, replace=False)
+        else:
+            order = np.lexsort((rng.random(count), times.data[start:end]))
+            chosen = start + order[count - size :]
+        hidden[chosen] = True
+        truth[row] = set(matrix.indices[chosen].tolist())
+    if not truth:
+        raise ValueError(f"no user has {min_interactions} interactions: nothing to hold out")
+    train = matrix.copy()
+    train.data = np.where(hidden, 0, train.data).astype(np.float32)
+    train.eliminate_zeros()
+    return MatrixHoldout(train, truth)
+
+
+def holdout_lists(model: AlsModel, holdout: MatrixHoldout, k: int = 10) -> dict[int, list[int]]:
+    """Top-k columns for every user with hidden items, from a model fitted on
+    `holdout.train`; the user's training items are never recommended."""
+    users = np.array(sorted(holdout.truth))
+    best = model.recommend_batch(users, k, holdout.train[users])
+    return {int(user): [int(c) for c in row if c >= 0] for user, row in zip(users, best, strict=False)}
+
+
+def holdout_scores(model: AlsModel, holdout: MatrixHoldout, k: int = 10) -> RankingMetrics:
+    """`holdout_lists` scored against the hidden items."""
+    catalog = int(np.unique(holdout.train.indices).size)
+    return ranking_metrics(holdout_lists(model, holdout, k), holdout.truth, k, catalog)
+
+
 def holdout_metrics(
     matrix: sp.csr_matrix,
     params: ALSParams,
@@ -211,31 +288,8 @@ def holdout_metrics(
     hidden at random; ALS is fitted on the rest and its top-k lists, seen items excluded,
     are scored against the hidden items. `train-als` records these with each version.
     """
-    if not 0 < fraction < 1:
-        raise ValueError("fraction must be between 0 and 1")
-    matrix = matrix.tocsr()
-    rng = np.random.default_rng(seed)
-    hidden = np.zeros(matrix.nnz, dtype=bool)
-    truth: dict[int, set[int]] = {}
-    for row in range(matrix.shape[0]):
-        start, end = matrix.indptr[row], matrix.indptr[row + 1]
-        count = end - start
-        if count < min_interactions:
-            continue
-        chosen = start + rng.choice(count, size=max(1, round(fraction * count)), replace=False)
-        hidden[chosen] = True
-        truth[row] = set(matrix.indices[chosen].tolist())
-    if not truth:
-        raise ValueError(f"no user has {min_interactions} interactions: nothing to hold out")
-    train = matrix.copy()
-    train.data = np.where(hidden, 0, train.data).astype(np.float32)
-    train.eliminate_zeros()
-    model = fit_als(train, params)
-    users = np.array(sorted(truth))
-    best = model.recommend_batch(users, k, train[users])
-    recommended = {int(user): [int(c) for c in row if c >= 0] for user, row in zip(users, best, strict=False)}
-    catalog = int(np.unique(train.indices).size)
-    return ranking_metrics(recommended, truth, k, catalog)
+    holdout = holdout_split(matrix, fraction, min_interactions, seed)
+    return holdout_scores(fit_als(holdout.train, params), holdout, k)
 
 
 class SarRecommender:

@@ -98,3 +98,34 @@ def test_sar_recommends_the_most_co_rated_item():
     sar.fit(train)
     assert sar.recommend([3], 2, train) == {3: [2, 3]}
     assert sar.recommend([1], 2, train) == {1: [3]}
+
+
+def test_user_ndcg_is_what_ranking_metrics_averages():
+    from recfleet_models.evaluation import user_ndcg
+
+    recommended = {"a": [1, 4, 2], "c": [9, 8, 7]}
+    relevant = {"a": {1, 2, 3}, "b": {5}, "c": {6}}
+    per_user = user_ndcg(recommended, relevant, k=3)
+    assert set(per_user) == {"a", "b", "c"} and per_user["b"] == per_user["c"] == 0.0
+    assert sum(per_user.values()) / 3 == pytest.approx(ranking_metrics(recommended, relevant, 3, 10).ndcg)
+
+
+def test_holdout_split_hides_each_users_most_recent_items():
+    import scipy.sparse as sp
+
+    from recfleet_models.evaluation import holdout_split
+
+    # User 0 came to items 0..9 in order, user 1 to items 9..0; user 2 has too few items.
+    rows = [0] * 10 + [1] * 10 + [2] * 3
+    cols = list(range(10)) * 2 + [0, 1, 2]
+    times = list(range(10)) + list(range(10, 0, -1)) + [1, 2, 3]
+    matrix = sp.csr_matrix((np.ones(23, dtype=np.float32), (rows, cols)), shape=(3, 10))
+    when = sp.csr_matrix((np.array(times, dtype=np.float64), (rows, cols)), shape=(3, 10))
+    holdout = holdout_split(matrix, fraction=0.2, min_interactions=5, times=when)
+    assert holdout.truth == {0: {8, 9}, 1: {0, 1}}
+    assert holdout.train.nnz == 23 - 4
+    assert holdout.train[0].indices.tolist() == list(range(8))
+    random = holdout_split(matrix, fraction=0.2, min_interactions=5)
+    assert set(random.truth) == {0, 1} and all(len(items) == 2 for items in random.truth.values())
+    with pytest.raises(ValueError, match="same entries"):
+        holdout_split(matrix, times=sp.csr_matrix(np.ones((3, 10))))

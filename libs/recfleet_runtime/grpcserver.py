@@ -68,12 +68,22 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     current (`tracing.enter_hop`), for the log lines and the calls this one makes.
 
     The observed handler of each method is built once and reused: the per-call values
-    (request id, deadline, trace context) come from the call's context."""
+    (request id, deadline, trace context) come from the call's context.
 
-    def __init__(self, carry_trace_context: bool = False, slow_ms: float = ACCESS_LOG_SLOW_MS) -> None:
+    An exception of one of the `unavailable` types (a store the service cannot reach)
+    ends the call with UNAVAILABLE, which callers retry elsewhere or degrade on, rather
+    than UNKNOWN with the exception's text."""
+
+    def __init__(
+        self,
+        carry_trace_context: bool = False,
+        slow_ms: float = ACCESS_LOG_SLOW_MS,
+        unavailable: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self._observed: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
         self._carry_trace_context = carry_trace_context
         self._slow_seconds = slow_ms / 1000
+        self._unavailable = unavailable
 
     async def intercept_service(
         self,
@@ -87,7 +97,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         known = self._observed.get(full_method)
         if known is not None and known[0] is handler.unary_unary:
             return known[1]
-        observed = _observed_handler(full_method, handler, self._carry_trace_context, self._slow_seconds)
+        observed = _observed_handler(
+            full_method, handler, self._carry_trace_context, self._slow_seconds, self._unavailable
+        )
         self._observed[full_method] = (handler.unary_unary, observed)
         return observed
 
@@ -109,7 +121,11 @@ def _read_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | N
 
 
 def _observed_handler(
-    full_method: str, handler: grpc.RpcMethodHandler[Any, Any], carry_trace_context: bool, slow_seconds: float
+    full_method: str,
+    handler: grpc.RpcMethodHandler[Any, Any],
+    carry_trace_context: bool,
+    slow_seconds: float,
+    unavailable: tuple[type[BaseException], ...] = (),
 ) -> grpc.RpcMethodHandler[Any, Any]:
     service, method = _split_method(full_method)
     # Called for unary-unary handlers only (intercept_service checks), which grpc.aio runs
@@ -137,6 +153,10 @@ def _observed_handler(
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
+        except unavailable as error:
+            code = grpc.StatusCode.UNAVAILABLE
+            log.warning("rpc failed: a store is unavailable", grpc_method=method, error=repr(error))
+            await context.abort(code, f"a store this service needs is unavailable ({type(error).__name__}); retry")
         except Exception:
             code = grpc.StatusCode.UNKNOWN
             log.exception("rpc failed", grpc_method=method)
@@ -208,17 +228,30 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 class GrpcService:
     """Builds, runs and gracefully stops one grpc.aio server."""
 
-    def __init__(self, name: str, settings: ServiceSettings, service_names: Iterable[str]):
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        service_names: Iterable[str],
+        unavailable: tuple[type[BaseException], ...] = (),
+    ):
+        """`unavailable`: exception types that mean a store cannot be reached (answered
+        UNAVAILABLE; see ObservabilityInterceptor)."""
         self.name = name
         self.settings = settings
         self.service_names = list(service_names)
         slow_ms = settings.access_log_slow_ms
         interceptors: list[grpc.aio.ServerInterceptor]
         if tracing.exporting():
-            interceptors = [tracing.instrument_grpc_server(), ObservabilityInterceptor(slow_ms=slow_ms)]
+            interceptors = [
+                tracing.instrument_grpc_server(),
+                ObservabilityInterceptor(slow_ms=slow_ms, unavailable=unavailable),
+            ]
         else:
             # No span would leave the process: carry the trace context without recording.
-            interceptors = [ObservabilityInterceptor(carry_trace_context=True, slow_ms=slow_ms)]
+            interceptors = [
+                ObservabilityInterceptor(carry_trace_context=True, slow_ms=slow_ms, unavailable=unavailable)
+            ]
         self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         self._health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self.server)

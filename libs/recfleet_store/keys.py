@@ -48,6 +48,13 @@ def erased(user_id: str) -> str:
 
 SERVING_VERSION = f"{PREFIX}:model:als:serving"
 
+
+def serving_version_key(kind: str) -> str:
+    """String: the serving version of a model kind (`als`: `SERVING_VERSION`), written by
+    promote and rollback."""
+    return f"{PREFIX}:model:{kind}:serving"
+
+
 # Pub/sub channel: a JSON list of item ids whose catalog fields just changed (the feature
 # store publishes on every upsert; ranking drops those items from its in-process cache).
 ITEMS_CHANGED = f"{PREFIX}:items:changed"

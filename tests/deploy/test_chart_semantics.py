@@ -30,7 +30,7 @@ SETTINGS_BY_ENTRYPOINT = {
     "recfleet_ingest.realtime": "recfleet_ingest.settings:IngestSettings",
     "recfleet-jobs": "recfleet_jobs.settings:JobSettings",
 }
-SECRETS = {"RECFLEET_POSTGRES_DSN", "RECFLEET_REDIS_URL", "RECFLEET_BOOTSTRAP_ADMIN_KEY"}
+SECRETS = {"RECFLEET_POSTGRES_DSN", "RECFLEET_REDIS_URL", "RECFLEET_BOOTSTRAP_ADMIN_KEY", "RECFLEET_ERASURE_HASH_KEY"}
 
 VERSION_LABELS = {"app.kubernetes.io/version", "helm.sh/chart", "app.kubernetes.io/managed-by"}
 TRACK = "recfleet.io/track"

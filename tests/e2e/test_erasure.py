@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
+from recfleet_store.suppression import user_hash
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -57,7 +58,10 @@ def test_export_then_erasure_leaves_nothing(api, fleet):
         for table in ("events", "event_ids", "user_profiles", "user_vectors", "exposures"):
             assert count(conn, f"SELECT count(*) FROM {table} WHERE user_id = %s") == 0, table
         assert count(conn, "SELECT count(*) FROM offline_features WHERE entity = 'user' AND entity_id = %s") == 0
-        assert count(conn, "SELECT count(*) FROM erased_users WHERE user_id = %s") == 1
+        # The suppression list keeps the user's keyed hash, never the id.
+        assert count(conn, "SELECT count(*) FROM erased_users WHERE user_id = %s") == 0
+        hashed = user_hash(fleet.erasure_hash_key(), USER)
+        assert conn.execute("SELECT count(*) FROM erased_users WHERE user_hash = %s", (hashed,)).fetchone()[0] == 1
     client = redis.Redis.from_url(fleet.config.redis_url)
     # Every per-user key carries the user id as its hash tag: rf:u:{15}, rf:uv:{15}, rf:cache:{15}, ...
     leftovers = [key for key in client.scan_iter(count=1000) if f"{{{USER}}}".encode() in key]

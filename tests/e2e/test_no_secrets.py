@@ -66,6 +66,7 @@ def test_no_secret_reaches_a_log_line_or_an_error_body(api, fleet):
             "created key": real,
             "wrong key": wrong,
             "admin key": admin_key,
+            "erasure hash key": fleet.erasure_hash_key(),
         }.items()
         if secret in path.read_text(errors="replace")
     ]

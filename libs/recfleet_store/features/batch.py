@@ -12,6 +12,7 @@ import psycopg
 import redis
 from psycopg.types.json import Jsonb
 
+from .. import suppression
 from .pointintime import Event, Histories, History
 
 WATERMARK_NAME = "online"
@@ -113,18 +114,24 @@ class OfflineBatch:
     def commit(self) -> None:
         self.conn.commit()
 
-    def mark_affected(self, start: datetime, until: datetime) -> tuple[int, int]:
+    def mark_affected(self, start: datetime, until: datetime, erasure_hash_key: str) -> tuple[int, int]:
         """Temp tables of the users (not being erased) and items with events received in
         (start, until]; returns their sizes."""
         self.conn.execute("DROP TABLE IF EXISTS affected_users, affected_items")
         self.conn.execute(
-            # Users whose erasure was requested are skipped: their events may not be
-            # deleted yet, and materializing them would bring their keys back.
             "CREATE TEMP TABLE affected_users ON COMMIT DROP AS SELECT DISTINCT user_id AS id FROM events"
-            " WHERE received_at > %s AND received_at <= %s"
-            " AND user_id NOT IN (SELECT user_id FROM erased_users)",
+            " WHERE received_at > %s AND received_at <= %s",
             (start, until),
         )
+        # Users whose erasure was requested are skipped: their events may not be deleted
+        # yet, and materializing them would bring their keys back. The list holds keyed
+        # hashes, so the affected users are hashed here and the erased ones dropped.
+        erased = suppression.load(self.conn, erasure_hash_key)
+        if erased.hashes:
+            affected = [user for (user,) in self.conn.execute("SELECT id FROM affected_users")]
+            gone = sorted(erased.among(affected))
+            if gone:
+                self.conn.execute("DELETE FROM affected_users WHERE id = ANY (%s)", (gone,))
         self.conn.execute(
             "CREATE TEMP TABLE affected_items ON COMMIT DROP AS SELECT DISTINCT item_id AS id FROM events"
             " WHERE received_at > %s AND received_at <= %s",

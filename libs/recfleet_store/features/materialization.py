@@ -57,16 +57,23 @@ def window_start(watermark: datetime | None, since: datetime | None, full: bool)
 
 
 def materialize(
-    pg_dsn: str, redis_url: str, since: datetime | None = None, full: bool = False, progress: bool = True
+    pg_dsn: str,
+    redis_url: str,
+    since: datetime | None = None,
+    full: bool = False,
+    progress: bool = True,
+    *,
+    erasure_hash_key: str,
 ) -> MaterializeReport:
-    """Fill the online store from Postgres for the window since the last run; see module doc."""
+    """Fill the online store from Postgres for the window since the last run; see module doc.
+    Users on the erasure suppression list (keyed by `erasure_hash_key`) are left out."""
     started = time.perf_counter()
     offline = OfflineBatch(pg_dsn)
     online = OnlineBatch(redis_url)
     try:
         until = offline.now()
         start = window_start(offline.watermark(), since, full)
-        n_users, n_items = offline.mark_affected(start, until)
+        n_users, n_items = offline.mark_affected(start, until, erasure_hash_key)
         n_catalog = offline.count_changed("items", start, until)
         n_profiles = offline.count_changed("user_profiles", start, until)
         bar = tqdm(

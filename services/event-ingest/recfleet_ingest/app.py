@@ -33,10 +33,11 @@ class IngestApi:
         self.service = GrpcService("event-ingest", settings, [SERVICE_NAME])
         self.producer = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
         self.pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False)
-        self.erased = ErasedUsers(settings.erased_refresh_seconds)
+        hash_key = settings.erasure_hash_key.get_secret_value()
+        self.erased = ErasedUsers(settings.erased_refresh_seconds, hash_key)
         self.servicer = EventIngestServicer(
             self.producer,
-            ErasureStore(self.pool),
+            ErasureStore(self.pool, hash_key),
             self.erased,
             settings.events_topic,
             settings.users_topic,

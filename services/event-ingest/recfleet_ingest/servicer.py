@@ -85,7 +85,7 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
                 [event_fields(e) for e in request.events],
                 datetime.now(UTC),
                 self.max_batch_events,
-                self.erased.users,
+                self.erased,
                 request_id,
             )
         except BatchTooLarge as error:
@@ -97,9 +97,6 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"no valid events in the batch: {describe(verdict.rejected)}"
             )
         events = [event for _, event in verdict.accepted]
-        if not self.producer.connected:
-            INGESTED.labels("unavailable").inc(len(events))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "event log unavailable: not connected to the broker")
         try:
             await self.producer.send(self.events_topic, [(e.user_id, e.to_json()) for e in events])
         except ProduceFailed as error:

@@ -1,7 +1,9 @@
 """event-ingest settings (env prefix RECFLEET_INGEST_), for the API and both consumers."""
 
+from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 from recfleet_runtime.settings import KafkaSettings, PostgresSettings, RedisSettings, ServiceSettings
+from recfleet_store import suppression
 
 
 class IngestSettings(ServiceSettings, PostgresSettings, RedisSettings, KafkaSettings):
@@ -18,5 +20,7 @@ class IngestSettings(ServiceSettings, PostgresSettings, RedisSettings, KafkaSett
     recent_items: int = 50
     # Seconds between reloads of the erased-users list (API and consumers).
     erased_refresh_seconds: float = 3.0
+    # Key of the erased-users list's hashes (RECFLEET_ERASURE_HASH_KEY, fleet-wide).
+    erasure_hash_key: SecretStr = suppression.key_setting()
     # Consumers: /healthz/live fails once the poll loop has not gone round for this long.
     liveness_seconds: float = 60.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -192,7 +192,7 @@ def validate_batch(
     raws: Sequence[Mapping[str, Any]],
     now: datetime,
     max_events: int,
-    erased_users: frozenset[str] | set[str] = frozenset(),
+    erased_users: Container[str] = frozenset(),
     request_id: str = "",
 ) -> BatchVerdict:
     """Validate every event of a batch; raises BatchTooLarge over the limit.

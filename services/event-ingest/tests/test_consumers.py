@@ -13,11 +13,13 @@ import psycopg
 import pytest
 import redis
 from kafka import KafkaProducer
+from pydantic import SecretStr
 from recfleet.ingest.v1 import ingest_pb2
 from recfleet_ingest import realtime, sink
 from recfleet_ingest.servicer import event_fields
 from recfleet_ingest.validation import validate_event
 from recfleet_store import keys
+from recfleet_store.suppression import user_hash
 
 from .helpers import count_rows, event, wait_until
 from .test_ingest_api import read_topic
@@ -40,7 +42,10 @@ async def test_realtime_updater_fills_seen_recent_counters_and_drops_the_cache(a
     assert (await stub.Ingest(ingest_pb2.IngestRequest(events=events), timeout=10)).accepted == 3
     # A user erased after their event reached the topic gets no features from it.
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('gone', 'r-0')")
+        conn.execute(
+            "INSERT INTO erased_users (user_hash, receipt_id) VALUES (%s, 'r-0')",
+            (user_hash(settings.erasure_hash_key.get_secret_value(), "gone"),),
+        )
     late = validate_event({"user_id": "gone", "item_id": "m1", "type": "view"}, datetime.now(UTC))
     await asyncio.to_thread(ingest.producer.send_and_wait, settings.events_topic, [("gone", late.to_json())])
 
@@ -71,6 +76,9 @@ async def test_erasure_removes_events_writes_a_tombstone_and_drops_later_events(
 
     reply = await stub.EraseUser(ingest_pb2.EraseUserRequest(user_id="eve", receipt_id="r-1"), timeout=10)
     assert reply.events_removed == 5 and reply.tombstone_written
+    # The suppression list keeps eve's keyed hash, never her id.
+    assert erased_rows(dsn) == [(None, user_hash(settings.erasure_hash_key.get_secret_value(), "eve"), "r-1")]
+    assert count_rows(dsn, "SELECT count(*) FROM erased_users e WHERE position('eve' IN e::text) > 0") == 0
     assert count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'eve'") == 0
     assert count_rows(dsn, "SELECT count(*) FROM event_ids WHERE user_id = 'eve'") == 0
     tombstones = await asyncio.to_thread(read_topic, settings.kafka_bootstrap_servers, settings.users_topic, 1)
@@ -93,6 +101,55 @@ async def test_erasure_removes_events_writes_a_tombstone_and_drops_later_events(
     )
     await asyncio.sleep(1.0)
     assert count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'eve'") == 0
+
+
+def erased_rows(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT user_id, user_hash, receipt_id FROM erased_users ORDER BY receipt_id").fetchall()
+
+
+async def test_only_the_key_that_hashed_an_erasure_matches_it(api, settings, start_role):
+    ingest, stub = api
+    dsn = settings.postgres_dsn
+    await stub.EraseUser(ingest_pb2.EraseUserRequest(user_id="eve", receipt_id="r-1"), timeout=10)
+    # A row the previous release wrote, by plain id, counts under any key until
+    # `recfleet-jobs rehash-suppression` hashes it.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('old', 'r-0')")
+
+    def late(user: str) -> tuple[str, bytes]:
+        message = ingest_pb2.Event(event_id=str(uuid.uuid4()), user_id=user, item_id="i1", type="view")
+        return user, validate_event(event_fields(message), datetime.now(UTC)).to_json()
+
+    await asyncio.to_thread(
+        ingest.producer.send_and_wait, settings.events_topic, [late("eve"), late("old"), late("bob")]
+    )
+    same_key = start_role(sink.run, settings)
+    assert await asyncio.to_thread(
+        wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'bob'") == 1
+    )
+    assert count_rows(dsn, "SELECT count(*) FROM events WHERE user_id IN ('eve', 'old')") == 0
+    same_key.close()
+
+    # A sink under another key reads the same records: eve's hash matches nothing there.
+    other = settings.model_copy(
+        update={"erasure_hash_key": SecretStr("another-erasure-hash-key"), "sink_group": f"{settings.sink_group}-b"}
+    )
+    start_role(sink.run, other)
+    assert await asyncio.to_thread(
+        wait_until, lambda: count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'eve'") == 1
+    )
+    assert count_rows(dsn, "SELECT count(*) FROM events WHERE user_id = 'old'") == 0
+
+    # The API reads the plain row as a hash as well, from its next refresh on.
+    refresh = asyncio.create_task(ingest.refresh_erased_forever())
+    try:
+        await asyncio.sleep(settings.erased_refresh_seconds * 2)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Ingest(ingest_pb2.IngestRequest(events=[event("old", "i2")]), timeout=10)
+    finally:
+        refresh.cancel()
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user erased" in raised.value.details()
 
 
 async def test_malformed_records_go_to_the_dead_letter_topic_with_the_reason(settings, start_role):

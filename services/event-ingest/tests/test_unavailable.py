@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -57,6 +59,38 @@ async def test_broker_gone_after_start_means_unavailable_not_accepted(pg_dsn, re
             await stub.Ingest(ingest_pb2.IngestRequest(events=[event(), event()]), timeout=10)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "event log unavailable" in raised.value.details()
+    finally:
+        broker.stop()
+        await stopped(api, channel)
+
+
+async def test_a_broker_restarted_without_its_state_is_written_to_again(pg_dsn, redis_url):
+    """A memory-only broker (or a cluster rebuilt from scratch) no longer knows the
+    producer's id: kafka-python's idempotent producer then sits in a fatal error. The API
+    replaces it, so once the broker is back, events are accepted again."""
+    broker = LocalBroker.start()
+    settings = make_settings(pg_dsn, redis_url, broker.bootstrap, produce_timeout_seconds=2.0)
+    create_topics(settings)
+    api, channel, ready = await started(settings, warm_up_seconds=20.0)
+    stub = ingest_pb2_grpc.EventIngestStub(channel)
+    try:
+        assert ready
+        assert (await stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)).accepted == 1
+        broker.stop()
+        broker = LocalBroker.start(port=broker.port)
+        create_topics(settings)
+        outcomes = []
+        for _ in range(10):
+            try:
+                reply = await stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE  # refused, never half-accepted
+                outcomes.append("unavailable")
+                await asyncio.sleep(0.5)
+                continue
+            outcomes.append(reply.accepted)
+            break
+        assert outcomes[-1] == 1, outcomes
     finally:
         broker.stop()
         await stopped(api, channel)

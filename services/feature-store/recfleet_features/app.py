@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Awaitable
 
 import psycopg
 import redis
 import structlog
+from psycopg_pool import PoolTimeout
 from recfleet_runtime import tracing
 from recfleet_runtime.grpcserver import GrpcService
 from recfleet_store.features import registry
@@ -21,8 +23,8 @@ log = structlog.get_logger("recfleet.features")
 
 
 class FeatureStoreApp:
-    """The feature-store process: a gRPC service that turns SERVING only while Redis and
-    Postgres both answer."""
+    """The feature-store process: a gRPC service that turns SERVING once Redis and Postgres
+    both answered, and stays SERVING while Redis (the online store) answers."""
 
     def __init__(self, settings: FeatureSettings, redis_pool_kwargs: dict | None = None):
         self.settings = settings
@@ -42,7 +44,9 @@ class FeatureStoreApp:
             max_items_per_read=settings.max_items_per_read,
             item_row_cache_size=settings.item_row_cache_size,
         )
-        self.service = GrpcService("feature-store", settings, [SERVICE_NAME])
+        # A read that cannot reach Redis or Postgres is UNAVAILABLE to the caller.
+        unavailable = (redis.ConnectionError, redis.TimeoutError, psycopg.OperationalError, PoolTimeout)
+        self.service = GrpcService("feature-store", settings, [SERVICE_NAME], unavailable=unavailable)
         add_to_server(FeatureStoreServicer(self.features), self.service.server)
         self._ready = False
 
@@ -75,15 +79,37 @@ class FeatureStoreApp:
         return True
 
     async def watch_stores(self) -> None:
-        """After warm-up, report NOT_SERVING while a store stops answering."""
+        """After warm-up, report NOT_SERVING while the online store (Redis) stops answering.
+
+        Postgres (the offline store) serves no online read: while it is away the service
+        stays SERVING, so reads go on, and only the calls that write or read it (profiles,
+        export, erasure) fail with UNAVAILABLE."""
+        offline_up = True
         while True:
             await asyncio.sleep(self.settings.store_check_seconds)
             if not self._ready:
                 continue
-            healthy = await self.stores_answer()
+            healthy = await self.online_answers()
             if healthy != self.service.health.serving:
-                log.warning("stores changed", serving=healthy)
+                log.warning("online store changed", serving=healthy)
                 await self.service.health.set_serving(healthy)
+            if await self.offline_answers() != offline_up:
+                offline_up = not offline_up
+                log.warning("offline store changed", reachable=offline_up)
+
+    async def online_answers(self) -> bool:
+        return await self._answers(self.online.ping(), "online")
+
+    async def offline_answers(self) -> bool:
+        return await self._answers(self.offline.ping(), "offline")
+
+    async def _answers(self, ping: Awaitable[object], store: str) -> bool:
+        try:
+            await asyncio.wait_for(ping, timeout=2)
+            return True
+        except (OSError, TimeoutError, redis.RedisError, psycopg.Error) as error:
+            log.warning("store check failed", store=store, error=repr(error))
+            return False
 
     async def close(self) -> None:
         await self.online.close()

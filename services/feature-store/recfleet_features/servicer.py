@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+import json
+from datetime import UTC, date
 from itertools import repeat
 from typing import Any, Never, TypeVar
+from uuid import UUID
 
 import grpc
 import orjson
@@ -184,6 +186,24 @@ async def _invalid(context: grpc.aio.ServicerContext, error: ValidationError) ->
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
+def export_json(document: dict[str, Any]) -> str:
+    """The export as JSON. orjson refuses integers beyond 64 bits, which a stored JSON
+    number such as `1e30` in an event's context reads back as; json writes them."""
+    try:
+        return orjson.dumps(document).decode()
+    except TypeError:
+        return json.dumps(document, default=_as_json, ensure_ascii=False, separators=(",", ":"))
+
+
+def _as_json(value: Any) -> str:
+    """What orjson writes for the other types an export holds: times, dates and UUIDs."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
     def __init__(self, features: FeatureService):
         self.features = features
@@ -316,7 +336,7 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
             document = await self.features.export_user(request.user_id)
         except ValidationError as error:
             return await _invalid(context, error)
-        return features_pb2.ExportUserResponse(json=orjson.dumps(document).decode())
+        return features_pb2.ExportUserResponse(json=export_json(document))
 
     async def EraseUser(
         self, request: features_pb2.EraseUserRequest, context: grpc.aio.ServicerContext

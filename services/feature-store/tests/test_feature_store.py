@@ -673,6 +673,13 @@ async def test_health_follows_redis_going_away_and_coming_back(pg_dsn):
         assert await wait_for_status(port, health_pb2.HealthCheckResponse.NOT_SERVING) == (
             health_pb2.HealthCheckResponse.NOT_SERVING
         )
+        # A read meanwhile is UNAVAILABLE (a status callers degrade on), not UNKNOWN.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await features_pb2_grpc.FeatureStoreStub(channel).GetUserFeatures(
+                    features_pb2.GetUserFeaturesRequest(user_id="u1"), timeout=5
+                )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         server = start_redis(redis_port)
         assert await wait_for_status(port, health_pb2.HealthCheckResponse.SERVING) == (
             health_pb2.HealthCheckResponse.SERVING
@@ -762,5 +769,29 @@ async def test_a_burst_larger_than_the_redis_pool_is_served_not_refused(pg_dsn, 
         assert failures == []
         assert {value_of(reply.features.values["age"]) for reply in replies} == {33}
     finally:
+        await app.service.server.stop(0)
+        await app.close()
+
+
+async def test_postgres_going_away_keeps_online_reads_serving(cuttable_pg_dsn, redis_url):
+    app = FeatureStoreApp(settings(cuttable_pg_dsn.dsn, redis_url, store_check_seconds=0.1))
+    port = await app.service.start("127.0.0.1:0")
+    watcher = asyncio.create_task(app.watch_stores())
+    try:
+        assert await app.warm_up()
+        await app.service.health.set_serving(True)
+        cuttable_pg_dsn.cut()
+        assert not await app.offline_answers()
+        await asyncio.sleep(0.5)  # several store checks
+        assert await wait_for_status(port, health_pb2.HealthCheckResponse.SERVING) == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await features_pb2_grpc.FeatureStoreStub(channel).GetUserFeatures(
+                features_pb2.GetUserFeaturesRequest(user_id=uid("u")), timeout=5
+            )
+        assert reply.vector_status in ("missing", "no-serving-model")  # answered from Redis
+    finally:
+        watcher.cancel()
         await app.service.server.stop(0)
         await app.close()

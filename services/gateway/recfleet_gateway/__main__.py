@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 from recfleet_runtime.logging import configure_logging
 
+from .rest.protocol import header_deadline_protocol
 from .settings import GatewaySettings
 
 
@@ -47,7 +48,8 @@ def main() -> None:
     try:
         # A factory string lets uvicorn start several workers, each building its own app.
         # On SIGTERM each worker drains first (see lifecycle.py), then uvicorn gives
-        # in-flight requests `grace_seconds`.
+        # in-flight requests `grace_seconds`. The HTTP protocol is uvicorn's httptools one
+        # with a deadline on each request's headers (rest/protocol.py).
         uvicorn.run(
             "recfleet_gateway.app:create_app",
             factory=True,
@@ -55,7 +57,7 @@ def main() -> None:
             host=settings.host,
             port=settings.port,
             loop="uvloop",
-            http="httptools",
+            http=header_deadline_protocol(settings.header_timeout_seconds),
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=int(settings.grace_seconds),

@@ -16,7 +16,7 @@ from recfleet_runtime import tracing
 from recfleet_runtime.heap import settle_heap
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .control.api import admin, experiments, ops, traffic
+from .control.api import admin, audit, experiments, ops, traffic
 from .gateway import Gateway
 from .lifecycle import Drain
 from .rest import problems
@@ -26,7 +26,7 @@ from .serving.api import catalog, events, health, recommendations, users
 from .settings import GatewaySettings
 
 # In this order: the order of the OpenAPI document's paths.
-ROUTERS = (recommendations, events, catalog, users, admin, ops, traffic, experiments, health)
+ROUTERS = (recommendations, events, catalog, users, admin, audit, ops, traffic, experiments, health)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -93,6 +93,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation)
     app.add_exception_handler(StarletteHTTPException, problems.handle_http)
+    # Before the routers: a concrete path's 405 for the methods only a templated route has.
+    shadowed = problems.concrete_paths_first([route for module in ROUTERS for route in module.router.routes])
+    for path, methods in shadowed.items():
+        app.router.add_route(path, problems.method_not_allowed, methods=methods, include_in_schema=False)
     for module in ROUTERS:
         app.include_router(module.router)
     app.state.drain = drain

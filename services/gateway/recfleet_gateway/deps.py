@@ -4,6 +4,7 @@ parameters."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -60,10 +61,13 @@ def reject_unknown_query(request: Request) -> None:
         )
 
 
+@functools.cache
 def authorize(scope: str, user_from: str | None = None) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the key must hold `scope`; then per-key and (when `user_from` names a
     query or path parameter) per-user rate limits apply; then unknown query parameters
-    are refused."""
+    are refused. One function per (scope, user_from), so that a router's dependency and
+    a route's parameter asking for the same run once per request (FastAPI caches a
+    dependency's answer for the request)."""
 
     async def dependency(
         request: Request,
@@ -84,6 +88,8 @@ def authorize(scope: str, user_from: str | None = None) -> Callable[..., Awaitab
     return dependency
 
 
+# The caller of an admin route, e.g. for its audit entry.
+AdminKey = Annotated[Principal, Depends(authorize("admin"))]
 _ID_RE = re.compile(ID_PATTERN)
 
 

@@ -9,15 +9,18 @@ from typing import Any, cast
 from psycopg_pool import AsyncConnectionPool
 from recfleet_runtime.canary import Gates
 from recfleet_store.postgres import open_pool
+from recfleet_store.registry import PromotionGates
 from recfleet_store.traffic import TrafficStore
 from redis.asyncio import Redis
 
 from .adapters.api_keys import ApiKeyTable
+from .adapters.audit import AuditTable
 from .adapters.erasures import ErasureTable
 from .adapters.experiments import ExperimentStore
 from .adapters.exposures import ExposureLog
 from .adapters.jobs import JobTable
 from .adapters.model_registry import Registry
+from .control.audit import AuditTrail
 from .control.jobs import JobRunner
 from .control.traffic import TrafficController
 from .downstream.fleet import Fleet
@@ -51,6 +54,7 @@ class Gateway:
     registry: Registry
     traffic: TrafficController
     experiments: ExperimentBook
+    audit: AuditTrail
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
@@ -93,29 +97,44 @@ class Gateway:
         await traffic.start()
         experiments = ExperimentBook(
             ExperimentStore(pool),
-            ExposureLog(pool, settings.exposure_flush_seconds, settings.exposure_buffer_limit),
+            ExposureLog(
+                pool,
+                settings.exposure_flush_seconds,
+                settings.exposure_buffer_limit,
+                settings.erasure_hash_key.get_secret_value(),
+            ),
             settings.experiments_refresh_seconds,
         )
         await experiments.start()
+        keys = ApiKeyStore(ApiKeyTable(pool), settings.bootstrap_admin_key, settings.api_key_cache_seconds)
+        await keys.prime()
+        recommender = Recommender(
+            settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow, experiments
+        )
+        await recommender.start()
         return cls(
             settings=settings,
             fleet=fleet,
             redis=redis,
             pool=pool,
-            keys=ApiKeyStore(ApiKeyTable(pool), settings.bootstrap_admin_key, settings.api_key_cache_seconds),
+            keys=keys,
             limiter=limiter,
             cache=cache,
-            recommender=Recommender(
-                settings, fleet, cache, CursorCodec(settings.cursor_secret), traffic.shadow, experiments
-            ),
+            recommender=recommender,
             erasures=ErasureService(ErasureTable(pool), fleet, cache, limiter, experiments.exposures),
             jobs=JobRunner(JobTable(pool), settings.jobs_command or None, settings.job_output_limit_bytes),
-            registry=Registry(settings.postgres_dsn, settings.redis_url),
+            registry=Registry(
+                settings.postgres_dsn,
+                settings.redis_url,
+                PromotionGates(fleet.candidate_gen.shard_count, settings.promotion_max_regression),
+            ),
             traffic=traffic,
             experiments=experiments,
+            audit=AuditTrail(AuditTable(pool)),
         )
 
     async def close(self) -> None:
+        await self.recommender.stop()
         await self.traffic.stop()
         await self.experiments.stop()
         await self.erasures.drain()

@@ -1,8 +1,9 @@
 """Gateway settings (env prefix RECFLEET_GATEWAY_)."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 from recfleet_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings, shared
+from recfleet_store import registry, suppression
 
 
 class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
@@ -43,6 +44,10 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # Seconds each part of a request body may take to arrive; a client slower than that
     # is answered 408 and its connection closed, so it cannot hold a request slot.
     body_timeout_seconds: float = Field(10.0, gt=0)
+    # Seconds a request's line and headers may take to arrive, counted from its first byte
+    # (a connection's first request: from the connection); a client slower than that is
+    # answered 408 and its connection closed, so it cannot hold a connection open.
+    header_timeout_seconds: float = Field(10.0, gt=0)
     # Canary tracks (issue 7): empty targets mean no canary; the weight is the percent of
     # users (sticky by user id) routed to the canary.
     feature_store_canary_target: str = ""
@@ -89,3 +94,10 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     experiments_refresh_seconds: float = 5.0
     exposure_flush_seconds: float = 1.0
     exposure_buffer_limit: int = 100_000
+    # Key of the erased-users list's hashes (RECFLEET_ERASURE_HASH_KEY, fleet-wide): the
+    # exposure log leaves out users on the list.
+    erasure_hash_key: SecretStr = suppression.key_setting()
+    # Promotion refuses a version whose main validation metric is more than this much
+    # (absolute) below the serving version's, unless forced (RECFLEET_PROMOTION_MAX_REGRESSION,
+    # the jobs' too). The index gate uses the shard count of candidate_gen_targets.
+    promotion_max_regression: float = registry.max_regression_setting()

@@ -79,6 +79,8 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
         super().__init__()
         self.shard = shard
         self.items = [i for i in ITEMS if shard_of(i, shard_count) == shard]
+        # The ALS version this shard serves (`ScriptedFleet.serve_version` moves the fleet).
+        self.model_version = MODEL_VERSION
 
     def _top(self, query, k, exclude) -> list[common_pb2.ScoredItem]:
         scored = [(dot(query, vector_of(i)), i) for i in self.items if i not in exclude]
@@ -87,15 +89,17 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
 
     async def Retrieve(self, request, context):
         await self.enter(context, "Retrieve")
-        if request.model_version and request.model_version != MODEL_VERSION:
+        if request.model_version and request.model_version != self.model_version:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "other model version")
         items = self._top(list(request.query_vector), request.k, set(request.exclude_item_ids))
         if request.packed:
             packed = common_pb2.ScoredItemList(
                 item_ids=[i.item_id for i in items], scores=[i.score for i in items], sources=[i.source for i in items]
             )
-            return candidates_pb2.RetrieveResponse(packed_items=packed, shard=self.shard, model_version=MODEL_VERSION)
-        return candidates_pb2.RetrieveResponse(items=items, shard=self.shard, model_version=MODEL_VERSION)
+            return candidates_pb2.RetrieveResponse(
+                packed_items=packed, shard=self.shard, model_version=self.model_version
+            )
+        return candidates_pb2.RetrieveResponse(items=items, shard=self.shard, model_version=self.model_version)
 
     async def RetrieveBatch(self, request, context):
         await self.enter_batch(context, "RetrieveBatch")
@@ -129,10 +133,14 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
 
 class ScriptedFeatureStore(Scripted, features_pb2_grpc.FeatureStoreServicer):
     """Users: `warm-*` have a vector and 10 interactions (seen m1, m2; `warm-old-*` with a
-    vector of an older model version); others are cold with whatever profile was put."""
+    vector of an older model version); `stale-*` have 10 interactions and vectors of an
+    older model version only, so none comes back; others are cold with whatever profile
+    was put."""
 
     def __init__(self):
         super().__init__()
+        # The serving ALS version: the version of the vectors `warm-*` users get.
+        self.model_version = MODEL_VERSION
         # Seconds GetUserFeatures waits before answering.
         self.user_features_delay = 0.0
         self.profiles: dict[str, features_pb2.UserProfile] = {}
@@ -157,9 +165,13 @@ class ScriptedFeatureStore(Scripted, features_pb2_grpc.FeatureStoreServicer):
             constraints.seen_item_ids.extend(["m1", "m2"])
             values["interaction_count"] = features_pb2.FeatureValue(number=10)
             # `warm-old-*` users carry a vector of a version no shard serves any more.
-            version = "als-20261001T000000Z" if user_id.startswith("warm-old-") else MODEL_VERSION
+            version = "als-20261001T000000Z" if user_id.startswith("warm-old-") else self.model_version
             reply.user_vector.CopyFrom(common_pb2.Vector(values=vector_of(user_id), model_version=version))
             reply.vector_status = ""
+            reply.interaction_count = 10
+        if user_id.startswith("stale-"):
+            values["interaction_count"] = features_pb2.FeatureValue(number=10)
+            reply.vector_status = "version-mismatch:als-20261001T000000Z"
             reply.interaction_count = 10
         reply.constraints.CopyFrom(constraints)
         reply.features.CopyFrom(features_pb2.FeatureRow(entity_id=user_id, values=values))
@@ -390,6 +402,12 @@ class ScriptedFleet:
     def servers(self) -> list[ScriptedServer]:
         extra = [s for s in (self.features_canary, self.ranking_canary, self.ingest_canary) if s is not None]
         return [*self.shards, self.features, self.ranking, self.ingest, *self.shard_canaries, *extra]
+
+    def serve_version(self, version: str) -> None:
+        """Every shard serves ALS `version`, and `warm-*` users get vectors of it."""
+        for server in [*self.shards, *self.shard_canaries, self.features, self.features_canary]:
+            if server is not None:
+                server.servicer.model_version = version
 
     async def start(self) -> None:
         for server in self.servers():

@@ -4,6 +4,7 @@ operations endpoints and the OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import pytest
@@ -26,7 +27,7 @@ async def test_unknown_query_parameter_is_named(client):
         ({"user_id": "bad id"}, "query.user_id"),
         ({"user_id": "x" * 129}, "query.user_id"),
         ({}, "query.user_id"),
-        ({"user_id": "u1", "exclude": "ok,not ok"}, "query.exclude"),
+        ({"user_id": "u1", "exclude": "ok,not ok"}, "query.exclude[0]"),
     ],
 )
 async def test_validation_errors_are_400_with_field_paths(client, params, field):
@@ -51,6 +52,67 @@ async def test_unknown_route_and_method_are_problems(client):
     reply = await client.delete("/admin/v1/experiments")
     assert_problem(reply, 405)
     assert reply.headers["Allow"] == "GET, POST"
+
+
+async def test_a_concrete_path_is_never_served_by_a_templated_one(client):
+    # `/admin/v1/api-keys/bootstrap` is a path of its own: DELETE there is not a revocation
+    # of a key called "bootstrap" (`/admin/v1/api-keys/{key_id}`), as OpenAPI reads it.
+    reply = await client.delete("/admin/v1/api-keys/bootstrap")
+    assert_problem(reply, 405)
+    assert reply.headers["Allow"] == "GET"
+    reply = await client.patch("/admin/v1/api-keys/bootstrap")
+    assert reply.headers["Allow"] == "GET"
+    assert (await client.get("/admin/v1/api-keys/bootstrap")).status_code == 200
+    assert_problem(await client.delete("/admin/v1/api-keys/key_missing"), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("PUT", "/v1/items/m1", {"age_rating": False}, "body.age_rating"),
+        ("PUT", "/v1/items/m1", {"available": 0}, "body.available"),
+        ("PUT", "/v1/items/m1", {"title": "a\x00b"}, "body.title"),
+        ("PUT", "/v1/items/m1", {"tags": ["  "]}, "body.tags[0]"),
+        ("PUT", "/v1/items/m1", {"published_at": 1_700_000_000}, "body.published_at"),
+        ("PUT", "/v1/items/m1", {"published_at": "2026-01-01T00:00:00"}, "body.published_at"),
+        ("POST", "/v1/items:batch", {"items": [{"item_id": "m1", "age_rating": False}]}, "body.items[0].age_rating"),
+        ("PUT", "/v1/users/u1/profile", {"age": False}, "body.age"),
+        ("PUT", "/v1/users/u1/profile", {"age": 20.5}, "body.age"),
+        ("PUT", "/v1/users/u1/profile", {"liked_items": ["m1"] * 101}, "body.liked_items"),
+        ("PUT", "/admin/v1/traffic/ranking", {"weight": True}, "body.weight"),
+        ("PUT", "/admin/v1/traffic/ranking", {"weight": 0, "shadow_percent": False}, "body.shadow_percent"),
+    ],
+)
+async def test_types_are_strict(client, method, path, body, field):
+    problem = assert_problem(await client.request(method, path, json=body), 400)
+    assert field in [error["field"] for error in problem["errors"]], problem
+
+
+async def test_an_integral_number_is_an_integer_as_in_json_schema(client):
+    reply = await client.put("/admin/v1/traffic/ranking", json={"weight": 0.0, "shadow_percent": 0})
+    assert reply.status_code == 200, reply.text
+    reply = await client.put("/v1/users/u1/profile", json={"age": 20.0})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["age"] == 20
+
+
+async def test_a_batch_naming_one_item_twice_stores_the_later(client, fleet):
+    items = [{"item_id": "twice-1", "title": "first"}, {"item_id": "twice-1", "title": "second"}]
+    reply = await client.post("/v1/items:batch", json={"items": items})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"upserted": 1, "created": 1}
+    assert fleet.features.servicer.items["twice-1"].title == "second"
+
+
+@pytest.mark.parametrize(
+    ("cursor", "detail"),
+    [("eyJkIjoiIn0", "the cursor is not one this API issued"), ("not a cursor!", "invalid request: query.cursor")],
+)
+async def test_a_cursor_this_api_did_not_issue_is_a_400_naming_it(client, cursor, detail):
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-1", "cursor": cursor})
+    body = assert_problem(reply, 400)
+    assert body["detail"] == detail
+    assert [error["field"] for error in body["errors"]] == ["query.cursor"]
 
 
 async def test_body_over_one_mebibyte_is_413(client):
@@ -248,6 +310,16 @@ async def test_openapi_documents_every_status_with_a_schema(anonymous):
                 assert content[media_type].get("schema"), (method, path, status)
             if path.startswith("/v1/"):
                 assert {"400", "401", "403", "429"} <= set(responses), (method, path)
+    # OpenAPI counts paths that differ only in a parameter's name as one path.
+    templates = [re.sub(r"\{[^}]+\}", "{}", path) for path in schema["paths"]]
+    assert len(templates) == len(set(templates))
+    cursor = next(p for p in schema["paths"]["/v1/recommendations"]["get"]["parameters"] if p["name"] == "cursor")
+    assert cursor["schema"]["anyOf"][0] == {"type": "string", "maxLength": 2048, "pattern": "^[A-Za-z0-9_-]*$"}
+    events = schema["components"]["schemas"]["EventBatch"]["properties"]["events"]
+    assert events["items"]["oneOf"] == [
+        {"$ref": "#/components/schemas/InteractionEvent"},
+        {"$ref": "#/components/schemas/RatingEvent"},
+    ]
 
 
 async def test_bootstrap_key_is_the_configured_one(anonymous):
@@ -264,3 +336,20 @@ async def test_waiting_retry_after_is_enough(gateway_settings):
         assert_problem(reply, 429)
         await asyncio.sleep(int(reply.headers["Retry-After"]))
         assert (await http.get("/v1/recommendations", params=params)).status_code == 200
+
+
+def test_a_body_with_an_integer_beyond_64_bits_is_still_json():
+    """A JSON number such as 1e30 in an event's context reads back from Postgres as an
+    integer orjson refuses; an export holding it is answered all the same."""
+    import json
+    from datetime import UTC, datetime
+
+    from recfleet_gateway.rest.responses import JSONBody
+
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    body = JSONBody({"context": {"n": 10**30}, "at": moment, "id": uuid.UUID(int=1)}).body
+    assert json.loads(body) == {
+        "context": {"n": 10**30},
+        "at": "2026-01-02T03:04:05.000006+00:00",
+        "id": "00000000-0000-0000-0000-000000000001",
+    }

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from gateway_test_support import ADMIN_KEY, assert_problem
+from recfleet_store.suppression import user_hash
 
 CONTROL_TREATMENT = [
     {"name": "control", "share": 0.5, "ranker_version": "rules"},
@@ -319,7 +320,10 @@ async def test_erasure_removes_exposures_and_erased_users_are_not_written(client
     # A user erased elsewhere (another replica, event-ingest) while an exposure waits in
     # this replica's buffer: the flush leaves it out.
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('erased-elsewhere', 'er_x')")
+        conn.execute(
+            "INSERT INTO erased_users (user_hash, receipt_id) VALUES (%s, 'er_x')",
+            (user_hash(app.state.gateway.settings.erasure_hash_key.get_secret_value(), "erased-elsewhere"),),
+        )
     try:
         await client.get("/v1/recommendations", params={"user_id": "erased-elsewhere"})
         await client.get("/v1/recommendations", params={"user_id": "still-here"})
@@ -328,4 +332,4 @@ async def test_erasure_removes_exposures_and_erased_users_are_not_written(client
         assert [r[2] for r in rows] == ["still-here"]
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute("DELETE FROM erased_users WHERE user_id = 'erased-elsewhere'")
+            conn.execute("DELETE FROM erased_users WHERE receipt_id = 'er_x'")

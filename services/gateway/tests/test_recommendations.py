@@ -181,9 +181,11 @@ async def test_feature_store_timeout_gives_defaults_and_says_so(app, client, fle
 
 
 async def test_everything_down_is_a_503_problem(client, fleet):
+    """With ranking and the feature store down, only a popular list the gateway remembers
+    can answer: for a category it never read there is none."""
     await fleet.features.stop()
     await fleet.ranking.stop()
-    reply = await client.get("/v1/recommendations", params={"user_id": "warm-9"})
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-9", "category": "never-read"})
     assert reply.status_code == 503
     assert reply.headers["content-type"] == "application/problem+json"
     body = reply.json()
@@ -316,6 +318,20 @@ async def test_the_last_rung_remembers_popular_items_when_the_feature_store_is_d
     assert reply.status_code == 200, body
     assert body["served_by"] == "popular"
     assert "popular-from-memory" in body["degraded"]
+    assert len(body["items"]) == 5
+
+
+async def test_the_last_rung_answers_with_no_popular_request_before_the_outage(client, fleet):
+    """The gateway reads the popular list at start (and again every 30 s): a store outage
+    that comes before anyone asked for popular items still leaves the last rung standing."""
+    import grpc
+
+    fleet.ranking.servicer.failing = grpc.StatusCode.UNAVAILABLE
+    fleet.features.servicer.failing = grpc.StatusCode.UNAVAILABLE
+    reply = await client.get("/v1/recommendations", params={"user_id": "warm-23", "limit": 5})
+    body = reply.json()
+    assert reply.status_code == 200, body
+    assert body["served_by"] == "popular" and "popular-from-memory" in body["degraded"]
     assert len(body["items"]) == 5
 
 

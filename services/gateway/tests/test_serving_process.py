@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -41,6 +42,7 @@ def gateway_env(fleet, pg_dsn: str, redis_url: str, port: int, metrics_port: int
             "RECFLEET_GATEWAY_RANKING_TIMEOUT": "2",
             "RECFLEET_GATEWAY_MAX_IN_FLIGHT": "0",
             "RECFLEET_GATEWAY_BODY_TIMEOUT_SECONDS": "1",
+            "RECFLEET_GATEWAY_HEADER_TIMEOUT_SECONDS": "1.5",
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         }
     )
@@ -146,18 +148,43 @@ async def test_sigterm_drains_under_load_without_failing_a_request(gateway_proce
     assert exit_code == 0
 
 
+async def connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, pause: float) -> None:
+    """Sends `data` a byte at a time, `pause` seconds apart, as a slowloris client does."""
+    with contextlib.suppress(ConnectionError):  # the gateway may hang up first
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(pause)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response of a keep-alive connection: its head and its body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+    length = int(re.findall(rb"(?im)^content-length: *(\d+)", head)[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 20)
+
+
+def slow_clients(metrics: str, phase: str) -> float:
+    pattern = re.compile(rf'^recfleet_gateway_slow_clients_total\{{phase="{phase}"\}} (\S+)$', re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(metrics))
+
+
 async def post_raw(url: str, head: bytes, body_parts: list[bytes]) -> tuple[bytes, asyncio.StreamWriter]:
     """Sends a request's head and body parts over a raw connection, as a slow or endless
     client would; returns what the gateway answered and the connection."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(url)
     writer.write(head)
     with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # it may answer and close first
         for part in body_parts:
             writer.write(part)
             await writer.drain()
-    answer = await asyncio.wait_for(reader.read(65536), 20)
-    return answer, writer
+    answer_head, answer_body = await read_response(reader)
+    return answer_head + answer_body, writer
 
 
 def events_head(extra: str) -> bytes:
@@ -168,13 +195,14 @@ def events_head(extra: str) -> bytes:
 
 
 async def test_a_body_that_never_finishes_is_answered_408_and_holds_nothing(gateway_process):
-    _, url, _, _ = gateway_process
+    _, url, metrics_url, _ = gateway_process
     slow = asyncio.create_task(post_raw(url, events_head("Content-Length: 1000\r\n"), [b'{"events": [']))
     # While that client sits on its body, the gateway serves everyone else.
     async with httpx.AsyncClient(timeout=5, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
         assert (await http.get(f"{url}/v1/popular")).status_code == 200
-    answer, writer = await slow
-    writer.close()
+        answer, writer = await slow
+        writer.close()
+        assert slow_clients((await http.get(metrics_url)).text, "body") == 1
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"application/problem+json" in answer and b"did not arrive within 1 s" in answer
 
@@ -187,3 +215,58 @@ async def test_an_endless_chunked_body_is_cut_at_the_size_limit(gateway_process)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"application/problem+json" in answer
+
+
+async def test_headers_sent_a_byte_a_second_are_answered_408_and_the_gateway_serves_on(gateway_process):
+    _, url, metrics_url, _ = gateway_process
+    reader, writer = await connect(url)
+    # Sixty bytes at one a second would take a minute; the gateway allows 1.5 s.
+    partial_head = b"GET /v1/popular HTTP/1.1\r\nHost: gateway\r\nX-Pad: " + b"x" * 30
+    sender = asyncio.create_task(trickle(writer, partial_head, 1))
+    try:
+        answer = await asyncio.wait_for(reader.read(), 20)  # to the end: answered, then closed
+    finally:
+        sender.cancel()
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout"), answer[:300]
+    assert b"connection: close" in head.lower() and b"application/problem+json" in head
+    problem = json.loads(body)
+    assert problem["detail"] == "the request headers did not arrive within 1.5 s"
+    assert problem["title"] == "Request Timeout" and problem["request_id"]
+    async with httpx.AsyncClient(timeout=5, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+        assert (await http.get(f"{url}/v1/popular")).status_code == 200
+        assert slow_clients((await http.get(metrics_url)).text, "headers") == 1
+
+
+async def test_headers_sent_slowly_but_within_the_timeout_are_served(gateway_process):
+    _, url, _, _ = gateway_process
+    reader, writer = await connect(url)
+    head = b"GET /healthz/live HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n"
+    for start in range(0, len(head), 16):  # four parts, a fifth of a second apart
+        writer.write(head[start : start + 16])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+    answer = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+async def test_an_idle_keep_alive_connection_is_closed_without_a_408(gateway_process):
+    _, url, _, _ = gateway_process
+    reader, writer = await connect(url)
+    writer.write(b"GET /healthz/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    head, _ = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    # Idle past the header timeout: uvicorn's keep-alive timeout (5 s) closes it, unanswered.
+    rest = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    assert rest == b""
+
+
+async def test_a_connection_that_sends_nothing_is_closed_without_an_answer(gateway_process):
+    _, url, _, _ = gateway_process
+    reader, writer = await connect(url)
+    rest = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    assert rest == b""

@@ -20,37 +20,52 @@ async def wait_for(client, path: str, done, timeout: float = 10.0) -> dict:
         await asyncio.sleep(0.05)
 
 
-async def test_events_202_with_per_index_rejections(client, fleet):
+async def test_events_202_with_what_event_ingest_refused_per_index(client, fleet):
     events = [
         {"user_id": "u1", "item_id": "m1", "type": "click", "timestamp": "2026-11-23T10:00:00Z", "context": {"a": 1}},
-        {"user_id": "u1", "item_id": "m2", "type": "teleport"},
         {"user_id": "u1", "item_id": "unknown-7", "type": "view"},
-        {"user_id": "u 2", "item_id": "m3", "type": "view"},
-        {"user_id": "u2", "item_id": "m3", "type": "rating", "value": 4.5, "event_id": "not-a-uuid"},
-        {"user_id": "u2", "item_id": "m4", "type": "like", "timestamp": "2026-11-23T10:00:00"},
         {"user_id": "u3", "item_id": "m5", "type": "purchase", "value": 9.99},
     ]
     reply = await client.post("/v1/events", json={"events": events})
     assert reply.status_code == 202, reply.text
     body = reply.json()
     assert body["accepted"] == 2
-    rejected = {r["index"]: r["error"] for r in body["rejected"]}
-    assert sorted(rejected) == [1, 2, 3, 4, 5]
-    assert rejected[1].startswith("type:")
-    assert rejected[2] == "item_id: unknown item"
-    assert rejected[3].startswith("user_id:")
-    assert rejected[4] == "event_id: must be a UUID"
-    assert "offset" in rejected[5]
+    assert body["rejected"] == [{"index": 1, "error": "item_id: unknown item"}]
     sent = fleet.ingest.servicer.events
     assert [(e.user_id, e.item_id) for e in sent] == [("u1", "m1"), ("u3", "m5")]
     assert sent[0].context["a"] == 1 and sent[0].timestamp.seconds > 0
     assert sent[1].value == 9.99
 
 
-async def test_events_only_bad_is_400(client):
-    reply = await client.post("/v1/events", json={"events": [{"user_id": "u1", "type": "view"}, {"item_id": "x"}]})
+async def test_events_all_refused_by_event_ingest_is_400_naming_each(client, fleet):
+    reply = await client.post(
+        "/v1/events", json={"events": [{"user_id": "u1", "item_id": "unknown-1", "type": "view"}]}
+    )
     body = assert_problem(reply, 400)
-    assert [e["field"] for e in body["errors"]] == ["body.events[0]", "body.events[1]"]
+    assert body["errors"] == [{"field": "body.events[0]", "message": "item_id: unknown item"}]
+
+
+async def test_events_breaking_the_schema_refuse_the_batch_naming_every_field(client, fleet):
+    events = [
+        {"user_id": "u1", "item_id": "m1", "type": "click"},
+        {"user_id": "u1", "item_id": "m2", "type": "teleport"},
+        {"user_id": "u 2", "item_id": "m3", "type": "view"},
+        {"user_id": "u2", "item_id": "m3", "type": "rating", "value": 4.5, "event_id": "not-a-uuid"},
+        {"user_id": "u2", "item_id": "m4", "type": "like", "timestamp": "2026-11-23T10:00:00"},
+        {"user_id": "u2", "item_id": "m4", "type": "rating"},
+        {"user_id": "u2", "item_id": "m4", "type": "view", "value": True},
+    ]
+    body = assert_problem(await client.post("/v1/events", json={"events": events}), 400)
+    assert [e["field"] for e in body["errors"]] == [
+        "body.events[1]",
+        "body.events[2].event.user_id",
+        "body.events[3].rating.event_id",
+        "body.events[4].event.timestamp",
+        "body.events[5].rating.value",
+        "body.events[6].event.value",
+    ]
+    assert "offset" in body["errors"][3]["message"]
+    assert fleet.ingest.servicer.events == []
 
 
 async def test_events_batch_limits(client):
@@ -142,10 +157,19 @@ async def test_models_list_promote_rollback(client, pg_dsn, redis_url):
     with psycopg.connect(pg_dsn) as conn:
         for version in ("als-20260101T000000Z-t1", "als-20260102T000000Z-t2"):
             registry.register_version(conn, version, "als", f"models/als/{version}/", {}, {})
+            registry.record_index(
+                conn, version, shard_count=2, index_type="flat", dimension=4, item_count=60, built_at="2026-01-02"
+            )
     first = await client.post("/admin/v1/models/als/promote", json={"version": "als-20260101T000000Z-t1"})
     assert first.status_code == 200, first.text
     second = (await client.post("/admin/v1/models/als/promote", json={"version": "als-20260102T000000Z-t2"})).json()
-    assert second == {"kind": "als", "serving": "als-20260102T000000Z-t2", "previous": "als-20260101T000000Z-t1"}
+    assert second == {
+        "kind": "als",
+        "serving": "als-20260102T000000Z-t2",
+        "previous": "als-20260101T000000Z-t1",
+        "forced": False,
+        "overridden": [],
+    }
     listed = (await client.get("/admin/v1/models")).json()
     assert listed["serving"]["als"] == "als-20260102T000000Z-t2"
     assert redis.Redis.from_url(redis_url).get(keys.SERVING_VERSION) == b"als-20260102T000000Z-t2"

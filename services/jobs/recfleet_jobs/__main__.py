@@ -20,6 +20,7 @@ JOB_MODULES = (
     "recfleet_jobs.registry",
     "recfleet_jobs.partitions",
     "recfleet_jobs.topics",
+    "recfleet_jobs.erasure",
 )
 
 app = typer.Typer(help="recfleet batch jobs", no_args_is_help=True, add_completion=False)

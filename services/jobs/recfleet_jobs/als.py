@@ -1,10 +1,14 @@
 """`recfleet-jobs train-als`: train ALS on the event log and publish a model version.
 
-One run writes, in this order: the version's files into the artifact store
-(`models/als/<version>/`, docs/CONTRACTS.md; `checksums.json` last, so a reader that
-finds it finds every file), the user vectors into Postgres `user_vectors` and Redis
-`rf:uv:{<user>}` (field = version), then the registry row (`candidate`), and with
-`--promote` the promotion. The last stdout line is `version=<version>`.
+Unless `--tune-seconds 0`, the run first searches the hyper-parameters on a validation
+split carved from the event log (each user's most recent items; recfleet_models.tuning)
+within the time budget, with a progress bar on stderr; options given on the command line
+are not searched. One run then writes, in this order: the version's files into the
+artifact store (`models/als/<version>/`, docs/CONTRACTS.md; `checksums.json` last, so a
+reader that finds it finds every file), the user vectors into Postgres `user_vectors`
+and Redis `rf:uv:{<user>}` (field = version), then the registry row (`candidate`, with
+the chosen parameters and, under `metrics.tuning`, the validation NDCG of every point
+tried), and with `--promote` the promotion. The last stdout line is `version=<version>`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,10 +26,21 @@ import numpy as np
 import psycopg
 import redis
 import typer
-from recfleet_models.als import WEIGHTINGS, AlsModel, ALSParams, build_interaction_matrix, fit_als
+from recfleet_models.als import (
+    DEFAULT_EVENT_WEIGHTS,
+    DEFAULT_VALUE_TRANSFORMS,
+    WEIGHTINGS,
+    AlsModel,
+    ALSParams,
+    build_interaction_matrix,
+    build_interaction_times,
+    fit_als,
+)
 from recfleet_models.evaluation import holdout_metrics
-from recfleet_store import keys, registry
+from recfleet_models.tuning import HOLDOUTS, SearchSpace, Trial, TuningResult, tune_als
+from recfleet_store import keys, registry, suppression
 from recfleet_store.artifacts import ArtifactStore, open_artifact_store, sha256
+from tqdm import tqdm
 
 from .settings import JobSettings
 
@@ -30,24 +48,45 @@ _REDIS_CHUNK = 1000
 _PG_CHUNK = 5000
 
 
-def read_interactions(conn: psycopg.Connection) -> tuple[list[str], list[str], list[str], list[float | None]]:
-    """(users, items, types, values) of every event, erased users left out."""
+@dataclass(frozen=True)
+class EventLog:
+    """Every event train-als reads, as parallel lists (times in epoch seconds)."""
+
+    users: list[str]
+    items: list[str]
+    types: list[str]
+    values: list[float | None]
+    times: list[float]
+
+
+def read_interactions(conn: psycopg.Connection, erasure_hash_key: str) -> EventLog:
+    """Every event, erased users left out (their events are deleted at erasure; this
+    covers an erasure racing the run)."""
     users: list[str] = []
     items: list[str] = []
     types: list[str] = []
     values: list[float | None] = []
-    with conn.transaction(), conn.cursor(name="als_events") as cursor:
-        cursor.itersize = 50_000
-        cursor.execute(
-            "SELECT e.user_id, e.item_id, e.type, e.value FROM events e"
-            " WHERE NOT EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = e.user_id)"
-        )
-        for user, item, event_type, value in cursor:
-            users.append(user)
-            items.append(item)
-            types.append(event_type)
-            values.append(value)
-    return users, items, types, values
+    times: list[float] = []
+    with conn.transaction():
+        erased = suppression.load(conn, erasure_hash_key)
+        with conn.cursor(name="als_events") as cursor:
+            cursor.itersize = 50_000
+            cursor.execute(
+                "SELECT e.user_id, e.item_id, e.type, e.value, extract(epoch FROM e.ts)::float8 FROM events e"
+            )
+            for user, item, event_type, value, ts in cursor:
+                users.append(user)
+                items.append(item)
+                types.append(event_type)
+                values.append(value)
+                times.append(ts)
+    gone = erased.among(users)
+    if gone:
+        kept = [i for i, user in enumerate(users) if user not in gone]
+        users, items = [users[i] for i in kept], [items[i] for i in kept]
+        types, values = [types[i] for i in kept], [values[i] for i in kept]
+        times = [times[i] for i in kept]
+    return EventLog(users, items, types, values, times)
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -91,15 +130,13 @@ def load_model(store: ArtifactStore, version: str) -> AlsModel:
             raise ValueError(f"ALS version {version!r}: {name} does not match its checksum")
         blobs[name] = data
     meta = json.loads(blobs["meta.json"])
-    params = ALSParams(
-        factors=meta["factors"],
-        iterations=meta["iterations"],
-        regularization=meta["regularization"],
-        alpha=meta["alpha"],
-        event_weights=meta.get("event_weights", {}),
-        rating_offset=meta.get("rating_offset", 2.5),
-        weighting=meta.get("weighting", "none"),
-    )
+    known = {f.name for f in fields(ALSParams)}
+    given = {key: value for key, value in meta.items() if key in known}
+    # Versions from before ratings had a weight and other values a transform: ratings
+    # counted by their stars, every other value was ignored.
+    given["event_weights"] = {**DEFAULT_EVENT_WEIGHTS, **meta.get("event_weights", {})}
+    given.setdefault("value_transforms", {"rating": "rating"})
+    params = ALSParams(**given)
     return AlsModel(
         np.load(io.BytesIO(blobs["user_factors.npy"])).astype(np.float32),
         np.load(io.BytesIO(blobs["item_factors.npy"])).astype(np.float32),
@@ -146,19 +183,119 @@ def settings_params(settings: JobSettings, **given: Any) -> ALSParams:
         "alpha": settings.als_alpha,
         "rating_offset": settings.als_rating_offset,
         "weighting": settings.als_weighting,
+        "value_transforms": {**DEFAULT_VALUE_TRANSFORMS, **settings.als_value_transforms},
     }
     return ALSParams(**{**base, **chosen})
 
 
+@dataclass(frozen=True)
+class TuningPlan:
+    """How a run searches ALS hyper-parameters (`recfleet_models.tuning.tune_als`)."""
+
+    seconds: float
+    max_trials: int
+    holdout: str
+    min_gain_se: float
+    space: SearchSpace
+
+    def __post_init__(self) -> None:
+        if self.seconds < 0 or self.max_trials < 0:
+            raise ValueError("the tuning budget (seconds, points) must be >= 0")
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"the tuning holdout must be one of {', '.join(HOLDOUTS)}, got {self.holdout!r}")
+
+    @property
+    def off(self) -> bool:
+        return self.seconds == 0 or self.max_trials == 0
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of `tune_als` (with `budget_seconds`)."""
+        return {"max_trials": self.max_trials, "min_gain_se": self.min_gain_se, "space": self.space}
+
+
+def tuning_plan(
+    settings: JobSettings,
+    seconds: float | None = None,
+    max_trials: int | None = None,
+    holdout: str | None = None,
+    **pinned: Any,
+) -> TuningPlan:
+    """Command-line values over the RECFLEET_JOBS_ALS_TUNE_* settings; `pinned` axes
+    (factors, regularization, alpha, weighting given on the command line) are not searched."""
+    return TuningPlan(
+        settings.als_tune_seconds if seconds is None else seconds,
+        settings.als_tune_max_trials if max_trials is None else max_trials,
+        holdout or settings.als_tune_holdout,
+        settings.als_tune_min_gain_se,
+        SearchSpace().pinned(**pinned),
+    )
+
+
+@contextmanager
+def tuning_progress(plan: TuningPlan, enabled: bool = True) -> Iterator[Callable[[Trial, int], None]]:
+    """A tqdm bar on stderr (points tried out of the cap, ETA, best validation NDCG so
+    far) and the callback that moves it."""
+    best = 0.0
+    with tqdm(
+        total=plan.max_trials,
+        desc=f"tuning ALS (budget {plan.seconds:g}s)",
+        unit="point",
+        # None: only on a terminal (CronJob logs get the summary line, not a bar).
+        disable=None if enabled else True,
+        leave=False,
+    ) as bar:
+
+        def on_trial(trial: Trial, number: int) -> None:
+            nonlocal best
+            best = max(best, trial.ndcg)
+            bar.update(number - bar.n)
+            bar.set_postfix_str(f"best ndcg@10 {best:.4f}, last {trial.phase} {trial.ndcg:.4f}")
+
+        yield on_trial
+
+
+def tuning_summary(result: TuningResult) -> str:
+    """One line for humans: how the search went and what it chose."""
+    if result.stopped == "off":
+        return "tuning: off (no budget: --tune-seconds 0 or --tune-trials 0); using the given parameters"
+    if not result.trials:
+        return f"tuning: skipped ({result.stopped}: {result.validation}); using the given parameters"
+    chosen = result.trial_of(result.chosen)
+    given = result.trial_of(result.given)
+    axes = ", ".join(f"{key}={value}" for key, value in result.as_dict()["chosen"].items())
+    verdict = "kept the given parameters" if result.as_dict()["kept_given"] else "changed the parameters"
+    return (
+        f"tuning: {len(result.trials)} points in {result.seconds:.1f}s ({result.stopped}) on {result.validation}; "
+        f"{verdict}: {axes}; validation ndcg@{result.k} {chosen.ndcg if chosen else float('nan'):.4f} "
+        f"(given {given.ndcg if given else float('nan'):.4f})"
+    )
+
+
 def train_and_publish(
-    settings: JobSettings, params: ALSParams, promote: bool = False, show_progress: bool = True, holdout: bool = True
+    settings: JobSettings,
+    params: ALSParams,
+    promote: bool = False,
+    show_progress: bool = True,
+    holdout: bool = True,
+    tuning: TuningPlan | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The whole job; returns the new version and its metrics."""
+    """The whole job; returns the new version and its metrics. With a `tuning` plan the
+    parameters are searched first and `params` is where the search starts."""
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        users, items, types, values = read_interactions(conn)
-        matrix, user_index, item_index = build_interaction_matrix(users, items, types, values, params)
+        log = read_interactions(conn, settings.erasure_hash_key.get_secret_value())
+        events = (log.users, log.items, log.types, log.values)
+        matrix, user_index, item_index = build_interaction_matrix(*events, params)
         if matrix.nnz == 0:
             raise ValueError("no interactions to train on (load events first, e.g. load-movielens)")
+        tuned: dict[str, Any] = {}
+        if tuning is not None:
+            recent = tuning.holdout == "recent" and not tuning.off
+            times = build_interaction_times(*events, log.times, params) if recent else None
+            with tuning_progress(tuning, show_progress) as on_trial:
+                result = tune_als(matrix, params, tuning.seconds, times=times, on_trial=on_trial, **tuning.options())
+            typer.echo(tuning_summary(result), err=True)
+            params = result.chosen
+            tuned = {"tuning": result.as_dict()}
 
         version = registry.new_version_name("als")
         offline: dict[str, Any] = {}
@@ -174,10 +311,11 @@ def train_and_publish(
             **offline,
             "train_seconds": round(model.train_seconds, 3),
             "seconds_per_iteration": round(model.train_seconds / params.iterations, 4),
-            "events": len(users),
+            "events": len(log.users),
             "interactions": int(matrix.nnz),
             "n_users": len(user_index),
             "n_items": len(item_index),
+            **tuned,
         }
         meta = {
             "version": version,
@@ -209,12 +347,25 @@ def train_and_publish(
 
 
 def train_als_command(
-    factors: int | None = typer.Option(None, min=1, help="latent factors; default RECFLEET_JOBS_ALS_FACTORS"),
+    factors: int | None = typer.Option(
+        None, min=1, help="latent factors (not searched); default RECFLEET_JOBS_ALS_FACTORS"
+    ),
     iterations: int | None = typer.Option(None, min=1, help="ALS sweeps; default RECFLEET_JOBS_ALS_ITERATIONS"),
-    regularization: float | None = typer.Option(None, min=0.0, help="L2 penalty"),
-    alpha: float | None = typer.Option(None, help="confidence scale (> 0)"),
+    regularization: float | None = typer.Option(None, min=0.0, help="L2 penalty (not searched)"),
+    alpha: float | None = typer.Option(None, help="confidence scale, > 0 (not searched)"),
     rating_offset: float | None = typer.Option(None, help="rating weight = max(0, stars - offset) + 1"),
-    weighting: str | None = typer.Option(None, help=f"one of {', '.join(WEIGHTINGS)}"),
+    weighting: str | None = typer.Option(None, help=f"one of {', '.join(WEIGHTINGS)} (not searched)"),
+    tune_seconds: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="search the other parameters this long first, 0 = off; default RECFLEET_JOBS_ALS_TUNE_SECONDS",
+    ),
+    tune_trials: int | None = typer.Option(
+        None, min=0, help="at most this many points; default RECFLEET_JOBS_ALS_TUNE_MAX_TRIALS"
+    ),
+    tune_holdout: str | None = typer.Option(
+        None, help=f"validation items: {' or '.join(HOLDOUTS)}; default RECFLEET_JOBS_ALS_TUNE_HOLDOUT"
+    ),
     promote: bool = typer.Option(False, "--promote", help="make the new version the serving one"),
     holdout: bool = typer.Option(True, help="also fit on 90% of each user's items and record holdout metrics"),
 ) -> None:
@@ -230,11 +381,21 @@ def train_als_command(
             rating_offset=rating_offset,
             weighting=weighting,
         )
+        plan = tuning_plan(
+            settings,
+            tune_seconds,
+            tune_trials,
+            tune_holdout,
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            weighting=weighting,
+        )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     started = time.perf_counter()
     try:
-        version, metrics = train_and_publish(settings, params, promote=promote, holdout=holdout)
+        version, metrics = train_and_publish(settings, params, promote=promote, holdout=holdout, tuning=plan)
     except ValueError as error:
         typer.echo(f"train-als: {error}", err=True)
         raise typer.Exit(1) from error

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import typer
 from recfleet_models.data import FORMATS, MovieLensDataset, read_movielens, unique_tags
+from recfleet_store import suppression
 from recfleet_store.postgres import ensure_database, migrate
 from tqdm import tqdm
 
@@ -65,8 +66,9 @@ def load_items(conn: psycopg.Connection, dataset: MovieLensDataset) -> int:
     return cursor.rowcount
 
 
-def load_ratings(conn: psycopg.Connection, dataset: MovieLensDataset) -> int:
-    """Insert the ratings not loaded before; returns how many were new."""
+def load_ratings(conn: psycopg.Connection, dataset: MovieLensDataset, erasure_hash_key: str) -> int:
+    """Insert the ratings not loaded before, none of an erased user; returns how many were
+    new. Call inside a transaction."""
     conn.execute(
         "CREATE TEMP TABLE load_events (event_id uuid, user_id text, item_id text, value double precision,"
         " ts timestamptz) ON COMMIT DROP"
@@ -93,21 +95,28 @@ def load_ratings(conn: psycopg.Connection, dataset: MovieLensDataset) -> int:
                 buffer.write(f"{rating_event_id(user, movie, ts)}\t{user}\t{movie}\t{value}\t{stamp}\n")
             copy.write(buffer.getvalue())
             progress.update(min(_CHUNK, len(users) - start))
+    # As the event sink does: an erasure waits for this transaction and then deletes what
+    # it loaded, and the list read now cannot change before the insert.
+    conn.execute("LOCK TABLE erased_users IN SHARE MODE")
+    erased = sorted(suppression.load(conn, erasure_hash_key).among(str(user) for user in set(users)))
     cursor = conn.execute(
         "WITH fresh AS ("
         "  INSERT INTO event_ids (event_id, user_id)"
         "  SELECT DISTINCT ON (event_id) event_id, user_id FROM load_events l"
-        "  WHERE NOT EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = l.user_id)"
+        "  WHERE l.user_id <> ALL (%s::text[])"
         "  ON CONFLICT DO NOTHING RETURNING event_id)"
         " INSERT INTO events (event_id, user_id, item_id, type, value, ts, context)"
         " SELECT DISTINCT ON (l.event_id) l.event_id, l.user_id, l.item_id, 'rating', l.value, l.ts,"
         ' \'{"source": "movielens"}\'::jsonb'
-        " FROM load_events l JOIN fresh USING (event_id)"
+        " FROM load_events l JOIN fresh USING (event_id)",
+        (erased,),
     )
     return cursor.rowcount
 
 
-def load_movielens(dsn: str, data_dir: str | Path, fmt: str = "ml-latest-small") -> dict[str, int]:
+def load_movielens(
+    dsn: str, data_dir: str | Path, erasure_hash_key: str, fmt: str = "ml-latest-small"
+) -> dict[str, int]:
     """Migrate, then load one MovieLens directory; returns counts of what changed."""
     ensure_database(dsn)
     migrate(dsn)
@@ -116,7 +125,7 @@ def load_movielens(dsn: str, data_dir: str | Path, fmt: str = "ml-latest-small")
         with conn.transaction():
             items = load_items(conn, dataset)
         with conn.transaction():
-            events = load_ratings(conn, dataset)
+            events = load_ratings(conn, dataset, erasure_hash_key)
     return {
         "movies": len(dataset.movies),
         "items_changed": items,
@@ -138,7 +147,7 @@ def load_movielens_command(
         raise typer.BadParameter(f"{path} is not a directory", param_hint="--data-dir")
     started = time.perf_counter()
     try:
-        counts = load_movielens(settings.postgres_dsn, path, fmt)
+        counts = load_movielens(settings.postgres_dsn, path, settings.erasure_hash_key.get_secret_value(), fmt)
     except (FileNotFoundError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint="--data-dir") from error
     typer.echo(

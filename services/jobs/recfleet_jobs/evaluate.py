@@ -5,9 +5,12 @@ fits a model on the train part (or loads an ALS version from the artifact store)
 prints the metrics as JSON; `--model als+ranker` is the full pipeline, ALS retrieval
 re-ranked by a LightGBM ranker trained on the train part only by the one ranker trainer
 (recfleet_models.ranking.training, the one `train-ranker` runs) with a named preset of
-its settings (recfleet_models.pipeline_eval). `tune-als` grid-searches ALS hyper-parameters on a validation
-split carved from the train part only (the test part is never looked at) and prints a
-table; `--report-test` then scores the best setting once on the test part.
+its settings (recfleet_models.pipeline_eval). The ALS models are trained as `train-als`
+trains them: hyper-parameters searched first within the same budget by the same code
+(recfleet_models.tuning) on a validation split carved from the train part, then fitted
+on the whole train part. `tune-als` grid-searches ALS hyper-parameters on the protocol's
+validation split (carved from the train part only; the test part is never looked at)
+and prints a table; `--report-test` then scores the best setting once on the test part.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
 from recfleet_models.ranking.features import Candidate
 from recfleet_models.ranking.rules import RuleWeights, rule_scores
 from recfleet_models.ranking.training import PRESETS
+from recfleet_models.tuning import HOLDOUTS, tune_on_ratings
 from recfleet_store.artifacts import open_artifact_store
 from rich.console import Console
 from rich.table import Table
 
-from .als import load_model, settings_params
+from .als import load_model, settings_params, tuning_plan, tuning_progress
 from .settings import JobSettings
 
 # Candidates per user that the rule formula re-ranks (the gateway asks retrieval for a
@@ -158,6 +162,17 @@ def evaluate_command(
     ranker_folds: int | None = typer.Option(
         None, min=1, help="als+ranker: random label folds carved from train (default: the preset's)"
     ),
+    tune_seconds: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="search ALS parameters this long as train-als does, 0 = off; default RECFLEET_JOBS_ALS_TUNE_SECONDS",
+    ),
+    tune_trials: int | None = typer.Option(
+        None, min=0, help="at most this many points; default RECFLEET_JOBS_ALS_TUNE_MAX_TRIALS"
+    ),
+    tune_holdout: str | None = typer.Option(
+        None, help=f"validation items: {' or '.join(HOLDOUTS)}; default RECFLEET_JOBS_ALS_TUNE_HOLDOUT"
+    ),
 ) -> None:
     """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
     _choice(model, MODELS, "--model")
@@ -165,6 +180,16 @@ def evaluate_command(
     _choice(ranker_preset, tuple(PRESETS), "--ranker-preset")
     if model == "als+ranker" and version:
         raise typer.BadParameter("als+ranker trains its own ALS models on the train part", param_hint="--version")
+    preset = PRESETS[ranker_preset]
+    changes: dict[str, Any] = {}
+    if ranker_candidates is not None:
+        changes["als_candidates"] = ranker_candidates
+    if ranker_folds is not None:
+        changes.update(folds=ranker_folds, label_share=min(preset.label_share, 1.0 / ranker_folds))
+    try:
+        ranker_params = replace(preset, **changes)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     settings = JobSettings()
     data, split = _load_split(dataset or settings.data_dir, fmt, protocol)
     started = time.perf_counter()
@@ -196,23 +221,27 @@ def evaluate_command(
                 rating_offset=rating_offset,
                 weighting=weighting,
             )
+            plan = tuning_plan(
+                settings,
+                tune_seconds,
+                tune_trials,
+                tune_holdout,
+                factors=factors,
+                regularization=regularization,
+                alpha=alpha,
+                weighting=weighting,
+            )
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
-        recommender = als = AlsRecommender(params)
-        details = {"params": params.as_dict()}
+        with tuning_progress(plan) as on_trial:
+            tuned = tune_on_ratings(
+                split.train, params, plan.seconds, plan.holdout, on_trial=on_trial, **plan.options()
+            )
+        recommender = als = AlsRecommender(tuned.chosen)
+        details = {"params": tuned.chosen.as_dict(), "tuning": tuned.as_dict()}
     if model == "als+rules" and als is not None:
         recommender = RulePipelineRecommender(als, data.movies)
     if model == "als+ranker" and als is not None:
-        preset = PRESETS[ranker_preset]
-        changes: dict[str, Any] = {}
-        if ranker_candidates is not None:
-            changes["als_candidates"] = ranker_candidates
-        if ranker_folds is not None:
-            changes.update(folds=ranker_folds, label_share=min(preset.label_share, 1.0 / ranker_folds))
-        try:
-            ranker_params = replace(preset, **changes)
-        except ValueError as error:
-            raise typer.BadParameter(str(error)) from error
         recommender = pipeline = RankerPipelineRecommender(data.movies, als.params, ranker_params, ranker_features)
     metrics = evaluate(split, recommender, k)
     if pipeline is not None:

@@ -11,6 +11,7 @@ from recfleet_models.index import DEFAULT_PARAMS, INDEX_TYPES, build_shards
 from recfleet_store import registry
 from recfleet_store.artifacts import open_artifact_store
 
+from .registry import record_manifest
 from .settings import JobSettings
 
 
@@ -42,7 +43,8 @@ def build_index_command(
     ef_construction: int | None = typer.Option(None, min=1, help="hnsw: candidate list size while building"),
     ef_search: int | None = typer.Option(None, min=1, help="hnsw: candidate list size per query"),
 ) -> None:
-    """Build and publish the FAISS shards of an ALS version (manifest written last)."""
+    """Build and publish the FAISS shards of an ALS version (manifest written last) and
+    record the index in the registry."""
     settings = JobSettings()
     index_type = index_type or settings.index_type
     if index_type not in INDEX_TYPES:
@@ -59,6 +61,9 @@ def build_index_command(
     manifest = build_shards(
         open_artifact_store(settings.artifact_url), version, shards or settings.shard_count, index_type, params
     )
+    # Promotion gates read the registry (the gateway has no artifact store): record it there.
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        record_manifest(conn, manifest)
     typer.echo(
         json.dumps(
             {

@@ -33,7 +33,12 @@ def materialize_command(
     from Postgres to Redis, and their history to offline_features."""
     settings = JobSettings()
     report = materialize(
-        settings.postgres_dsn, settings.redis_url, since=_timestamp(since, "--since"), full=full, progress=progress
+        settings.postgres_dsn,
+        settings.redis_url,
+        since=_timestamp(since, "--since"),
+        full=full,
+        progress=progress,
+        erasure_hash_key=settings.erasure_hash_key.get_secret_value(),
     )
     typer.echo(json.dumps(report.__dict__))
 

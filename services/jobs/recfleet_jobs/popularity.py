@@ -20,7 +20,7 @@ import redis
 import typer
 from recfleet_models.als import ALSParams, event_weights
 from recfleet_models.popularity import DEFAULT_PARAMS, WINDOWS, PopularityParams, by_category, normalise, window_scores
-from recfleet_store import keys
+from recfleet_store import keys, suppression
 from tqdm import tqdm
 
 from .settings import JobSettings
@@ -28,24 +28,33 @@ from .settings import JobSettings
 _CHUNK = 1000
 
 
-def read_events(conn: psycopg.Connection) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(item ids, weights, epoch seconds) of events on available items, erased users left out."""
+def read_events(conn: psycopg.Connection, erasure_hash_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(item ids, weights, epoch seconds) of events on available items, erased users left
+    out (their events are deleted at erasure; this covers an erasure racing the run)."""
+    users: list[str] = []
     items: list[str] = []
     types: list[str] = []
     values: list[float | None] = []
     stamps: list[float] = []
-    with conn.transaction(), conn.cursor(name="popularity_events") as cursor:
-        cursor.itersize = 50_000
-        cursor.execute(
-            "SELECT e.item_id, e.type, e.value, extract(epoch FROM e.ts)::float8 FROM events e"
-            " JOIN items i ON i.item_id = e.item_id AND i.available"
-            " WHERE NOT EXISTS (SELECT 1 FROM erased_users x WHERE x.user_id = e.user_id)"
-        )
-        for item, event_type, value, ts in cursor:
-            items.append(item)
-            types.append(event_type)
-            values.append(value)
-            stamps.append(ts)
+    with conn.transaction():
+        erased = suppression.load(conn, erasure_hash_key)
+        with conn.cursor(name="popularity_events") as cursor:
+            cursor.itersize = 50_000
+            cursor.execute(
+                "SELECT e.user_id, e.item_id, e.type, e.value, extract(epoch FROM e.ts)::float8 FROM events e"
+                " JOIN items i ON i.item_id = e.item_id AND i.available"
+            )
+            for user, item, event_type, value, ts in cursor:
+                users.append(user)
+                items.append(item)
+                types.append(event_type)
+                values.append(value)
+                stamps.append(ts)
+    gone = erased.among(users)
+    if gone:
+        kept = [i for i, user in enumerate(users) if user not in gone]
+        items, types = [items[i] for i in kept], [types[i] for i in kept]
+        values, stamps = [values[i] for i in kept], [stamps[i] for i in kept]
     weights = event_weights(types, values, ALSParams())
     return items, weights, np.asarray(stamps, dtype=np.float64)
 
@@ -114,7 +123,7 @@ def write_redis(client: redis.Redis, scores: dict[str, dict[str, float]], catego
 def compute_popularity(settings: JobSettings, params: PopularityParams = DEFAULT_PARAMS) -> dict[str, int]:
     """The whole job; returns how many items each window scored."""
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        items, weights, stamps = read_events(conn)
+        items, weights, stamps = read_events(conn, settings.erasure_hash_key.get_secret_value())
         categories = read_categories(conn)
         scores = window_scores(items, weights, stamps, params)
         write_postgres(conn, scores)

@@ -1,7 +1,9 @@
 """Batch job settings (env prefix RECFLEET_JOBS_)."""
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from recfleet_runtime.settings import ArtifactSettings, KafkaSettings, PostgresSettings, RedisSettings, TopicSettings
+from recfleet_store import registry, suppression
 
 
 class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettings, TopicSettings, BaseSettings):
@@ -9,6 +11,9 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
 
     log_level: str = "INFO"
     data_dir: str = "data/ml-latest-small"
+    # Key of the erased-users list's hashes (RECFLEET_ERASURE_HASH_KEY, fleet-wide): the
+    # jobs leave out users on the list.
+    erasure_hash_key: SecretStr = suppression.key_setting()
     # ALS hyper-parameters.
     als_factors: int = 64
     als_iterations: int = 15
@@ -16,8 +21,19 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     als_alpha: float = 2.0
     # Rating weight = max(0, stars - offset) + 1; see recfleet_models.als.
     als_rating_offset: float = 2.5
-    # none, bm25 or tfidf re-weighting of the interaction matrix.
+    # none, bm25, tfidf or log1p re-weighting of the interaction matrix.
     als_weighting: str = "none"
+    # Event type -> none, log1p or rating: how an event's `value` scales its type's weight
+    # (merged over recfleet_models.als.DEFAULT_VALUE_TRANSFORMS), JSON, e.g. {"purchase": "log1p"}.
+    als_value_transforms: dict[str, str] = {}
+    # train-als / evaluate search ALS hyper-parameters for this long (0 = use the settings
+    # above as they are), at most this many points, on each user's most recent (`recent`)
+    # or a random (`random`) 20% of items; see recfleet_models.tuning.
+    als_tune_seconds: float = 120.0
+    als_tune_max_trials: int = 40
+    als_tune_holdout: str = "recent"
+    # A point replaces the given setting only when it beats it by this many standard errors.
+    als_tune_min_gain_se: float = 2.0
     # FAISS shards.
     shard_count: int = 2
     index_type: str = "flat"
@@ -25,3 +41,7 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     ivf_nprobe: int = 32
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
+    # Promotion refuses a version whose main validation metric is more than this much
+    # (absolute) below the serving version's, unless forced (RECFLEET_PROMOTION_MAX_REGRESSION,
+    # the gateway's too).
+    promotion_max_regression: float = registry.max_regression_setting()

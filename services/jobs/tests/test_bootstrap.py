@@ -8,6 +8,7 @@ import psycopg
 import pytest
 import typer
 from recfleet_jobs import bootstrap
+from recfleet_store.suppression import LOCAL_KEY, user_hash
 from typer.testing import CliRunner
 
 BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
@@ -88,7 +89,9 @@ def test_bundled_catalog_and_ratings_load_once(monkeypatch, fresh_pg_dsn):
 def test_small_dataset_fields_ids_and_erased_users(monkeypatch, fresh_pg_dsn, tmp_path):
     data_dir = _write_dataset(tmp_path / "ml")
     with psycopg.connect(fresh_pg_dsn) as conn:
-        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('9', 'r-1')")
+        conn.execute(
+            "INSERT INTO erased_users (user_hash, receipt_id) VALUES (%s, 'r-1')", (user_hash(LOCAL_KEY, "9"),)
+        )
     _run(monkeypatch, fresh_pg_dsn, data_dir)
     with psycopg.connect(fresh_pg_dsn) as conn:
         items = {

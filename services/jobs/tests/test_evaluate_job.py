@@ -35,7 +35,20 @@ def test_als_beats_popular_on_recbole():
     for model in ("popular", "als"):
         result = runner.invoke(
             _app(),
-            ["evaluate", *COMMON, "--protocol", "recbole", "--model", model, "--factors", "16", "--iterations", "5"],
+            [
+                "evaluate",
+                *COMMON,
+                "--protocol",
+                "recbole",
+                "--model",
+                model,
+                "--factors",
+                "16",
+                "--iterations",
+                "5",
+                "--tune-seconds",
+                "0",
+            ],
         )
         assert result.exit_code == 0, result.output
         scores[model] = json.loads(result.output)["ndcg@10"]
@@ -108,3 +121,17 @@ def test_defaults_evaluate_the_configured_data_dir(monkeypatch):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert (metrics["dataset"], metrics["protocol"], metrics["users_evaluated"]) == ("ml-latest-small", "recbole", 609)
+
+
+def test_evaluate_tunes_als_as_train_als_does():
+    result = CliRunner().invoke(
+        _app(),
+        ["evaluate", *COMMON, "--protocol", "recbole", "--model", "als", "--iterations", "3", "--tune-trials", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    tuning = metrics["tuning"]
+    assert tuning["stopped"] == "max-trials" and [t["phase"] for t in tuning["trials"]] == ["seed", "seed", "coarse"]
+    assert tuning["validation"].startswith("each user's most recent 20% of items")
+    assert {key: metrics["params"][key] for key in tuning["chosen"]} == tuning["chosen"]
+    assert metrics["users_evaluated"] == 609

@@ -10,7 +10,18 @@ from typer.testing import CliRunner
 
 BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
 COMMON = ["--dataset", str(BUNDLED), "--format", "ml-latest-small", "--protocol", "recbole"]
-FAST = ["--factors", "16", "--iterations", "5", "--ranker-candidates", "30", "--ranker-folds", "1"]
+FAST = [
+    "--factors",
+    "16",
+    "--iterations",
+    "5",
+    "--ranker-candidates",
+    "30",
+    "--ranker-folds",
+    "1",
+    "--tune-seconds",
+    "0",
+]
 
 
 def _app() -> typer.Typer:

@@ -14,6 +14,7 @@ import redis
 import typer
 from recfleet_jobs import materialize as materialize_job
 from recfleet_store import keys
+from recfleet_store.suppression import LOCAL_KEY, user_hash
 from typer.testing import CliRunner
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -175,7 +176,9 @@ def test_training_rows_hold_features_as_of_each_event_and_nothing_later(cli, fre
 def test_users_being_erased_are_not_materialized(cli, fresh_pg_dsn, redis_url):
     seed(fresh_pg_dsn)
     with psycopg.connect(fresh_pg_dsn) as conn:
-        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('u2', 'r-1')")
+        conn.execute(
+            "INSERT INTO erased_users (user_hash, receipt_id) VALUES (%s, 'r-1')", (user_hash(LOCAL_KEY, "u2"),)
+        )
     report = cli("materialize")
     client = redis.Redis.from_url(redis_url)
     assert report["users"] == 1

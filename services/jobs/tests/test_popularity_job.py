@@ -9,6 +9,7 @@ import redis
 import typer
 from recfleet_jobs import popularity
 from recfleet_store import keys
+from recfleet_store.suppression import LOCAL_KEY, user_hash
 from typer.testing import CliRunner
 
 NEWEST = datetime(2018, 9, 24, tzinfo=UTC)
@@ -53,7 +54,9 @@ def _seed(dsn: str) -> None:
                 " %s, %s, %s)",
                 (user, item, kind, value, NEWEST - timedelta(days=days)),
             )
-        conn.execute("INSERT INTO erased_users (user_id, receipt_id) VALUES ('erased', 'r-1')")
+        conn.execute(
+            "INSERT INTO erased_users (user_hash, receipt_id) VALUES (%s, 'r-1')", (user_hash(LOCAL_KEY, "erased"),)
+        )
 
 
 def test_windows_reach_postgres_and_redis(monkeypatch, fresh_pg_dsn, redis_url):

@@ -35,7 +35,7 @@ NetworkPolicies allow exactly these edges).
   kind: http
   prefix: RECFLEET_GATEWAY_
   args: ["python", "-m", "recfleet_gateway"]
-  uses: [postgres, redis, bootstrapAdminKey]
+  uses: [postgres, redis, bootstrapAdminKey, erasureHashKey]
   calls: [feature-store, candidate-gen, ranking, event-ingest]
 - key: candidateGen
   name: candidate-gen
@@ -65,21 +65,21 @@ NetworkPolicies allow exactly these edges).
   service: event-ingest
   prefix: RECFLEET_INGEST_
   args: ["python", "-m", "recfleet_ingest"]
-  uses: [postgres, redis, kafka]
+  uses: [postgres, redis, kafka, erasureHashKey]
 - key: ingestSink
   name: ingest-sink
   kind: consumer
   prefix: RECFLEET_INGEST_
   args: ["python", "-m", "recfleet_ingest.sink"]
   inherit: eventIngest
-  uses: [postgres, redis, kafka]
+  uses: [postgres, redis, kafka, erasureHashKey]
 - key: ingestRealtime
   name: ingest-realtime
   kind: consumer
   prefix: RECFLEET_INGEST_
   args: ["python", "-m", "recfleet_ingest.realtime"]
   inherit: eventIngest
-  uses: [postgres, redis, kafka]
+  uses: [postgres, redis, kafka, erasureHashKey]
 {{- end -}}
 
 {{/* Selector labels: stable across upgrades, so never the version or chart. */}}
@@ -237,6 +237,7 @@ grpc.maxConnectionAgeSeconds so clients re-resolve and reach pods added since.
 {{- $_ := set $data (printf "%sCANDIDATE_GEN_CANARY_TARGETS" $c.prefix) (ternary (include "recfleet.candidateTargets" (dict "root" $root "track" "canary" "headless" true)) "" (and $cg.enabled $cg.canary.enabled)) -}}
 {{- $_ := set $data (printf "%sCANARY_WEIGHTS" $c.prefix) (include "recfleet.canaryWeights" $root) -}}
 {{- $_ := set $data (printf "%sROUTING_FILE" $c.prefix) "/etc/recfleet/routing/routing.json" -}}
+{{- $_ := set $data "RECFLEET_PROMOTION_MAX_REGRESSION" (toString $root.Values.promotion.maxRegression) -}}
 {{- if $root.Values.cursorSecret.existingSecret -}}
 {{- /* Set from its Secret on the container instead. */ -}}
 {{- $_ := unset $data (printf "%sCURSOR_SECRET" $c.prefix) -}}
@@ -303,6 +304,13 @@ grpc.maxConnectionAgeSeconds so clients re-resolve and reach pods added since.
       key: {{ $root.Values.bootstrapAdminKey.secretKey }}
       # Optional: without the Secret the gateway accepts only keys stored in Postgres.
       optional: true
+{{- end }}
+{{- if has "erasureHashKey" $c.uses }}
+- name: RECFLEET_ERASURE_HASH_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.erasureHashKey.existingSecret }}
+      key: {{ $root.Values.erasureHashKey.secretKey }}
 {{- end }}
 {{- if and (eq $c.key "gateway") $root.Values.cursorSecret.existingSecret }}
 - name: RECFLEET_GATEWAY_CURSOR_SECRET
@@ -557,9 +565,9 @@ spec:
 {{- end -}}
 
 {{/*
-The jobs' plain settings: the values' `jobs.env`, then the shard count, the artifact URL,
-the broker and topics, and how `create-topics` lays the topics out (kafka.topics; only the
-jobs read these: services never create topics).
+The jobs' plain settings: the values' `jobs.env`, then the shard count, the promotion
+margin, the artifact URL, the broker and topics, and how `create-topics` lays the topics
+out (kafka.topics; only the jobs read these: services never create topics).
 */}}
 {{- define "recfleet.jobsConfigData" -}}
 {{- $data := dict -}}
@@ -567,6 +575,7 @@ jobs read these: services never create topics).
 {{- $_ := set $data $k (toString $val) -}}
 {{- end -}}
 {{- $_ := set $data "RECFLEET_JOBS_SHARD_COUNT" (toString .Values.candidateGen.shards.count) -}}
+{{- $_ := set $data "RECFLEET_PROMOTION_MAX_REGRESSION" (toString .Values.promotion.maxRegression) -}}
 {{- $_ := set $data "RECFLEET_ARTIFACT_URL" .Values.artifacts.url -}}
 {{- include "recfleet.kafkaData" (dict "root" . "data" $data) -}}
 {{- $t := .Values.kafka.topics -}}

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Sequence
 
 import structlog
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 log = structlog.get_logger("recfleet.ingest.producer")
 
+# After a failed attempt to connect, sends fail at once for this long before the next attempt.
+RECONNECT_PAUSE_SECONDS = 1.0
 # Distinct keys whose hash is remembered (a few MiB at most).
 KEY_HASH_CACHE_SIZE = 65_536
 
@@ -72,37 +75,71 @@ def producer_config(bootstrap: str, timeout_seconds: float) -> dict:
 
 
 class EventProducer:
-    """Sends keyed records and waits for the broker's acknowledgement of all of them."""
+    """Sends keyed records and waits for the broker's acknowledgement of all of them.
+
+    A send that fails for any reason but a timeout replaces the producer: a broker that
+    restarted without its state (it no longer knows the producer's id) leaves kafka-python's
+    idempotent producer in a fatal error that no later send gets out of. The records of a
+    failed send were never reported accepted, so the caller's retry loses nothing; the sink
+    drops a record that reached the broker twice by its event id.
+    """
 
     def __init__(self, bootstrap: str, timeout_seconds: float):
         self.bootstrap = bootstrap
         self.timeout_seconds = timeout_seconds
         self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
 
     @property
     def connected(self) -> bool:
         return self._producer is not None
 
-    def connect(self) -> None:
-        """Create the producer (it fetches broker metadata); raises when no broker answers."""
-        if self._producer is None:
-            self._producer = KafkaProducer(**producer_config(self.bootstrap, self.timeout_seconds))
-            log.info("producer connected", bootstrap=self.bootstrap)
+    def connect(self) -> KafkaProducer:
+        """The producer, created first when there is none (it fetches broker metadata);
+        raises when no broker answers."""
+        with self._lock:
+            if self._producer is None:
+                if time.monotonic() < self._retry_at:
+                    raise KafkaConnectionError("the last connection attempt failed moments ago")
+                try:
+                    self._producer = KafkaProducer(**producer_config(self.bootstrap, self.timeout_seconds))
+                except KafkaError:
+                    # Sends while the broker is away fail at once rather than queue on this lock.
+                    self._retry_at = time.monotonic() + RECONNECT_PAUSE_SECONDS
+                    raise
+                log.info("producer connected", bootstrap=self.bootstrap)
+            return self._producer
+
+    def _replace(self, failed: KafkaProducer) -> None:
+        with self._lock:
+            current = self._producer is failed  # else another send replaced it already
+            if current:
+                self._producer = None
+        if not current:
+            return
+        log.warning("producer replaced after a failed send")
+        failed.close(timeout=0)
 
     def send_and_wait(self, topic: str, records: Sequence[tuple[str, bytes | None]]) -> None:
         """Blocking: produce (key, value) records and wait until every one is acknowledged."""
-        if self._producer is None:
-            raise ProduceFailed("not connected to the broker")
+        try:
+            producer = self._producer or self.connect()
+        except KafkaError as error:
+            raise ProduceFailed(f"not connected to the broker: {type(error).__name__}: {error}") from error
         deadline = time.monotonic() + self.timeout_seconds
         try:
-            futures = [self._producer.send(topic, key=key.encode(), value=value) for key, value in records]
+            futures = [producer.send(topic, key=key.encode(), value=value) for key, value in records]
             for future in futures:
                 # Records of one broker batch complete together: only the first of them waits.
                 if not future.is_done:
                     future.get(timeout=max(0.0, deadline - time.monotonic()))
                 if future.failed():
                     raise future.exception
+        except KafkaTimeoutError as error:
+            raise ProduceFailed(f"broker did not acknowledge in time: {error}") from error
         except KafkaError as error:
+            self._replace(producer)
             raise ProduceFailed(f"broker did not acknowledge: {type(error).__name__}: {error}") from error
 
     async def send(self, topic: str, records: Sequence[tuple[str, bytes | None]]) -> None:

@@ -64,7 +64,7 @@ class RealtimeHandler:
         if not self.erased.stale():
             return
         try:
-            self.erased.replace(load_erased_users(self.postgres_dsn))
+            self.erased.replace(load_erased_users(self.postgres_dsn, self.erased.hash_key))
         except psycopg.OperationalError as error:
             # Keep the last known list: features of a just-erased user are cleaned by
             # the erasure itself, and the sink (the system of record) checks in SQL.
@@ -102,7 +102,7 @@ def run(settings: IngestSettings, stop: threading.Event, heartbeat: Heartbeat | 
         OnlineFeatureWriter(client, settings.recent_items),
         dead_letters,
         settings.dead_letter_topic,
-        ErasedUsers(settings.erased_refresh_seconds),
+        ErasedUsers(settings.erased_refresh_seconds, settings.erasure_hash_key.get_secret_value()),
         settings.postgres_dsn,
         stop,
         heartbeat,

@@ -150,7 +150,7 @@ class SinkHandler:
 
 def run(settings: IngestSettings, stop: threading.Event, heartbeat: Heartbeat | None = None) -> None:
     """Blocking: the sink's consume loop until `stop` is set; it beats `heartbeat`."""
-    sink = EventSink(settings.postgres_dsn)
+    sink = EventSink(settings.postgres_dsn, settings.erasure_hash_key.get_secret_value())
     dead_letters = EventProducer(settings.kafka_bootstrap_servers, settings.produce_timeout_seconds)
     for attempt in retrying(stop, KafkaError, heartbeat=heartbeat):
         with attempt:

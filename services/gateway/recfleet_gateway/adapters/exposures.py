@@ -16,6 +16,7 @@ import psycopg
 from prometheus_client import Counter
 from psycopg_pool import AsyncConnectionPool
 from recfleet_runtime.logging import get_logger
+from recfleet_store import suppression
 
 log = get_logger("recfleet.gateway.exposures")
 EXPOSURES = Counter(
@@ -29,10 +30,11 @@ EXPOSURES = Counter(
 class ExposureLog:
     """Buffers exposures in memory and writes them to Postgres in batches."""
 
-    def __init__(self, pool: AsyncConnectionPool, flush_seconds: float, buffer_limit: int):
+    def __init__(self, pool: AsyncConnectionPool, flush_seconds: float, buffer_limit: int, erasure_hash_key: str):
         self.pool = pool
         self.flush_seconds = flush_seconds
         self.buffer_limit = buffer_limit
+        self._erasure_hash_key = erasure_hash_key
         self._buffer: list[tuple] = []
         self._lock = asyncio.Lock()
 
@@ -88,9 +90,10 @@ class ExposureLog:
             return len(rows)
 
     async def _without_erased(self, rows: list[tuple]) -> list[tuple]:
-        """Users erased on any replica since these rows were buffered stay erased."""
+        """Users erased on any replica since these rows were buffered stay erased. The list
+        holds keyed hashes: the buffered users' hashes are computed here and looked up."""
         users = sorted({row[3] for row in rows})
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT user_id FROM erased_users WHERE user_id = ANY (%s)", (users,))
+            cur = await conn.execute(suppression.AMONG_SQL, suppression.among_params(self._erasure_hash_key, users))
             erased = {user for (user,) in await cur.fetchall()}
         return [row for row in rows if row[3] not in erased] if erased else rows

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..downstream.tracks import tracks_header, tracks_var
 from ..lifecycle import Drain
 from .problems import PROBLEM_MEDIA_TYPE, problem_body
+from .protocol import SLOW_CLIENTS
 
 log = get_logger("recfleet.gateway")
 access_log = get_logger("recfleet.gateway.access")
@@ -133,6 +134,7 @@ class GatewayMiddleware:
                 await self._too_large(send_with_headers)
             status = 413
         except BodyTooSlow:
+            SLOW_CLIENTS.labels("body").inc()
             if not response_started:
                 body = problem_body(408, f"the request body did not arrive within {self.body_timeout_seconds:g} s")
                 await _send_problem(send_with_headers, 408, body, {"Connection": "close"})

@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, iter_route_contexts
 from recfleet_runtime.context import request_id_var
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match, compile_path
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://recfleet.dev/problems/"
@@ -22,6 +23,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     410: "Gone",
     413: "Content Too Large",
@@ -37,6 +39,7 @@ _TYPES = {
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
+    408: "request-timeout",
     409: "conflict",
     410: "gone",
     413: "body-too-large",
@@ -143,7 +146,11 @@ async def handle_http(request: Request, exc: Exception) -> Response:
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path. Starlette's own `Allow` names only
     those of the first route that matched the path, where a resource has one route per
-    method. Each method is tried against the app's routes as a request would be."""
+    method. A concrete path has the methods of its own routes (see `concrete_paths_first`);
+    at any other, each method is tried against the app's routes as a request would be."""
+    concrete = _app_concrete_methods(request.app).get(request.scope["path"])
+    if concrete is not None:
+        return [method for method in METHODS if method in concrete]
     return [
         method
         for method in METHODS
@@ -152,6 +159,56 @@ def allowed_methods(request: Request) -> list[str]:
             for route in request.app.router.routes
         )
     ]
+
+
+def _route_methods(routes: Sequence[BaseRoute]) -> list[tuple[str, frozenset[str]]]:
+    """(path, methods) of every API route (not the 405 routes of `concrete_paths_first`)."""
+    return [
+        (context.path, frozenset(getattr(context, "methods", None) or ()))
+        for context in iter_route_contexts(routes)
+        if isinstance(context.original_route, APIRoute) and context.path is not None
+    ]
+
+
+def _concrete_methods(routes: Sequence[BaseRoute]) -> dict[str, frozenset[str]]:
+    """The methods of every concrete path (one without a `{parameter}`)."""
+    methods: dict[str, frozenset[str]] = {}
+    for path, route_methods in _route_methods(routes):
+        if "{" not in path:
+            methods[path] = methods.get(path, frozenset()) | route_methods
+    return methods
+
+
+_concrete_cache: dict[int, dict[str, frozenset[str]]] = {}
+
+
+def _app_concrete_methods(app: Any) -> dict[str, frozenset[str]]:
+    found = _concrete_cache.get(id(app))
+    if found is None:
+        found = _concrete_cache[id(app)] = _concrete_methods(app.routes)
+    return found
+
+
+async def method_not_allowed(_: Request) -> Response:
+    raise StarletteHTTPException(405)
+
+
+def concrete_paths_first(routes: Sequence[BaseRoute]) -> dict[str, list[str]]:
+    """Where a templated route would serve a concrete path, the methods to answer with 405
+    there: OpenAPI matches a concrete path before a templated one, so with a path
+    `/admin/v1/api-keys/bootstrap` of its own, `DELETE /admin/v1/api-keys/bootstrap` is not
+    `DELETE /admin/v1/api-keys/{key_id}`. Starlette would try the templated route; routes
+    for these (`method_not_allowed`) go before it."""
+    concrete = _concrete_methods(routes)
+    shadowed: dict[str, set[str]] = {}
+    for path, methods in _route_methods(routes):
+        if "{" not in path:
+            continue
+        pattern = compile_path(path)[0]
+        for concrete_path, concrete_methods in concrete.items():
+            if pattern.match(concrete_path) and methods - concrete_methods:
+                shadowed.setdefault(concrete_path, set()).update(methods - concrete_methods)
+    return {path: sorted(methods) for path, methods in shadowed.items()}
 
 
 async def handle_unexpected(_: Request, exc: Exception) -> Response:

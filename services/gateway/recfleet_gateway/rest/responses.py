@@ -3,7 +3,10 @@ and `RenderedJSON`, an answer sent again as the bytes it was stored as."""
 
 from __future__ import annotations
 
+import json
+from datetime import date
 from typing import Any
+from uuid import UUID
 
 import orjson
 from starlette.responses import JSONResponse
@@ -77,4 +80,18 @@ class JSONBody(JSONResponse):
             rendered = content.rendered()
             if rendered is not None:
                 return rendered
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            # orjson refuses integers beyond 64 bits, which a stored JSON number such as 1e30
+            # (an event's context) reads back as from Postgres; json writes them.
+            return json.dumps(content, default=_as_json, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _as_json(value: Any) -> str:
+    """What orjson writes for the other types a body holds: times, dates and UUIDs."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -10,10 +10,16 @@ A cached entry is stored as JSON with its `response` last and as the exact bytes
 API sends, so that a hit sends those bytes with only `request_id` replaced
 (`rest.responses.RenderedJSON`) instead of serialising the same answer again. Entries
 stay plain JSON objects of the same fields, readable by any replica.
+
+Entries are keyed by the serving model versions too (`ServingModels`: the registry's
+publication in Redis, re-read by every process each second and held in memory, so a hit
+costs no extra round trip): after a promotion or rollback no process answers from a list
+of the versions before it for longer than that second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,7 +30,7 @@ from typing import Any, cast
 import orjson
 from prometheus_client import Counter
 from recfleet_runtime.logging import get_logger
-from recfleet_store import keys
+from recfleet_store import keys, registry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -37,6 +43,9 @@ CACHE_REQUESTS = Counter(
 REDIS_ERRORS = (RedisError, OSError)
 log = get_logger("recfleet.gateway.cache")
 RESPONSE_FIELD = b'"response":'
+# How often every gateway process re-reads the serving model versions: the bound on how
+# long a process keeps answering from lists of the versions before a promotion.
+SERVING_REFRESH_SECONDS = 1.0
 
 
 @cache
@@ -78,11 +87,63 @@ def parameters_digest(parameters: dict) -> str:
     return hashlib.blake2b(orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
 
 
+class ServingModels:
+    """The serving version of each model kind (None: not published), as promote and
+    rollback publish them in Redis (`keys.serving_version_key`), held in memory and
+    re-read every `refresh_seconds`; a change this process made itself counts at once."""
+
+    def __init__(self, redis: Redis, refresh_seconds: float = SERVING_REFRESH_SECONDS):
+        self._redis = redis
+        self._refresh_seconds = refresh_seconds
+        self.versions: dict[str, str | None] = dict.fromkeys(registry.KINDS)
+        self._changes = 0
+        self._refresher: asyncio.Task | None = None
+
+    async def refresh(self) -> None:
+        """Re-read the versions; Redis being away keeps the last ones."""
+        changes = self._changes
+        try:
+            # Bytes: the gateway's client does not decode responses.
+            raw = cast(
+                list[bytes | None], await self._redis.mget([keys.serving_version_key(kind) for kind in registry.KINDS])
+            )
+        except REDIS_ERRORS as error:
+            log.warning("serving model versions not refreshed; keeping the last ones", error=str(error))
+            return
+        # A read that started before a change this process made must not undo it.
+        if changes == self._changes:
+            self.versions = {
+                kind: value.decode() if value else None for kind, value in zip(registry.KINDS, raw, strict=True)
+            }
+
+    def changed(self, kind: str, version: str | None) -> None:
+        """A promotion or rollback this process just made."""
+        self._changes += 1
+        self.versions = {**self.versions, kind: version}
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_seconds)
+            await self.refresh()
+
+
 class ResultCache:
     def __init__(self, redis: Redis, ttl_seconds: int, snapshot_ttl_seconds: int):
         self._redis = redis
         self._ttl = ttl_seconds
         self._snapshot_ttl = snapshot_ttl_seconds
+        # Part of every entry's key (see the module docstring).
+        self.models = ServingModels(redis)
 
     async def get(self, user_id: str, digest: str) -> dict | None:
         """The cached entry, or None on a miss. Redis being down is a miss: the cache

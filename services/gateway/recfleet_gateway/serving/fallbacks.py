@@ -19,6 +19,8 @@ from .retrieval import CandidateRetrieval
 from .user_context import UserContext
 
 log = get_logger("recfleet.gateway.pipeline")
+# How often the remembered popular list (the ladder's last rung) is read again.
+POPULAR_MEMORY_REFRESH_SECONDS = 30.0
 
 
 def interleave(groups: list[list[common_pb2.ScoredItem]]) -> list[common_pb2.ScoredItem]:
@@ -42,8 +44,33 @@ class Fallbacks:
         self.fleet = fleet
         self.retrieval = retrieval
         # The last popular list seen per category: the ladder's final rung when the feature
-        # store cannot answer (its breaker open, or the machine overloaded).
+        # store cannot answer (its breaker open, Redis down, the machine overloaded). The
+        # overall list is read at start and every POPULAR_MEMORY_REFRESH_SECONDS, so the rung
+        # holds even when no request needed popular items before the failure.
         self._last_popular: dict[str, list[common_pb2.ScoredItem]] = {}
+        self._refresher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.remember_popular()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def remember_popular(self) -> None:
+        """Read the overall popular list into memory; a failure keeps the last one."""
+        try:
+            await self.popular_items("all", "", self.settings.snapshot_size * 2, [])
+        except DOWNSTREAM_ERRORS as error:
+            log.warning("popular list not refreshed; keeping the last one", error=str(error))
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(POPULAR_MEMORY_REFRESH_SECONDS)
+            await self.remember_popular()
 
     async def popular_items(
         self,
@@ -63,7 +90,7 @@ class Fallbacks:
         budget = timeout if timeout is not None else self.settings.candidate_gen_timeout
         reply = await client.get_popular_items(request, timeout=budget)
         items = list(reply.items)
-        if window == "all":
+        if window == "all" and not exclude:
             self._last_popular[category] = items
         for item in items:
             item.source = "trending" if window == "trending" else "popular"

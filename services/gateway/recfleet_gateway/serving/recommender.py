@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from prometheus_client import Counter
 from recfleet.common.v1 import common_pb2
 from recfleet_runtime.context import deadline_var, request_id_var
 from recfleet_runtime.logging import get_logger
@@ -21,7 +22,7 @@ from recfleet_runtime.logging import get_logger
 from ..downstream.clients import DOWNSTREAM_ERRORS
 from ..downstream.fleet import Fleet
 from ..downstream.tracks import CANDIDATE_GEN, FEATURE_STORE, RANKING, record_track, tracks_var
-from ..experiments import Assignment
+from ..experiments import SERVING, Assignment
 from ..rest.problems import Problem
 from ..settings import GatewaySettings
 from .cache import CursorCodec, ResultCache, parameters_digest
@@ -30,14 +31,27 @@ from .fallbacks import Fallbacks
 from .items import ItemList
 from .query import RecommendationQuery
 from .ranking_call import RankingCall, ranked_items
-from .retrieval import CandidateRetrieval
+from .retrieval import CandidateRetrieval, shards_refused_version
 from .shadow import Shadow
-from .user_context import read_user_context
+from .user_context import NO_VECTOR, VERSION_MISMATCH, UserContext, read_user_context
 
 log = get_logger("recfleet.gateway.pipeline")
 
 # The services a recommendation calls: the tracks they route a user to key the cache.
 PATH_SERVICES = (CANDIDATE_GEN, RANKING, FEATURE_STORE)
+
+# Why a user with history got a cold-start list (named in `degraded`): their vectors are of
+# other model versions than the serving one, or the shards serve another version than
+# their vector; they have the history for a personal list but no vector at all; or
+# retrieval found nothing for their vector.
+USER_VECTOR_STALE = "user-vector-stale"
+NO_USER_VECTOR = "no-user-vector"
+NO_PERSONAL_CANDIDATES = "no-personal-candidates"
+COLD_START_FALLBACKS = Counter(
+    "recfleet_gateway_cold_start_fallbacks_total",
+    "Lists for users with history served from the cold-start rungs, by reason.",
+    ["reason"],
+)
 
 
 class NoCandidatesError(Exception):
@@ -55,6 +69,31 @@ def model_version(als_version: str, served_by: str, ranker_version: str) -> str:
     if served_by == "ranker" and ranker_version:
         return f"{retrieval}+{ranker_version}"
     return f"{retrieval}+rules"
+
+
+def personal_fallback(user: UserContext, threshold: int, retrieved: bool, degraded: list[str]) -> str | None:
+    """Why a user with history is served a cold-start list (None: they are not, or are
+    new): a vector of another version than the serving one (the feature store's status,
+    or shards refusing the vector's version), enough interactions but no vector, or a
+    vector that retrieval found nothing for."""
+    if user.vector_status.startswith(VERSION_MISMATCH):
+        return USER_VECTOR_STALE
+    if user.interaction_count < threshold or retrieved:
+        return None
+    if not user.vector:
+        return NO_USER_VECTOR if user.vector_status == NO_VECTOR else None
+    return USER_VECTOR_STALE if shards_refused_version(degraded) else NO_PERSONAL_CANDIDATES
+
+
+def made_by_serving(made: Mapping[str, str], serving: Mapping[str, str | None], chosen: Assignment | None) -> bool:
+    """Whether a fresh list came from the model versions serving now (`serving`, as this
+    process knows them; an unknown one matches any). A list made while the fleet is still
+    moving to a new version is served but not cached under the new version's key."""
+    als, ranker = made.get("als", ""), made.get("ranker", "")
+    if als and serving.get("als") and als != serving["als"]:
+        return False
+    follows_serving_ranker = chosen is None or chosen.ranker_version == SERVING
+    return not (ranker and follows_serving_ranker and serving.get("ranker") and ranker != serving["ranker"])
 
 
 class Recommender:
@@ -82,6 +121,16 @@ class Recommender:
         # Running experiments: assignment, and the exposure log every response feeds.
         self.experiments = experiments
 
+    async def start(self) -> None:
+        """Background work: the remembered popular list behind the ladder's last rung, and
+        the serving model versions that key the cache."""
+        await self.fallbacks.start()
+        await self.cache.models.start()
+
+    async def stop(self) -> None:
+        await self.cache.models.stop()
+        await self.fallbacks.stop()
+
     # -- recommendations -------------------------------------------------------------
 
     async def recommend(self, query: RecommendationQuery) -> dict:
@@ -92,11 +141,18 @@ class Recommender:
         chosen = self.experiments.assign(query.user_id, query.surface) if self.experiments else None
         # The tracks this user is routed to are part of the key: a weight change that
         # moves the user to another track must not be answered from the old track's list.
-        # So is the experiment variant: starting or stopping an experiment changes the list.
+        # So is the experiment variant: starting or stopping an experiment changes the list;
+        # and so are the serving model versions: a promotion or rollback changes it too.
         router = self.fleet.router
         routed = {service: router.track_for(service, query.user_id) for service in PATH_SERVICES}
+        serving = self.cache.models.versions
         cache_digest = parameters_digest(
-            {"query": query.cache_digest(), "tracks": routed, "experiment": chosen.as_response() if chosen else None}
+            {
+                "query": query.cache_digest(),
+                "tracks": routed,
+                "experiment": chosen.as_response() if chosen else None,
+                "models": serving,
+            }
         )
         cached = await self.cache.get(query.user_id, cache_digest)
         if cached is not None:
@@ -111,8 +167,10 @@ class Recommender:
         snapshot_id = secrets.token_hex(8)
         response = self._response(query, snapshot, 0, fixed_digest, snapshot_id)
         # A degraded list is not kept: the next request may find the fleet whole again.
-        # Its snapshot is, so that the cursor just issued stays valid.
-        digest = None if snapshot["degraded"] else cache_digest
+        # Nor is one made by other model versions than the key names. Its snapshot is, so
+        # that the cursor just issued stays valid.
+        made = snapshot.pop("made_by", {})
+        digest = cache_digest if not snapshot["degraded"] and made_by_serving(made, serving, chosen) else None
         await self.cache.put(
             query.user_id, snapshot_id, snapshot, digest, {"response": response, "tracks": snapshot["tracks"]}
         )
@@ -164,13 +222,18 @@ class Recommender:
         degraded: list[str] = []
         user = await read_user_context(self.fleet, self.shadow, query.user_id, degraded)
         seen = list(dict.fromkeys([*user.constraints.seen_item_ids, *query.exclude]))
-        cold_start = not user.vector or user.interaction_count < self.settings.cold_start_threshold
+        threshold = self.settings.cold_start_threshold
+        cold_start = not user.vector or user.interaction_count < threshold
         als_version = ""
         candidates = ItemList()
         if not cold_start:
             candidates, als_version = await self.retrieval.retrieve(query.user_id, user, seen, degraded)
             if not candidates:
                 cold_start = True
+        fallback = personal_fallback(user, threshold, bool(candidates), degraded)
+        if fallback is not None:
+            degraded.append(fallback)
+            COLD_START_FALLBACKS.labels(fallback).inc()
         if cold_start:
             candidates = ItemList.of(await self.fallbacks.cold_start_candidates(query, user, seen, degraded))
         constraints = common_pb2.UserConstraints()
@@ -200,6 +263,7 @@ class Recommender:
             "served_by": served_by,
             "degraded": degraded,
             "cold_start": cold_start,
+            "made_by": {"als": als_version, "ranker": ranked.ranker_version if served_by == "ranker" else ""},
         }
 
     async def _popular_snapshot(

@@ -60,12 +60,21 @@ def answered(
     return replied
 
 
+# `degraded` ends so for a shard that serves another model version than the user's vector.
+SHARD_VERSION_MISMATCH = "version-mismatch"
+
+
 def shard_failure(error: BaseException) -> str:
     """How a shard failed, for `degraded`: a shard serving another model version than the
     user's vector refuses (FAILED_PRECONDITION) rather than mixing versions."""
     if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-        return "version-mismatch"
+        return SHARD_VERSION_MISMATCH
     return "unavailable"
+
+
+def shards_refused_version(degraded: Sequence[str]) -> bool:
+    """Whether a shard refused the user's vector's model version (named in `degraded`)."""
+    return any(reason.endswith(f"-{SHARD_VERSION_MISMATCH}") for reason in degraded)
 
 
 class CandidateRetrieval:

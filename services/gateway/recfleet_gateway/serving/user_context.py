@@ -16,6 +16,10 @@ from .shadow import Shadow, feature_agreement
 
 # The feature store's `vector_status` when no model version serves (a fresh install).
 NO_SERVING_MODEL = "no-serving-model"
+# Its `vector_status` when the user has no vector of any version, and its prefix when the
+# user has vectors, but only of other model versions.
+NO_VECTOR = "missing"
+VERSION_MISMATCH = "version-mismatch"
 
 
 @dataclass
@@ -25,6 +29,8 @@ class UserContext:
     constraints: common_pb2.UserConstraints = field(default_factory=common_pb2.UserConstraints)
     vector: list[float] = field(default_factory=list)
     vector_version: str = ""
+    # Why no vector came back ("" when one did): "missing", "version-mismatch:<versions>", ...
+    vector_status: str = ""
     interaction_count: int = 0
     numeric_features: dict[str, float] = field(default_factory=dict)
     liked_items: list[str] = field(default_factory=list)
@@ -56,6 +62,7 @@ async def read_user_context(fleet: Fleet, shadow: Shadow, user_id: str, degraded
         constraints=reply.constraints,
         vector=list(reply.user_vector.values),
         vector_version=reply.user_vector.model_version,
+        vector_status=reply.vector_status,
         interaction_count=reply.interaction_count,
         numeric_features=numeric,
         liked_items=liked,

@@ -1,5 +1,6 @@
 """`/admin/v1/experiments`: create, list, stop and read out online experiments (scope
-`admin`). Every replica picks a change up within `experiments_refresh_seconds`."""
+`admin`). Every replica picks a change up within `experiments_refresh_seconds`; every
+change is recorded in the audit log."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from ...adapters.experiments import ExperimentConflict
-from ...deps import COMMON_ERRORS, PROBLEM, Services, authorize
+from ...deps import COMMON_ERRORS, PROBLEM, AdminKey, Services, authorize
 from ...experiments import InvalidExperiment, readout_body, validate
 from ...rest.problems import Problem
 from ...rest.responses import JSONBody
@@ -25,7 +26,7 @@ Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$", description="Exp
     responses={**COMMON_ERRORS, 409: PROBLEM},
     summary="Start an experiment",
 )
-async def create_experiment(*, body: ExperimentIn, services: Services):
+async def create_experiment(*, body: ExperimentIn, services: Services, principal: AdminKey):
     try:
         spec = validate(body.name, [v.model_dump() for v in body.variants], body.salt, body.surface)
     except InvalidExperiment as error:
@@ -35,6 +36,7 @@ async def create_experiment(*, body: ExperimentIn, services: Services):
     except ExperimentConflict as error:
         raise Problem(409, str(error)) from None
     await services.experiments.refresh()
+    await services.audit.record(principal, "experiment.create", spec.name, None, created)
     return JSONBody(created, status_code=201, headers={"Location": f"/admin/v1/experiments/{spec.name}"})
 
 
@@ -49,11 +51,15 @@ async def list_experiments(*, services: Services):
     responses={**COMMON_ERRORS, 404: PROBLEM},
     summary="Stop an experiment (its exposures and readout stay)",
 )
-async def stop_experiment(*, name: Name, services: Services):
+async def stop_experiment(*, name: Name, services: Services, principal: AdminKey):
+    found = await services.experiments.store.get(name)
     stopped = await services.experiments.store.stop(name)
-    if stopped is None:
+    if found is None or stopped is None:
         raise Problem(404, f"no experiment {name!r}")
     await services.experiments.refresh()
+    before = {key: found[1][key] for key in ("status", "stopped_at")}
+    after = {key: stopped[key] for key in ("status", "stopped_at")}
+    await services.audit.record(principal, "experiment.stop", name, before, after)
     return JSONBody(stopped)
 
 

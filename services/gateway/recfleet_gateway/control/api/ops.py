@@ -11,7 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel
 from recfleet.candidates.v1 import candidates_pb2
 
-from ...deps import COMMON_ERRORS, Services, authorize
+from ...deps import COMMON_ERRORS, AdminKey, Services, authorize
 from ...downstream.clients import CandidateClient
 from ...rest.responses import JSONBody
 from ...rest.schemas import ID_PATTERN
@@ -55,6 +55,9 @@ async def index_status(*, services: Services):
     responses=COMMON_ERRORS,
     summary="Drop a user's cached recommendations",
 )
-async def flush_user_cache(*, user_id: Annotated[str, Path(pattern=ID_PATTERN)], services: Services):
+async def flush_user_cache(
+    *, user_id: Annotated[str, Path(pattern=ID_PATTERN)], services: Services, principal: AdminKey
+):
     await services.cache.invalidate(user_id)
+    await services.audit.record(principal, "cache.flush", user_id)
     return JSONBody({"user_id": user_id, "flushed": True})

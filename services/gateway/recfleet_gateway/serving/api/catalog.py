@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 import grpc
 from fastapi import APIRouter, Depends, Path
-from google.protobuf import timestamp_pb2
 from recfleet.features.v1 import features_pb2
 
 from ...deps import COMMON_ERRORS, PROBLEM, Services, authorize
@@ -22,6 +21,7 @@ from ..schemas import ItemBatch, ItemIn, ItemsUpserted
 router = APIRouter(tags=["catalog"])
 ReplyT = TypeVar("ReplyT")
 WRITE = "catalog:write"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_proto(item_id: str, item: ItemIn) -> features_pb2.Item:
@@ -36,10 +36,10 @@ def to_proto(item_id: str, item: ItemIn) -> features_pb2.Item:
         available=item.available,
     )
     if item.published_at is not None:
-        stamp = timestamp_pb2.Timestamp()
-        published = item.published_at if item.published_at.tzinfo else item.published_at.replace(tzinfo=UTC)
-        stamp.FromDatetime(published.astimezone(UTC))
-        message.published_at.CopyFrom(stamp)
+        # Aware minus aware: no conversion, so no overflow at the ends of the calendar.
+        since_epoch = item.published_at - EPOCH
+        message.published_at.seconds = since_epoch.days * 86_400 + since_epoch.seconds
+        message.published_at.nanos = since_epoch.microseconds * 1000
     return message
 
 
@@ -86,7 +86,9 @@ async def put_item(
     summary="Create or replace up to 500 catalog items",
 )
 async def post_items(*, batch: ItemBatch, _: Annotated[Principal, Depends(authorize(WRITE))], services: Services):
-    request = features_pb2.UpsertItemsRequest(items=[to_proto(item.item_id, item) for item in batch.items])
+    # Upserts in order: of two entries for one id, the later one is what stays.
+    latest = {item.item_id: item for item in batch.items}
+    request = features_pb2.UpsertItemsRequest(items=[to_proto(item_id, item) for item_id, item in latest.items()])
     client = services.fleet.feature_store.pick(services.fleet.router, None)
     reply = await feature_store_write(client.upsert_items(request, timeout=services.settings.write_timeout))
     return JSONBody({"upserted": reply.upserted, "created": reply.created})

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from prometheus_client import Counter
+from pydantic import StringConstraints
 
 from ...deps import COMMON_ERRORS, PROBLEM, Services, authorize
 from ...rest.auth import Principal
@@ -29,6 +30,16 @@ READ = "recommend:read"
 UserId = Annotated[str, Query(pattern=ID_PATTERN, description="The user to recommend for.")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page, 1-100.")]
 Label = Annotated[str, Query(max_length=128, pattern=r"^[^\x00-\x1f]*$")]
+# One `exclude` value: item ids separated by commas (white space around them is ignored).
+EXCLUDE_PATTERN = r"^\s*(?:[A-Za-z0-9_.:\-]{1,128}\s*)?(?:,\s*(?:[A-Za-z0-9_.:\-]{1,128}\s*)?)*$"
+ExcludeValue = Annotated[str, StringConstraints(pattern=EXCLUDE_PATTERN)]
+# Cursors are base64url without padding (serving/cache.py's CursorCodec).
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]*$"
+CURSOR_DOC = (
+    "Opaque: the `next_cursor` of the previous page, as it was (base64url, at most 2048 characters); "
+    "repeat the other parameters unchanged (`limit` may change). A cursor this API did not issue, "
+    "or issued for other parameters, is refused with 400; one whose pages expired gets 410."
+)
 
 
 def parse_exclude(values: list[str]) -> tuple[str, ...]:
@@ -60,9 +71,12 @@ async def recommendations(
     _: Annotated[Principal, Depends(authorize(READ, user_from="user_id"))],
     limit: Limit = 20,
     surface: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:\-]{0,64}$", description="Where the list is shown.")] = "",
-    cursor: Annotated[str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, max_length=2048, description=CURSOR_DOC)] = None,
     explain: Annotated[bool, Query(description="Add per-item explanations.")] = False,
-    exclude: Annotated[list[str] | None, Query(description="Item ids to leave out (repeat or comma-separate).")] = None,
+    exclude: Annotated[
+        list[ExcludeValue] | None,
+        Query(max_length=500, description="Item ids to leave out (repeat or comma-separate; at most 500)."),
+    ] = None,
     category: Label = "",
     services: Services,
 ):

@@ -101,9 +101,13 @@ async def export_user(
     summary="Erase a user from every store",
 )
 async def erase_user(
-    *, user_id: UserPath, _: Annotated[Principal, Depends(authorize(ADMIN, user_from="user_id"))], services: Services
+    *,
+    user_id: UserPath,
+    principal: Annotated[Principal, Depends(authorize(ADMIN, user_from="user_id"))],
+    services: Services,
 ):
     receipt = await services.erasures.request(user_id)
+    await services.audit.record(principal, "user.erase", user_id, None, {"receipt_id": receipt["receipt_id"]})
     return JSONBody(receipt, status_code=202, headers={"Location": f"/v1/erasures/{receipt['receipt_id']}"})
 
 
