@@ -95,18 +95,25 @@ def artifact_dir(tmp_path):
 
 class CuttablePostgres:
     """The test database reached through a TCP forwarder on a port of its own: `cut()`
-    closes the forwarder and every connection through it, as if Postgres died."""
+    closes the forwarder and every connection through it, as if Postgres died; `freeze()`
+    keeps every connection open but passes nothing on, as if Postgres hung."""
 
     def __init__(self, dsn: str, port: int):
         self.dsn = dsn
         self._target = port
         self._links: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
 
     async def start(self, listen: int) -> None:
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while chunk := await reader.read(65536):
+                    await self._flowing.wait()
                     writer.write(chunk)
                     await writer.drain()
             writer.close()
@@ -119,6 +126,7 @@ class CuttablePostgres:
         self._server = await asyncio.start_server(handle, "127.0.0.1", listen)
 
     def cut(self) -> None:
+        self._flowing.set()  # what waits to pass on ends with the connection
         if self._server is not None:
             self._server.close()
         for link in self._links:

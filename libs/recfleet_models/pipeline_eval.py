@@ -15,13 +15,17 @@ EXTENDED_FEATURES); the service cannot serve a model trained with them yet.
 At evaluation time the ALS fitted on the whole train part proposes candidates the same
 way (`training.candidate_groups`), features are what the feature store would serve
 after the whole train part (popularity and affinities from it, "now" its newest
-rating), and the ranker orders them. Diversity and business filters are left out:
-MovieLens carries no creators, regions or age ratings, and the figure measures ranking
-quality.
+rating), and the ranker orders them, but only if it passed the promotion gate
+(`training.ranker_gate`) on the trainer's held-out users, as `train-ranker --promote`
+requires: otherwise what the gate says would serve orders them, the candidate order
+(the ALS scores) or the rule formula. `gate=False` lets the ranker order them whatever
+the gate says. Diversity and business filters are left out: MovieLens carries no
+creators, regions or age ratings, and the figure measures ranking quality.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,19 +40,29 @@ from .data import Movie, Ratings
 from .evaluation import AlsRecommender
 from .popularity import normalise, window_scores
 from .ranking.features import AFFINITY_PREFIX
+from .ranking.rules import RuleWeights, rule_scores
 from .ranking.training import (
     BLOCK,
+    CANDIDATE_ORDER,
+    DEFAULT_MIN_GAIN,
+    DEFAULT_MIN_GAIN_SE,
+    GAIN_SE_METRICS,
     PRESETS,
+    RANKER,
+    VALIDATION_METRICS,
+    CandidateGroup,
     CatalogItem,
     InteractionLog,
     PopularityClock,
     RankerFit,
     RankerParams,
+    RankerVerdict,
     ServedFeatures,
     UserId,
     candidate_groups,
     feature_names,
     popular_columns,
+    ranker_gate,
     train_ranker,
 )
 
@@ -282,7 +296,9 @@ def _fitted(params: ALSParams, ratings: Ratings) -> AlsModel:
 
 
 class RankerPipelineRecommender:
-    """ALS retrieval (fitted on the whole train part) re-ranked by a learned ranker."""
+    """ALS retrieval (fitted on the whole train part) re-ranked by a learned ranker, when
+    the ranker passes the promotion gate (`min_gain`, `min_gain_se`; always with
+    `gate=False`), else by what the gate says serves instead."""
 
     name = "als+ranker"
 
@@ -292,21 +308,38 @@ class RankerPipelineRecommender:
         als_params: ALSParams | None = None,
         params: RankerParams | None = None,
         feature_set: str = "service",
+        min_gain: float = DEFAULT_MIN_GAIN,
+        gate: bool = True,
+        min_gain_se: float = DEFAULT_MIN_GAIN_SE,
     ):
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"feature_set must be one of {', '.join(FEATURE_SETS)}, got {feature_set!r}")
+        if min_gain < 0 or min_gain_se < 0:
+            raise ValueError("min_gain and min_gain_se must not be negative")
         self.movies = list(movies)
         self.catalog = catalog_of(self.movies)
         self.als_params = als_params or ALSParams()
         self.params = params or PRESETS[EVALUATION_PRESET]
         self.feature_set = feature_set
+        self.min_gain = min_gain
+        self.min_gain_se = min_gain_se
+        self.gate = gate
         self.extra = ExtendedColumns(self.movies, self.als_params) if feature_set == "extended" else None
         self.retrieval = AlsRecommender(self.als_params)
         self.fit_result: RankerFit | None = None
+        self.verdict: RankerVerdict | None = None
+
+    @property
+    def serves(self) -> str:
+        """What orders the candidates: the ranker, the candidate order or the rule formula."""
+        if self.verdict is None:
+            raise RuntimeError("fit() first")
+        return RANKER if not self.gate else self.verdict.serves
 
     def fit(self, train: Ratings) -> None:
         log = interaction_log(train)
         self.fit_result = train_ranker(log, self.catalog, self.als_params, self.params, self.extra)
+        self.verdict = ranker_gate(self.fit_result.metrics, self.min_gain, self.min_gain_se)
         self.retrieval.fit(train)
         model = self.retrieval.model
         if model is None:
@@ -327,17 +360,17 @@ class RankerPipelineRecommender:
         self.popular = popular_columns(model, log.item_ids, weights)
         self.scoring_extra = self.extra.for_fold(log, model) if self.extra is not None else None
 
-    def candidate_features(
+    def candidate_groups(
         self,
         users: Sequence[int],
         seen: dict[UserId, set[str]],
         k: int = 0,
         extra: Callable[[UserId, np.ndarray, np.ndarray], np.ndarray] | None = None,
-    ) -> tuple[list[UserId], list[np.ndarray], list[np.ndarray]]:
-        """(users, candidate movie ids, feature rows) as the ranker scores them; `extra`
+    ) -> list[CandidateGroup]:
+        """Each user's candidates and feature rows as the ranker scores them; `extra`
         replaces the extended columns' function."""
         params = replace(self.params, als_candidates=max(self.params.als_candidates, k))
-        groups = list(
+        return list(
             candidate_groups(
                 self.model,
                 users,
@@ -349,6 +382,16 @@ class RankerPipelineRecommender:
                 extra or self.scoring_extra,
             )
         )
+
+    def candidate_features(
+        self,
+        users: Sequence[int],
+        seen: dict[UserId, set[str]],
+        k: int = 0,
+        extra: Callable[[UserId, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[list[UserId], list[np.ndarray], list[np.ndarray]]:
+        """(users, candidate movie ids, feature rows) as the ranker scores them."""
+        groups = self.candidate_groups(users, seen, k, extra)
         return (
             [g.user_id for g in groups],
             [np.array([int(i) for i in g.item_ids.tolist()], dtype=np.int64) for g in groups],
@@ -361,28 +404,34 @@ class RankerPipelineRecommender:
         seen_sets: dict[UserId, set[str]] = {}
         for user, item in zip(seen.user_ids.tolist(), seen.movie_ids.tolist(), strict=True):
             seen_sets.setdefault(user, set()).add(str(item))
-        out_users, items, xs = self.candidate_features(users, seen_sets, k)
-        if not out_users:
+        groups = self.candidate_groups(users, seen_sets, k)
+        if not groups:
             return {}
-        scores = self.fit_result.predict(np.vstack(xs), self.params.num_threads)
+        serves = self.serves
+        if serves == RANKER:
+            scores = self.fit_result.predict(np.vstack([g.features for g in groups]), self.params.num_threads)
+            bounds = np.cumsum([0] + [len(g.item_ids) for g in groups])
+            per_group = [scores[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+        elif serves == CANDIDATE_ORDER:
+            per_group = [np.fromiter((c.score for c in g.candidates), np.float64, len(g.candidates)) for g in groups]
+        else:
+            rules = RuleWeights(half_life_days=self.params.freshness_half_life_days)
+            per_group = [rule_scores(g.candidates, g.now, rules)[0] for g in groups]
         out: dict[int, list[int]] = {}
-        start = 0
-        for user, ids in zip(out_users, items, strict=True):
-            s = scores[start : start + len(ids)]
-            start += len(ids)
+        for group, s in zip(groups, per_group, strict=True):
             order = np.argsort(-s, kind="stable")[:k]
-            out[int(user)] = [int(i) for i in ids[order]]
+            out[int(group.user_id)] = [int(i) for i in group.item_ids[order].tolist()]
         return out
 
     def details(self) -> dict[str, Any]:
-        """The training summary `evaluate` prints under "ranker"."""
+        """The training summary `evaluate` prints under "ranker": training statistics, the
+        held-out figures, the gate's verdict and what ordered the evaluated lists."""
         fit = self.fit_result
         validation = (
             {
-                "validation_ndcg@10": fit.metrics["ndcg@10"],
-                "validation_ndcg@10_rules": fit.metrics["ndcg@10_rules"],
-                "validation_ndcg@10_als_order": fit.metrics["ndcg@10_als"],
-                "validation_users": fit.metrics["holdout_users"],
+                **{name: fit.metrics[name] for name in VALIDATION_METRICS.values()},
+                **{name: fit.metrics[name] for name in GAIN_SE_METRICS.values()},
+                "validation_users": fit.metrics["validation_users"],
             }
             if fit
             else {}
@@ -391,6 +440,7 @@ class RankerPipelineRecommender:
             "ranker": {
                 **(fit.stats if fit else {}),
                 **validation,
+                **({"gate": self.verdict.as_dict(), "ordered_by": self.serves} if self.verdict else {}),
                 "feature_set": self.feature_set,
                 "feature_names": list(fit.feature_names) if fit else list(feature_names(self.extra)),
                 "params": self.params.as_dict(),

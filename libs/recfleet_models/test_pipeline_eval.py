@@ -1,5 +1,6 @@
 """The ALS + learned-ranker pipeline on the bundled sample: valid lists, better than popular."""
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from recfleet_models.pipeline_eval import (
     interaction_log,
 )
 from recfleet_models.protocols import make_split
-from recfleet_models.ranking.training import PRESETS, RankerParams, carve_labels
+from recfleet_models.ranking.training import PRESETS, RankerParams, carve_labels, ranker_gate
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
 FAST_ALS = ALSParams(factors=32, iterations=8)
@@ -57,6 +58,26 @@ def test_ranker_lists_are_valid_and_beat_popular(sample, fitted):
     assert metrics.users_evaluated == len(users)
     assert metrics.ndcg > popular.ndcg + 0.03
     assert metrics.coverage > popular.coverage
+
+
+def test_a_ranker_refused_by_the_gate_leaves_the_candidate_order(sample, fitted):
+    _, split = sample
+    recommender, _ = fitted
+    verdict = recommender.verdict
+    assert verdict is not None and recommender.serves == verdict.serves
+    assert recommender.details()["ranker"]["gate"] == verdict.as_dict()
+    # A margin no ranker can clear: the candidate order (the ALS scores, better than the
+    # rule formula here) orders the candidates, which is plain ALS's list.
+    refused = copy.copy(recommender)
+    refused.verdict = ranker_gate(recommender.fit_result.metrics, min_gain=1.0)
+    assert refused.serves == "candidate-order" and refused.details()["ranker"]["ordered_by"] == "candidate-order"
+    users = sorted(set(split.test.user_ids.tolist()))[:100]
+    assert refused.recommend(users, 10, split.seen()) == recommender.retrieval.recommend(users, 10, split.seen())
+    # Without the gate the ranker orders them whatever the verdict.
+    ungated = copy.copy(refused)
+    ungated.gate = False
+    assert ungated.serves == "ranker"
+    assert ungated.recommend(users, 10, split.seen()) != refused.recommend(users, 10, split.seen())
 
 
 def test_booster_serves_through_the_ranking_service(sample, fitted):

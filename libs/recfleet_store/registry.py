@@ -12,8 +12,10 @@ gateway and feature store read it without a database round trip.
 Promotion gates (`promote_gated`): a version is refused, with the reasons, when it is an
 ALS version whose FAISS index is not built for exactly the shard count the fleet serves
 (build-index records each index here: `record_index`), or when its main validation metric
-(`QUALITY_METRICS`) falls more than `max_regression` below the serving version's. A forced
-promotion goes past the gates and says which ones it went past.
+(`QUALITY_METRICS`) falls more than `max_regression` below the serving version's, or when
+its training job recorded a failed validation gate with it (`metrics.validation_gate`: a
+ranker that does not beat the candidate order or the rule formula on held-out data). A
+forced promotion goes past the gates and says which ones it went past.
 """
 
 from __future__ import annotations
@@ -190,6 +192,9 @@ def refusals(candidate: Mapping[str, Any], serving: Mapping[str, Any] | None, ga
                 f"its FAISS index has {index.get('shard_count')} shards but the fleet serves"
                 f" {gates.shard_count}: run {rebuild}"
             )
+    verdict = (candidate.get("metrics") or {}).get("validation_gate")
+    if isinstance(verdict, dict) and verdict.get("passed") is False:
+        reasons.append(str(verdict.get("reason") or "it failed the validation gate it was trained with"))
     if serving is not None:
         compared = quality_comparison(candidate.get("metrics") or {}, serving.get("metrics") or {})
         # A drop of exactly the margin passes, whatever the floating-point rounding.

@@ -7,6 +7,13 @@ remaining item that keeps both constraints; when none does ("when the catalog al
 it"), the best item that keeps the category constraint, then the creator constraint,
 then simply the best remaining one. An empty creator is nobody and is never capped.
 
+Preferred quota (cold start, `PreferredQuota`): some positions are claimed for preferred
+items. The quota comes before the diversity rules: at a claimed position only preferred
+items compete, and the diversity rules choose among them as above (the best one keeping
+both, else relaxed in the same order); an unclaimed position is filled from every
+remaining item. Preferred items count towards the caps like any other, so the caps go on
+shaping the rest of the list.
+
 Exploration: a share of the slots goes to random lower-ranked items, chosen with a
 generator seeded by the user id so the same user sees the same list for the same
 candidates.
@@ -20,10 +27,12 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 
 DIVERSITY_CATEGORY = "diversity:category"
 DIVERSITY_CREATOR = "diversity:creator"
 DIVERSITY_RELAXED = "diversity:relaxed"
+PREFERRED_QUOTA = "quota:preferred-category"
 EXPLORATION = "exploration"
 
 
@@ -46,6 +55,57 @@ class DiversityPolicy:
         return max(1, math.floor(self.max_creator_share * list_length + 1e-9))
 
 
+@dataclass(frozen=True, slots=True)
+class PreferredQuota:
+    """Positions claimed for preferred items while any remain: every `window` consecutive
+    positions hold at least `ceil(share * window)` of them, and within the first window
+    they are spread out: the first k positions hold at least `ceil(share * k)`. A list
+    shorter than the window is one window of its own length."""
+
+    share: float
+    window: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.share <= 1:
+            raise ValueError("preferred share must be in (0, 1]")
+        if self.window < 1:
+            raise ValueError("quota window must be at least 1")
+
+
+class _QuotaTracker:
+    """Which positions of one list the quota claims, as the list is built."""
+
+    def __init__(self, quota: PreferredQuota, preferred: Sequence[bool], length: int):
+        self.share = quota.share
+        self.window = max(1, min(quota.window, length))
+        self.need = _at_least(quota.share * self.window)
+        self.left = sum(preferred)  # preferred items not placed yet
+        self.placed: list[bool] = []
+        self.in_window = 0  # preferred among the last `window` placed
+
+    def claims(self, position: int) -> bool:
+        """Whether this position must take a preferred item. Past the first window it must
+        when the `window - 1` positions before it hold fewer than the quota; the window that
+        ended just before held enough, so one claimed position always makes up the rest."""
+        if not self.left:
+            return False
+        if position < self.window:
+            return self.in_window < _at_least(self.share * (position + 1))
+        return self.in_window - self.placed[position - self.window] < self.need
+
+    def record(self, position: int, was_preferred: bool) -> None:
+        self.placed.append(was_preferred)
+        self.in_window += was_preferred
+        if position >= self.window:
+            self.in_window -= self.placed[position - self.window]
+        if was_preferred:
+            self.left -= 1
+
+
+def _at_least(value: float) -> int:
+    return math.ceil(value - 1e-9)
+
+
 @dataclass(slots=True)
 class Placement:
     """Where re-ranking put an item: index into the scored list, and the rules applied."""
@@ -59,18 +119,29 @@ def diversify(
     creators: Sequence[str],
     length: int,
     policy: DiversityPolicy,
+    preferred: Sequence[bool] | None = None,
+    quota: PreferredQuota | None = None,
 ) -> list[Placement]:
     """Choose `length` items from a list sorted best first.
 
+    With a `quota`, `preferred[i]` says whether item i is preferred, and the positions the
+    quota claims take the best preferred item the rules allow.
+
     Returns placements in output order; an item that was passed over for a constraint
-    carries the rule that moved it down.
+    carries the rule that moved it down, and an item lifted over others by the quota
+    carries `quota:preferred-category`, as do the items it passed.
     """
     n = len(primary_categories)
     length = min(length, n)
     # The share holds within the window (the top 20 a user sees first) and over the list.
     window_cap = policy.creator_cap(min(policy.window, length)) if policy.window else length
     list_cap = policy.creator_cap(length)
+    tracker = _QuotaTracker(quota, preferred, length) if quota is not None and preferred is not None else None
+    is_preferred = preferred.__getitem__ if preferred is not None else None
     remaining = list(range(n))
+    # The preferred items not placed yet, best first: a claimed position looks only here.
+    pending = list(compress(range(n), preferred)) if tracker is not None and preferred is not None else []
+    quota_bar = -1  # the lowest-scored item a claimed position has taken so far
     per_category: Counter[str] = Counter()
     per_creator: Counter[str] = Counter()
     moved: dict[int, list[str]] = {}
@@ -87,16 +158,20 @@ def diversify(
         def creator_ok(i: int, cap: int = cap) -> bool:
             return not creators[i] or per_creator[creators[i]] < cap
 
-        chosen_at = _first(remaining, lambda i: category_ok(i) and creator_ok(i))
-        relaxed = False
-        if chosen_at is None:
-            relaxed = True
-            chosen_at = _first(remaining, category_ok)
-            if chosen_at is None:
-                chosen_at = _first(remaining, creator_ok)
-            if chosen_at is None:
-                chosen_at = 0
-        for skipped in remaining[:chosen_at]:
+        claimed = tracker is not None and tracker.claims(position)
+        if claimed:
+            at, relaxed = _choose(pending, category_ok, creator_ok)
+            chosen_at = remaining.index(pending[at])
+            # Preferred items passed over broke a cap; the others in between gave way to
+            # the quota (marked when placed: every one below `quota_bar` was passed).
+            skipped_here = pending[:at]
+            lifted = chosen_at > at
+            quota_bar = max(quota_bar, pending[at])
+        else:
+            chosen_at, relaxed = _choose(remaining, category_ok, creator_ok)
+            skipped_here = remaining[:chosen_at]
+            lifted = False
+        for skipped in skipped_here:
             rule = DIVERSITY_CATEGORY if not category_ok(skipped) else DIVERSITY_CREATOR
             rules = moved.setdefault(skipped, [])
             if rule not in rules:
@@ -106,10 +181,33 @@ def diversify(
         if creators[index]:
             per_creator[creators[index]] += 1
         rules = list(moved.get(index, []))
+        if tracker is not None and is_preferred is not None:
+            tracker.record(position, is_preferred(index))
+            if is_preferred(index):
+                pending.remove(index)
+            elif index < quota_bar:
+                rules.append(PREFERRED_QUOTA)
+        if lifted:
+            rules.append(PREFERRED_QUOTA)
         if relaxed:
             rules.append(DIVERSITY_RELAXED)
         placements.append(Placement(index, rules))
     return placements
+
+
+def _choose(
+    candidates: list[int], category_ok: Callable[[int], bool], creator_ok: Callable[[int], bool]
+) -> tuple[int, bool]:
+    """(position in `candidates`, best first, of the item to place; whether a rule was
+    relaxed): the best item keeping both rules, else the category rule, else the creator
+    rule, else simply the best one."""
+    found = _first(candidates, lambda i: category_ok(i) and creator_ok(i))
+    if found is not None:
+        return found, False
+    found = _first(candidates, category_ok)
+    if found is None:
+        found = _first(candidates, creator_ok)
+    return (0 if found is None else found), True
 
 
 def _first(remaining: list[int], accept: Callable[[int], bool]) -> int | None:

@@ -16,8 +16,11 @@ from recfleet_models.ranking.training import (
     PopularityClock,
     RankerParams,
     ServedFeatures,
+    build_groups,
     carve_labels,
     group_ndcg,
+    paired_gain,
+    ranker_gate,
     train_ranker,
 )
 
@@ -120,8 +123,9 @@ def sample_log():
 def test_production_training_beats_the_rule_formula_and_serves_as_trained(sample_log):
     log, catalog = sample_log
     fit = train_ranker(log, catalog, ALSParams(factors=32, iterations=8), RankerParams(max_rounds=30))
-    assert fit.metrics["holdout_users"] > 50 and fit.stats["training_groups"] > fit.stats["validation_groups"]
-    assert fit.metrics["ndcg@10"] > fit.metrics["ndcg@10_rules"]
+    assert fit.metrics["validation_users"] > 50 and fit.stats["training_groups"] > fit.stats["validation_groups"]
+    assert fit.stats["stopping_groups"] == 0  # without early stopping every held-out user validates
+    assert fit.metrics["validation_ndcg@10"] > fit.metrics["validation_ndcg@10_rules"]
     assert fit.feature_names == FEATURE_NAMES and fit.stats["best_iteration"] == 30
     # The service's LearnedRanker loads the model text and scores the same rows the same.
     served = LearnedRanker.from_text("r", fit.booster.model_to_string(), {"feature_names": list(fit.feature_names)})
@@ -136,6 +140,68 @@ def test_dropped_features_are_left_out_of_the_model(sample_log):
     assert "candidate_score" not in fit.feature_names and len(fit.feature_names) == len(FEATURE_NAMES) - 2
     with pytest.raises(ValueError, match="unknown features"):
         train_ranker(log, catalog, ALSParams(factors=16, iterations=4), replace(params, drop_features=("mood",)))
+
+
+def test_with_early_stopping_the_validating_users_took_no_part_in_stopping(sample_log):
+    log, catalog = sample_log
+    params = RankerParams(max_rounds=5, early_stopping_rounds=2)
+    split = build_groups(log, catalog, ALSParams(factors=16, iterations=4), params)
+    stopping, validation = set(split.stopping.users), set(split.validation.users)
+    assert stopping and validation and not stopping & validation and not set(split.train.users) & validation
+    assert split.stats["stopping_groups"] == len(split.stopping.labels)
+    # Each validating group carries the candidate order and the rule formula's scores.
+    assert len(split.validation.candidate_scores) == len(split.validation.rule_scores) == len(validation)
+
+
+def figures(ranker: float, order: float, rules: float, se: float | None = 0.0005) -> dict[str, float | None]:
+    return {
+        "validation_ndcg@10": ranker,
+        "validation_ndcg@10_candidate_order": order,
+        "validation_ndcg@10_rules": rules,
+        "validation_gain_se_candidate_order": se,
+        "validation_gain_se_rules": se,
+    }
+
+
+def test_the_gate_asks_the_ranker_to_beat_the_better_of_the_candidate_order_and_the_rules():
+    passed = ranker_gate(figures(0.3020, 0.3000, 0.2500), min_gain=0.002)  # exactly the margin
+    assert (passed.passed, passed.serves, passed.baseline, passed.gain) == (True, "ranker", "candidate-order", 0.002)
+    short = ranker_gate(figures(0.3019, 0.3000, 0.2500), min_gain=0.002)
+    assert (short.passed, short.serves) == (False, "candidate-order")
+    assert short.reason == (
+        "the ranker does not beat the candidate order by at least 0.002 and more than 2 standard errors:"
+        " held-out NDCG@10 0.3019 against 0.3000 for the candidate order over the same candidates"
+        " (+0.0019, standard error 0.0005)"
+    )
+    rules = ranker_gate(figures(0.2600, 0.2500, 0.2700), min_gain=0.002)
+    assert (rules.passed, rules.serves, rules.gain) == (False, "rules", -0.01)
+    assert "does not beat the rule formula" in rules.reason
+    tie = ranker_gate(figures(0.2000, 0.2500, 0.2500))
+    assert tie.serves == "candidate-order" and tie.as_dict()["min_gain"] == 0.002
+    assert ranker_gate(figures(0.3, 0.3, 0.2), min_gain=0, min_gain_se=0).passed
+    with pytest.raises(ValueError, match="held-out figures"):
+        ranker_gate({"validation_ndcg@10": 0.3})
+    with pytest.raises(ValueError, match="negative"):
+        ranker_gate(figures(0.3, 0.2, 0.1), min_gain=-0.1)
+
+
+def test_a_gain_within_the_noise_of_the_held_out_users_does_not_pass():
+    # 0.005 above the candidate order, but the per-user gains scatter: 2 standard errors is 0.006.
+    noisy = ranker_gate(figures(0.3050, 0.3000, 0.2500, se=0.003))
+    assert not noisy.passed and noisy.as_dict()["gain_se"] == 0.003
+    assert ranker_gate(figures(0.3050, 0.3000, 0.2500, se=0.002)).passed
+    assert ranker_gate(figures(0.3050, 0.3000, 0.2500, se=0.003), min_gain_se=1).passed
+    # Unknown (fewer than two held-out users): only a gate that asks for no significance passes.
+    assert not ranker_gate(figures(0.9, 0.3, 0.2, se=None)).passed
+    assert ranker_gate(figures(0.9, 0.3, 0.2, se=None), min_gain_se=0).passed
+
+
+def test_paired_gain_averages_a_users_folds_before_the_standard_error():
+    users = ["a", "a", "b", "c"]
+    gain, se = paired_gain(users, np.array([0.5, 0.7, 0.4, 0.9]), np.array([0.4, 0.4, 0.4, 0.5]))
+    # Per user: a (0.1 + 0.3) / 2 = 0.2, b 0.0, c 0.4.
+    assert gain == pytest.approx(0.2) and se == pytest.approx(np.std([0.2, 0.0, 0.4], ddof=1) / np.sqrt(3))
+    assert paired_gain(["a"], np.array([1.0]), np.array([0.0])) == (1.0, float("inf"))
 
 
 @pytest.mark.parametrize(

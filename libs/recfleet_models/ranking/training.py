@@ -20,7 +20,9 @@ One training group per user (and label fold):
    on the labels too would hand the ranker the answers through the candidate score.
 3. Candidates: its top `als_candidates` plus the `popular_candidates` most popular
    history items, the user's history excluded; label 1 when the user interacted with the
-   candidate in the label part. Groups without a positive are dropped.
+   candidate in the label part. Groups without a positive are dropped. Production's
+   mix is what the gateway sends the ranking service for a user with history: the ALS
+   top `candidates_per_shard` of every shard (200 x 2 = 400) and nothing else.
 4. Features: `learned.feature_matrix` (what the ranking service computes) over
    candidates and a user as the feature store would have served them at `t`: popularity
    sums the interactions before `t` (every user's; with a random carve, the history's),
@@ -29,9 +31,17 @@ One training group per user (and label fold):
    count and category affinities from the history; freshness and item age at `t`. A
    hashed `affinity_dropout` share of users get no affinities, so the model learns a path
    for requests that carry none (LightGBM's missing-value branch).
-5. A hashed `validation_share` of users is held out: with `early_stopping_rounds` the
-   booster stops when their NDCG@10 stops improving, and their NDCG@10 under the ranker,
-   the rule formula and the ALS order is recorded.
+5. A hashed `validation_share` of users is held out. Without early stopping all of them
+   validate; with `early_stopping_rounds` a hashed half of them picks the round the
+   booster stops at and the other half validates, so the users the ranker is judged on
+   took no part in any training decision. Their NDCG@10 under the ranker, under the
+   candidate order (the candidate scores the ranker would re-rank: what serves without
+   a ranker when the rule formula is reduced to its candidate term) and under the rule
+   formula, over the same candidates, is recorded (`validation_ndcg@10`,
+   `validation_ndcg@10_candidate_order`, `validation_ndcg@10_rules`).
+6. The gate (`ranker_gate`): a ranker earns its place only when it beats the better of
+   the candidate order and the rule formula by a margin; otherwise that better order is
+   what should serve, and the verdict says why.
 """
 
 from __future__ import annotations
@@ -59,15 +69,40 @@ CARVES = ("recent", "random")
 # Users scored per block when proposing candidates (a block's scores are users x items).
 BLOCK = 1024
 
+# What orders the candidates: the learned ranker, the candidate scores as retrieval gave
+# them, or the rule formula.
+RANKER = "ranker"
+CANDIDATE_ORDER = "candidate-order"
+RULES = "rules"
+# The validation metrics `train_ranker` records, by what ordered the candidates.
+VALIDATION_METRICS = {
+    RANKER: "validation_ndcg@10",
+    CANDIDATE_ORDER: "validation_ndcg@10_candidate_order",
+    RULES: "validation_ndcg@10_rules",
+}
+# The standard error of the ranker's per-user NDCG@10 gain over each order.
+GAIN_SE_METRICS = {
+    CANDIDATE_ORDER: "validation_gain_se_candidate_order",
+    RULES: "validation_gain_se_rules",
+}
+_ORDER_NAMES = {CANDIDATE_ORDER: "the candidate order", RULES: "the rule formula"}
+# How much a ranker must beat the better of the candidate order and the rule formula by,
+# unless told otherwise: in held-out NDCG@10 (absolute), and in standard errors of that
+# gain (per user, paired), as train-als's tuning asks of a setting.
+DEFAULT_MIN_GAIN = 0.002
+DEFAULT_MIN_GAIN_SE = 2.0
+
 
 @dataclass(frozen=True)
 class RankerParams:
     """Label carving, candidates, features and booster of one training run.
 
-    The defaults are production's (`train-ranker`): a time-ordered carve, and small,
-    shallow trees (at most `max_rounds` of `num_leaves` leaves and depth `max_depth`),
-    which predict 500 candidates in well under a millisecond single-threaded and keep
-    TreeSHAP explanations (cost grows with leaves times depth squared) cheap.
+    The defaults are production's (`train-ranker`): a time-ordered carve; the candidate
+    mix the gateway sends (the ALS top 200 of each of 2 shards, no other source; the
+    job derives `als_candidates` from its shard settings); and small, shallow trees (at
+    most `max_rounds` of `num_leaves` leaves and depth `max_depth`), which predict 500
+    candidates in well under a millisecond single-threaded and keep TreeSHAP
+    explanations (cost grows with leaves times depth squared) cheap.
     """
 
     carve: str = "recent"
@@ -77,8 +112,8 @@ class RankerParams:
     min_history: int = 4
     # Disjoint random carves, each with its own history-only ALS (random carve only).
     folds: int = 1
-    als_candidates: int = 50
-    popular_candidates: int = 20
+    als_candidates: int = 400
+    popular_candidates: int = 0
     freshness_half_life_days: float = 365.0
     affinity_dropout: float = 0.2
     # Computed features the model does not use (the service serves any subset).
@@ -139,6 +174,7 @@ PRESETS: dict[str, RankerParams] = {
         min_history=5,
         folds=4,
         als_candidates=100,
+        popular_candidates=20,
         affinity_dropout=0.0,
         learning_rate=0.02,
         max_depth=-1,
@@ -401,6 +437,12 @@ def in_validation(user: UserId, share: float, seed: int) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < share
 
 
+def stops_early(user: UserId, seed: int) -> bool:
+    """Whether a held-out user picks the early-stopping round (a hashed half of them)
+    rather than validating the trained ranker."""
+    return _hash_below(f"{seed}:{user}:stopping", 0.5)
+
+
 @dataclass
 class Carve:
     """One label fold: the history rows, and per labelled user the label items and the
@@ -499,38 +541,75 @@ class _Moments:
 
 @dataclass
 class Groups:
-    """Training or validation groups: stacked feature rows, labels and group sizes."""
+    """Training or validation groups: stacked feature rows, labels and group sizes; for
+    validation also each group's candidate scores and rule-formula scores."""
 
     features: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     users: list[UserId] = field(default_factory=list)
     rule_scores: list[np.ndarray] = field(default_factory=list)
-    als_scores: list[np.ndarray] = field(default_factory=list)
+    candidate_scores: list[np.ndarray] = field(default_factory=list)
 
     @property
     def sizes(self) -> list[int]:
         return [len(y) for y in self.labels]
 
+    def add(self, group: CandidateGroup, labels: np.ndarray, rules: RuleWeights | None = None) -> None:
+        """One user's group; with `rules`, its candidate and rule-formula scores too."""
+        self.features.append(group.features)
+        self.labels.append(labels)
+        self.users.append(group.user_id)
+        if rules is not None:
+            self.candidate_scores.append(np.fromiter((c.score for c in group.candidates), np.float64, len(labels)))
+            self.rule_scores.append(rule_scores(group.candidates, group.now, rules)[0])
 
-def group_ndcg(groups: Sequence[tuple[np.ndarray, np.ndarray]], k: int = 10) -> float:
-    """Mean NDCG@k over (scores, binary labels) groups, as LightGBM's `ndcg` metric computes it.
+
+def group_ndcgs(groups: Sequence[tuple[np.ndarray, np.ndarray]], k: int = 10) -> np.ndarray:
+    """NDCG@k of each (scores, binary labels) group, as LightGBM's `ndcg` metric computes it.
 
     The ideal order is over the group's own positives; ties are broken by row order.
     """
-    if not groups:
-        return 0.0
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    total = 0.0
-    for scores, labels in groups:
+    out = np.empty(len(groups))
+    for n, (scores, labels) in enumerate(groups):
         top = labels[np.argsort(-scores, kind="stable")[:k]]
         ideal = discounts[: min(k, int(labels.sum()))].sum()
-        total += float((top * discounts[: len(top)]).sum() / ideal) if ideal > 0 else 1.0
-    return total / len(groups)
+        out[n] = float((top * discounts[: len(top)]).sum() / ideal) if ideal > 0 else 1.0
+    return out
+
+
+def group_ndcg(groups: Sequence[tuple[np.ndarray, np.ndarray]], k: int = 10) -> float:
+    """Mean NDCG@k over (scores, binary labels) groups (`group_ndcgs`)."""
+    return float(group_ndcgs(groups, k).mean()) if groups else 0.0
+
+
+def paired_gain(users: Sequence[UserId], better: np.ndarray, worse: np.ndarray) -> tuple[float, float]:
+    """(mean gain, its standard error) of one order's per-group NDCG over another's, the
+    gain taken per user (a user's groups of several folds averaged first, since they are
+    not independent); the standard error is inf with fewer than two users."""
+    by_user: dict[UserId, list[float]] = defaultdict(list)
+    for user, gain in zip(users, (better - worse).tolist(), strict=True):
+        by_user[user].append(gain)
+    gains = np.array([np.mean(values) for values in by_user.values()])
+    if len(gains) < 2:
+        return (float(gains.mean()) if len(gains) else 0.0), float("inf")
+    return float(gains.mean()), float(gains.std(ddof=1) / np.sqrt(len(gains)))
 
 
 def feature_names(extra: ExtraColumns | None = None) -> tuple[str, ...]:
     """Every column the trainer computes, in order: the service's, then `extra`'s."""
     return FEATURE_NAMES + (extra.names if extra is not None else ())
+
+
+@dataclass
+class GroupSplit:
+    """A log's groups by what they are for: training the booster, picking its stopping
+    round (empty without early stopping), and validating the trained ranker."""
+
+    train: Groups
+    stopping: Groups
+    validation: Groups
+    stats: dict[str, Any]
 
 
 def build_groups(
@@ -539,13 +618,13 @@ def build_groups(
     als_params: ALSParams,
     params: RankerParams = PRESETS["production"],
     extra: ExtraColumns | None = None,
-) -> tuple[Groups, Groups, dict[str, Any]]:
-    """(training groups, validation groups, statistics) from an interaction log."""
+) -> GroupSplit:
+    """The training, stopping and validation groups of an interaction log, with statistics."""
     weights = event_weights(log.types.tolist(), log.values.tolist(), als_params)
     positive = weights > 0
     log, weights = log.subset(positive), weights[positive]
     rules = RuleWeights(half_life_days=params.freshness_half_life_days)
-    train, valid = Groups(), Groups()
+    train, stopping, valid = Groups(), Groups(), Groups()
     stats: dict[str, Any] = {
         "interactions": len(log),
         "users_with_labels": 0,
@@ -587,19 +666,19 @@ def build_groups(
             )
             if y.sum() == 0:
                 continue  # a group without a positive teaches lambdarank nothing
-            target = valid if in_validation(group.user_id, params.validation_share, params.seed) else train
-            target.features.append(group.features)
-            target.labels.append(y)
-            target.users.append(group.user_id)
-            target.als_scores.append(np.fromiter((c.score for c in group.candidates), np.float64, len(y)))
-            if target is valid:
-                target.rule_scores.append(rule_scores(group.candidates, group.now, rules)[0])
+            if not in_validation(group.user_id, params.validation_share, params.seed):
+                train.add(group, y)
+            elif params.early_stopping_rounds and stops_early(group.user_id, params.seed):
+                stopping.add(group, y)
+            else:
+                valid.add(group, y, rules)
     stats.update(
         training_groups=len(train.labels),
+        stopping_groups=len(stopping.labels),
         validation_groups=len(valid.labels),
         als_seconds=round(stats["als_seconds"], 3),
     )
-    return train, valid, stats
+    return GroupSplit(train, stopping, valid, stats)
 
 
 @dataclass
@@ -626,7 +705,8 @@ class RankerFit:
 def fit_booster(
     train: Groups, valid: Groups, names: tuple[str, ...], columns: np.ndarray, params: RankerParams
 ) -> lgb.Booster:
-    """LightGBM lambdarank on the training groups; early stopping on the validation ones."""
+    """LightGBM lambdarank on the training groups; with `early_stopping_rounds`, stopped
+    when the NDCG@10 of the `valid` groups stops improving."""
     if not train.labels or not valid.labels:
         raise ValueError("too few users with labels among their candidates to train and validate a ranker")
     dtrain = lgb.Dataset(
@@ -670,26 +750,119 @@ def train_ranker(
     params: RankerParams = PRESETS["production"],
     extra: ExtraColumns | None = None,
 ) -> RankerFit:
-    """Build the training groups from the log (see the module doc) and fit the booster."""
+    """Build the groups from the log (see the module doc), fit the booster and validate it
+    on the held-out users against the candidate order and the rule formula."""
     all_names = feature_names(extra)
     unknown = set(params.drop_features) - set(all_names)
     if unknown:
         raise ValueError(f"drop_features names unknown features: {sorted(unknown)}")
     columns = np.array([i for i, name in enumerate(all_names) if name not in params.drop_features])
     names = tuple(all_names[i] for i in columns)
-    train, valid, stats = build_groups(log, catalog, als_params, params, extra)
-    booster = fit_booster(train, valid, names, columns, params)
-    fit = RankerFit(booster, names, columns, {}, stats, params)
+    split = build_groups(log, catalog, als_params, params, extra)
+    valid = split.validation
+    if params.early_stopping_rounds and not split.stopping.labels:
+        raise ValueError("too few users with labels among their candidates to stop early and validate a ranker")
+    booster = fit_booster(
+        split.train, split.stopping if params.early_stopping_rounds else valid, names, columns, params
+    )
+    fit = RankerFit(booster, names, columns, {}, split.stats, params)
     predicted = fit.predict(np.vstack(valid.features), params.num_threads)
     ranker_groups, start = [], 0
     for y in valid.labels:
         ranker_groups.append((predicted[start : start + len(y)], y))
         start += len(y)
-    fit.metrics = {
-        "ndcg@10": round(group_ndcg(ranker_groups), 4),
-        "ndcg@10_rules": round(group_ndcg(list(zip(valid.rule_scores, valid.labels, strict=True))), 4),
-        "ndcg@10_als": round(group_ndcg(list(zip(valid.als_scores, valid.labels, strict=True))), 4),
-        "holdout_users": len(set(valid.users)),
+    per_group = {
+        RANKER: group_ndcgs(ranker_groups),
+        CANDIDATE_ORDER: group_ndcgs(list(zip(valid.candidate_scores, valid.labels, strict=True))),
+        RULES: group_ndcgs(list(zip(valid.rule_scores, valid.labels, strict=True))),
     }
-    fit.stats = {**stats, "best_iteration": booster.best_iteration or booster.current_iteration()}
+    fit.metrics = {VALIDATION_METRICS[name]: round(float(ndcgs.mean()), 4) for name, ndcgs in per_group.items()}
+    for name in (CANDIDATE_ORDER, RULES):
+        se = paired_gain(valid.users, per_group[RANKER], per_group[name])[1]
+        fit.metrics[GAIN_SE_METRICS[name]] = round(se, 4) if np.isfinite(se) else None
+    fit.metrics["validation_users"] = len(set(valid.users))
+    fit.stats = {**split.stats, "best_iteration": booster.best_iteration or booster.current_iteration()}
     return fit
+
+
+@dataclass(frozen=True)
+class RankerVerdict:
+    """The gate's verdict on a trained ranker: `passed`, what should order the candidates
+    (`serves`: the ranker when it passed, else the better of the candidate order and the
+    rule formula), the figures it compared and, in `reason`, why, in one line."""
+
+    passed: bool
+    serves: str
+    ndcg: float
+    baseline: str
+    baseline_ndcg: float
+    gain_se: float | None
+    min_gain: float
+    min_gain_se: float
+    reason: str
+
+    @property
+    def gain(self) -> float:
+        return round(self.ndcg - self.baseline_ndcg, 4)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "serves": self.serves,
+            "baseline": self.baseline,
+            "gain": self.gain,
+            "gain_se": self.gain_se,
+            "min_gain": self.min_gain,
+            "min_gain_se": self.min_gain_se,
+            "reason": self.reason,
+        }
+
+
+def ranker_gate(
+    metrics: Mapping[str, Any], min_gain: float = DEFAULT_MIN_GAIN, min_gain_se: float = DEFAULT_MIN_GAIN_SE
+) -> RankerVerdict:
+    """Whether a ranker earns its place, from the held-out figures `train_ranker` recorded.
+
+    It passes when its NDCG@10 beats the better of the candidate order and the rule
+    formula, over the same held-out candidates, by at least `min_gain` (absolute) and by
+    more than `min_gain_se` standard errors of that gain (per user, paired; unknown with
+    fewer than two users, which fails unless `min_gain_se` is 0): a ranker that merely
+    ties them, or beats them by what a different draw of held-out users could take
+    away, costs a model call on every request and adds nothing. Between the candidate
+    order and the rule formula a tie goes to the candidate order, the simpler of the two.
+    """
+    if min_gain < 0 or min_gain_se < 0:
+        raise ValueError("min_gain and min_gain_se must not be negative")
+    try:
+        ndcg, order, rules = (float(metrics[VALIDATION_METRICS[name]]) for name in (RANKER, CANDIDATE_ORDER, RULES))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"the metrics lack the held-out figures the gate compares: {error}") from None
+    baseline, baseline_ndcg = (CANDIDATE_ORDER, order) if order >= rules else (RULES, rules)
+    recorded = metrics.get(GAIN_SE_METRICS[baseline])
+    se = float(recorded) if isinstance(recorded, int | float) and not isinstance(recorded, bool) else None
+    gain = ndcg - baseline_ndcg
+    # A gain of exactly the margin passes, whatever the floating-point rounding.
+    large_enough = gain >= min_gain - 1e-9
+    significant = min_gain_se == 0 or (se is not None and gain > min_gain_se * se)
+    passed = large_enough and significant
+    se_text = f"{se:.4f}" if se is not None else "unknown"
+    compared = (
+        f"held-out NDCG@10 {ndcg:.4f} against {baseline_ndcg:.4f} for {_ORDER_NAMES[baseline]}"
+        f" over the same candidates ({gain:+.4f}, standard error {se_text}"
+    )
+    required = f"at least {min_gain:g} and more than {min_gain_se:g} standard errors"
+    if passed:
+        reason = f"{compared}; {required} required)"
+    else:
+        reason = f"the ranker does not beat {_ORDER_NAMES[baseline]} by {required}: {compared})"
+    return RankerVerdict(
+        passed,
+        RANKER if passed else baseline,
+        ndcg,
+        baseline,
+        baseline_ndcg,
+        se,
+        min_gain,
+        min_gain_se,
+        reason,
+    )

@@ -104,6 +104,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
+        max_in_flight_writes=settings.max_in_flight_writes,
         drain=drain,
         access_log_slow_ms=settings.access_log_slow_ms,
         body_timeout_seconds=settings.body_timeout_seconds,

@@ -59,7 +59,7 @@ class Gateway:
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
         # Each pool serves at most two commands at once per request in flight.
-        connections = 2 * (settings.max_in_flight or 64)
+        connections = 2 * ((settings.max_in_flight or 64) + (settings.max_in_flight_writes or 32))
         redis = Redis.from_pool(bounded_pool(settings.redis_url, connections, REDIS_WAIT_SECONDS))
         pool = await open_pool(settings.postgres_dsn, min_size=1, max_size=8)
         fleet = Fleet(settings)

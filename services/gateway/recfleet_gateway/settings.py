@@ -27,6 +27,10 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # Requests one process works on at once before it answers 503 + Retry-After (load
     # shedding; probes, /metrics and /admin are never shed). 0 = no bound.
     max_in_flight: int = 64
+    # Writes (POST, PUT, PATCH, DELETE: events, catalog, profiles) count against a bound of
+    # their own, so a write path that hangs (event-ingest frozen) never takes the slots of
+    # recommendations, and a read storm never those of writes. 0 = no bound.
+    max_in_flight_writes: int = 32
     # Concurrent recommendation requests share their feature-store, candidate-gen and
     # ranking calls: at most this many requests per batched call (1 = a unary call per
     # request), and at most coalesce_max_in_flight batched calls out per endpoint at once

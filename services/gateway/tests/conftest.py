@@ -3,6 +3,7 @@ app over real Redis and Postgres, and HTTP clients holding keys of each scope.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -60,3 +61,19 @@ async def client(app):
 async def anonymous(app):
     async with http_client(app, None) as http:
         yield http
+
+
+@pytest.fixture
+async def served(app):
+    """The gateway on a real port, for the CLI."""
+    import uvicorn
+    from recfleet_runtime.ports import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task

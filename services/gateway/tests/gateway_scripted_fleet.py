@@ -316,9 +316,12 @@ class ScriptedIngest(Scripted, ingest_pb2_grpc.EventIngestServicer):
         super().__init__()
         self.events: list[ingest_pb2.Event] = []
         self.erased: list[str] = []
+        self.ingest_delay = 0.0
 
     async def Ingest(self, request, context):
         await self.enter(context, "Ingest")
+        if self.ingest_delay:
+            await asyncio.sleep(self.ingest_delay)
         reply = ingest_pb2.IngestResponse()
         for index, event in enumerate(request.events):
             if event.item_id.startswith("unknown-"):

@@ -4,7 +4,10 @@ this unique name.)"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import sys
 
 import httpx
 from prometheus_client import REGISTRY, generate_latest
@@ -42,3 +45,22 @@ def metrics_text() -> str:
     """What this process's registry exposes: the app runs in the test's process, and the
     gateway serves metrics on a port of its own (not through the app)."""
     return generate_latest(REGISTRY).decode()
+
+
+async def recfleetctl(url: str, *args: str) -> tuple[int, str]:
+    """(exit code, output) of `recfleetctl --url URL --key <admin key> ARGS...`."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "recfleet_ctl",
+        "--url",
+        url,
+        "--key",
+        ADMIN_KEY,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    output, _ = await process.communicate()
+    return process.returncode, output.decode()

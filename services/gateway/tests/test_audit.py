@@ -4,16 +4,13 @@ paging; a write that fails leaves the action's answer alone and is counted."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from gateway_scripted_fleet import ScriptedFleet
-from gateway_test_support import ADMIN_KEY, assert_problem, http_client
+from gateway_test_support import ADMIN_KEY, assert_problem, http_client, recfleetctl
 from prometheus_client import REGISTRY
 from recfleet_gateway.rest.auth import hash_key
 from recfleet_store import registry
@@ -242,40 +239,6 @@ async def test_an_audit_write_that_fails_keeps_the_answer_and_is_counted(client,
     assert (await client.delete("/admin/v1/cache/u-audited")).status_code == 200
     assert [e["target"] for e in await entries(client, action="cache.flush")] == ["u-audited"]
     assert REGISTRY.get_sample_value("recfleet_gateway_audit_write_failures_total") == failures + 1
-
-
-@pytest.fixture
-async def served(app):
-    """The gateway on a real port, for the CLI."""
-    import uvicorn
-    from recfleet_runtime.ports import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
-async def recfleetctl(url: str, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "recfleet_ctl",
-        "--url",
-        url,
-        "--key",
-        ADMIN_KEY,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "250"},
-    )
-    output, _ = await process.communicate()
-    return process.returncode, output.decode()
 
 
 async def test_recfleetctl_audit_and_key_rotation(served, client):

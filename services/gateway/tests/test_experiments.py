@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from gateway_test_support import ADMIN_KEY, assert_problem
+from gateway_test_support import assert_problem, recfleetctl
 from recfleet_store.suppression import user_hash
 
 CONTROL_TREATMENT = [
@@ -235,40 +233,6 @@ async def test_readout_flags_a_skewed_split(client, pg_dsn):
     # Equal CTRs: no lift to speak of.
     assert body["variants"][1]["lift"] == pytest.approx(0.0)
     assert body["variants"][1]["p_value"] > 0.5
-
-
-@pytest.fixture
-async def served(app):
-    """The gateway on a real port, for the CLI."""
-    import uvicorn
-    from recfleet_runtime.ports import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
-async def recfleetctl(url: str, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "recfleet_ctl",
-        "--url",
-        url,
-        "--key",
-        ADMIN_KEY,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    output, _ = await process.communicate()
-    return process.returncode, output.decode()
 
 
 async def test_recfleetctl_experiments(served, pg_dsn):

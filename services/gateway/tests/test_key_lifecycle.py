@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from gateway_test_support import assert_problem, http_client, running_app
+from recfleet_gateway.rest.auth import LOOKUP_SECONDS
 
 
 @pytest.fixture
@@ -173,3 +174,22 @@ async def test_a_disabled_bootstrap_key_stays_disabled_in_other_processes_and_af
             assert enabled.status_code == 200 and enabled.json()["disabled"] is False
         async with http_client(restarted) as bootstrap:
             assert (await bootstrap.get("/v1/popular")).status_code == 200
+
+
+async def test_a_hung_postgres_never_holds_the_requests_of_a_known_key(gateway_settings, cuttable_pg_dsn):
+    """Postgres frozen (connections open, no answers): a key this process verified before
+    is answered from its cache once a lookup gave up, instead of every request waiting on
+    a query that never returns."""
+    settings = gateway_settings.model_copy(update={"postgres_dsn": cuttable_pg_dsn.dsn, "api_key_cache_seconds": 0.2})
+    async with running_app(settings) as application:
+        async with http_client(application) as admin:
+            created = await admin.post("/admin/v1/api-keys", json={"name": "reader", "scopes": ["recommend:read"]})
+        async with http_client(application, created.json()["secret"]) as reader:
+            assert (await reader.get("/v1/popular", params={"limit": 3})).status_code == 200
+            cuttable_pg_dsn.freeze()
+            await asyncio.sleep(0.3)  # the key's cache entry is stale now
+            for _ in range(3):
+                # Generous: the first request waits for one lookup to give up, no more.
+                reply = await asyncio.wait_for(reader.get("/v1/popular", params={"limit": 3}), LOOKUP_SECONDS + 5)
+                assert reply.status_code == 200, reply.text
+        cuttable_pg_dsn.cut()  # the app's shutdown must not wait on frozen connections

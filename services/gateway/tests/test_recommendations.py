@@ -357,3 +357,21 @@ async def test_overload_is_shed_with_503_while_admin_and_probes_still_answer(gat
         assert (await client.get("/v1/recommendations", params={"user_id": "warm-1"})).status_code == 200
         metrics = metrics_text()
         assert "recfleet_gateway_shed_total 3.0" in metrics
+
+
+# After the overload test: it counts every shed request of the process.
+async def test_hung_writes_never_take_the_slots_of_recommendations(gateway_settings, fleet):
+    """Writes have a bulkhead of their own: with event-ingest hanging, event requests fill
+    theirs and are refused, and recommendations are still answered."""
+    fleet.ingest.servicer.ingest_delay = 0.5
+    bounded = gateway_settings.model_copy(update={"max_in_flight": 2, "max_in_flight_writes": 2})
+    event = {"events": [{"user_id": "warm-1", "item_id": "m1", "type": "click"}]}
+    async with running_app(bounded) as application, http_client(application) as client:
+        posts = [asyncio.ensure_future(client.post("/v1/events", json=event)) for _ in range(4)]
+        await asyncio.sleep(0.2)  # two writes hold both write slots
+        for _ in range(3):
+            reply = await client.get("/v1/recommendations", params={"user_id": "warm-2", "limit": 5})
+            assert reply.status_code == 200, reply.text
+        statuses = sorted(reply.status_code for reply in await asyncio.gather(*posts))
+        assert statuses == [202, 202, 503, 503]
+    fleet.ingest.servicer.ingest_delay = 0.0

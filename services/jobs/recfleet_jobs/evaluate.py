@@ -5,12 +5,15 @@ fits a model on the train part (or loads an ALS version from the artifact store)
 prints the metrics as JSON; `--model als+ranker` is the full pipeline, ALS retrieval
 re-ranked by a LightGBM ranker trained on the train part only by the one ranker trainer
 (recfleet_models.ranking.training, the one `train-ranker` runs) with a named preset of
-its settings (recfleet_models.pipeline_eval). The ALS models are trained as `train-als`
-trains them: hyper-parameters searched first within the same budget by the same code
-(recfleet_models.tuning) on a validation split carved from the train part, then fitted
-on the whole train part. `tune-als` grid-searches ALS hyper-parameters on the protocol's
-validation split (carved from the train part only; the test part is never looked at)
-and prints a table; `--report-test` then scores the best setting once on the test part.
+its settings (recfleet_models.pipeline_eval), used only when it passes the gate
+`train-ranker --promote` applies (RECFLEET_JOBS_RANKER_MIN_GAIN and _MIN_GAIN_SE;
+`--no-ranker-gate` measures it regardless), otherwise the order the gate chose instead.
+The ALS models are trained as `train-als` trains them: hyper-parameters searched first
+within the same budget by the same code (recfleet_models.tuning) on a validation split
+carved from the train part, then fitted on the whole train part. `tune-als`
+grid-searches ALS hyper-parameters on the protocol's validation split (carved from the
+train part only; the test part is never looked at) and prints a table; `--report-test`
+then scores the best setting once on the test part.
 """
 
 from __future__ import annotations
@@ -162,6 +165,12 @@ def evaluate_command(
     ranker_folds: int | None = typer.Option(
         None, min=1, help="als+ranker: random label folds carved from train (default: the preset's)"
     ),
+    ranker_gate: bool = typer.Option(
+        True,
+        help="als+ranker: order by the ranker only if it passes train-ranker's promotion gate"
+        " (RECFLEET_JOBS_RANKER_MIN_GAIN, _MIN_GAIN_SE), else by what the gate chose;"
+        " --no-ranker-gate: always by the ranker",
+    ),
     tune_seconds: float | None = typer.Option(
         None,
         min=0.0,
@@ -242,7 +251,15 @@ def evaluate_command(
     if model == "als+rules" and als is not None:
         recommender = RulePipelineRecommender(als, data.movies)
     if model == "als+ranker" and als is not None:
-        recommender = pipeline = RankerPipelineRecommender(data.movies, als.params, ranker_params, ranker_features)
+        recommender = pipeline = RankerPipelineRecommender(
+            data.movies,
+            als.params,
+            ranker_params,
+            ranker_features,
+            settings.ranker_min_gain,
+            ranker_gate,
+            settings.ranker_min_gain_se,
+        )
     metrics = evaluate(split, recommender, k)
     if pipeline is not None:
         details.update(pipeline.details())

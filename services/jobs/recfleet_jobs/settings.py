@@ -1,7 +1,8 @@
 """Batch job settings (env prefix RECFLEET_JOBS_)."""
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from recfleet_models.ranking.training import DEFAULT_MIN_GAIN, DEFAULT_MIN_GAIN_SE
 from recfleet_runtime.settings import ArtifactSettings, KafkaSettings, PostgresSettings, RedisSettings, TopicSettings
 from recfleet_store import registry, suppression
 
@@ -36,6 +37,15 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     als_tune_min_gain_se: float = 2.0
     # FAISS shards.
     shard_count: int = 2
+    # train-ranker proposes each user the candidates the gateway sends ranking: the ALS
+    # top `ranker_candidates_per_shard` of every shard (keep it equal to the gateway's
+    # RECFLEET_GATEWAY_CANDIDATES_PER_SHARD).
+    ranker_candidates_per_shard: int = Field(200, ge=1)
+    # A ranker is promoted only when its held-out NDCG@10 beats the better of the candidate
+    # order and the rule formula by at least `ranker_min_gain` (absolute) and by more than
+    # `ranker_min_gain_se` standard errors of that gain (per user); see docs/ranking.md.
+    ranker_min_gain: float = Field(DEFAULT_MIN_GAIN, ge=0)
+    ranker_min_gain_se: float = Field(DEFAULT_MIN_GAIN_SE, ge=0)
     index_type: str = "flat"
     ivf_nlist: int = 1024
     ivf_nprobe: int = 32

@@ -40,6 +40,23 @@ def test_ranker_pipeline_is_measured_with_its_training_summary():
     assert ranker["training_groups"] > ranker["validation_groups"] > 0
     assert ranker["params"]["als_candidates"] == 30 and ranker["params"]["folds"] == 1
     assert "candidate_score" in ranker["feature_names"]
+    # The lists are the ranker's only if it passed train-ranker's gate on its held-out users.
+    gate = ranker["gate"]
+    assert ranker["ordered_by"] == gate["serves"] and gate["min_gain"] == 0.002
+    assert gate["passed"] == (gate["serves"] == "ranker")
+    for name in ("validation_ndcg@10", "validation_ndcg@10_candidate_order", "validation_ndcg@10_rules"):
+        assert 0 < ranker[name] <= 1
+
+
+def test_without_the_gate_the_ranker_orders_the_lists(monkeypatch):
+    monkeypatch.setenv("RECFLEET_JOBS_RANKER_MIN_GAIN", "1")
+    gated = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--model", "als+ranker", *FAST])
+    assert gated.exit_code == 0, gated.output
+    ranker = json.loads(gated.output)["ranker"]
+    assert ranker["gate"]["passed"] is False and ranker["ordered_by"] != "ranker"
+    ungated = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--model", "als+ranker", *FAST, "--no-ranker-gate"])
+    assert ungated.exit_code == 0, ungated.output
+    assert json.loads(ungated.output)["ranker"]["ordered_by"] == "ranker"
 
 
 @pytest.mark.parametrize(

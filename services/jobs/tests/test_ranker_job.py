@@ -45,30 +45,48 @@ def load_movielens(dsn: str, max_users: int) -> None:
                 )
 
 
-def test_train_ranker_beats_rules_and_writes_a_loadable_candidate_version(fresh_pg_dsn, artifact_dir):
-    load_movielens(fresh_pg_dsn, max_users=400)
+def test_train_ranker_is_validated_against_what_serves_without_it_and_writes_a_loadable_candidate(
+    fresh_pg_dsn, artifact_dir
+):
+    load_movielens(fresh_pg_dsn, max_users=610)
     store = DirectoryArtifactStore(artifact_dir)
     summary = train_and_publish(fresh_pg_dsn, store, RankerParams(), promote=False)
-    metrics = summary["metrics"]
-    assert metrics["holdout_users"] > 30
-    assert metrics["ndcg@10"] > metrics["ndcg@10_rules"]
+    metrics, gate = summary["metrics"], summary["validation_gate"]
+    assert metrics["validation_users"] > 100
+    assert (
+        metrics["validation_ndcg@10"]
+        > metrics["validation_ndcg@10_candidate_order"]
+        > metrics["validation_ndcg@10_rules"]
+    )
+    # The verdict weighs the gain over the better alternative against its standard error.
+    assert gate["baseline"] == "candidate-order" and gate["gain_se"] == metrics["validation_gain_se_candidate_order"]
+    assert gate["passed"] == (gate["gain"] >= 0.002 and gate["gain"] > 2 * gate["gain_se"])
     ranker = load_ranker(store, summary["version"], summary["artifact_uri"])
     assert ranker.version == summary["version"]
+    meta = json.loads(store.get_bytes(f"{summary['artifact_uri'].rstrip('/')}/meta.json"))
+    assert meta["metrics"]["validation_gate"] == summary["validation_gate"]
     with psycopg.connect(fresh_pg_dsn) as conn:
         assert serving_version(conn, "ranker") is None
-        assert get_version(conn, summary["version"])["metrics"]["ndcg@10"] == metrics["ndcg@10"]
+        row = get_version(conn, summary["version"])
+        assert row["status"] == "candidate" and row["metrics"]["validation_ndcg@10"] == metrics["validation_ndcg@10"]
+        # The candidates the gateway sends a user with history: the ALS top 200 of 2 shards.
+        assert (row["params"]["als_candidates"], row["params"]["popular_candidates"]) == (400, 0)
 
 
-def test_train_ranker_command_promotes(fresh_pg_dsn, artifact_dir, monkeypatch):
+def test_train_ranker_command_registers_a_candidate(fresh_pg_dsn, artifact_dir, monkeypatch):
     load_movielens(fresh_pg_dsn, max_users=60)
     monkeypatch.setenv("RECFLEET_POSTGRES_DSN", fresh_pg_dsn)
     monkeypatch.setenv("RECFLEET_ARTIFACT_URL", str(artifact_dir))
     _load()
-    result = CliRunner().invoke(app, ["train-ranker", "--promote", "--rounds", "10"])
+    result = CliRunner().invoke(app, ["train-ranker", "--rounds", "10"])
     assert result.exit_code == 0, result.output
-    promoted = json.loads(result.output.strip().splitlines()[-1])
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    # Not promoted, and `refusals` says what promoting it would meet: the gate's verdict.
+    gate = summary["validation_gate"]
+    assert summary["promoted"] is False and summary["refusals"] == ([] if gate["passed"] else [gate["reason"]])
     with psycopg.connect(fresh_pg_dsn) as conn:
-        assert serving_version(conn, "ranker") == promoted["version"]
+        assert get_version(conn, summary["version"])["status"] == "candidate"
+        assert serving_version(conn, "ranker") is None
 
 
 def test_train_ranker_without_events_says_so(fresh_pg_dsn, artifact_dir, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from recfleet_models.ranking.cold_start import ColdStartPolicy
 from recfleet_models.ranking.diversity import DiversityPolicy
 from recfleet_models.ranking.rules import RuleWeights
 from recfleet_runtime.grpcserver import GrpcService, run_service, serve
@@ -35,6 +36,7 @@ def build(settings: RankingSettings) -> tuple[GrpcService, RankingServicer]:
         exploration_share=settings.exploration_share,
         model_budget_seconds=settings.model_budget_ms / 1000.0,
         breaker=CircuitBreaker("ranking-model", settings.model_breaker_failures, settings.model_breaker_reset_seconds),
+        cold_start=ColdStartPolicy(settings.cold_start_threshold, settings.cold_start_preferred_share),
     )
     versions = RankerVersions(
         open_artifact_store(settings.artifact_url),

@@ -3,6 +3,9 @@
 Scoring takes the learned ranker when one is given and healthy, else the rule formula.
 A circuit breaker guards the model: errors and calls over the time budget count as
 failures, and while it is open rules rank without trying the model.
+
+Re-ranking applies the cold-start quota (cold users with preferred categories), then the
+diversity rules within it, then exploration.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from recfleet_models.ranking.cold_start import ColdStartPolicy, preferred_mask
 from recfleet_models.ranking.diversity import DiversityPolicy, diversify, explore
 from recfleet_models.ranking.features import Candidate, CandidateColumns, UserContext, assign_ranks
 from recfleet_models.ranking.filters import filter_columns
@@ -31,7 +35,8 @@ RANKER_CIRCUIT_OPEN = "ranker-circuit-open"
 
 @dataclass(slots=True)
 class RankQuery:
-    """One Rank call in domain terms; `limit` 0 means every candidate that passes.
+    """One Rank call in domain terms; `limit` 0 means every candidate that passes;
+    `cold_start`: the caller says the user is cold (whatever their interaction count).
 
     The service passes columns (ranks set); a `Candidate` list (tests, tools) is ranked
     by retrieval score here."""
@@ -41,6 +46,7 @@ class RankQuery:
     limit: int = 0
     explain: bool = False
     category: str = ""
+    cold_start: bool = False
 
 
 @dataclass(slots=True)
@@ -91,11 +97,13 @@ class RankingPipeline:
         exploration_share: float = 0.0,
         model_budget_seconds: float = 0.02,
         breaker: CircuitBreaker | None = None,
+        cold_start: ColdStartPolicy | None = None,
     ):
         if not 0 <= exploration_share < 1:
             raise ValueError("exploration_share must be in [0, 1)")
         self.weights = weights or RuleWeights()
         self.diversity = diversity or DiversityPolicy()
+        self.cold_start = cold_start or ColdStartPolicy()
         self.exploration_share = exploration_share
         self.model_budget_seconds = model_budget_seconds
         self.breaker = breaker or CircuitBreaker("ranking-model", failure_threshold=3, reset_seconds=10.0)
@@ -153,14 +161,24 @@ class RankingPipeline:
         return (candidates if len(kept_at) == len(candidates) else candidates.take(kept_at)), removed
 
     def _arrange(self, job: RankJob, kept: CandidateColumns, scored: Scored, removed: dict[str, int]) -> RankOutcome:
-        """Order by score, re-rank for diversity and exploration, explain."""
+        """Order by score, re-rank for the cold-start quota, diversity and exploration,
+        explain."""
         query = job.query
         scores, explain_basis, served_by, version = scored
         order = np.argsort(-scores, kind="stable") if len(kept) else np.empty(0, dtype=np.int64)
         length = len(order) if query.limit <= 0 else min(query.limit, len(order))
         items = kept.items
+        quota = self.cold_start.quota(query.user, query.cold_start)
+        preferred = None
+        if quota is not None:
+            preferred = preferred_mask(items.categories[order], query.user.preferred_categories).tolist()
         placements = diversify(
-            items.primary_categories[order].tolist(), items.creators[order].tolist(), length, self.diversity
+            items.primary_categories[order].tolist(),
+            items.creators[order].tolist(),
+            length,
+            self.diversity,
+            preferred,
+            quota,
         )
         placements = explore(placements, len(order), self.exploration_share, query.user.user_id)
         chosen = order[[p.index for p in placements]].tolist()

@@ -140,7 +140,7 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
         seen_item_ids=frozenset(constraints.seen_item_ids),
         features=dict(request.user_features),
     )
-    return RankQuery(user, candidates, request.limit, request.explain, request.category)
+    return RankQuery(user, candidates, request.limit, request.explain, request.category, request.cold_start)
 
 
 def _columns(query: RankQuery) -> CandidateColumns:

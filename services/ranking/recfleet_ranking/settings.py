@@ -23,6 +23,11 @@ class RankingSettings(ServiceSettings, PostgresSettings, RedisSettings, Artifact
     diversity_window: int = 20
     max_creator_share: float = 0.15
     exploration_share: float = 0.0
+    # Cold start: a user with fewer interactions than this (or a request saying cold_start)
+    # who has preferred categories gets this share of every 10 consecutive positions from
+    # those categories while such candidates remain (0 = off); it comes before diversity.
+    cold_start_threshold: int = 5
+    cold_start_preferred_share: float = 0.5
     # Fault injection for canary drills: share of calls answered with INTERNAL.
     inject_error_rate: float = 0.0
     # Most candidates one Rank call may carry (one GetItemFeatures batch).

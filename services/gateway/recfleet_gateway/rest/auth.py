@@ -8,8 +8,13 @@ unless it is disabled (a row in Postgres, so every process honours it).
 Each process keeps what Postgres answered about a key for `cache_seconds`, so a request
 with a key seen moments ago costs no query. That bounds revocation, rotation and
 disabling the bootstrap key: the process that makes the change forgets the key at once,
-every other process (worker or replica) within `cache_seconds` of it. A key's expiry is
-kept with its cached answer, so no process serves a key past the expiry it read.
+every other process (worker or replica) within `cache_seconds` of it (plus the time of
+one lookup, when Postgres is slow). A key's expiry is kept with its cached answer, so no
+process serves a key past the expiry it read.
+
+When Postgres is slow or away, a key verified before keeps its last answer: a request
+waits at most STALE_WAIT_SECONDS for a fresh one, and once a lookup failed, not at all
+until Postgres answers again. A key never seen gets 503 with Retry-After meanwhile.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import hmac
 import math
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -33,6 +40,7 @@ from .problems import Problem
 SCOPES = ("recommend:read", "events:write", "catalog:write", "users:admin", "admin")
 BOOTSTRAP_KEY_ID = "bootstrap"
 SECRET_PREFIX = "rfk_"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ BOOTSTRAP_DISABLED = "bootstrap key disabled: use an API key with the admin scop
 # Verified keys one process remembers; beyond this many (a flood of made-up keys) it
 # starts over rather than grow.
 MAX_CACHED_KEYS = 10_000
+# How long one key lookup may take, connection wait included, before Postgres counts as away.
+LOOKUP_SECONDS = 2.0
+# How long a request with a key verified before waits for the key's fresh answer.
+STALE_WAIT_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,20 @@ def verdict_of(key: ActiveKey | None) -> Verdict:
         return Verdict(None)
     expires = math.inf if key.expires_at is None else key.expires_at.timestamp()
     return Verdict(Principal(key.key_id, key.name, frozenset(key.scopes)), expires=expires)
+
+
+async def _within(seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or TimeoutError after `seconds`. Unlike asyncio.timeout it does not
+    wait for the abandoned work to unwind: a query on a Postgres that hangs (frozen,
+    partitioned away) is cancelled by a cancel request that itself waits on that Postgres.
+    The abandoned work ends on its own; its outcome is dropped."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        return task.result()
+    task.add_done_callback(lambda finished: finished.cancelled() or finished.exception())
+    task.cancel()
+    raise TimeoutError(f"no answer from Postgres within {seconds:g} s")
 
 
 def admit(verdict: Verdict) -> Principal:
@@ -132,8 +158,15 @@ class ApiKeyStore:
             lookup = asyncio.ensure_future(self._look_up(digest))
             self._lookups[digest] = lookup
             lookup.add_done_callback(lambda done: self._lookup_done(digest, done))
-        if cached is not None and now < self._away_until:
-            return admit(cached[1])
+        if cached is not None:
+            if now < self._away_until:
+                return admit(cached[1])
+            # A key seen before waits briefly for its fresh answer: when Postgres is slow
+            # or going away, its last answer stands meanwhile (the lookup goes on for the
+            # next request), so an outage costs a request STALE_WAIT_SECONDS, never the
+            # lookup's whole LOOKUP_SECONDS.
+            done, _ = await asyncio.wait({lookup}, timeout=STALE_WAIT_SECONDS)
+            return admit(lookup.result() if done else cached[1])
         # Shielded: a request that gives up does not cancel the lookup others wait for.
         return admit(await asyncio.shield(lookup))
 
@@ -151,12 +184,8 @@ class ApiKeyStore:
     async def _look_up(self, digest: str) -> Verdict:
         began, revocations = time.monotonic(), self._revocations
         try:
-            if self._is_bootstrap(digest):
-                state = await self._table.bootstrap_state(wait_seconds=2.0)
-                verdict = Verdict(None, BOOTSTRAP_DISABLED) if state.disabled else Verdict(BOOTSTRAP_PRINCIPAL)
-            else:
-                verdict = verdict_of(await self._table.find_active(digest, wait_seconds=2.0))
-        except (psycopg.Error, PoolTimeout) as error:
+            verdict = await _within(LOOKUP_SECONDS, self._query(digest))
+        except (psycopg.Error, PoolTimeout, TimeoutError) as error:
             self._away_until = time.monotonic() + self._cache_seconds
             cached = self._cache.get(digest)
             if cached is not None:
@@ -170,6 +199,12 @@ class ApiKeyStore:
             # Timed from before the query, so the answer is never older than its entry says.
             self._cache[digest] = (began, verdict)
         return verdict
+
+    async def _query(self, digest: str) -> Verdict:
+        if self._is_bootstrap(digest):
+            state = await self._table.bootstrap_state(wait_seconds=LOOKUP_SECONDS)
+            return Verdict(None, BOOTSTRAP_DISABLED) if state.disabled else Verdict(BOOTSTRAP_PRINCIPAL)
+        return verdict_of(await self._table.find_active(digest, wait_seconds=LOOKUP_SECONDS))
 
     def _lookup_done(self, digest: str, lookup: asyncio.Future[Verdict]) -> None:
         if self._lookups.get(digest) is lookup:

@@ -46,10 +46,16 @@ class BodyTooSlow(Exception):
     pass
 
 
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class GatewayMiddleware:
-    """`max_in_flight` bounds the requests one process works on at once (0 = no bound).
-    Beyond it a request is refused at once with 503 and Retry-After: under overload a
-    quick refusal the client can retry beats every request queueing past its deadline.
+    """`max_in_flight` bounds the reads one process works on at once, and
+    `max_in_flight_writes` the writes (0 = no bound): two bulkheads, so a write path that
+    hangs (event-ingest frozen: every event request waits for its deadline) cannot take
+    the slots of recommendations. Beyond its bound a request is refused at once with 503
+    and Retry-After: under overload a quick refusal the client can retry beats every
+    request queueing past its deadline.
 
     While the worker drains (`drain`), every response closes its connection, so
     keep-alive clients reconnect through the balancer to a pod that stays.
@@ -65,6 +71,7 @@ class GatewayMiddleware:
         max_body_bytes: int,
         max_in_flight: int = 0,
         drain: Drain | None = None,
+        max_in_flight_writes: int = 0,
         carry_trace_context: bool = False,
         access_log_slow_ms: float = 100.0,
         body_timeout_seconds: float = 10.0,
@@ -73,8 +80,9 @@ class GatewayMiddleware:
         self.body_timeout_seconds = body_timeout_seconds
         self.access_log_slow_seconds = access_log_slow_ms / 1000
         self.max_body_bytes = max_body_bytes
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        # (bound, requests in flight) per kind: reads, writes
+        self.limits = {False: max_in_flight, True: max_in_flight_writes}
+        self.in_flight = {False: 0, True: 0}
         self.drain = drain
         self.carry_trace_context = carry_trace_context
 
@@ -106,16 +114,17 @@ class GatewayMiddleware:
                     out["Connection"] = "close"
             await send(message)
 
-        sheddable = self.max_in_flight > 0 and not scope["path"].startswith(NEVER_SHED_PREFIXES)
+        write = scope["method"] in WRITE_METHODS
+        limit = self.limits[write]
+        sheddable = limit > 0 and not scope["path"].startswith(NEVER_SHED_PREFIXES)
         if sheddable:
-            self.in_flight += 1
+            self.in_flight[write] += 1
         try:
-            if sheddable and self.in_flight > self.max_in_flight:
+            if sheddable and self.in_flight[write] > limit:
                 SHED.inc()
                 status = 503
-                body = problem_body(
-                    503, f"the gateway is at capacity ({self.max_in_flight} requests in flight); retry shortly"
-                )
+                kind = "writes" if write else "requests"
+                body = problem_body(503, f"the gateway is at capacity ({limit} {kind} in flight); retry shortly")
                 await _send_problem(send_with_headers, 503, body, {"Retry-After": "1"})
                 return
             declared = headers.get("content-length")
@@ -147,7 +156,7 @@ class GatewayMiddleware:
             status = 500
         finally:
             if sheddable:
-                self.in_flight -= 1
+                self.in_flight[write] -= 1
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             seconds = time.perf_counter() - started

@@ -19,7 +19,6 @@ of the versions before it for longer than that second.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,6 +29,7 @@ from typing import Any, cast
 import orjson
 from prometheus_client import Counter
 from recfleet_runtime.logging import get_logger
+from recfleet_runtime.periodic import Periodic
 from recfleet_store import keys, registry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -94,10 +94,9 @@ class ServingModels:
 
     def __init__(self, redis: Redis, refresh_seconds: float = SERVING_REFRESH_SECONDS):
         self._redis = redis
-        self._refresh_seconds = refresh_seconds
         self.versions: dict[str, str | None] = dict.fromkeys(registry.KINDS)
         self._changes = 0
-        self._refresher: asyncio.Task | None = None
+        self._refresher = Periodic(refresh_seconds, self.refresh)
 
     async def refresh(self) -> None:
         """Re-read the versions; Redis being away keeps the last ones."""
@@ -122,19 +121,10 @@ class ServingModels:
         self.versions = {**self.versions, kind: version}
 
     async def start(self) -> None:
-        await self.refresh()
-        self._refresher = asyncio.create_task(self._refresh_forever())
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
-            self._refresher = None
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_seconds)
-            await self.refresh()
+        await self._refresher.stop()
 
 
 class ResultCache:

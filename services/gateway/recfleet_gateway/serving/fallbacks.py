@@ -9,6 +9,7 @@ import asyncio
 from recfleet.common.v1 import common_pb2
 from recfleet.features.v1 import features_pb2
 from recfleet_runtime.logging import get_logger
+from recfleet_runtime.periodic import Periodic
 
 from ..downstream.clients import DOWNSTREAM_ERRORS
 from ..downstream.fleet import Fleet
@@ -48,17 +49,13 @@ class Fallbacks:
         # overall list is read at start and every POPULAR_MEMORY_REFRESH_SECONDS, so the rung
         # holds even when no request needed popular items before the failure.
         self._last_popular: dict[str, list[common_pb2.ScoredItem]] = {}
-        self._refresher: asyncio.Task | None = None
+        self._refresher = Periodic(POPULAR_MEMORY_REFRESH_SECONDS, self.remember_popular)
 
     async def start(self) -> None:
-        await self.remember_popular()
-        self._refresher = asyncio.create_task(self._refresh_forever())
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
-            self._refresher = None
+        await self._refresher.stop()
 
     async def remember_popular(self) -> None:
         """Read the overall popular list into memory; a failure keeps the last one."""
@@ -66,11 +63,6 @@ class Fallbacks:
             await self.popular_items("all", "", self.settings.snapshot_size * 2, [])
         except DOWNSTREAM_ERRORS as error:
             log.warning("popular list not refreshed; keeping the last one", error=str(error))
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(POPULAR_MEMORY_REFRESH_SECONDS)
-            await self.remember_popular()
 
     async def popular_items(
         self,
@@ -99,13 +91,14 @@ class Fallbacks:
     async def cold_start_candidates(
         self, query: RecommendationQuery, user: UserContext, seen: list[str], degraded: list[str]
     ) -> list[common_pb2.ScoredItem]:
-        """Onboarding-category popular items, items similar to liked items, and trending."""
+        """Onboarding-category popular items (source `category-popular`), items similar to
+        liked items (`similar`), trending and popular items."""
         per_category = self.settings.popular_candidates_per_category
         categories = list(user.constraints.preferred_categories)
         if query.category and query.category not in categories:
             categories.insert(0, query.category)
         liked = list(dict.fromkeys(user.liked_items))[:10]
-        jobs = [self.popular_items("all", category, per_category, seen) for category in categories]
+        jobs = [self._category_candidates(category, per_category, seen) for category in categories]
         jobs.extend(self._similar_candidates(item_id, seen) for item_id in liked)
         jobs.append(self.popular_items("trending", "", per_category, seen))
         jobs.append(self.popular_items("all", "", per_category, seen))
@@ -123,6 +116,13 @@ class Fallbacks:
         if failed:
             degraded.append("cold-start-candidates-partial")
         return interleave(groups)
+
+    async def _category_candidates(self, category: str, limit: int, exclude: list[str]) -> list[common_pb2.ScoredItem]:
+        """A category's popular items, as new messages: the remembered popular list keeps its own."""
+        found = await self.popular_items("all", category, limit, exclude)
+        return [
+            common_pb2.ScoredItem(item_id=item.item_id, score=item.score, source="category-popular") for item in found
+        ]
 
     async def _similar_candidates(self, item_id: str, exclude: list[str]) -> list[common_pb2.ScoredItem]:
         try:

@@ -50,6 +50,7 @@ class RankingCall:
         candidates: ItemList,
         constraints: common_pb2.UserConstraints,
         chosen: Assignment | None = None,
+        cold_start: bool = False,
     ) -> ranking_pb2.RankResponse:
         client = self.fleet.ranking.pick(self.fleet.router, query.user_id)
         request = ranking_pb2.RankRequest(
@@ -62,6 +63,10 @@ class RankingCall:
             surface=query.surface,
             category=query.category,
             user_features=user.numeric_features,
+            # Ranking gives a cold user's preferred categories their share of the list; the
+            # recommender's word counts too (a user whose retrieval found nothing is served
+            # cold-start candidates).
+            cold_start=cold_start or not user.vector or user.interaction_count < self.settings.cold_start_threshold,
             **(ranking_choice(chosen.ranker_version) if chosen else {}),
         )
         canary = self.fleet.ranking.canary

@@ -243,7 +243,7 @@ class Recommender:
         try:
             if not candidates:
                 raise NoCandidatesError
-            ranked = await self.ranking.rank(query, user, candidates, constraints, chosen)
+            ranked = await self.ranking.rank(query, user, candidates, constraints, chosen, cold_start)
         except (*DOWNSTREAM_ERRORS, NoCandidatesError) as error:
             log.warning("ranking not possible; serving popular items", error=str(error) or "no candidates")
             degraded.append("no-candidates" if isinstance(error, NoCandidatesError) else "ranking-unavailable")

@@ -1,0 +1,31 @@
+"""Background work repeated at a fixed interval, for as long as a component runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+class Periodic:
+    """Awaits `work` once on `start`, then again every `seconds` in a background task until
+    `stop`. `work` handles its own errors: a failure must not end the loop."""
+
+    def __init__(self, seconds: float, work: Callable[[], Awaitable[object]]):
+        self.seconds = seconds
+        self._work = work
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._work()
+        self._task = asyncio.create_task(self._forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.seconds)
+            await self._work()
