@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -10,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 from recfleet.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from recfleet_ingest.app import IngestApi
+from recfleet_ingest.settings import IngestSettings
 from recfleet_runtime.ports import free_port
 from recfleet_store.kafka import LocalBroker
 
@@ -45,44 +48,52 @@ async def test_no_broker_means_not_serving_and_unavailable(pg_dsn, redis_url):
         await stopped(api, channel)
 
 
-async def test_broker_gone_after_start_means_unavailable_not_accepted(pg_dsn, redis_url):
+@dataclass
+class OwnBroker:
+    """An ingest API, ready, on a broker of its own (which a test may stop or replace)."""
+
+    broker: LocalBroker
+    settings: IngestSettings
+    stub: ingest_pb2_grpc.EventIngestStub
+
+
+@contextlib.asynccontextmanager
+async def api_on_own_broker(pg_dsn: str, redis_url: str):
     broker = LocalBroker.start()
     settings = make_settings(pg_dsn, redis_url, broker.bootstrap, produce_timeout_seconds=2.0)
     create_topics(settings)
     api, channel, ready = await started(settings, warm_up_seconds=20.0)
-    stub = ingest_pb2_grpc.EventIngestStub(channel)
+    own = OwnBroker(broker, settings, ingest_pb2_grpc.EventIngestStub(channel))
     try:
         assert ready
-        assert (await stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)).accepted == 1
-        broker.stop()
+        assert (await own.stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)).accepted == 1
+        yield own
+    finally:
+        own.broker.stop()
+        await stopped(api, channel)
+
+
+async def test_broker_gone_after_start_means_unavailable_not_accepted(pg_dsn, redis_url):
+    async with api_on_own_broker(pg_dsn, redis_url) as own:
+        own.broker.stop()
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Ingest(ingest_pb2.IngestRequest(events=[event(), event()]), timeout=10)
+            await own.stub.Ingest(ingest_pb2.IngestRequest(events=[event(), event()]), timeout=10)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "event log unavailable" in raised.value.details()
-    finally:
-        broker.stop()
-        await stopped(api, channel)
 
 
 async def test_a_broker_restarted_without_its_state_is_written_to_again(pg_dsn, redis_url):
     """A memory-only broker (or a cluster rebuilt from scratch) no longer knows the
     producer's id: kafka-python's idempotent producer then sits in a fatal error. The API
     replaces it, so once the broker is back, events are accepted again."""
-    broker = LocalBroker.start()
-    settings = make_settings(pg_dsn, redis_url, broker.bootstrap, produce_timeout_seconds=2.0)
-    create_topics(settings)
-    api, channel, ready = await started(settings, warm_up_seconds=20.0)
-    stub = ingest_pb2_grpc.EventIngestStub(channel)
-    try:
-        assert ready
-        assert (await stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)).accepted == 1
-        broker.stop()
-        broker = LocalBroker.start(port=broker.port)
-        create_topics(settings)
+    async with api_on_own_broker(pg_dsn, redis_url) as own:
+        own.broker.stop()
+        own.broker = LocalBroker.start(port=own.broker.port)
+        create_topics(own.settings)
         outcomes = []
         for _ in range(10):
             try:
-                reply = await stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)
+                reply = await own.stub.Ingest(ingest_pb2.IngestRequest(events=[event()]), timeout=10)
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.UNAVAILABLE  # refused, never half-accepted
                 outcomes.append("unavailable")
@@ -91,9 +102,6 @@ async def test_a_broker_restarted_without_its_state_is_written_to_again(pg_dsn, 
             outcomes.append(reply.accepted)
             break
         assert outcomes[-1] == 1, outcomes
-    finally:
-        broker.stop()
-        await stopped(api, channel)
 
 
 async def test_missing_topics_mean_not_serving_and_the_api_creates_none(pg_dsn, redis_url, kafka_bootstrap):

@@ -59,9 +59,10 @@ class EventLog:
     times: list[float]
 
 
-def read_interactions(conn: psycopg.Connection, erasure_hash_key: str) -> EventLog:
-    """Every event, erased users left out (their events are deleted at erasure; this
-    covers an erasure racing the run)."""
+def read_interactions(conn: psycopg.Connection, erasure_hash_key: str, available_items_only: bool = False) -> EventLog:
+    """Every event (only those on available items, with `available_items_only`), erased
+    users left out (their events are deleted at erasure; this covers an erasure racing
+    the run)."""
     users: list[str] = []
     items: list[str] = []
     types: list[str] = []
@@ -71,8 +72,10 @@ def read_interactions(conn: psycopg.Connection, erasure_hash_key: str) -> EventL
         erased = suppression.load(conn, erasure_hash_key)
         with conn.cursor(name="als_events") as cursor:
             cursor.itersize = 50_000
+            available = " JOIN items i ON i.item_id = e.item_id AND i.available" if available_items_only else ""
             cursor.execute(
                 "SELECT e.user_id, e.item_id, e.type, e.value, extract(epoch FROM e.ts)::float8 FROM events e"
+                + available
             )
             for user, item, event_type, value, ts in cursor:
                 users.append(user)

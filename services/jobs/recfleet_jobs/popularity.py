@@ -20,43 +20,20 @@ import redis
 import typer
 from recfleet_models.als import ALSParams, event_weights
 from recfleet_models.popularity import DEFAULT_PARAMS, WINDOWS, PopularityParams, by_category, normalise, window_scores
-from recfleet_store import keys, suppression
+from recfleet_store import keys
 from tqdm import tqdm
 
+from .als import read_interactions
 from .settings import JobSettings
 
 _CHUNK = 1000
 
 
 def read_events(conn: psycopg.Connection, erasure_hash_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(item ids, weights, epoch seconds) of events on available items, erased users left
-    out (their events are deleted at erasure; this covers an erasure racing the run)."""
-    users: list[str] = []
-    items: list[str] = []
-    types: list[str] = []
-    values: list[float | None] = []
-    stamps: list[float] = []
-    with conn.transaction():
-        erased = suppression.load(conn, erasure_hash_key)
-        with conn.cursor(name="popularity_events") as cursor:
-            cursor.itersize = 50_000
-            cursor.execute(
-                "SELECT e.user_id, e.item_id, e.type, e.value, extract(epoch FROM e.ts)::float8 FROM events e"
-                " JOIN items i ON i.item_id = e.item_id AND i.available"
-            )
-            for user, item, event_type, value, ts in cursor:
-                users.append(user)
-                items.append(item)
-                types.append(event_type)
-                values.append(value)
-                stamps.append(ts)
-    gone = erased.among(users)
-    if gone:
-        kept = [i for i, user in enumerate(users) if user not in gone]
-        items, types = [items[i] for i in kept], [types[i] for i in kept]
-        values, stamps = [values[i] for i in kept], [stamps[i] for i in kept]
-    weights = event_weights(types, values, ALSParams())
-    return items, weights, np.asarray(stamps, dtype=np.float64)
+    """(item ids, weights, epoch seconds) of events on available items, erased users left out."""
+    log = read_interactions(conn, erasure_hash_key, available_items_only=True)
+    weights = event_weights(log.types, log.values, ALSParams())
+    return log.items, weights, np.asarray(log.times, dtype=np.float64)
 
 
 def read_categories(conn: psycopg.Connection) -> dict[str, list[str]]:
