@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .venv-tools/bin/uv)
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/python/.stamp
 
-.PHONY: help install protos run test test-unit lint bench chaos images chart-base clean tools
+.PHONY: help install protos run test test-unit lint bench chaos images chart-base clean tools chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,7 +26,12 @@ PROMETHEUS_DEB_VERSION := 2.42.0+ds-5+deb12u1
 PROMETHEUS_DEB_SHA256 := 81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55
 PROMETHEUS_DIR := .venv-tools/prometheus-$(PROMETHEUS_DEB_VERSION)
 
-tools: $(PROMETHEUS_DIR)/usr/bin/promtool  ## promtool for the alert-rule tests, into .venv-tools/bin
+tools: $(PROMETHEUS_DIR)/usr/bin/promtool chromium  ## promtool for the alert-rule tests, into .venv-tools/bin; chromium for the console's browser tests
+
+# The operator console's browser tests (tests/e2e/test_console.py) drive Debian's chromium through
+# Playwright (no browser download): installed once from the distribution when missing.
+chromium:
+	@command -v chromium >/dev/null || { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }
 
 $(PROMETHEUS_DIR)/usr/bin/promtool:
 	rm -rf $(PROMETHEUS_DIR) && mkdir -p $(PROMETHEUS_DIR) .venv-tools/bin

@@ -3,7 +3,7 @@
 A plain FastAPI app (uvicorn on uvloop and httptools, as the real gateway runs) calls four
 plain `grpc.aio` servers in the order the real gateway does: the feature store
 (`GetUserFeatures`), both candidate-gen shards at once (`Retrieve`), then ranking
-(`Rank`, with the 400 candidates), and returns the top `limit` as JSON. The servers
+(`Rank`, with every shard's candidates), and returns the top `limit` as JSON. The servers
 answer from canned replies built once. There is no auth, rate limit, result cache,
 experiment, circuit breaker, interceptor, health service, metrics, tracing or logging
 on the path: this is the ceiling of the architecture (HTTP in, four gRPC hops, JSON out)
@@ -32,7 +32,7 @@ from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 
 VERSION = "als-plumbing"
 DIM = 64
-CANDIDATES_PER_SHARD = 200  # the gateway's default `candidates_per_shard`
+CANDIDATES_PER_SHARD = 100  # the gateway's default `candidates_per_shard`
 SNAPSHOT_SIZE = 100  # the gateway's default `snapshot_size`
 DEADLINE = 2.0
 

@@ -1,20 +1,23 @@
 """The whole fleet on one machine, as processes: what `make run` and the e2e tests start.
 
-Prepares Postgres (database + migrations), starts a Kafka-protocol broker when
-KAFKA_BOOTSTRAP_SERVERS is unset, runs the batch pipeline when no usable model version
-exists (load MovieLens, train ALS, build the shards, promote, popularity, materialize,
-train the ranker; `RECFLEET_PIPELINE=0` skips it for an empty install), starts every
-service and waits for the gateway to be ready.
+Starts an embedded PostgreSQL and Redis where none answers and none was configured, or
+where RECFLEET_EMBEDDED=1 asks for them (see `embedded`), prepares Postgres (database +
+migrations), starts a Kafka-protocol broker when KAFKA_BOOTSTRAP_SERVERS is unset, runs
+the batch pipeline when no usable model version exists (load MovieLens, train ALS, build
+the shards, promote, popularity, materialize, train the ranker; `RECFLEET_PIPELINE=0`
+skips it for an empty install), starts every service and waits for the gateway to be
+ready.
 
 It supervises what it started the way a kubelet would: a service that exits on its own
 starts again after a backoff (1 s, 2 s, 4 s ... 30 s), and one that keeps crashing
 (more than `restart_limit` exits within `restart_window_seconds`) stops the runner,
 which names it. Whatever stops it (Ctrl-C, SIGTERM, SIGHUP, a crash loop), the runner
-stops every process and the broker, and further signals cannot interrupt that. Children
-also go when the runner dies by SIGKILL: each has a parent-death signal, and a watchdog
-process stops what is left (the broker included) from the fleet record in
-`<state dir>/fleet.json` (see `fleetrecord`). A new run reads that record first: it
-stops a fleet an earlier runner left behind, and names whatever holds a port it needs.
+stops every process, the broker and the embedded servers, and further signals cannot
+interrupt that. Children also go when the runner dies by SIGKILL: each has a
+parent-death signal, and a watchdog process stops what is left (the broker and the
+embedded servers included) from the fleet record in `<state dir>/fleet.json` (see
+`fleetrecord`). A new run reads that record first: it stops a fleet an earlier runner
+left behind, and names whatever holds a port it needs.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from recfleet_store.postgres import ensure_database, migrate
 from rich.console import Console
 from rich.markup import escape
 
-from recfleet_ctl import fleetrecord
+from recfleet_ctl import embedded, fleetrecord
 
 console = Console(stderr=True)
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
@@ -91,6 +94,11 @@ class FleetConfig:
     restart_reset_seconds: float = 60.0
     # Seconds a process gets between SIGTERM and SIGKILL when the fleet stops.
     stop_timeout_seconds: float = 15.0
+    # The dependencies ("postgres", "redis") whose URL was not set explicitly: the runner
+    # starts its own where nothing answers at it, or always with embed_forced
+    # (RECFLEET_EMBEDDED=1). A URL set explicitly must answer.
+    embeddable: frozenset[str] = frozenset()
+    embed_forced: bool = False
 
     @classmethod
     def from_env(cls) -> FleetConfig:
@@ -108,6 +116,12 @@ class FleetConfig:
             free_ports=env.get("RECFLEET_FREE_PORTS", "0") not in ("0", ""),
             restart_limit=int(env.get("RECFLEET_RESTART_LIMIT", str(cls.restart_limit))),
             canaries=tuple(s.strip() for s in env.get("RECFLEET_CANARIES", "").split(",") if s.strip()),
+            embeddable=frozenset(
+                name
+                for name, setting in (("postgres", embedded.POSTGRES_SETTING), ("redis", embedded.REDIS_SETTING))
+                if not env.get(setting)
+            ),
+            embed_forced=env.get(embedded.FORCE_SETTING, "0") not in ("0", ""),
         )
 
 
@@ -160,6 +174,8 @@ class LocalFleet:
         self.artifact_url = f"file://{self.state_dir / 'artifacts'}"
         self.processes: dict[str, Process] = {}
         self.broker: LocalBroker | None = None
+        # The embedded servers the runner started ("postgres", "redis").
+        self.embedded: dict[str, embedded.EmbeddedServer] = {}
         self.kafka_bootstrap = config.kafka_bootstrap
         self.ports = self._ports()
         # Why the fleet should stop (a signal); None while it should run. A
@@ -236,8 +252,8 @@ class LocalFleet:
 
     @property
     def started(self) -> bool:
-        """Whether start() got as far as starting anything (the record, the broker, a process)."""
-        return self._recording or self.broker is not None or bool(self.processes)
+        """Whether start() got as far as starting anything (the record, a server, a process)."""
+        return self._recording or self.broker is not None or bool(self.embedded) or bool(self.processes)
 
     @property
     def gateway_url(self) -> str:
@@ -352,6 +368,56 @@ class LocalFleet:
         return env
 
     # -- infrastructure and pipeline ---------------------------------------------
+
+    def dependencies_to_embed(self) -> list[str]:
+        """Which of PostgreSQL and Redis the runner starts itself (`embedded.should_embed`).
+        A URL set explicitly that nothing answers at fails the start here, before anything runs."""
+        config = self.config
+        wanted = {
+            "postgres": (embedded.POSTGRES_SETTING, embedded.postgres_address(config.postgres_dsn)),
+            "redis": (embedded.REDIS_SETTING, embedded.redis_address(config.redis_url)),
+        }
+        if config.embed_forced:
+            for name, (setting, _) in wanted.items():
+                if name not in config.embeddable:
+                    console.print(f"[yellow]{setting} is set: {embedded.FORCE_SETTING}=1 embeds no {name} for it[/]")
+        try:
+            return [
+                name
+                for name, (setting, address) in wanted.items()
+                if embedded.should_embed(
+                    setting, address, explicit=name not in config.embeddable, forced=config.embed_forced
+                )
+            ]
+        except embedded.EmbeddedError as error:
+            raise FleetError(f"cannot start the fleet: {error}") from None
+
+    def start_embedded(self, names: list[str]) -> None:
+        """Start the embedded servers named, with their data in the state directory; every
+        process of the fleet then gets their URLs."""
+        for name in names:
+            self._raise_if_stop_requested()
+            if name == "postgres":
+                database = psycopg.conninfo.conninfo_to_dict(self.config.postgres_dsn).get("dbname") or "recfleet"
+                server = embedded.start_postgres(
+                    self.state_dir / "postgres",
+                    self.log_dir / "postgres.log",
+                    embedded.choose_port(embedded.POSTGRES_PORT, self.config.free_ports),
+                    database=str(database),
+                    child_setup=self._child_setup,
+                )
+                self.config.postgres_dsn = server.url
+            else:
+                server = embedded.start_redis(
+                    self.state_dir / "redis",
+                    self.log_dir / "redis.log",
+                    embedded.choose_port(embedded.REDIS_PORT, self.config.free_ports),
+                    child_setup=self._child_setup,
+                )
+                self.config.redis_url = server.url
+            self.embedded[name] = server
+            self._write_record()
+            console.print(f"[green]started[/] embedded {server.name} on {server.url} (data: {server.data_dir})")
 
     def prepare_infrastructure(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -694,6 +760,12 @@ class LocalFleet:
             except Exception as error:
                 console.print(f"[red]while stopping the broker: {escape(repr(error))}[/]")
             self.broker = None
+        for name, server in reversed(list(self.embedded.items())):
+            try:
+                server.stop(timeout)
+            except Exception as error:
+                console.print(f"[red]while stopping the embedded {server.name}: {escape(repr(error))}[/]")
+            del self.embedded[name]
         if self._recording:
             self.record_path.unlink(missing_ok=True)
             self._recording = False
@@ -733,6 +805,13 @@ class LocalFleet:
                     "ports": {"kafka": self.broker.port},
                     "log": str(self.log_dir / "broker.log"),
                 }
+            for name, server in self.embedded.items():
+                if server.process.poll() is None:
+                    entries[name] = {
+                        **fleetrecord.identity(server.process.pid),
+                        "ports": {name: server.port},
+                        "log": str(server.log_path),
+                    }
             for process in self.processes.values():
                 if process.popen.poll() is None:
                     entries[process.name] = {
@@ -813,8 +892,10 @@ class LocalFleet:
     def start(self, force_pipeline: bool = False, wait: bool = True) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.stop_stale_fleet()
+        to_embed = self.dependencies_to_embed()
         self.check_ports()
         self._start_recording()
+        self.start_embedded(to_embed)
         self.prepare_infrastructure()
         if self.config.pipeline:
             self.run_pipeline(force=force_pipeline)
@@ -863,6 +944,9 @@ def run(retrain: bool = typer.Option(False, help="Train a new model version even
             console.print(f"\n[bold green]recfleet is serving on {fleet.gateway_url}[/]")
             console.print(f"  try:   {example}")
             console.print(f"  docs:  {fleet.gateway_url}/docs    logs: {fleet.log_dir}/")
+            if fleet.embedded:
+                servers = ", ".join(f"{server.name} {server.url}" for server in fleet.embedded.values())
+                console.print(f"  embedded: {servers} (data in {fleet.state_dir}/, stopped with the fleet)")
             console.print("  Ctrl-C stops every process started here; one that exits on its own is restarted.\n")
         while fleet.stop_reason is None and fleet.failure is None:
             time.sleep(0.2)

@@ -21,7 +21,7 @@ def fleet(pg_dsn, kafka_bootstrap, tmp_path_factory):
     redis_db = int(os.environ.get("RECFLEET_TEST_E2E_REDIS_DB", "14"))
     import redis
 
-    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    redis_url = f"{os.environ['RECFLEET_TEST_REDIS']}/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     from recfleet_runtime.ports import free_port
 

@@ -30,8 +30,8 @@ from schemathesis.engine import events
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ADMIN_KEY = "contract-admin-key"
-REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('RECFLEET_TEST_CONTRACT_REDIS_DB', '13')}"
-PG_ADMIN_DSN = os.environ.get("RECFLEET_TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = f"{os.environ['RECFLEET_TEST_REDIS']}/{os.environ.get('RECFLEET_TEST_CONTRACT_REDIS_DB', '13')}"
+PG_ADMIN_DSN = os.environ["RECFLEET_TEST_POSTGRES_ADMIN_DSN"]
 # Cases per operation and phase: enough to reach every rule, few enough for CI.
 MAX_EXAMPLES = 15
 SEED = 20261205

@@ -32,8 +32,8 @@ from recfleet_runtime.ports import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_DSN = os.environ.get("RECFLEET_TEST_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = f"redis://127.0.0.1:6379/{int(os.environ.get('RECFLEET_TEST_RUNNER_REDIS_DB', '12'))}"
+PG_ADMIN_DSN = os.environ["RECFLEET_TEST_POSTGRES_ADMIN_DSN"]
+REDIS_URL = f"{os.environ['RECFLEET_TEST_REDIS']}/{int(os.environ.get('RECFLEET_TEST_RUNNER_REDIS_DB', '12'))}"
 SERVICES = {"feature-store", "candidate-gen-0", "ranking", "event-ingest", "event-sink", "event-realtime", "gateway"}
 
 

@@ -74,15 +74,16 @@ def empty_fleet(kafka_bootstrap, tmp_path_factory):
     import psycopg
 
     name = f"recfleet_empty_{os.getpid()}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+    admin_dsn = os.environ["RECFLEET_TEST_POSTGRES_ADMIN_DSN"]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    redis_url = f"redis://127.0.0.1:6379/{int(os.environ.get('RECFLEET_TEST_EMPTY_REDIS_DB', '11'))}"
+    redis_url = f"{os.environ['RECFLEET_TEST_REDIS']}/{int(os.environ.get('RECFLEET_TEST_EMPTY_REDIS_DB', '11'))}"
     redis.Redis.from_url(redis_url).flushdb()
     suffix = f".empty{os.getpid()}"
     config = FleetConfig(
         state_dir=tmp_path_factory.mktemp("empty-fleet"),
-        postgres_dsn=f"postgresql://postgres@127.0.0.1:5432/{name}",
+        postgres_dsn=psycopg.conninfo.make_conninfo(admin_dsn, dbname=name),
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
         shard_count=2,
@@ -108,7 +109,7 @@ def empty_fleet(kafka_bootstrap, tmp_path_factory):
     finally:
         local.stop()
         redis.Redis.from_url(redis_url).flushdb()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

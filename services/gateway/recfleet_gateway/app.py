@@ -16,10 +16,11 @@ from recfleet_runtime import tracing
 from recfleet_runtime.heap import settle_heap
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import console
 from .control.api import admin, audit, experiments, ops, traffic
 from .gateway import Gateway
 from .lifecycle import Drain
-from .rest import problems
+from .rest import docs_assets, problems
 from .rest.middleware import GatewayMiddleware
 from .rest.responses import JSONBody
 from .serving.api import catalog, events, health, recommendations, users
@@ -99,6 +100,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.router.add_route(path, problems.method_not_allowed, methods=methods, include_in_schema=False)
     for module in ROUTERS:
         app.include_router(module.router)
+    console.mount(app)
+    docs_assets.serve_docs(app)
     app.state.drain = drain
     app.add_middleware(
         GatewayMiddleware,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -16,6 +17,7 @@ from fastapi.routing import APIRoute
 from .gateway import Gateway
 from .rest.auth import Principal, authenticate
 from .rest.problems import Problem
+from .rest.ratelimit import PendingHit
 from .rest.schemas import ID_PATTERN, ProblemDetails
 
 PROBLEM: dict[str, Any] = {"model": ProblemDetails, "content": {"application/problem+json": {}}}
@@ -61,6 +63,15 @@ def reject_unknown_query(request: Request) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Caller:
+    """An authorized caller whose rate-limit hit the route counts itself, in its first
+    Redis call (`PendingHit.count_and_read`)."""
+
+    principal: Principal
+    hit: PendingHit
+
+
 @functools.cache
 def authorize(scope: str, user_from: str | None = None) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the key must hold `scope`; then per-key and (when `user_from` names a
@@ -68,12 +79,30 @@ def authorize(scope: str, user_from: str | None = None) -> Callable[..., Awaitab
     are refused. One function per (scope, user_from), so that a router's dependency and
     a route's parameter asking for the same run once per request (FastAPI caches a
     dependency's answer for the request)."""
+    pending = authorize_pending(scope, user_from)
 
     async def dependency(
         request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
         x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
+        caller = await pending(request, authorization, x_api_key)
+        await caller.hit.count()
+        return caller.principal
+
+    return dependency
+
+
+@functools.cache
+def authorize_pending(scope: str, user_from: str | None = None) -> Callable[..., Awaitable[Caller]]:
+    """`authorize`, with the rate-limit hit left for the route to count (`Caller.hit`);
+    unknown query parameters are refused first."""
+
+    async def dependency(
+        request: Request,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+        x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Caller:
         services: Gateway = request.app.state.gateway
         principal = await authenticate(services.keys, authorization, x_api_key, scope)
         user_id = None
@@ -81,9 +110,8 @@ def authorize(scope: str, user_from: str | None = None) -> Callable[..., Awaitab
             user_id = request.path_params.get(user_from) or request.query_params.get(user_from)
             if user_id is not None and not _valid_id(user_id):
                 user_id = None
-        await services.limiter.check(principal.key_id, scope, user_id)
         reject_unknown_query(request)
-        return principal
+        return Caller(principal, services.limiter.pending(principal.key_id, scope, user_id))
 
     return dependency
 

@@ -238,3 +238,55 @@ class ExperimentReadout(BaseModel):
     control: str
     variants: list[VariantReadoutOut]
     srm: SampleRatio
+
+
+# -- fleet and catalog (operations) -----------------------------------------------------------
+
+
+class EndpointStatus(BaseModel):
+    name: str = Field(description="The downstream: `ranking`, `candidate-gen-shard-0`, ...")
+    target: str = Field(description="Its gRPC target.")
+    serving: bool = Field(
+        description="Answers SERVING to the gRPC health check (cached like readiness, for"
+        " `RECFLEET_GATEWAY_READINESS_CACHE_SECONDS`)."
+    )
+    breaker: Literal["closed", "open", "half_open"] = Field(
+        description="This replica's circuit breaker for it: `open` means calls are not even sent."
+    )
+
+
+class RecentCalls(BaseModel):
+    """This replica's calls to the track over the canary analysis window."""
+
+    requests: int
+    errors: int = Field(description="Calls that failed the way an unhealthy dependency does (unavailable, deadline).")
+    error_rate: float
+    p99_ms: float
+
+
+class TrackStatus(BaseModel):
+    track: Literal["stable", "canary"]
+    endpoints: list[EndpointStatus]
+    recent: RecentCalls
+
+
+class ServiceStatus(BaseModel):
+    service: str
+    weight: int = Field(description="Canary weight in force on this replica (0 without a canary).")
+    tracks: list[TrackStatus] = Field(description="Stable first; canary when the service has one.")
+
+
+class FleetStatus(BaseModel):
+    window_seconds: float = Field(description="The window of `recent`.")
+    services: list[ServiceStatus]
+
+
+class CatalogItemOut(BaseModel):
+    item_id: str
+    title: str = Field(description='Empty ("") for an item the catalog does not hold.')
+    categories: list[str] = Field(description="The first is the primary one.")
+    creator: str
+
+
+class CatalogItems(BaseModel):
+    items: list[CatalogItemOut] = Field(description="One per requested id, in request order.")

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..rest.problems import Problem
+from ..rest.ratelimit import PendingHit, failed_open
 from ..rest.responses import RenderedJSON
 
 CACHE_REQUESTS = Counter(
@@ -135,13 +136,20 @@ class ResultCache:
         # Part of every entry's key (see the module docstring).
         self.models = ServingModels(redis)
 
-    async def get(self, user_id: str, digest: str) -> dict | None:
+    async def get(self, user_id: str, digest: str, hit: PendingHit | None = None) -> dict | None:
         """The cached entry, or None on a miss. Redis being down is a miss: the cache
-        only saves work, it is never a reason to fail a request."""
+        only saves work, it is never a reason to fail a request. With `hit`, the request's
+        rate-limit windows are counted in the same round trip (a 429 Problem when one
+        refused; let through when Redis is down)."""
         try:
             # Bytes: the gateway's client does not decode responses.
-            raw = cast(bytes | None, await self._redis.hget(keys.result_cache(user_id), digest))
+            if hit is None:
+                raw = cast(bytes | None, await self._redis.hget(keys.result_cache(user_id), digest))
+            else:
+                raw = await hit.count_and_read(keys.result_cache(user_id), digest)
         except REDIS_ERRORS as error:
+            if hit is not None:
+                failed_open(error)
             _counted("error").inc()
             log.warning("result cache unavailable", error=str(error))
             return None

@@ -24,7 +24,9 @@ from ..downstream.fleet import Fleet
 from ..downstream.tracks import CANDIDATE_GEN, FEATURE_STORE, RANKING, record_track, tracks_var
 from ..experiments import SERVING, Assignment
 from ..rest.problems import Problem
+from ..rest.ratelimit import PendingHit
 from ..settings import GatewaySettings
+from .attributes import ItemAttributes
 from .cache import CursorCodec, ResultCache, parameters_digest
 from .experiment_book import ExperimentBook
 from .fallbacks import Fallbacks
@@ -120,23 +122,32 @@ class Recommender:
         self.fallbacks = Fallbacks(settings, fleet, self.retrieval)
         # Running experiments: assignment, and the exposure log every response feeds.
         self.experiments = experiments
+        # Catalog attributes for `fields=`, attached to answers after they are made.
+        self.attributes = ItemAttributes(settings, fleet)
 
     async def start(self) -> None:
         """Background work: the remembered popular list behind the ladder's last rung, and
-        the serving model versions that key the cache."""
+        the serving model versions that key the cache, and catalog changes that drop
+        item attributes."""
         await self.fallbacks.start()
         await self.cache.models.start()
+        await self.attributes.start()
 
     async def stop(self) -> None:
+        await self.attributes.stop()
         await self.cache.models.stop()
         await self.fallbacks.stop()
 
     # -- recommendations -------------------------------------------------------------
 
-    async def recommend(self, query: RecommendationQuery) -> dict:
+    async def recommend(self, query: RecommendationQuery, hit: PendingHit | None = None) -> dict:
+        """The page `query` asks for. `hit`: the request's rate-limit windows, counted in
+        the cache lookup's round trip (or on their own for a later page)."""
         deadline_var.set(time.monotonic() + self.settings.request_timeout)
         fixed_digest = parameters_digest(query.fixed_parameters())
         if query.cursor:
+            if hit is not None:
+                await hit.count()
             return self._exposed(await self._page(query, fixed_digest))
         chosen = self.experiments.assign(query.user_id, query.surface) if self.experiments else None
         # The tracks this user is routed to are part of the key: a weight change that
@@ -154,7 +165,7 @@ class Recommender:
                 "models": serving,
             }
         )
-        cached = await self.cache.get(query.user_id, cache_digest)
+        cached = await self.cache.get(query.user_id, cache_digest, hit)
         if cached is not None:
             replay_tracks(cached.get("tracks", {}))
             response = cached["response"]

@@ -24,12 +24,36 @@ class Explanation(BaseModel):
     rules: list[str]
 
 
-class RecommendedItem(BaseModel):
+class CatalogAttributes(BaseModel):
+    """An item's catalog attributes, inline on list items: each only when `fields` names it
+    (never without `fields`). An item without a catalog entry gets the default shown; one
+    whose attributes could not be read comes without them (`degraded` says
+    `item-attributes-unavailable`)."""
+
+    title: str = Field("", description="With `fields=title`.")
+    categories: list[str] = Field([], description="With `fields=categories`; the first is the primary category.")
+    creator: str = Field("", description="With `fields=creator`.")
+    published_at: datetime | None = Field(None, description="With `fields=published_at`; null when unknown.")
+    tags: list[str] = Field([], description="With `fields=tags`.")
+    age_rating: Literal[0, 7, 13, 16, 18] = Field(0, description="With `fields=age_rating`: minimum viewer age.")
+    regions: list[str] = Field(
+        [], description="With `fields=regions`: ISO 3166 alpha-2 codes where it is available; empty = everywhere."
+    )
+    available: bool = Field(True, description="With `fields=available`.")
+
+
+class RankedFields(BaseModel):
     item_id: str
     rank: int
     score: float
     source: str = Field(description="Candidate source: als, similar, popular, trending, metadata.")
     explanation: Explanation | None = Field(None, description="Only with `explain=true`.")
+
+
+# The attributes come first among the bases so that they come last in the item's schema.
+class RecommendedItem(CatalogAttributes, RankedFields):
+    """A ranked item; with `fields`, its catalog attributes inline (defaults for an item
+    without a catalog entry)."""
 
 
 class Experiment(BaseModel):
@@ -49,11 +73,16 @@ class Recommendations(BaseModel):
     experiment: Experiment | None
 
 
-class ScoredItemOut(BaseModel):
+class ScoredFields(BaseModel):
     item_id: str
     rank: int
     score: float
     source: str
+
+
+class ScoredItemOut(CatalogAttributes, ScoredFields):
+    """A listed item; with `fields`, its catalog attributes inline (defaults for an item
+    without a catalog entry)."""
 
 
 class SimilarItems(BaseModel):
@@ -69,6 +98,9 @@ class PopularItems(BaseModel):
     window: str
     category: str | None
     items: list[ScoredItemOut]
+    degraded: list[str] = Field(
+        [], description="Only with `fields`: `item-attributes-unavailable` when attributes could not be read."
+    )
 
 
 # -- events -----------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ async def put_item(
     request = features_pb2.UpsertItemsRequest(items=[to_proto(item_id, item)])
     client = services.fleet.feature_store.pick(services.fleet.router, None)
     reply = await feature_store_write(client.upsert_items(request, timeout=services.settings.write_timeout))
+    # At once in this process; other processes hear it from the feature store's announcement.
+    services.recommender.attributes.forget([item_id])
     return JSONBody({"upserted": reply.upserted, "created": reply.created})
 
 
@@ -91,4 +93,5 @@ async def post_items(*, batch: ItemBatch, _: Annotated[Principal, Depends(author
     request = features_pb2.UpsertItemsRequest(items=[to_proto(item_id, item) for item_id, item in latest.items()])
     client = services.fleet.feature_store.pick(services.fleet.router, None)
     reply = await feature_store_write(client.upsert_items(request, timeout=services.settings.write_timeout))
+    services.recommender.attributes.forget(latest)
     return JSONBody({"upserted": reply.upserted, "created": reply.created})

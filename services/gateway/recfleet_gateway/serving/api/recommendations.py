@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from prometheus_client import Counter
-from pydantic import StringConstraints
+from pydantic import StringConstraints, WithJsonSchema
 
-from ...deps import COMMON_ERRORS, PROBLEM, Services, authorize
+from ...deps import COMMON_ERRORS, PROBLEM, Caller, Services, authorize, authorize_pending
 from ...rest.auth import Principal
 from ...rest.problems import Problem
 from ...rest.responses import JSONBody
 from ...rest.schemas import ID_PATTERN
+from ..attributes import CATALOG_FIELDS
 from ..query import RecommendationQuery
 from ..schemas import PopularItems, Recommendations, SimilarItems
 
@@ -40,6 +41,18 @@ CURSOR_DOC = (
     "repeat the other parameters unchanged (`limit` may change). A cursor this API did not issue, "
     "or issued for other parameters, is refused with 400; one whose pages expired gets 410."
 )
+# `fields`: catalog attribute names, comma-separated and/or repeated; an empty value names none.
+_FIELD_NAMES = "|".join(CATALOG_FIELDS)
+FIELDS_PATTERN = rf"^(?:(?:{_FIELD_NAMES})(?:,(?:{_FIELD_NAMES}))*)?$"
+FIELDS_DOC = (
+    f"Catalog attributes to return inline on each item: {', '.join(CATALOG_FIELDS)} "
+    "(comma-separate and/or repeat, e.g. `title,categories`). An item without a catalog entry gets "
+    'each attribute\'s default (`""`, `[]`, `null`, `0`, `true`). Another name is refused with 400. '
+    "Without it the items carry no attributes."
+)
+# The schema states the pattern; `parse_fields` checks the same, to name an unknown attribute.
+FieldsValue = Annotated[str, WithJsonSchema({"type": "string", "pattern": FIELDS_PATTERN})]
+Fields = Annotated[list[FieldsValue] | None, Query(description=FIELDS_DOC)]
 
 
 def parse_exclude(values: list[str]) -> tuple[str, ...]:
@@ -59,6 +72,23 @@ def parse_exclude(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+def parse_fields(values: list[str] | None) -> tuple[str, ...]:
+    """Repeated and/or comma-separated attribute names, each once, in `CATALOG_FIELDS` order."""
+    names = {name for value in values or () if value for name in value.split(",")}
+    unknown = sorted(names.difference(CATALOG_FIELDS))
+    if unknown:
+        known = ", ".join(CATALOG_FIELDS)
+        raise Problem(
+            400,
+            f"fields names unknown attributes: {', '.join(map(repr, unknown[:5]))}; known: {known}",
+            errors=[
+                {"field": "query.fields", "message": f"unknown attribute {name!r}; one of {known}"}
+                for name in unknown[:20]
+            ],
+        )
+    return tuple(name for name in CATALOG_FIELDS if name in names)
+
+
 @router.get(
     "/v1/recommendations",
     response_model=Recommendations,
@@ -68,7 +98,7 @@ def parse_exclude(values: list[str]) -> tuple[str, ...]:
 async def recommendations(
     *,
     user_id: UserId,
-    _: Annotated[Principal, Depends(authorize(READ, user_from="user_id"))],
+    caller: Annotated[Caller, Depends(authorize_pending(READ, user_from="user_id"))],
     limit: Limit = 20,
     surface: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:\-]{0,64}$", description="Where the list is shown.")] = "",
     cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, max_length=2048, description=CURSOR_DOC)] = None,
@@ -78,8 +108,10 @@ async def recommendations(
         Query(max_length=500, description="Item ids to leave out (repeat or comma-separate; at most 500)."),
     ] = None,
     category: Label = "",
+    fields: Fields = None,
     services: Services,
 ):
+    wanted = parse_fields(fields)
     query = RecommendationQuery(
         user_id=user_id,
         limit=limit,
@@ -89,8 +121,13 @@ async def recommendations(
         exclude=parse_exclude(exclude or []),
         category=category,
     )
-    answer = await services.recommender.recommend(query)
+    # The rate limits are counted in the result cache's lookup: one round trip for both.
+    answer = await services.recommender.recommend(query, caller.hit)
     SERVED.labels(answer["served_by"], "true" if not answer["items"] else "false").inc()
+    if wanted:
+        # After the result cache: cached lists and snapshots hold no attributes, so one list
+        # serves every `fields` value (its cursor's pages may ask for other fields).
+        answer = await services.recommender.attributes.attach(answer, wanted, user_id)
     return JSONBody(answer)
 
 
@@ -105,9 +142,14 @@ async def similar_items(
     item_id: Annotated[str, Path(pattern=ID_PATTERN)],
     _: Annotated[Principal, Depends(authorize(READ))],
     limit: Limit = 20,
+    fields: Fields = None,
     services: Services,
 ):
-    return JSONBody(await services.recommender.similar(item_id, limit))
+    wanted = parse_fields(fields)
+    answer = await services.recommender.similar(item_id, limit)
+    if wanted:
+        answer = await services.recommender.attributes.attach(answer, wanted)
+    return JSONBody(answer)
 
 
 @router.get(
@@ -122,6 +164,11 @@ async def popular(
     limit: Limit = 20,
     category: Label = "",
     window: Annotated[Literal["all", "7d", "trending"], Query(description="Popularity window.")] = "all",
+    fields: Fields = None,
     services: Services,
 ):
-    return JSONBody(await services.recommender.popular(window, category, limit))
+    wanted = parse_fields(fields)
+    answer = await services.recommender.popular(window, category, limit)
+    if wanted:
+        answer = await services.recommender.attributes.attach(answer, wanted)
+    return JSONBody(answer)
