@@ -248,10 +248,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             ranker = self.versions.serving
         return RankJob(query, ranker, degraded)
 
-    @staticmethod
-    def _answer(request: ranking_pb2.RankRequest, outcome: RankOutcome) -> ranking_pb2.RankResponse:
-        if request.force_rules:
-            # Rules were asked for (an experiment's "rules" variant): not a degradation.
+    def _answer(self, request: ranking_pb2.RankRequest, outcome: RankOutcome) -> ranking_pb2.RankResponse:
+        if request.force_rules or (self.versions.none_promoted and not request.ranker_version):
+            # Rules were asked for (an experiment's "rules" variant), or no ranker is
+            # promoted (none beat the candidate order: the registry says why): not a
+            # degradation, and the gateway may cache the answer.
             outcome.degraded = [reason for reason in outcome.degraded if reason != RANKER_UNAVAILABLE]
         RANK_CALLS.labels(outcome.served_by).inc()
         for reason in outcome.degraded:

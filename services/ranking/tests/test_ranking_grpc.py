@@ -133,7 +133,8 @@ async def test_rank_filters_and_explains_with_features_from_the_feature_store(fe
         )
         assert [i.item_id for i in minor.items] == ["1", "6", "7"]
         assert dict(minor.filtered) == {"seen": 1, "blocked-category": 1, "age": 1, "region": 1, "unavailable": 1}
-        assert minor.served_by == "rules" and list(minor.degraded) == ["ranker-unavailable"]
+        # No ranker is promoted in this registry: rules answer by decision, not degraded.
+        assert minor.served_by == "rules" and list(minor.degraded) == []
         top = minor.items[0]
         assert top.explanation.candidate_score == pytest.approx(0.9)
         assert sum(top.explanation.contributions.values()) == pytest.approx(top.score, abs=1e-6)
@@ -450,9 +451,9 @@ async def test_rank_batch_without_the_feature_store_degrades_only_entries_that_n
     try:
         batch = await stub.RankBatch(ranking_pb2.RankBatchRequest(requests=requests), timeout=5)
         assert [list(result.response.degraded) for result in batch.results] == [
-            ["feature-store-unavailable", "ranker-unavailable"],
-            ["ranker-unavailable"],
-            ["feature-store-unavailable", "ranker-unavailable"],
+            ["feature-store-unavailable"],
+            [],
+            ["feature-store-unavailable"],
         ]
         for entry, result in zip(requests, batch.results, strict=True):
             assert result.response == await stub.Rank(entry, timeout=5)
@@ -488,7 +489,7 @@ async def test_rank_batch_reads_more_items_than_one_read_may_carry(redis_url, pg
     ]
     try:
         batch = await stub.RankBatch(ranking_pb2.RankBatchRequest(requests=requests), timeout=5)
-        assert [list(result.response.degraded) for result in batch.results] == [["ranker-unavailable"]] * 3
+        assert [list(result.response.degraded) for result in batch.results] == [[]] * 3
         assert {i.item_id for i in batch.results[1].response.items} == {"4", "6", "7", "8"}
         for entry, result in zip(requests, batch.results, strict=True):
             assert result.response == await stub.Rank(entry, timeout=5)

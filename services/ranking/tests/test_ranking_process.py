@@ -58,7 +58,7 @@ async def test_process_serves_ranks_and_stops_on_sigterm(ranking_process):
         )
         assert [item.item_id for item in reply.items] == ["4", "3", "2", "1", "0"]
         assert reply.served_by == "rules"
-        assert set(reply.degraded) == {"feature-store-unavailable", "ranker-unavailable"}
+        assert set(reply.degraded) == {"feature-store-unavailable"}
         try:
             await ranking_pb2_grpc.RankingServiceStub(channel).Rank(
                 ranking_pb2.RankRequest(

@@ -41,6 +41,10 @@ class RankerVersions:
         self.cache_size = cache_size
         self.retry_failed_seconds = retry_failed_seconds
         self.serving: LearnedRanker | None = None
+        # The version the registry (or `pinned`) says should serve: "" when no ranker is
+        # promoted (none trained yet, or none beat the candidate order: by decision, not a
+        # fault), None until the registry was first read.
+        self.wanted: str | None = None
         self.catalog_items = 0
         self._extra: OrderedDict[str, LearnedRanker] = OrderedDict()
         self._failed: dict[str, float] = {}
@@ -74,7 +78,13 @@ class RankerVersions:
                 await self._conn.close()
             self._conn = None
             return
-        if not target or (self.serving is not None and self.serving.version == target):
+        self.wanted = target or ""
+        if not target:
+            if self.serving is not None:
+                log.info("no ranker serves any more", previous=self.serving.version)
+            self.serving = None
+            return
+        if self.serving is not None and self.serving.version == target:
             return
         ranker = await self._load(target)
         if ranker is not None:
@@ -94,6 +104,11 @@ class RankerVersions:
             return None
         self._failed.pop(version, None)
         return ranker
+
+    @property
+    def none_promoted(self) -> bool:
+        """No ranker is meant to serve: rules answer by decision, not as a degradation."""
+        return self.wanted == ""
 
     async def get(self, version: str = "") -> LearnedRanker | None:
         """The serving ranker, or a specific version (loaded on demand); None when unavailable."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Literal
 
@@ -19,14 +20,23 @@ from ..query import RecommendationQuery
 from ..schemas import PopularItems, Recommendations, SimilarItems
 
 router = APIRouter(tags=["recommendations"])
-# Every page answered, by the rung that served it (ranker, rules, popular) and whether it
-# was empty: the fallback-rate and empty-list alerts read it.
+# Every page answered, by the rung that served it (ranker, rules, popular), whether it was
+# empty and whether it was degraded (a lower rung because something failed, not by
+# decision): the fallback-rate and empty-list alerts read it.
 SERVED = Counter(
     "recfleet_gateway_recommendations_total",
-    "Recommendation pages answered, by the rung that served them and whether they were empty.",
-    ["served_by", "empty"],
+    "Recommendation pages answered, by the rung that served them, whether they were empty and degraded.",
+    ["served_by", "empty", "degraded"],
 )
 _ID_RE = re.compile(ID_PATTERN)
+
+
+@functools.cache
+def _served(served_by: str, empty: bool, degraded: bool) -> Counter:
+    """SERVED's child, found once (`labels` takes a lock)."""
+    return SERVED.labels(served_by, str(empty).lower(), str(degraded).lower())
+
+
 READ = "recommend:read"
 UserId = Annotated[str, Query(pattern=ID_PATTERN, description="The user to recommend for.")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page, 1-100.")]
@@ -123,7 +133,8 @@ async def recommendations(
     )
     # The rate limits are counted in the result cache's lookup: one round trip for both.
     answer = await services.recommender.recommend(query, caller.hit)
-    SERVED.labels(answer["served_by"], "true" if not answer["items"] else "false").inc()
+    services.served_lists.served(answer)
+    _served(answer["served_by"], not answer["items"], bool(answer.get("degraded"))).inc()
     if wanted:
         # After the result cache: cached lists and snapshots hold no attributes, so one list
         # serves every `fields` value (its cursor's pages may ask for other fields).
