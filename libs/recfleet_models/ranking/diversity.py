@@ -146,8 +146,14 @@ def diversify(
     per_creator: Counter[str] = Counter()
     moved: dict[int, list[str]] = {}
     placements: list[Placement] = []
+    # Past the window with no quota and no creator in the list, no rule applies any more:
+    # the rest of the list is the remaining items in score order.
+    unconstrained_after_window = tracker is None and not any(creators)
     for position in range(length):
         in_window = position < policy.window
+        if not in_window and unconstrained_after_window:
+            placements.extend(Placement(index, list(moved.get(index, []))) for index in remaining[: length - position])
+            break
 
         def category_ok(i: int, in_window: bool = in_window) -> bool:
             category = primary_categories[i]

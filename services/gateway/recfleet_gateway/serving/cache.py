@@ -128,9 +128,24 @@ class ServingModels:
         await self._refresher.stop()
 
 
+# Stores a snapshot (KEYS[1], field ARGV[1], value ARGV[2], TTL ARGV[3]) and, when a second
+# key is given, a response (KEYS[2], ARGV[4], ARGV[5], ARGV[6]): one command, where a
+# pipeline of the four costs the client about twice the CPU.
+STORE_SCRIPT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if #KEYS > 1 then
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return 1
+"""
+
+
 class ResultCache:
     def __init__(self, redis: Redis, ttl_seconds: int, snapshot_ttl_seconds: int):
         self._redis = redis
+        self._store = redis.register_script(STORE_SCRIPT)
         self._ttl = ttl_seconds
         self._snapshot_ttl = snapshot_ttl_seconds
         # Part of every entry's key (see the module docstring).
@@ -159,16 +174,13 @@ class ResultCache:
     async def put(self, user_id: str, snapshot_id: str, snapshot: dict, digest: str | None, entry: dict) -> None:
         """Stores a fresh ranked list's snapshot and, when `digest` is given, the cached
         response `entry` under it, in one round trip."""
+        keys_: list[str] = [pages_key(user_id)]
+        args: list[Any] = [snapshot_id, orjson.dumps(snapshot), self._snapshot_ttl]
+        if digest is not None:
+            keys_.append(keys.result_cache(user_id))
+            args.extend((digest, encode_entry(entry), self._ttl))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pages = pages_key(user_id)
-                pipe.hset(pages, snapshot_id, orjson.dumps(snapshot))
-                pipe.expire(pages, self._snapshot_ttl)
-                if digest is not None:
-                    responses = keys.result_cache(user_id)
-                    pipe.hset(responses, digest, encode_entry(entry))
-                    pipe.expire(responses, self._ttl)
-                await pipe.execute()
+            await self._store(keys=keys_, args=args)
         except REDIS_ERRORS as error:
             log.warning("result cache unavailable; not stored", error=str(error))
 
