@@ -11,8 +11,8 @@ from recfleet_runtime.logging import configure_logging
 from recfleet_runtime.resilience import CircuitBreaker
 from recfleet_runtime.tracing import configure_tracing
 from recfleet_store.artifacts import open_artifact_store
+from recfleet_store.catalog_changes import follow_until_cancelled
 
-from .adapters.catalog_changes import follow_catalog_changes
 from .adapters.feature_store import feature_store_client
 from .adapters.models import RankerVersions
 from .item_cache import ItemFeatureCache
@@ -72,7 +72,7 @@ async def main() -> None:
         await servicer.versions.poll(settings.registry_poll_seconds)
 
     async def catalog_changes() -> None:
-        await follow_catalog_changes(settings.redis_url, servicer.item_cache)
+        await follow_until_cancelled(settings.redis_url, servicer.item_cache)
 
     async def close() -> None:
         await servicer.versions.close()

@@ -5,7 +5,7 @@ regions, availability, popularity) for up to 1,000 candidates, and those values 
 rarely: the catalog on an upsert, popularity once a day. Reading them from the feature
 store on every call cost more than ranking itself, so ranking keeps what it read for
 `ttl_seconds` and asks the feature store only for the items it lacks or holds too long.
-A catalog upsert is also announced (adapters/catalog_changes.py) and drops the items at
+A catalog upsert is also announced (recfleet_store/catalog_changes.py) and drops the items at
 once; `ttl_seconds` bounds staleness when an announcement is missed and for values
 written without one (popularity).
 

@@ -73,7 +73,7 @@ def test_forget_and_clear_drop_entries_before_their_ttl():
 
 
 def test_announcements_are_read_leniently():
-    from .adapters.catalog_changes import changed_ids
+    from recfleet_store.catalog_changes import changed_ids
 
     assert changed_ids(b'["1", "x:2"]') == ["1", "x:2"]
     assert changed_ids(b"not json") == [] and changed_ids(b'{"a": 1}') == []

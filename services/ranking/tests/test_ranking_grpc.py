@@ -14,11 +14,11 @@ from recfleet_features.app import FeatureStoreApp
 from recfleet_features.settings import FeatureSettings
 from recfleet_models.ranking.artifacts import write_ranker
 from recfleet_ranking.__main__ import build
-from recfleet_ranking.adapters.catalog_changes import follow_catalog_changes
 from recfleet_ranking.settings import RankingSettings
 from recfleet_runtime.ports import free_port
 from recfleet_store import keys
 from recfleet_store.artifacts import DirectoryArtifactStore
+from recfleet_store.catalog_changes import follow_until_cancelled
 from recfleet_store.registry import promote, register_version
 
 NOW = 1_790_000_000
@@ -272,7 +272,7 @@ async def test_a_catalog_upsert_reaches_ranking_at_once_through_the_announcement
     feature_store, redis_url, pg_dsn, artifact_dir
 ):
     service, servicer, channel, stub = await start_ranking(feature_store, pg_dsn, artifact_dir, item_cache_seconds=600)
-    follower = asyncio.create_task(follow_catalog_changes(redis_url, servicer.item_cache))
+    follower = asyncio.create_task(follow_until_cancelled(redis_url, servicer.item_cache))
     features_channel = grpc.aio.insecure_channel(feature_store)
     catalog = features_pb2_grpc.FeatureStoreStub(features_channel)
     adult = common_pb2.UserConstraints(age=30)

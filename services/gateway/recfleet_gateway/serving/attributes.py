@@ -11,7 +11,7 @@ hold in one batched, columnar call per list, and are kept in memory
 Invalidation follows the ranking service's item-feature cache: the gateway's own catalog
 writes drop the items at once in the process that wrote them; every upsert, through any
 replica, is announced by the feature store on `keys.ITEMS_CHANGED` and drops the items
-in every process (`adapters/catalog_changes.py`); the TTL bounds staleness when an
+in every process (`recfleet_store/catalog_changes.py`); the TTL bounds staleness when an
 announcement is missed. Attributes do not depend on model versions, so a promotion
 leaves them be.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 from recfleet.features.v1 import features_pb2
 from recfleet_runtime.logging import get_logger
+from recfleet_store.catalog_changes import follow_catalog_changes
 
-from ..adapters.catalog_changes import follow_catalog_changes
 from ..downstream.clients import DOWNSTREAM_ERRORS
 from ..downstream.fleet import Fleet
 from ..settings import GatewaySettings

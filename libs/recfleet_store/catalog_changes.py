@@ -1,21 +1,23 @@
 """Catalog change announcements: the feature store publishes the ids of upserted items on
-a Redis channel (`keys.ITEMS_CHANGED`), whichever gateway replica wrote them; the
-gateway drops them from its item-attribute cache, as ranking does from its item-feature
-cache, so the next list that shows them reads them again."""
+a Redis channel (`keys.ITEMS_CHANGED`); every process that holds item data in memory
+(ranking's item features, the gateway's item attributes) follows the channel and drops
+those items, so the next request that shows them reads them again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Protocol
 
 import orjson
 import redis.asyncio as aioredis
 from recfleet_runtime.logging import get_logger
-from recfleet_store import keys
 from redis.exceptions import RedisError
 
-log = get_logger("recfleet.gateway.catalog")
+from . import keys
+
+log = get_logger("recfleet.catalog")
 RETRY_SECONDS = 1.0
 # How long one wait for an announcement lasts before the next.
 LISTEN_SECONDS = 1.0
@@ -43,9 +45,10 @@ async def follow_catalog_changes(redis_url: str, cache: ForgetsItems, stopped: a
 
     Cancelling this task is not enough to end it: redis-py can swallow a cancellation
     that arrives while it reads (its read timeout turns it into a retried timeout), so
-    the loop also ends at `stopped`, within `LISTEN_SECONDS`."""
+    the loop also ends at `stopped`, within `LISTEN_SECONDS` (`follow_until_cancelled`
+    turns a cancellation into that)."""
     # A connection of its own: a subscription holds it for as long as it listens, which
-    # the request path's bounded pool (short timeouts) is not made for.
+    # a request path's bounded pool (short timeouts) is not made for.
     client = aioredis.from_url(redis_url, socket_connect_timeout=2)
     try:
         while not stopped.is_set():
@@ -60,6 +63,20 @@ async def follow_catalog_changes(redis_url: str, cache: ForgetsItems, stopped: a
                             cache.forget(changed_ids(message["data"]))
             except (RedisError, OSError) as error:
                 log.warning("catalog changes not followed; retrying", error=str(error))
-                await asyncio.sleep(RETRY_SECONDS)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), RETRY_SECONDS)
     finally:
         await client.aclose()
+
+
+async def follow_until_cancelled(redis_url: str, cache: ForgetsItems) -> None:
+    """`follow_catalog_changes` as a background task that ends when cancelled: the
+    cancellation sets its stop event and waits for it to end."""
+    stopped = asyncio.Event()
+    follower = asyncio.ensure_future(follow_catalog_changes(redis_url, cache, stopped))
+    try:
+        await asyncio.shield(follower)
+    except asyncio.CancelledError:
+        stopped.set()
+        await follower
+        raise
