@@ -5,14 +5,13 @@ and `/v1/...` itself with the key the operator enters. Not API: left out of the 
 
 from __future__ import annotations
 
-import os
 from importlib.resources import files
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+
+from ..rest.static import MEDIA_TYPES, PackageFiles
 
 PAGE = "/console"
 ASSETS = "/console/static"
@@ -27,30 +26,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-# The types the browser must see (an ES module with another type is refused), whatever
-# the host's mime.types says.
-MEDIA_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-}
-
-
-class ConsoleAssets(StaticFiles):
-    """The console's files, with fixed content types and the console's security headers.
-    Browsers revalidate them (ETag) so that an upgraded gateway serves its own page."""
-
-    def file_response(
-        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        media_type = MEDIA_TYPES.get(os.path.splitext(str(full_path))[1])
-        if media_type and response.status_code != 304:
-            response.headers["Content-Type"] = media_type
-        response.headers.update({**SECURITY_HEADERS, "Cache-Control": "no-cache"})
-        return response
 
 
 def page() -> bytes:
@@ -65,4 +40,6 @@ def mount(app: FastAPI) -> None:
     """Serve the console page at `/console` and its assets under `/console/static`."""
     app.add_route(PAGE, console_page, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_route(PAGE + "/", console_page, methods=["GET", "HEAD"], include_in_schema=False)
-    app.mount(ASSETS, ConsoleAssets(packages=[(__name__, "static")]), name="console-static")
+    # Browsers revalidate them (ETag), so that an upgraded gateway serves its own page.
+    assets = PackageFiles([(__name__, "static")], {**SECURITY_HEADERS, "Cache-Control": "no-cache"})
+    app.mount(ASSETS, assets, name="console-static")

@@ -10,17 +10,16 @@ gateway image (pyproject's `gateway` extra).
 
 from __future__ import annotations
 
-import os
 from importlib.metadata import version
 
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse
 from starlette.routing import Route
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+
+from .static import PackageFiles
 
 ASSETS_PACKAGE = fastapi_offline.__name__
 ASSETS_DISTRIBUTION = "fastapi-offline"
@@ -31,27 +30,7 @@ SWAGGER_JS, SWAGGER_CSS, REDOC_JS, FAVICON = (
     "redoc.standalone.js",
     "favicon.png",
 )
-# The types browsers must see, whatever the host's mime.types says.
-MEDIA_TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".png": "image/png",
-}
 CACHE_CONTROL = "public, max-age=604800"
-
-
-class DocsAssets(StaticFiles):
-    """The bundles, with fixed content types and a week's caching."""
-
-    def file_response(
-        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        media_type = MEDIA_TYPES.get(os.path.splitext(str(full_path))[1])
-        if media_type and response.status_code != 304:
-            response.headers["Content-Type"] = media_type
-        response.headers.update({"Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"})
-        return response
 
 
 def serve_docs(app: FastAPI) -> None:
@@ -62,7 +41,13 @@ def serve_docs(app: FastAPI) -> None:
     app.router.routes[:] = [
         route for route in app.router.routes if not (isinstance(route, Route) and route.path in pages)
     ]
-    app.mount(ASSETS, DocsAssets(packages=[(ASSETS_PACKAGE, "static")]), name="docs-static")
+    app.mount(
+        ASSETS,
+        PackageFiles(
+            [(ASSETS_PACKAGE, "static")], {"Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+        ),
+        name="docs-static",
+    )
     openapi_url = app.openapi_url or "/openapi.json"
 
     def asset(request: Request, name: str) -> str:
