@@ -9,6 +9,10 @@ Metrics follow microsoft/recommenders' `python_evaluation` with binary relevance
   min(relevant, k) hits, averaged over every user with relevant items (a user with no
   recommendations scores 0 there, as in recommenders);
 - catalog coverage = distinct recommended items / distinct items in the training data.
+
+`DiversifiedRecommender` wraps any of them to measure what serves: the ranking
+service's diversity rule (`ranking.diversity.diversify`, the one implementation) applied to
+the model's candidates before the top k is cut. The default figures leave it out.
 """
 
 from __future__ import annotations
@@ -22,8 +26,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from .als import AlsModel, ALSParams, build_interaction_matrix, fit_als, top_k_batch
-from .data import Ratings
+from .data import Movie, Ratings
 from .protocols import Split
+from .ranking.diversity import DiversityPolicy, diversify
+
+# Items the serving path ranks before a page is cut: the gateway asks ranking for a
+# snapshot of 100 (its `snapshot_size`) and pages through it, so the diversity rule
+# chooses among that many.
+SERVED_SNAPSHOT = 100
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,50 @@ class AlsRecommender:
         return _batched_top_k(
             lambda rows: model.user_factors[rows] @ model.item_factors.T, users, k, seen, item_ids, user_rows
         )
+
+
+def primary_categories(movies: Sequence[Movie]) -> dict[int, str]:
+    """Each movie's primary category as the catalog loader stores it: the first genre
+    listed, "" for a movie without genres (no cap ever touches it)."""
+    return {movie.movie_id: movie.genres[0] if movie.genres else "" for movie in movies}
+
+
+class DiversifiedRecommender:
+    """Another recommender's lists re-ranked by the ranking service's diversity rule.
+
+    The wrapped model proposes `candidates` items per user (at least k), best first, and
+    `diversify`, the function ranking applies to every list it serves, chooses the list
+    from them under `policy` with each item's primary category; the top k of that list is
+    what a user sees on the first page. Items carry no creator (MovieLens names none), so
+    the creator share never applies.
+    """
+
+    def __init__(
+        self,
+        inner: Recommender,
+        categories: Mapping[int, str],
+        policy: DiversityPolicy,
+        candidates: int = SERVED_SNAPSHOT,
+    ):
+        if candidates < 1:
+            raise ValueError("candidates must be at least 1")
+        self.inner = inner
+        self.name = inner.name
+        self.categories = categories
+        self.policy = policy
+        self.candidates = candidates
+
+    def fit(self, train: Ratings) -> None:
+        self.inner.fit(train)
+
+    def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for user, items in self.inner.recommend(users, max(k, self.candidates), seen).items():
+            placements = diversify(
+                [self.categories.get(item, "") for item in items], [""] * len(items), len(items), self.policy
+            )
+            out[user] = [items[p.index] for p in placements[:k]]
+        return out
 
 
 def evaluate(split: Split, recommender: Recommender, k: int | None = None) -> RankingMetrics:

@@ -19,8 +19,9 @@ rating), and the ranker orders them, but only if it passed the promotion gate
 (`training.ranker_gate`) on the trainer's held-out users, as `train-ranker --promote`
 requires: otherwise what the gate says would serve orders them, the candidate order
 (the ALS scores) or the rule formula. `gate=False` lets the ranker order them whatever
-the gate says. Diversity and business filters are left out: MovieLens carries no
-creators, regions or age ratings, and the figure measures ranking quality.
+the gate says. Business filters are left out (MovieLens carries no regions or age
+ratings), and so is the diversity rule: the figure measures ranking quality;
+`evaluation.DiversifiedRecommender` around this recommender measures what serves.
 """
 
 from __future__ import annotations

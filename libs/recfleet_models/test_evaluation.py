@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 
 from recfleet_models.als import ALSParams
-from recfleet_models.data import Ratings
-from recfleet_models.evaluation import AlsRecommender, PopularRecommender, evaluate, ranking_metrics
+from recfleet_models.data import Movie, Ratings
+from recfleet_models.evaluation import (
+    AlsRecommender,
+    DiversifiedRecommender,
+    PopularRecommender,
+    evaluate,
+    primary_categories,
+    ranking_metrics,
+)
 from recfleet_models.protocols import Split
+from recfleet_models.ranking.diversity import DiversityPolicy
 
 
 def test_metrics_known_answer():
@@ -69,6 +77,47 @@ def test_seen_items_are_never_recommended_and_als_beats_popular():
     popular_metrics = evaluate(split, PopularRecommender(), k=2)
     assert als_metrics.ndcg > popular_metrics.ndcg
     assert als_metrics.recall == pytest.approx(1.0)
+
+
+def _genre_split():
+    # Popularity 1 > 2 > 3 > 4 (all Drama) > 6 (no genre) > 5 (Comedy) > 7; user 1 rated 7
+    # and comes back for the comedy.
+    train = [
+        (100 + n, item) for item, raters in ((1, 9), (2, 8), (3, 7), (4, 6), (6, 5), (5, 4)) for n in range(raters)
+    ]
+    train.append((1, 7))
+    users, items = zip(*train, strict=True)
+
+    def ratings(u, i):
+        return Ratings(np.array(u), np.array(i), np.full(len(u), 5.0, np.float32), np.zeros(len(u), np.int64))
+
+    movies = [Movie(i, f"m{i}", genres, None) for i, genres in ((1, ("Drama", "Comedy")), (2, ("Drama",)))]
+    movies += [Movie(i, f"m{i}", genres, None) for i, genres in ((3, ("Drama",)), (4, ("Drama",)), (5, ("Comedy",)))]
+    movies += [Movie(6, "m6", (), None), Movie(7, "m7", ("Western",), None)]
+    return Split("test", ratings(users, items), ratings([1], [5]), None, k=4), primary_categories(movies)
+
+
+def test_the_serving_diversity_rule_changes_what_evaluate_measures():
+    split, categories = _genre_split()
+    assert categories[1] == "Drama" and categories[6] == ""  # the first genre listed; none
+    plain = PopularRecommender()
+    assert evaluate(split, plain).recall == 0.0
+    assert plain.recommend([1], 4, split.seen()) == {1: [1, 2, 3, 4]}
+
+    capped = DiversifiedRecommender(PopularRecommender(), categories, DiversityPolicy(max_per_category=2))
+    metrics = evaluate(split, capped)
+    # At most 2 Drama: 3 and 4 give way to the uncategorised 6 and to the comedy the user
+    # came back for; the seen 7 stays out.
+    assert capped.recommend([1], 4, split.seen()) == {1: [1, 2, 6, 5]}
+    assert metrics.recall == 1.0
+    assert metrics.ndcg == pytest.approx((1 / math.log(5)) / (1 / math.log(2)))
+
+
+def test_the_category_cap_holds_only_within_the_diversity_window():
+    split, categories = _genre_split()
+    narrow = DiversifiedRecommender(PopularRecommender(), categories, DiversityPolicy(max_per_category=2, window=2))
+    narrow.fit(split.train)
+    assert narrow.recommend([1], 4, split.seen()) == {1: [1, 2, 3, 4]}
 
 
 def test_holdout_metrics_hide_part_of_each_user():

@@ -8,6 +8,10 @@ re-ranked by a LightGBM ranker trained on the train part only by the one ranker 
 its settings (recfleet_models.pipeline_eval), used only when it passes the gate
 `train-ranker --promote` applies (RECFLEET_JOBS_RANKER_MIN_GAIN and _MIN_GAIN_SE;
 `--no-ranker-gate` measures it regardless), otherwise the order the gate chose instead.
+`--max-per-category N` measures what serves rather than the model alone: every model's
+lists pass through the ranking service's diversity rule (at most N items of one primary
+category, the first genre listed, within the first `--diversity-window` positions) before
+the top k is cut; off by default, so the default figures leave diversity out.
 The ALS models are trained as `train-als` trains them: hyper-parameters searched first
 within the same budget by the same code (recfleet_models.tuning) on a validation split
 carved from the train part, then fitted on the whole train part. `tune-als`
@@ -31,10 +35,20 @@ from typing import Any
 import typer
 from recfleet_models.als import WEIGHTINGS, ALSParams, event_weights
 from recfleet_models.data import FORMATS, Movie, Ratings, read_movielens
-from recfleet_models.evaluation import AlsRecommender, PopularRecommender, Recommender, SarRecommender, evaluate
+from recfleet_models.evaluation import (
+    SERVED_SNAPSHOT,
+    AlsRecommender,
+    DiversifiedRecommender,
+    PopularRecommender,
+    Recommender,
+    SarRecommender,
+    evaluate,
+    primary_categories,
+)
 from recfleet_models.pipeline_eval import EVALUATION_PRESET, FEATURE_SETS, RankerPipelineRecommender
 from recfleet_models.popularity import normalise, window_scores
 from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
+from recfleet_models.ranking.diversity import DiversityPolicy
 from recfleet_models.ranking.features import Candidate
 from recfleet_models.ranking.rules import RuleWeights, rule_scores
 from recfleet_models.ranking.training import PRESETS
@@ -182,6 +196,17 @@ def evaluate_command(
     tune_holdout: str | None = typer.Option(
         None, help=f"validation items: {' or '.join(HOLDOUTS)}; default RECFLEET_JOBS_ALS_TUNE_HOLDOUT"
     ),
+    max_per_category: int = typer.Option(
+        0,
+        min=0,
+        help="apply ranking's diversity rule: at most this many items of one primary category"
+        " (ranking serves 3, RECFLEET_RANKING_MAX_PER_CATEGORY); 0 = off",
+    ),
+    diversity_window: int = typer.Option(
+        DiversityPolicy().window,
+        min=1,
+        help="with --max-per-category: the first positions the cap covers (RECFLEET_RANKING_DIVERSITY_WINDOW)",
+    ),
 ) -> None:
     """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
     _choice(model, MODELS, "--model")
@@ -260,6 +285,14 @@ def evaluate_command(
             ranker_gate,
             settings.ranker_min_gain_se,
         )
+    if max_per_category:
+        policy = DiversityPolicy(max_per_category, diversity_window)
+        recommender = DiversifiedRecommender(recommender, primary_categories(data.movies), policy)
+        details["diversity"] = {
+            "max_per_category": policy.max_per_category,
+            "window": policy.window,
+            "candidates": max(k, SERVED_SNAPSHOT),
+        }
     metrics = evaluate(split, recommender, k)
     if pipeline is not None:
         details.update(pipeline.details())

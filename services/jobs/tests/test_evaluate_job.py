@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pytest
 import typer
+import yaml
 from recfleet_jobs import evaluate
+from recfleet_models.ranking.diversity import DiversityPolicy
 from typer.testing import CliRunner
 
-BUNDLED = Path(__file__).resolve().parents[3] / "data" / "ml-latest-small"
+ROOT = Path(__file__).resolve().parents[3]
+BUNDLED = ROOT / "data" / "ml-latest-small"
 COMMON = ["--dataset", str(BUNDLED), "--format", "ml-latest-small"]
 
 
@@ -135,3 +138,45 @@ def test_evaluate_tunes_als_as_train_als_does():
     assert tuning["validation"].startswith("each user's most recent 20% of items")
     assert {key: metrics["params"][key] for key in tuning["chosen"]} == tuning["chosen"]
     assert metrics["users_evaluated"] == 609
+
+
+def _metrics(*args: str) -> dict:
+    result = CliRunner().invoke(
+        _app(), ["evaluate", *COMMON, "--protocol", "recbole", "--factors", "16", "--iterations", "5", *args]
+    )
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.output))
+
+
+def test_the_serving_diversity_rule_is_measured_only_when_asked():
+    plain = _metrics()
+    served = _metrics("--max-per-category", "3")
+    assert "diversity" not in plain
+    assert served["diversity"] == {"max_per_category": 3, "window": 20, "candidates": 100}
+    # Genres lead with Action, Adventure, Comedy, Drama: capping them moves other films up.
+    assert served["ndcg@10"] != plain["ndcg@10"]
+    # A cap as large as the window caps nothing.
+    uncapped = _metrics("--max-per-category", "20")
+    assert {name: uncapped[name] for name in ("ndcg@10", "recall@10")} == {
+        name: plain[name] for name in ("ndcg@10", "recall@10")
+    }
+
+
+def test_the_rule_defaults_to_what_the_chart_sets_for_ranking():
+    env = yaml.safe_load((ROOT / "deploy" / "helm" / "recfleet" / "values.yaml").read_text())["ranking"]["env"]
+    assert int(env["RECFLEET_RANKING_DIVERSITY_WINDOW"]) == DiversityPolicy().window
+    assert float(env["RECFLEET_RANKING_MAX_CREATOR_SHARE"]) == DiversityPolicy().max_creator_share
+    assert int(env["RECFLEET_RANKING_MAX_PER_CATEGORY"]) == DiversityPolicy().max_per_category
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--max-per-category", "-1"], "--max-per-category"),
+        (["--max-per-category", "3", "--diversity-window", "0"], "--diversity-window"),
+    ],
+)
+def test_bad_diversity_arguments_are_named(args, hint):
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--model", "popular", *args], env={"COLUMNS": "500"})
+    assert result.exit_code == 2
+    assert hint in result.output
