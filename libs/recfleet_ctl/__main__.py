@@ -22,7 +22,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Model and index versions.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Batch jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
-traffic_app = typer.Typer(help="Canary weights, shadow traffic, rollback.", no_args_is_help=True)
+traffic_app = typer.Typer(help="Canary weights, shadow traffic, staged rollouts, rollback.", no_args_is_help=True)
 experiments_app = typer.Typer(help="Online experiments: create, list, stop, readout.", no_args_is_help=True)
 app.add_typer(traffic_app, name="traffic")
 app.add_typer(experiments_app, name="experiments")
@@ -281,6 +281,18 @@ def _compact(state: dict[str, Any] | None) -> str:
     return "" if state is None else json.dumps(state, separators=(",", ":"), default=str)
 
 
+def _rollout_summary(rollout: dict[str, Any] | None) -> str:
+    """`running 2/4 (10%) held 120/300 s`, `rolled-back 1/4 (1%): <reason>`."""
+    if not rollout:
+        return ""
+    where = f"{rollout['stage']}/{len(rollout['stages'])} ({rollout['weight']}%)"
+    if rollout["status"] == "running":
+        return f"running {where} held {rollout['held_seconds']:.0f}/{rollout['hold_seconds']:g} s"
+    if rollout["status"] in ("rolled-back", "aborted"):
+        return f"{rollout['status']} {where}: {rollout.get('reason', '')}"
+    return f"{rollout['status']} {where}"
+
+
 @traffic_app.command("status")
 def traffic_status(as_json: bool = typer.Option(False, "--json")) -> None:
     """Weights, shadow share, freeze state and recent rollbacks with their reasons."""
@@ -288,7 +300,7 @@ def traffic_status(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         emit(data, True)
         return
-    table = Table("service", "canary", "weight", "shadow %", "source", "frozen", "reason")
+    table = Table("service", "canary", "weight", "shadow %", "source", "frozen", "reason", "rollout")
     for row in data.get("services", []):
         table.add_row(
             row["service"],
@@ -298,8 +310,26 @@ def traffic_status(as_json: bool = typer.Option(False, "--json")) -> None:
             row.get("source", ""),
             "yes" if row.get("frozen") else "no",
             row.get("reason", ""),
+            _rollout_summary(row.get("rollout")),
         )
     console.print(table)
+    rollouts = [row["rollout"] for row in data.get("services", []) if row.get("rollout")]
+    if rollouts:
+        gates = Table("service", "rollout", "gate", "canary", "stable", "verdict", "detail", title="last gate readings")
+        for rollout in rollouts:
+            for reading in rollout.get("readings", []):
+                gates.add_row(
+                    rollout["service"],
+                    rollout["status"],
+                    reading["gate"],
+                    f"{reading['canary']:.4g}",
+                    f"{reading['stable']:.4g}",
+                    reading["verdict"],
+                    reading["detail"],
+                )
+            if not rollout.get("readings"):
+                gates.add_row(rollout["service"], rollout["status"], "", "", "", "", rollout.get("reason", ""))
+        console.print(gates)
     events = data.get("events", [])
     if events:
         log = Table("when", "service", "action", "weight", "reason", "actor")
@@ -333,6 +363,37 @@ def traffic_rollback(
 def traffic_ack(service: str) -> None:
     """Acknowledge a rollback so the weight may be raised again."""
     emit(request("POST", f"/admin/v1/traffic/{service}/ack"), False)
+
+
+@traffic_app.command("rollout")
+def traffic_rollout(
+    service: str,
+    stages: str = typer.Option("", help="weights to move through, e.g. 1,10,50,100 (default: the gateway's setting)"),
+    hold: float | None = typer.Option(None, help="least seconds each stage is held (default: the gateway's setting)"),
+) -> None:
+    """Start a staged rollout: the gateway holds each stage until its traffic passes the
+    error-rate, p99 and recommendation KPI gates, then moves to the next; a breach rolls
+    the canary back. Follow it with `traffic status`."""
+    body: dict[str, Any] = {}
+    if stages:
+        try:
+            body["stages"] = [int(part) for part in stages.split(",") if part.strip()]
+        except ValueError:
+            console.print(f"[red]--stages: comma-separated integer weights, e.g. 1,10,50,100, not {stages!r}[/]")
+            raise typer.Exit(2) from None
+    if hold is not None:
+        body["hold_seconds"] = hold
+    state = request("POST", f"/admin/v1/traffic/{service}/rollout", json=body)
+    console.print(f"{service}: {_rollout_summary(state.get('rollout'))}")
+
+
+@traffic_app.command("abort")
+def traffic_abort(
+    service: str, reason: str = typer.Option("aborted by an operator", help="recorded with the event")
+) -> None:
+    """Abort a staged rollout: the canary's weight goes to 0 (not frozen)."""
+    state = request("POST", f"/admin/v1/traffic/{service}/rollout/abort", json={"reason": reason})
+    console.print(f"{service}: {_rollout_summary(state.get('rollout'))}")
 
 
 @traffic_app.command("step")

@@ -14,18 +14,25 @@ class Periodic:
         self.seconds = seconds
         self._work = work
         self._task: asyncio.Task[None] | None = None
+        # Cancelling is not always enough: on Python 3.11 `asyncio.wait_for` (inside
+        # redis-py) can swallow a cancellation that arrives with the reply, and the loop
+        # would go on. The loop also ends at this flag.
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         await self._work()
         self._task = asyncio.create_task(self._forever())
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def _forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.seconds)
-            await self._work()
+            if not self._stopping:
+                await self._work()

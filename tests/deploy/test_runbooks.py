@@ -12,7 +12,7 @@ RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks"
 SECTIONS = ["## Symptoms", "## Checks", "## Actions", "## Verification", "## Escalation"]
 # Commands that change something never go in a block marked safe.
 MUTATING = re.compile(
-    r"\b(kubectl|helm)\b|recfleetctl\s+(traffic\s+(set|rollback|ack|step)|models\s+(promote|rollback)|jobs\s+run|keys\s+(create|revoke))"
+    r"\b(kubectl|helm)\b|recfleetctl\s+(traffic\s+(set|rollback|ack|step|rollout|abort)|models\s+(promote|rollback)|jobs\s+run|keys\s+(create|revoke))"
     r"|\b(DELETE|UPDATE|INSERT|DROP|TRUNCATE)\b|redis-cli.*\b(FLUSH\w*|DEL|SET)\b",
     re.IGNORECASE,
 )

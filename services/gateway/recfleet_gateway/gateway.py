@@ -8,8 +8,10 @@ from typing import Any, cast
 
 from psycopg_pool import AsyncConnectionPool
 from recfleet_runtime.canary import Gates
+from recfleet_runtime.rollout import KpiGates, ListWindow, Schedule
 from recfleet_store.postgres import open_pool
 from recfleet_store.registry import PromotionGates
+from recfleet_store.rollouts import RolloutStore
 from recfleet_store.traffic import TrafficStore
 from redis.asyncio import Redis
 
@@ -30,6 +32,7 @@ from .serving.cache import CursorCodec, ResultCache
 from .serving.erasure import ErasureService
 from .serving.experiment_book import ExperimentBook
 from .serving.recommender import Recommender
+from .serving.served_lists import ServedLists
 from .settings import GatewaySettings
 
 # A Redis that stops answering must cost a request a fraction of its budget, not hang
@@ -55,6 +58,8 @@ class Gateway:
     traffic: TrafficController
     experiments: ExperimentBook
     audit: AuditTrail
+    # The lists served and their clicks, for the KPI gates of staged rollouts.
+    served_lists: ServedLists
 
     @classmethod
     async def open(cls, settings: GatewaySettings) -> Gateway:
@@ -80,6 +85,8 @@ class Gateway:
             window_seconds=settings.canary_window_seconds,
             min_requests=settings.canary_min_requests,
         )
+        # One window of served lists: the request path writes it, the rollout judges it.
+        lists = ListWindow(settings.canary_kpi_window_seconds, settings.canary_kpi_max_lists)
         traffic = TrafficController(
             fleet,
             TrafficStore(redis),
@@ -93,6 +100,16 @@ class Gateway:
             default_gates=default_gates,
             refresh_seconds=settings.traffic_refresh_seconds,
             analysis_seconds=settings.canary_analysis_seconds,
+            rollouts=RolloutStore(redis),
+            lists=lists,
+            kpi_gates=KpiGates(
+                min_lists=settings.canary_kpi_min_lists,
+                max_ctr_drop=settings.canary_kpi_max_ctr_drop,
+                max_empty_rate_increase=settings.canary_kpi_max_empty_rate_increase,
+                min_coverage_ratio=settings.canary_kpi_min_coverage_ratio,
+                alpha=settings.canary_kpi_alpha,
+            ),
+            schedule=Schedule(tuple(settings.canary_rollout_stages), settings.canary_rollout_hold_seconds),
         )
         await traffic.start()
         experiments = ExperimentBook(
@@ -131,6 +148,7 @@ class Gateway:
             traffic=traffic,
             experiments=experiments,
             audit=AuditTrail(AuditTable(pool)),
+            served_lists=ServedLists(lists, fleet.router),
         )
 
     async def close(self) -> None:

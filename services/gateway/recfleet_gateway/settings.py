@@ -1,7 +1,8 @@
 """Gateway settings (env prefix RECFLEET_GATEWAY_)."""
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
+from recfleet_runtime.rollout import schedule_problem
 from recfleet_runtime.settings import PostgresSettings, RedisSettings, ServiceSettings, shared
 from recfleet_store import registry, suppression
 
@@ -92,6 +93,23 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     canary_window_seconds: float = 60.0
     canary_min_requests: int = 50
     canary_gates: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Staged rollouts (`POST /admin/v1/traffic/{service}/rollout`): the default weights to
+    # move through and the least time each is held, e.g. [1, 10, 50, 100] (JSON).
+    canary_rollout_stages: list[int] = Field(default_factory=lambda: [1, 10, 50, 100])
+    canary_rollout_hold_seconds: float = Field(300.0, ge=0)
+    # A rollout's recommendation KPI gates, the canary track against stable over the
+    # stage's lists (at most the last kpi_window_seconds, at most kpi_max_lists lists per
+    # worker): judged once each track has kpi_min_lists lists; CTR may drop this much
+    # (relative) and the empty-list rate rise this much (absolute) before a difference
+    # significant at kpi_alpha (one-sided, per judgement: a stage is judged every analysis
+    # interval) breaches; coverage must reach this share of stable's distinct items.
+    canary_kpi_window_seconds: float = Field(600.0, gt=0)
+    canary_kpi_max_lists: int = Field(20_000, ge=1)
+    canary_kpi_min_lists: int = Field(200, ge=1)
+    canary_kpi_max_ctr_drop: float = Field(0.1, ge=0, le=1)
+    canary_kpi_max_empty_rate_increase: float = Field(0.02, ge=0, le=1)
+    canary_kpi_min_coverage_ratio: float = Field(0.8, ge=0, le=1)
+    canary_kpi_alpha: float = Field(0.001, gt=0, lt=0.5)
     # Experiments (issue 7): how often every replica re-reads the running experiments,
     # how often buffered exposures are written to Postgres, and how many may wait in
     # memory when Postgres is away (the oldest are dropped beyond that).
@@ -105,3 +123,11 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # (absolute) below the serving version's, unless forced (RECFLEET_PROMOTION_MAX_REGRESSION,
     # the jobs' too). The index gate uses the shard count of candidate_gen_targets.
     promotion_max_regression: float = registry.max_regression_setting()
+
+    @field_validator("canary_rollout_stages")
+    @classmethod
+    def _stages_rise(cls, stages: list[int]) -> list[int]:
+        problem = schedule_problem(stages, 0.0)
+        if problem:
+            raise ValueError(problem)
+        return stages

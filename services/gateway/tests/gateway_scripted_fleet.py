@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -246,6 +247,8 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
         self.metadata: list[dict[str, str]] = []
         # When set, answers with no items and these degraded reasons.
         self.empty_with: list[str] | None = None
+        # When set, orders the kept candidates at random (a deliberately worse model).
+        self.random_order: random.Random | None = None
 
     async def RankBatch(self, request, context):
         await self.enter_batch(context, "RankBatch")
@@ -281,6 +284,8 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
             and (not request.category or category_of(c.item_id) == request.category)
         ]
         kept.sort(key=lambda c: (-c.score, c.item_id))
+        if self.random_order is not None:
+            self.random_order.shuffle(kept)
         items = [
             ranking_pb2.RankedItem(
                 item_id=c.item_id,

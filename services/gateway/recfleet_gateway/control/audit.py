@@ -28,6 +28,8 @@ ACTIONS = (
     "traffic.set",
     "traffic.rollback",
     "traffic.ack",
+    "traffic.rollout",
+    "traffic.rollout_abort",
     "model.promote",
     "model.rollback",
     "job.start",

@@ -28,6 +28,7 @@ class ExperimentBook:
         self.refresh_seconds = refresh_seconds
         self._running: list[ExperimentSpec] = []
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self.refreshed_at = 0.0
 
     async def refresh(self) -> None:
@@ -50,14 +51,19 @@ class ExperimentBook:
             self.exposures.record(response["request_id"], chosen["name"], chosen["variant"], response["user_id"], items)
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[object]]) -> None:
-        while True:
+        # Also ends at `_stopping`: a cancellation can be swallowed inside redis-py on
+        # Python 3.11 (recfleet_runtime.periodic says how).
+        while not self._stopping:
             await asyncio.sleep(seconds)
+            if self._stopping:
+                return
             try:
                 await work()
             except Exception as error:
                 log.warning("experiment background work failed", error=str(error))
 
     async def start(self) -> None:
+        self._stopping = False
         await self.refresh()
         self._tasks = [
             asyncio.create_task(self._every(self.refresh_seconds, self.refresh)),
@@ -65,6 +71,7 @@ class ExperimentBook:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

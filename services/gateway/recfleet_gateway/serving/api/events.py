@@ -85,6 +85,7 @@ async def post_events(
             "no event in the batch was accepted",
             errors=[{"field": f"body.events[{index}]", "message": error} for index, error in sorted(refused.items())],
         )
+    services.served_lists.received(batch.events, refused)
     # New events change what the user should see next: drop their cached lists now.
     await services.cache.invalidate(
         *{event.user_id for index, event in enumerate(batch.events) if index not in refused}
