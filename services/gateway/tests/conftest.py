@@ -25,6 +25,15 @@ async def fleet():
 
 
 @pytest.fixture
+async def canary_fleet():
+    """A scripted fleet whose ranking has a canary track too."""
+    scripted = ScriptedFleet(ranking_canary=True)
+    await scripted.start()
+    yield scripted
+    await scripted.stop()
+
+
+@pytest.fixture
 def gateway_settings(fleet, pg_dsn, redis_url):
     return GatewaySettings(
         **fleet.settings_overrides(),

@@ -13,7 +13,6 @@ import asyncio
 import random
 
 import pytest
-from gateway_scripted_fleet import ScriptedFleet
 from gateway_test_support import assert_problem, http_client, recfleetctl, running_app
 from recfleet_gateway.downstream.tracks import user_bucket
 
@@ -39,19 +38,11 @@ def users(count: int = 40) -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture
-async def rollout_fleet():
-    scripted = ScriptedFleet(ranking_canary=True)
-    await scripted.start()
-    yield scripted
-    await scripted.stop()
-
-
-@pytest.fixture
-def rollout_settings(rollout_fleet, gateway_settings):
+def rollout_settings(canary_fleet, gateway_settings):
     """Small windows and minimum counts, so that a stage is judged within a second or two."""
     return gateway_settings.model_copy(
         update={
-            **rollout_fleet.settings_overrides(),
+            **canary_fleet.settings_overrides(),
             "traffic_refresh_seconds": 0.1,
             "canary_analysis_seconds": 0.2,
             "canary_min_requests": 5,
@@ -129,10 +120,10 @@ async def start_rollout(http, hold_seconds: float = 0.5) -> dict:
     return reply.json()
 
 
-async def test_a_worse_model_is_stopped_at_its_first_stage_by_the_ctr_gate(rollout_client, rollout_fleet):
+async def test_a_worse_model_is_stopped_at_its_first_stage_by_the_ctr_gate(rollout_client, canary_fleet):
     canary_users, stable_users = users()
     relevant = await relevant_items(rollout_client, canary_users + stable_users)
-    rollout_fleet.ranking_canary.servicer.random_order = random.Random(3)
+    canary_fleet.ranking_canary.servicer.random_order = random.Random(3)
 
     started = await start_rollout(rollout_client)
     assert started["weight"] == 1

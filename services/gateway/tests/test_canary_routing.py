@@ -11,14 +11,6 @@ from gateway_test_support import assert_problem, http_client, metrics_text, runn
 
 
 @pytest.fixture
-async def canary_fleet():
-    scripted = ScriptedFleet(ranking_canary=True)
-    await scripted.start()
-    yield scripted
-    await scripted.stop()
-
-
-@pytest.fixture
 async def canary_client(canary_fleet, gateway_settings):
     settings = gateway_settings.model_copy(update=canary_fleet.settings_overrides())
     async with running_app(settings) as application, http_client(application) as http:

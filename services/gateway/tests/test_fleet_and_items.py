@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from gateway_scripted_fleet import ScriptedFleet
 from gateway_test_support import assert_problem, http_client, running_app
-
-
-@pytest.fixture
-async def canary_fleet():
-    scripted = ScriptedFleet(ranking_canary=True)
-    await scripted.start()
-    yield scripted
-    await scripted.stop()
 
 
 @pytest.fixture
