@@ -50,6 +50,8 @@ ADVANCE = "advance"
 ROLLBACK = "rollback"
 
 MAX_STAGES = 20
+# The longest a stage may be held: a week.
+MAX_HOLD_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -300,8 +302,8 @@ def schedule_problem(stages: Iterable[Any], hold_seconds: float) -> str:
         return f"stages: each weight is an integer within 1..100, not {stages}"
     if any(later <= earlier for earlier, later in itertools.pairwise(stages)):
         return f"stages: weights must rise from stage to stage, not {stages}"
-    if not math.isfinite(hold_seconds) or hold_seconds < 0:
-        return f"hold_seconds: a number of seconds >= 0, not {hold_seconds}"
+    if not math.isfinite(hold_seconds) or not 0 <= hold_seconds <= MAX_HOLD_SECONDS:
+        return f"hold_seconds: a number of seconds within 0..{MAX_HOLD_SECONDS:g}, not {hold_seconds}"
     return ""
 
 

@@ -65,6 +65,11 @@ EXCLUSIONS: dict[str, tuple[list[str], str]] = {
         REFUSED_FOR_A_REASON_BEYOND_THE_SCHEMA,
         "`expires_at` must lie in the future (and not come with `ttl_seconds`)",
     ),
+    "POST /admin/v1/traffic/{service}/rollout": (
+        REFUSED_FOR_A_REASON_BEYOND_THE_SCHEMA,
+        "the stages' weights must rise from one stage to the next (a rule across items), and a "
+        "rollout needs a canary of the path's service that is not frozen or rolling out (409)",
+    ),
     "PUT /admin/v1/traffic/{service}": (
         REFUSED_FOR_A_REASON_BEYOND_THE_SCHEMA,
         "`shadow_percent` must be 0 for event-ingest (mirrored writes would be stored twice): "

@@ -190,9 +190,10 @@ async def test_a_rollout_is_refused_without_a_canary_or_with_a_bad_schedule(roll
         {"field": "body.stages", "message": "weights must rise from stage to stage, not [10, 5]"}
     ]
     reply = await rollout_client.post("/admin/v1/traffic/ranking/rollout", json={"stages": [0, 100]})
-    assert assert_problem(reply, 400)["errors"][0]["field"] == "body.stages"
-    reply = await rollout_client.post("/admin/v1/traffic/ranking/rollout", json={"hold_seconds": -1})
-    assert_problem(reply, 400)
+    assert assert_problem(reply, 400)["errors"][0]["field"] == "body.stages[0]"
+    for hold in (-1, 8 * 24 * 3600):
+        reply = await rollout_client.post("/admin/v1/traffic/ranking/rollout", json={"hold_seconds": hold})
+        assert assert_problem(reply, 400)["errors"][0]["field"] == "body.hold_seconds"
     reply = await rollout_client.post("/admin/v1/traffic/ranking/rollout/abort", json={})
     assert "no rollout in progress" in assert_problem(reply, 409)["detail"]
 

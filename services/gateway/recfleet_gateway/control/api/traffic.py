@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Path
 from pydantic import BaseModel, Field
-from recfleet_runtime.rollout import MAX_STAGES, Rollout, Schedule, schedule_problem
+from recfleet_runtime.rollout import MAX_HOLD_SECONDS, MAX_STAGES, Rollout, Schedule, schedule_problem
 from recfleet_store.traffic import TrafficFrozen, recent_events, record_event
 
 from ...deps import COMMON_ERRORS, PROBLEM, AdminKey, Services, authorize
@@ -39,7 +39,7 @@ class RollbackIn(BaseModel):
 
 class RolloutIn(BaseModel):
     model_config = {"extra": "forbid"}
-    stages: list[Integer] | None = Field(
+    stages: list[Annotated[Integer, Field(ge=1, le=100)]] | None = Field(
         None,
         min_length=1,
         max_length=MAX_STAGES,
@@ -47,7 +47,11 @@ class RolloutIn(BaseModel):
         "default RECFLEET_GATEWAY_CANARY_ROLLOUT_STAGES.",
     )
     hold_seconds: FiniteNumber | None = Field(
-        None, ge=0, description="Least time each stage is held; default RECFLEET_GATEWAY_CANARY_ROLLOUT_HOLD_SECONDS."
+        None,
+        ge=0,
+        le=MAX_HOLD_SECONDS,
+        description="Least time each stage is held, at most a week; "
+        "default RECFLEET_GATEWAY_CANARY_ROLLOUT_HOLD_SECONDS.",
     )
 
 
