@@ -39,7 +39,7 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # pods of one service).
     coalesce_max_batch: int = Field(32, ge=1, le=256)
     coalesce_max_in_flight: int = Field(2, ge=1, le=64)
-    candidates_per_shard: int = 100
+    candidates_per_shard: int = 200
     cold_start_threshold: int = 5
     bootstrap_admin_key: str = shared("RECFLEET_BOOTSTRAP_ADMIN_KEY", "", "accepted with every scope")
     rate_limit_per_user: str = shared("RECFLEET_GATEWAY_RATE_LIMIT_PER_USER", "100/minute")

@@ -40,7 +40,7 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     # train-ranker proposes each user the candidates the gateway sends ranking: the ALS
     # top `ranker_candidates_per_shard` of every shard (keep it equal to the gateway's
     # RECFLEET_GATEWAY_CANDIDATES_PER_SHARD).
-    ranker_candidates_per_shard: int = Field(100, ge=1)
+    ranker_candidates_per_shard: int = Field(200, ge=1)
     # A ranker is promoted only when its held-out NDCG@10 beats the better of the candidate
     # order and the rule formula by at least `ranker_min_gain` (absolute) and by more than
     # `ranker_min_gain_se` standard errors of that gain (per user); see docs/ranking.md.
