@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -52,6 +53,10 @@ from recfleet_ctl import embedded, fleetrecord
 
 console = Console(stderr=True)
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+# EASE's setting on the bundled MovieLens sample: what train-als's search chooses there
+# (l2 200, ALS weight 0.3; docs/evaluation.md), used as it is by the local fleet's first
+# training. A retrain through the jobs API searches it again.
+BUNDLED_SAMPLE_EASE = {"RECFLEET_JOBS_EASE_L2": "200", "RECFLEET_JOBS_EASE_ALS_WEIGHT": "0.3"}
 CANARY_CAPABLE = ("feature-store", "candidate-gen", "ranking", "event-ingest")
 
 
@@ -444,16 +449,17 @@ class LocalFleet:
         kafka, layout = _settings_from(KafkaSettings, env), _settings_from(TopicSettings, env)
         ensure_topics(self.kafka_bootstrap, configured_topics(kafka, layout))
 
-    def job(self, *args: str) -> str:
+    def job(self, *args: str, defaults: Mapping[str, str] | None = None) -> str:
         """Run one batch job; its output goes to the console and is returned. A stop request
-        (a signal) stops the job and raises FleetStopped."""
+        (a signal) stops the job and raises FleetStopped. `defaults`: settings for this job
+        unless the environment sets them."""
         self._raise_if_stop_requested()
         console.print(f"[bold]recfleet-jobs {' '.join(args)}[/]")
         started = time.perf_counter()
         # In the runner's process group, so Ctrl-C reaches it as it reaches the runner.
         with subprocess.Popen(
             [sys.executable, "-m", "recfleet_jobs", *args],
-            env=self.base_env(),
+            env={**(defaults or {}), **self.base_env()},
             stdout=subprocess.PIPE,
             text=True,
             preexec_fn=self._child_setup,
@@ -491,9 +497,11 @@ class LocalFleet:
     def run_pipeline(self, force: bool = False) -> None:
         self.job("load-movielens", "--data-dir", self.config.data_dir)
         if force or not self._serving_version_usable():
-            # The bundled MovieLens sample keeps the default parameters when they are
-            # searched (docs/evaluation.md), so the local fleet skips the search.
-            output = self.job("train-als", "--tune-seconds", "0")
+            # The bundled MovieLens sample keeps the default ALS parameters when they are
+            # searched (docs/evaluation.md), so the local fleet skips the search, and fuses
+            # in EASE with the setting the search chooses on that sample (docs/evaluation.md,
+            # "EASE, the item-to-item source"), so its start does not wait for the search.
+            output = self.job("train-als", "--tune-seconds", "0", defaults=BUNDLED_SAMPLE_EASE)
             version = next(
                 line.split("=", 1)[1] for line in reversed(output.splitlines()) if line.startswith("version=")
             )

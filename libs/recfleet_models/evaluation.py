@@ -10,6 +10,10 @@ Metrics follow microsoft/recommenders' `python_evaluation` with binary relevance
   recommendations scores 0 there, as in recommenders);
 - catalog coverage = distinct recommended items / distinct items in the training data.
 
+`FusedRecommender` is ALS with the EASE item-to-item source (`recfleet_models.ease`):
+both fitted on the train ratings, each user's scores standardised over the whole
+catalog and mixed by `ease.fused`.
+
 `DiversifiedRecommender` wraps any of them to measure what serves: the ranking
 service's diversity rule (`ranking.diversity.diversify`, the one implementation) applied to
 the model's candidates before the top k is cut. The default figures leave it out.
@@ -27,6 +31,7 @@ import scipy.sparse as sp
 
 from .als import AlsModel, ALSParams, build_interaction_matrix, fit_als, top_k_batch
 from .data import Movie, Ratings
+from .ease import EaseModel, fit_ease, fused
 from .protocols import Split
 from .ranking.diversity import DiversityPolicy, diversify
 
@@ -205,6 +210,60 @@ class AlsRecommender:
         return _batched_top_k(
             lambda rows: model.user_factors[rows] @ model.item_factors.T, users, k, seen, item_ids, user_rows
         )
+
+
+class FusedRecommender:
+    """ALS and EASE fused: `ease.fused(als, ease, als_weight)` over the whole catalog.
+
+    Both are fitted on the train ratings (ALS as `AlsRecommender` fits it, EASE on the
+    same matrix binarised, over its vocabulary of at most `max_items` items with at least
+    `min_users` users); a user's EASE score for an item outside the vocabulary is 0, and
+    each source is standardised over the user's scores of every catalog item.
+    """
+
+    name = "als+ease"
+
+    def __init__(
+        self, als: AlsRecommender, l2: float, als_weight: float, max_items: int = 8000, min_users: int = 2
+    ) -> None:
+        if not 0.0 <= als_weight <= 1.0:
+            raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
+        self.als = als
+        self.l2 = l2
+        self.als_weight = als_weight
+        self.max_items = max_items
+        self.min_users = min_users
+        self.ease: EaseModel | None = None
+
+    def fit(self, train: Ratings) -> None:
+        self.als.fit(train)
+        model = self.als.model
+        assert model is not None
+        matrix, user_index, item_index = build_interaction_matrix(
+            train.user_ids, train.movie_ids, ["rating"] * len(train), train.ratings, model.params
+        )
+        if user_index != model.user_ids or item_index != model.item_ids:
+            raise ValueError("the ALS model was not fitted on these train ratings")
+        self.history = matrix.astype(bool).astype(np.float32).tocsr()
+        self.ease = fit_ease(matrix, item_index, self.l2, self.max_items, self.min_users)
+        self.columns = np.array([model.item_row(item) for item in self.ease.item_ids], dtype=np.int64)
+
+    def scores(self, user_rows: Sequence[int]) -> np.ndarray:
+        """Fused scores of the given ALS user rows over every catalog item."""
+        model, ease = self.als.model, self.ease
+        assert model is not None and ease is not None, "fit() comes before scores()"
+        rows = np.asarray(user_rows, dtype=np.int64)
+        als_scores = model.user_factors[rows] @ model.item_factors.T
+        ease_scores = np.zeros_like(als_scores)
+        ease_scores[:, self.columns] = np.asarray(self.history[rows][:, self.columns] @ ease.weights)
+        return fused(als_scores, ease_scores, self.als_weight)
+
+    def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
+        model = self.als.model
+        assert model is not None, "fit() comes before recommend()"
+        item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
+        user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
+        return _batched_top_k(self.scores, users, k, seen, item_ids, user_rows)
 
 
 def primary_categories(movies: Sequence[Movie]) -> dict[int, str]:

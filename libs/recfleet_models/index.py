@@ -9,6 +9,19 @@ Layout under `models/als/<version>/index/` in the artifact store:
 - `manifest.json`: a `ShardManifest`, written last, so that a manifest's presence means
   every shard file it names is complete.
 
+When the version has an EASE source (`ease/` beside the factors, published by train-als),
+the index splits it over the shards too:
+
+- `ease-items.json`: the EASE vocabulary (item ids, the rows of every shard's weights);
+- `shard-<i>.ease.npy`: float32 (vocabulary, m): the columns of B of the m vocabulary
+  items shard i owns, in the order of their shard rows;
+- `shard-<i>.ease-rows.npy`: int64 (m,): the shard row of each of those columns.
+
+The manifest then carries an `ease` block (`items_key`, `items_sha256`, `l2`,
+`als_weight`) and each shard entry its two EASE keys and checksums; without EASE the
+block is null and the keys empty, and a manifest written before EASE existed loads as
+one without it.
+
 Items go to shards by `recfleet_models.sharding.shard_of`. Index types:
 
 - `flat`: exact search;
@@ -77,6 +90,11 @@ class ShardEntry:
     item_count: int
     # What the shard was built with after capping (e.g. nlist for a small shard).
     index_params: dict[str, Any] = field(default_factory=dict)
+    # The shard's part of the EASE source; empty when the version has none.
+    ease_key: str = ""
+    ease_sha256: str = ""
+    ease_rows_key: str = ""
+    ease_rows_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,8 @@ class ShardManifest:
     metric: str
     shards: list[ShardEntry]
     built_at: str = ""
+    # {items_key, items_sha256, l2, als_weight} when the version has an EASE source.
+    ease: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -198,30 +218,94 @@ def partition(item_ids: list[str], shard_count: int) -> list[np.ndarray]:
     return [np.flatnonzero(owners == shard) for shard in range(shard_count)]
 
 
+@dataclass(frozen=True)
+class VersionEase:
+    """A version's EASE source as train-als published it (`ease/` in the version)."""
+
+    item_ids: list[str]
+    weights: np.ndarray  # float32 (n, n)
+    l2: float
+    als_weight: float
+
+
+def read_ease(store: ArtifactStore, version: str) -> VersionEase | None:
+    """The version's EASE source, checked against its checksums.json; None without one."""
+    prefix = als_prefix(version)
+    names = ("ease/items.json", "ease/weights.npy", "ease/meta.json")
+    if not store.exists(f"{prefix}ease/meta.json"):
+        return None
+    checksums = json.loads(store.get_bytes(f"{prefix}checksums.json"))
+    blobs = {}
+    for name in names:
+        data = store.get_bytes(f"{prefix}{name}")
+        if checksums.get(name) != sha256(data):
+            raise ValueError(f"ALS version {version!r}: {name} does not match its checksum")
+        blobs[name] = data
+    item_ids = [str(item) for item in json.loads(blobs["ease/items.json"])]
+    weights = _npy_load(blobs["ease/weights.npy"])
+    meta = json.loads(blobs["ease/meta.json"])
+    if weights.dtype != np.float32 or weights.shape != (len(item_ids), len(item_ids)):
+        raise ValueError(
+            f"ALS version {version!r}: EASE weights {weights.dtype} {weights.shape} for {len(item_ids)} items"
+        )
+    return VersionEase(item_ids, weights, float(meta["l2"]), float(meta["als_weight"]))
+
+
 def build_shards(
     store: ArtifactStore, version: str, shard_count: int, index_type: str, params: dict[str, Any] | None = None
 ) -> ShardManifest:
-    """Build and publish every shard of an ALS version; returns the manifest written."""
+    """Build and publish every shard of an ALS version (and its EASE source's columns,
+    when it has one); returns the manifest written."""
     if shard_count < 1:
         raise ValueError("shard_count must be at least 1")
     knobs = normalize_params(index_type, params)
     item_ids, factors = read_item_factors(store, version)
+    ease = read_ease(store, version)
     dimension = int(factors.shape[1])
     prefix = index_prefix(version)
     # A manifest left from an earlier build must not describe the new files half-way.
     if store.exists(manifest_key(version)):
         store.delete_prefix(prefix)
+    ease_block: dict[str, Any] | None = None
+    if ease is not None:
+        items_data = json.dumps(ease.item_ids).encode()
+        store.put_bytes(f"{prefix}ease-items.json", items_data)
+        ease_block = {
+            "items_key": f"{prefix}ease-items.json",
+            "items_sha256": sha256(items_data),
+            "l2": ease.l2,
+            "als_weight": ease.als_weight,
+        }
+        ease_column = {item: column for column, item in enumerate(ease.item_ids)}
     entries = []
     for shard, rows in enumerate(partition(item_ids, shard_count)):
         vectors = np.ascontiguousarray(factors[rows])
         index, used = build_index(vectors, index_type, knobs)
+        shard_ids = [item_ids[row] for row in rows]
         files = {
             "index": (f"{prefix}shard-{shard}.faiss", faiss.serialize_index(index).tobytes()),
-            "ids": (f"{prefix}shard-{shard}.ids.json", json.dumps([item_ids[row] for row in rows]).encode()),
+            "ids": (f"{prefix}shard-{shard}.ids.json", json.dumps(shard_ids).encode()),
             "vectors": (f"{prefix}shard-{shard}.vectors.npy", _npy_bytes(vectors)),
         }
+        if ease is not None:
+            owned = [(row, ease_column[item]) for row, item in enumerate(shard_ids) if item in ease_column]
+            shard_rows = np.array([row for row, _ in owned], dtype=np.int64)
+            columns = np.array([column for _, column in owned], dtype=np.int64)
+            weights = np.ascontiguousarray(ease.weights[:, columns], dtype=np.float32)
+            files["ease"] = (f"{prefix}shard-{shard}.ease.npy", _npy_bytes(weights))
+            files["ease_rows"] = (f"{prefix}shard-{shard}.ease-rows.npy", _npy_bytes(shard_rows))
         for key, data in files.values():
             store.put_bytes(key, data)
+        ease_fields = (
+            {
+                "ease_key": files["ease"][0],
+                "ease_sha256": sha256(files["ease"][1]),
+                "ease_rows_key": files["ease_rows"][0],
+                "ease_rows_sha256": sha256(files["ease_rows"][1]),
+            }
+            if ease is not None
+            else {}
+        )
         entries.append(
             ShardEntry(
                 shard=shard,
@@ -233,6 +317,7 @@ def build_shards(
                 vectors_sha256=sha256(files["vectors"][1]),
                 item_count=len(rows),
                 index_params=used,
+                **ease_fields,
             )
         )
     manifest = ShardManifest(
@@ -245,6 +330,7 @@ def build_shards(
         metric=METRIC,
         shards=entries,
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ease=ease_block,
     )
     store.put_bytes(manifest_key(version), manifest.to_json())
     return manifest
@@ -261,9 +347,27 @@ def read_manifest(store: ArtifactStore, version: str) -> ShardManifest:
         raise ShardRejected(f"version {version}: unreadable manifest ({error})") from error
 
 
+@dataclass(frozen=True)
+class ShardEase:
+    """A shard's part of the version's EASE source (`recfleet_models.ease`): the columns of
+    B for the vocabulary items this shard owns, with every vocabulary row, so a user's
+    history (any shard's items) scores this shard's items."""
+
+    # Every vocabulary item id (whichever shard owns it) -> its row of `weights`.
+    vocabulary: dict[str, int]
+    # float32 (len(vocabulary), m): column c is B[:, item] for the item at `shard_rows[c]`.
+    weights: np.ndarray
+    # int64 (m,): the LoadedShard row of each column of `weights`.
+    shard_rows: np.ndarray
+    l2: float
+    # The fusion's ALS weight (`recfleet_models.ease.fused`); 1 - it goes to EASE.
+    als_weight: float
+
+
 @dataclass
 class LoadedShard:
-    """One verified shard in memory: the FAISS index, its ids and vectors."""
+    """One verified shard in memory: the FAISS index, its ids and vectors, and its part
+    of the EASE source when the version has one."""
 
     version: str
     shard: int
@@ -272,6 +376,7 @@ class LoadedShard:
     item_ids: list[str]
     vectors: np.ndarray
     rows: dict[str, int]
+    ease: ShardEase | None = None
 
     @property
     def dimension(self) -> int:
@@ -361,4 +466,45 @@ def load_shard(
         item_ids=item_ids,
         vectors=vectors,
         rows={item: row for row, item in enumerate(item_ids)},
+        ease=_load_shard_ease(store, manifest, entry),
+    )
+
+
+def _load_shard_ease(store: ArtifactStore, manifest: ShardManifest, entry: ShardEntry) -> ShardEase | None:
+    """The shard's part of the EASE source, verified; None when the version has none."""
+    block = manifest.ease
+    if block is None:
+        return None
+    if not (entry.ease_key and entry.ease_rows_key):
+        raise ShardRejected(f"the manifest has EASE but shard {entry.shard} names no EASE files")
+    try:
+        items_key, items_sha256 = str(block["items_key"]), str(block["items_sha256"])
+        l2, als_weight = float(block["l2"]), float(block["als_weight"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ShardRejected(f"unreadable EASE block in the manifest ({error})") from error
+    items_bytes = _verified(store, items_key, items_sha256)
+    weights_bytes = _verified(store, entry.ease_key, entry.ease_sha256)
+    rows_bytes = _verified(store, entry.ease_rows_key, entry.ease_rows_sha256)
+    try:
+        item_ids = [str(item) for item in json.loads(items_bytes)]
+        weights = _npy_load(weights_bytes)
+        shard_rows = _npy_load(rows_bytes)
+    except ValueError as error:
+        raise ShardRejected(f"unreadable EASE files: {error}") from error
+    if weights.dtype != np.float32 or weights.ndim != 2:
+        raise ShardRejected(f"EASE weights are {weights.dtype} {weights.shape}, not a float32 matrix")
+    if weights.shape[0] != len(item_ids):
+        raise ShardRejected(f"EASE weights have {weights.shape[0]} rows for a vocabulary of {len(item_ids)}")
+    if shard_rows.dtype != np.int64 or shard_rows.shape != (weights.shape[1],):
+        raise ShardRejected(f"EASE rows are {shard_rows.dtype} {shard_rows.shape} for {weights.shape[1]} columns")
+    if shard_rows.size and (shard_rows.min() < 0 or shard_rows.max() >= entry.item_count):
+        raise ShardRejected(f"EASE rows fall outside the shard's {entry.item_count} items")
+    if not 0.0 <= als_weight <= 1.0 or l2 <= 0:
+        raise ShardRejected(f"EASE l2 {l2} / als_weight {als_weight} out of range")
+    return ShardEase(
+        vocabulary={item: row for row, item in enumerate(item_ids)},
+        weights=weights,
+        shard_rows=shard_rows,
+        l2=l2,
+        als_weight=als_weight,
     )

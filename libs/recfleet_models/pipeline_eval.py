@@ -29,14 +29,14 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from .als import AlsModel, ALSParams, event_weights
+from .als import AlsModel, ALSParams, build_interaction_matrix, event_weights
 from .data import Movie, Ratings
 from .evaluation import AlsRecommender
 from .popularity import normalise, window_scores
@@ -51,8 +51,10 @@ from .ranking.training import (
     PRESETS,
     RANKER,
     VALIDATION_METRICS,
+    BlockScorer,
     CandidateGroup,
     CatalogItem,
+    Fusion,
     InteractionLog,
     PopularityClock,
     RankerFit,
@@ -62,6 +64,7 @@ from .ranking.training import (
     UserId,
     candidate_groups,
     feature_names,
+    fused_scorer,
     popular_columns,
     ranker_gate,
     train_ranker,
@@ -312,6 +315,7 @@ class RankerPipelineRecommender:
         min_gain: float = DEFAULT_MIN_GAIN,
         gate: bool = True,
         min_gain_se: float = DEFAULT_MIN_GAIN_SE,
+        fusion: Fusion | None = None,
     ):
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"feature_set must be one of {', '.join(FEATURE_SETS)}, got {feature_set!r}")
@@ -325,6 +329,12 @@ class RankerPipelineRecommender:
         self.min_gain = min_gain
         self.min_gain_se = min_gain_se
         self.gate = gate
+        # With the EASE source fused in, candidates are proposed and scored as a version
+        # with EASE serves them, in training and in evaluation.
+        self.fusion = fusion
+        self.scorer: BlockScorer | None = None
+        if fusion is not None:
+            self.name = "als+ease+ranker"
         self.extra = ExtendedColumns(self.movies, self.als_params) if feature_set == "extended" else None
         self.retrieval = AlsRecommender(self.als_params)
         self.fit_result: RankerFit | None = None
@@ -339,13 +349,19 @@ class RankerPipelineRecommender:
 
     def fit(self, train: Ratings) -> None:
         log = interaction_log(train)
-        self.fit_result = train_ranker(log, self.catalog, self.als_params, self.params, self.extra)
+        self.fit_result = train_ranker(log, self.catalog, self.als_params, self.params, self.extra, self.fusion)
         self.verdict = ranker_gate(self.fit_result.metrics, self.min_gain, self.min_gain_se)
         self.retrieval.fit(train)
         model = self.retrieval.model
         if model is None:
             raise RuntimeError("ALS fit left no model")
         self.model = model
+        if self.fusion is not None:
+            # The matrix the retrieval ALS was fitted on (same rows and columns as its model).
+            matrix, _, _ = build_interaction_matrix(
+                train.user_ids, train.movie_ids, ["rating"] * len(train), train.ratings, self.als_params
+            )
+            self.scorer = fused_scorer(model, matrix, self.fusion)
         self.store = OfflineFeatureStore(train, self.movies, self.als_params)
         weights = event_weights(log.types.tolist(), log.values.tolist(), self.als_params)
         # What the feature store would serve after the whole train part.
@@ -381,6 +397,7 @@ class RankerPipelineRecommender:
                 lambda _: self.served,
                 params,
                 extra or self.scoring_extra,
+                scorer=self.scorer,
             )
         )
 
@@ -445,5 +462,7 @@ class RankerPipelineRecommender:
                 "feature_set": self.feature_set,
                 "feature_names": list(fit.feature_names) if fit else list(feature_names(self.extra)),
                 "params": self.params.as_dict(),
+                "candidates": "als+ease" if self.fusion else "als",
+                **({"fusion": asdict(self.fusion)} if self.fusion else {}),
             }
         }

@@ -135,3 +135,106 @@ def test_load_rejects_an_index_of_the_wrong_dimension(store):
 def test_missing_manifest_is_rejected(store):
     with pytest.raises(shard_index.ShardRejected, match="no index manifest"):
         shard_index.load_shard(store, "als-never-built", 0)
+
+
+def write_ease(store, version: str, item_ids: list[str], weights: np.ndarray, l2: float, als_weight: float) -> None:
+    """An EASE source in an ALS version as train-als publishes it (`ease/`, in checksums.json)."""
+    prefix = f"models/als/{version}/"
+    buffer = io.BytesIO()
+    np.save(buffer, weights.astype(np.float32))
+    files = {
+        "ease/items.json": json.dumps(item_ids).encode(),
+        "ease/weights.npy": buffer.getvalue(),
+        "ease/meta.json": json.dumps({"l2": l2, "als_weight": als_weight, "vocabulary_size": len(item_ids)}).encode(),
+    }
+    checksums = json.loads(store.get_bytes(prefix + "checksums.json"))
+    for name, data in files.items():
+        store.put_bytes(prefix + name, data)
+        checksums[name] = sha256(data)
+    store.put_bytes(prefix + "checksums.json", json.dumps(checksums).encode())
+
+
+# Items a-f and k fall in shard 1 of 2, g-j and l in shard 0.
+CATALOG = list("abcdefghijkl")
+VOCABULARY = ["e", "h", "a", "l", "d", "g", "b", "c"]  # B's order; f and i-k are outside it
+
+
+def _ease_version(store, version: str = "als-ease") -> np.ndarray:
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal((len(VOCABULARY), len(VOCABULARY))).astype(np.float32)
+    np.fill_diagonal(weights, 0.0)
+    write_als_version(store, version, CATALOG, rng.standard_normal((len(CATALOG), 3)))
+    write_ease(store, version, VOCABULARY, weights, 200.0, 0.6)
+    return weights
+
+
+def test_each_shard_scores_its_own_items_as_the_whole_ease_model_does(store):
+    weights = _ease_version(store)
+    manifest = shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    assert manifest.ease is not None and (manifest.ease["l2"], manifest.ease["als_weight"]) == (200.0, 0.6)
+    assert json.loads(store.get_bytes(manifest.ease["items_key"])) == VOCABULARY
+    assert {shard_of(item, 2) for item in VOCABULARY} == {0, 1}
+    history = ["a", "h", "c"]
+    expected = weights[[VOCABULARY.index(item) for item in history]].sum(axis=0)
+    scored: dict[str, float] = {}
+    columns = 0
+    for shard in range(2):
+        loaded = shard_index.load_shard(store, "als-ease", shard)
+        ease = loaded.ease
+        assert ease is not None and (ease.l2, ease.als_weight) == (200.0, 0.6)
+        assert ease.vocabulary == {item: row for row, item in enumerate(VOCABULARY)}
+        assert ease.weights.dtype == np.float32 and ease.shard_rows.dtype == np.int64
+        assert list(ease.shard_rows) == sorted(ease.shard_rows)  # in shard row order
+        scores = ease.weights[[ease.vocabulary[item] for item in history]].sum(axis=0)
+        columns += len(scores)
+        for row, score in zip(ease.shard_rows.tolist(), scores.tolist(), strict=True):
+            scored[loaded.item_ids[row]] = score
+    # Every vocabulary item is scored by exactly the shard that owns it, the others by none.
+    assert columns == len(VOCABULARY)
+    assert scored == pytest.approx({item: float(expected[column]) for column, item in enumerate(VOCABULARY)})
+
+
+def test_a_version_without_ease_and_an_older_manifest_load_without_it(store):
+    write_als_version(store, "als-tiny", list(TINY), np.array(list(TINY.values())))
+    manifest = shard_index.build_shards(store, "als-tiny", 2, "flat", {})
+    assert manifest.ease is None and all(entry.ease_key == "" for entry in manifest.shards)
+    raw = json.loads(store.get_bytes(shard_index.manifest_key("als-tiny")))
+    del raw["ease"]
+    for entry in raw["shards"]:
+        for key in ("ease_key", "ease_sha256", "ease_rows_key", "ease_rows_sha256"):
+            del entry[key]
+    store.put_bytes(shard_index.manifest_key("als-tiny"), json.dumps(raw).encode())
+    loaded = shard_index.load_shard(store, "als-tiny", 0)
+    assert loaded.ease is None and loaded.item_count == manifest.shards[0].item_count
+
+
+def test_a_corrupted_ease_file_is_refused(store):
+    _ease_version(store)
+    manifest = shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    key = manifest.shards[1].ease_key
+    data = bytearray(store.get_bytes(key))
+    data[-1] ^= 0xFF
+    store.put_bytes(key, bytes(data))
+    with pytest.raises(shard_index.ShardRejected, match=r"checksum mismatch for shard-1\.ease\.npy"):
+        shard_index.load_shard(store, "als-ease", 1)
+    assert shard_index.load_shard(store, "als-ease", 0).ease is not None
+    # The version's own copy is checked before any shard is built from it.
+    store.put_bytes("models/als/als-ease/ease/weights.npy", bytes(data))
+    with pytest.raises(ValueError, match=r"ease/weights\.npy does not match its checksum"):
+        shard_index.build_shards(store, "als-ease", 2, "flat", {})
+
+
+def test_ease_rows_outside_the_shard_are_refused(store):
+    _ease_version(store)
+    manifest = shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    entry = max(manifest.shards, key=lambda e: len(np.load(io.BytesIO(store.get_bytes(e.ease_rows_key)))))
+    rows = np.load(io.BytesIO(store.get_bytes(entry.ease_rows_key)))
+    rows[-1] = entry.item_count  # one past the shard's last row
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    store.put_bytes(entry.ease_rows_key, buffer.getvalue())
+    raw = json.loads(store.get_bytes(shard_index.manifest_key("als-ease")))
+    raw["shards"][entry.shard]["ease_rows_sha256"] = sha256(buffer.getvalue())
+    store.put_bytes(shard_index.manifest_key("als-ease"), json.dumps(raw).encode())
+    with pytest.raises(shard_index.ShardRejected, match="EASE rows fall outside the shard"):
+        shard_index.load_shard(store, "als-ease", entry.shard)

@@ -200,3 +200,49 @@ def test_extended_features_are_finite_and_consistent(sample, fitted):
         assert (x[:, similarity] <= 1 + 1e-6).all()
         rel = x[:, names.index("cooccurrence_rel")]
         assert rel.max() == pytest.approx(1.0)
+
+
+def test_with_ease_fused_in_the_candidates_are_the_fused_top_and_the_lists_beat_plain_als(sample):
+    # A version with the EASE source serves the fused ALS + EASE order; the ranker is
+    # trained and evaluated on those candidates, and what orders them is gated as before.
+    from recfleet_models.ease import fit_ease, fused
+    from recfleet_models.evaluation import AlsRecommender
+    from recfleet_models.ranking.training import Fusion
+
+    data, split = sample
+    fusion = Fusion(l2=200.0, als_weight=0.4, max_items=4000)
+    recommender = RankerPipelineRecommender(data.movies, FAST_ALS, FAST, fusion=fusion)
+    metrics = evaluate(split, recommender)
+    details = recommender.details()["ranker"]
+    assert recommender.name == "als+ease+ranker"
+    assert details["candidates"] == "als+ease" and details["fusion"]["l2"] == 200.0
+
+    # The candidates of one user are the fused top, scored with the fused score.
+    model = recommender.model
+    user = int(split.test.user_ids[0])
+    seen = {user: {str(i) for i in recommender.store.history[user]}}
+    group = recommender.candidate_groups([user], seen)[0]
+    from recfleet_models.als import build_interaction_matrix
+
+    matrix, _, _ = build_interaction_matrix(
+        split.train.user_ids, split.train.movie_ids, ["rating"] * len(split.train), split.train.ratings, FAST_ALS
+    )
+    ease = fit_ease(matrix, model.item_ids, fusion.l2, fusion.max_items)
+    row = model.user_row(str(user))
+    als = model.item_factors @ model.user_factors[row]
+    ease_scores = np.zeros_like(als)
+    history = [model.item_row(i) for i in seen[user]]
+    vocabulary = {item: n for n, item in enumerate(ease.item_ids)}
+    history_rows = [vocabulary[model.item_ids[c]] for c in history if model.item_ids[c] in vocabulary]
+    for n, item in enumerate(ease.item_ids):
+        ease_scores[model.item_row(item)] = ease.weights[history_rows, n].sum()
+    expected = fused(als, ease_scores, fusion.als_weight)
+    expected[history] = -np.inf
+    top = np.argsort(-expected, kind="stable")[: FAST.als_candidates]
+    proposed = [str(i) for i in group.item_ids[: FAST.als_candidates].tolist()]
+    assert set(proposed) == {model.item_ids[c] for c in top}
+    by_item = {c.item_id: c.score for c in group.candidates}
+    np.testing.assert_allclose([by_item[model.item_ids[c]] for c in top], expected[top], rtol=1e-4, atol=1e-4)
+
+    plain = evaluate(split, AlsRecommender(FAST_ALS))
+    assert metrics.ndcg > plain.ndcg

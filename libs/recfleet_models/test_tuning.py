@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from recfleet_models.als import ALSParams
 from recfleet_models.data import read_ml_latest_small
 from recfleet_models.protocols import make_split
-from recfleet_models.tuning import SearchSpace, tune_als, tune_on_ratings
+from recfleet_models.tuning import EASE_ALS_WEIGHTS, SearchSpace, ease_trial_count, tune_als, tune_ease, tune_on_ratings
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ALSParams(factors=8, iterations=3)
@@ -97,3 +97,89 @@ def test_movielens_keeps_the_defaults_it_was_tuned_on():
     result = tune_on_ratings(split.train, ALSParams(), 600)
     assert result.stopped == "converged"
     assert result.chosen == ALSParams()
+
+
+def _pairs(n_users: int = 300, n_pairs: int = 60, seed: int = 0) -> sp.csr_matrix:
+    """Items come in pairs (a film and its sequel): every user has both items of six
+    random pairs. Eight ALS factors cannot hold 60 unrelated pairs; EASE learns each."""
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for user in range(n_users):
+        chosen = rng.choice(n_pairs, size=6, replace=False)
+        items = np.concatenate([2 * chosen, 2 * chosen + 1])
+        rows += [user] * len(items)
+        cols += items.tolist()
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, 2 * n_pairs))
+
+
+def _popular(n_users: int = 300, n_items: int = 120, seed: int = 0) -> sp.csr_matrix:
+    """Every user draws 12 items by popularity alone (Zipf), independently of each other:
+    no item says anything about another beyond what popularity says."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, n_items + 1)
+    rows, cols = [], []
+    for user in range(n_users):
+        items = rng.choice(n_items, size=12, replace=False, p=popularity / popularity.sum())
+        rows += [user] * len(items)
+        cols += items.tolist()
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, n_items))
+
+
+def test_ease_is_adopted_where_items_predict_each_other():
+    numbers = []
+    result = tune_ease(_pairs(), QUICK, 600, on_trial=lambda trial, number: numbers.append(number))
+    assert result.adopted and result.reason == "adopted" and result.stopped == "done"
+    assert result.als_weight < 1.0 and result.l2 in (100.0, 200.0, 500.0, 1000.0, 2000.0)
+    # ALS alone first, then every (l2, weight) pair; progress follows every point.
+    assert len(result.trials) == ease_trial_count() == 1 + 5 * (len(EASE_ALS_WEIGHTS) - 1)
+    assert numbers == list(range(1, len(result.trials) + 1))
+    alone, best = result.als_alone, result.best
+    assert result.trials[0] is alone and alone.l2 is None
+    assert (best.l2, best.als_weight) == (result.l2, result.als_weight)
+    assert best.ndcg > 2 * alone.ndcg
+    summary = json.loads(json.dumps(result.as_dict()))
+    assert summary["adopted"] and summary["vocabulary_size"] == 120 and summary["validation_users"] == 300
+    assert summary["best_gain_ndcg@10"] > 2 * summary["best_gain_se"]
+    assert len(summary["trials"]) == len(result.trials)
+
+
+def test_ease_stays_off_where_popularity_is_all_there_is():
+    result = tune_ease(_popular(), QUICK, 600)
+    assert (result.adopted, result.reason, result.als_weight) == (False, "no-gain", 1.0)
+    assert len(result.trials) == ease_trial_count()
+    assert result.as_dict()["adopted"] is False
+
+
+def test_ease_stays_off_without_items_shared_by_two_users():
+    own_items = sp.csr_matrix(np.kron(np.eye(30, dtype=np.float32), np.ones((1, 6), dtype=np.float32)))
+    result = tune_ease(own_items, QUICK, 600)
+    assert (result.adopted, result.reason, result.vocabulary_size, result.trials) == (False, "no-vocabulary", 0, ())
+
+
+def test_without_a_budget_the_given_ease_setting_is_used_as_it_is():
+    result = tune_ease(_pairs(), QUICK, 0, l2=200.0, als_weight=0.6)
+    assert (result.reason, result.l2, result.als_weight, result.adopted, result.trials) == (
+        "off",
+        200.0,
+        0.6,
+        True,
+        (),
+    )
+    assert not tune_ease(_pairs(), QUICK, 0).adopted  # the default weight 1 is ALS alone
+
+
+def test_a_short_ease_budget_solves_only_the_given_l2():
+    result = tune_ease(_pairs(), QUICK, 0.001, l2=1000.0)
+    assert result.stopped == "budget"
+    assert {t.l2 for t in result.trials} == {None, 1000.0}
+    assert len(result.trials) == len(EASE_ALS_WEIGHTS)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"budget_seconds": -1}, {"min_gain_se": -1}, {"max_items": 0}, {"weights": (0.5,)}, {"l2_grid": (0.0, 10.0)}],
+)
+def test_bad_ease_arguments_are_refused(kwargs):
+    arguments = {"budget_seconds": 10, **kwargs}
+    with pytest.raises(ValueError):
+        tune_ease(_pairs(), QUICK, **arguments)

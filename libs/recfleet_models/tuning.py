@@ -29,10 +29,19 @@ more than `min_gain_se` standard errors of the per-user NDCG difference (paired,
 users): the best of some thirty noisy scores is expected to look better than it is,
 and the given setting has earned its place elsewhere (on MovieLens the search finds
 nothing significantly better than today's defaults).
+
+`tune_ease` then decides whether the EASE source (`recfleet_models.ease`) joins ALS and
+with which l2 and mixing weight: on the same kind of validation split it fits ALS with
+the chosen setting once and X^T X once, solves B for each l2 of its grid (nearest the
+given l2 first, while the budget allows) and scores the fused lists of every ALS weight.
+The best point is adopted only when it beats ALS alone (weight 1) by more than
+`min_gain_se` standard errors of the paired per-user NDCG difference; otherwise EASE
+stays off.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -41,9 +50,19 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .als import WEIGHTINGS, ALSParams, build_interaction_matrix, build_interaction_times, fit_als
+from .als import (
+    WEIGHTINGS,
+    AlsModel,
+    ALSParams,
+    build_interaction_matrix,
+    build_interaction_times,
+    fit_als,
+    top_k_batch,
+)
 from .data import Ratings
+from .ease import gram, solve, standardise, vocabulary
 from .evaluation import MatrixHoldout, holdout_lists, holdout_split, ranking_metrics, user_ndcg
+from .protocols import Split
 
 # What a reference implicit-ALS run looks like without tuning (implicit's examples
 # weight play counts with BM25, K1 100 / B 0.8; its default regularization and alpha).
@@ -201,7 +220,7 @@ def refine_points(best: ALSParams, space: SearchSpace) -> list[ALSParams]:
     return points
 
 
-def improvement(challenger: Trial, incumbent: Trial) -> tuple[float, float]:
+def improvement(challenger: Trial | EaseTrial, incumbent: Trial | EaseTrial) -> tuple[float, float]:
     """Mean per-user NDCG gain of `challenger` over `incumbent` on the same validation
     users, and its standard error (inf with fewer than two users)."""
     diff = challenger.per_user - incumbent.per_user
@@ -333,4 +352,313 @@ def _score(holdout: MatrixHoldout, params: ALSParams, k: int, phase: str) -> Tri
         time.perf_counter() - started,
         phase,
         np.array([per_user[user] for user in sorted(per_user)]),
+    )
+
+
+# tune_ease's grids: l2 of EASE and the ALS share of the fused score (1 = ALS alone).
+EASE_L2_GRID: tuple[float, ...] = (100.0, 200.0, 500.0, 1000.0, 2000.0)
+EASE_ALS_WEIGHTS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+# Why EASE is on or off: adopted; the best point is ALS alone or not significantly
+# better; no budget; no user to hold items out of; no item with enough users.
+EASE_REASONS = ("adopted", "no-gain", "off", "no-validation-users", "no-vocabulary")
+# Users scored at once: about this many catalog scores per block.
+_SCORE_BLOCK = 1 << 24
+
+
+@dataclass(frozen=True)
+class EaseTrial:
+    """One (l2, ALS weight) point: validation NDCG@k / recall@k and the seconds it took
+    (its share of the l2's solve plus its scoring). ALS alone (weight 1) reads no l2."""
+
+    l2: float | None
+    als_weight: float
+    ndcg: float
+    recall: float
+    seconds: float
+    per_user: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+
+    def as_dict(self, k: int) -> dict[str, Any]:
+        return {
+            "l2": self.l2,
+            "als_weight": self.als_weight,
+            f"ndcg@{k}": round(self.ndcg, 5),
+            f"recall@{k}": round(self.recall, 5),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass(frozen=True)
+class EaseTuningResult:
+    """Whether EASE joins ALS (`als_weight` < 1) and with which l2, and every point tried."""
+
+    l2: float
+    als_weight: float
+    reason: str
+    trials: tuple[EaseTrial, ...] = ()
+    stopped: str = "off"
+    seconds: float = 0.0
+    budget_seconds: float = 0.0
+    validation: str = ""
+    validation_users: int = 0
+    vocabulary_size: int = 0
+    max_items: int = 0
+    min_users: int = 0
+    k: int = 10
+    min_gain_se: float = 0.0
+
+    @property
+    def adopted(self) -> bool:
+        return self.als_weight < 1.0
+
+    @property
+    def best(self) -> EaseTrial | None:
+        return max(self.trials, key=lambda t: t.ndcg) if self.trials else None
+
+    @property
+    def als_alone(self) -> EaseTrial | None:
+        return next((t for t in self.trials if t.als_weight == 1.0), None)
+
+    def gain(self) -> tuple[float, float]:
+        """The best point's mean per-user NDCG gain over ALS alone and its standard error."""
+        best, alone = self.best, self.als_alone
+        return improvement(best, alone) if best is not None and alone is not None else (0.0, math.inf)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what `train-als` stores with a version)."""
+        best, alone = self.best, self.als_alone
+        gain, se = self.gain()
+        return {
+            "adopted": self.adopted,
+            "reason": self.reason,
+            "l2": self.l2,
+            "als_weight": self.als_weight,
+            "budget_seconds": self.budget_seconds,
+            "seconds": round(self.seconds, 2),
+            "stopped": self.stopped,
+            "validation": self.validation,
+            "validation_users": self.validation_users,
+            "vocabulary_size": self.vocabulary_size,
+            "max_items": self.max_items,
+            "min_users": self.min_users,
+            "min_gain_se": self.min_gain_se,
+            f"als_ndcg@{self.k}": round(alone.ndcg, 5) if alone else None,
+            f"best_ndcg@{self.k}": round(best.ndcg, 5) if best else None,
+            f"best_gain_ndcg@{self.k}": round(gain, 5),
+            "best_gain_se": round(se, 5) if math.isfinite(se) else None,
+            "trials": [t.as_dict(self.k) for t in self.trials],
+        }
+
+
+def ease_trial_count(l2_grid: tuple[float, ...] = EASE_L2_GRID, weights: tuple[float, ...] = EASE_ALS_WEIGHTS) -> int:
+    """Points a search without a budget limit tries (ALS alone once, then every pair)."""
+    return 1 + len(l2_grid) * len([w for w in weights if w != 1.0])
+
+
+def tune_ease(
+    matrix: sp.csr_matrix,
+    params: ALSParams,
+    budget_seconds: float,
+    *,
+    times: sp.csr_matrix | None = None,
+    fraction: float = 0.2,
+    min_interactions: int = 5,
+    seed: int = 42,
+    **options: Any,
+) -> EaseTuningResult:
+    """Search EASE's l2 and ALS weight on a validation split of `matrix` (users x items,
+    as train-als builds it), ALS fitted with `params` (the setting tune_als chose).
+
+    The split is tune_als's: with `times` each user's most recent `fraction` of items,
+    otherwise a seeded random share, of the users with `min_interactions`. A budget of 0
+    tries nothing and returns the given `l2` / `als_weight`. Other options: see
+    `tune_ease_holdout`.
+    """
+    _check_ease_options(budget_seconds, **options)
+    validation = (
+        f"each user's most recent {fraction:.0%} of items" if times is not None else f"a random {fraction:.0%} per user"
+    ) + f", users with {min_interactions}+ items"
+    if budget_seconds == 0:
+        return tune_ease_holdout(None, params, 0, validation=validation, **options)
+    try:
+        holdout = holdout_split(matrix, fraction, min_interactions, seed, times)
+    except ValueError:
+        holdout = None
+    return tune_ease_holdout(holdout, params, budget_seconds, validation=validation, **options)
+
+
+def tune_ease_on_split(split: Split, params: ALSParams, budget_seconds: float, **options: Any) -> EaseTuningResult:
+    """`tune_ease_holdout` on an offline protocol's tuning split (`protocols.tuning_split`):
+    ALS and EASE are fitted on its train ratings (weighted as `evaluation.AlsRecommender`
+    weights them) and scored against its test ratings."""
+    _check_ease_options(budget_seconds, **options)
+    train = split.train
+    matrix, users, items = build_interaction_matrix(
+        train.user_ids, train.movie_ids, ["rating"] * len(train), train.ratings, params
+    )
+    user_rows = {int(user): row for row, user in enumerate(users)}
+    item_cols = {int(item): col for col, item in enumerate(items)}
+    truth: dict[int, set[int]] = {}
+    for user, item in zip(split.test.user_ids.tolist(), split.test.movie_ids.tolist(), strict=True):
+        row, col = user_rows.get(user), item_cols.get(item)
+        if row is not None and col is not None:
+            truth.setdefault(row, set()).add(col)
+    holdout = MatrixHoldout(matrix, truth) if truth else None
+    return tune_ease_holdout(holdout, params, budget_seconds, validation=f"the {split.protocol} split", **options)
+
+
+def _check_ease_options(budget_seconds: float, **options: Any) -> None:
+    if budget_seconds < 0:
+        raise ValueError("the tuning budget must be >= 0 seconds")
+    if options.get("min_gain_se", 0.0) < 0:
+        raise ValueError("min_gain_se must be >= 0")
+    if options.get("max_items", 1) < 1 or options.get("min_users", 1) < 1:
+        raise ValueError("max_items and min_users must be at least 1")
+    if any(not 0.0 <= w <= 1.0 for w in options.get("weights", ())) or 1.0 not in options.get("weights", (1.0,)):
+        raise ValueError("ALS weights must be within [0, 1] and include 1 (ALS alone)")
+    if any(v <= 0 for v in options.get("l2_grid", (1.0,))) or options.get("l2", 1.0) <= 0:
+        raise ValueError("l2 values must be positive")
+
+
+def tune_ease_holdout(
+    holdout: MatrixHoldout | None,
+    params: ALSParams,
+    budget_seconds: float,
+    *,
+    l2: float = 500.0,
+    als_weight: float = 1.0,
+    max_items: int = 8000,
+    min_users: int = 2,
+    l2_grid: tuple[float, ...] = EASE_L2_GRID,
+    weights: tuple[float, ...] = EASE_ALS_WEIGHTS,
+    k: int = 10,
+    min_gain_se: float = 2.0,
+    validation: str = "",
+    on_trial: Callable[[EaseTrial, int], None] | None = None,
+) -> EaseTuningResult:
+    """The EASE search on a prepared split (None: no validation user).
+
+    `l2` / `als_weight` are the given point, returned as they are when the budget is 0;
+    `l2` also orders the grid (nearest first, on a log scale). ALS is fitted on
+    `holdout.train` once and X^T X built once over the EASE vocabulary (`max_items`,
+    `min_users`: `ease.vocabulary`); each l2 is solved while the seconds used plus the
+    slowest l2 so far fit in the budget (the first always runs) and every weight scored:
+    top-k of `ease.fused` scores (each source standardised per user over the whole
+    catalog, items outside the vocabulary at EASE score 0), training items excluded.
+    `on_trial(trial, number)` follows every point, for progress.
+    """
+    _check_ease_options(
+        budget_seconds, min_gain_se=min_gain_se, max_items=max_items, min_users=min_users, weights=weights, l2=l2
+    )
+    if not 0.0 <= als_weight <= 1.0:
+        raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
+    result = EaseTuningResult(
+        float(l2),
+        float(als_weight),
+        "off",
+        budget_seconds=budget_seconds,
+        validation=validation,
+        max_items=max_items,
+        min_users=min_users,
+        k=k,
+        min_gain_se=min_gain_se,
+    )
+    if budget_seconds == 0:
+        return result
+    off = replace(result, l2=float(l2), als_weight=1.0)
+    if holdout is None:
+        return replace(off, reason="no-validation-users", stopped="no-validation-users")
+    started = time.perf_counter()
+    columns = vocabulary(holdout.train, max_items, min_users)
+    users = np.array(sorted(holdout.truth), dtype=np.int64)
+    off = replace(off, validation_users=len(users), vocabulary_size=int(columns.size))
+    if columns.size == 0:
+        return replace(off, reason="no-vocabulary", stopped="no-vocabulary", seconds=time.perf_counter() - started)
+    als = fit_als(holdout.train, params)
+    gram_matrix = gram(holdout.train, columns)
+    history = holdout.train[users]
+    ease_history = history[:, columns].astype(bool).astype(np.float32)
+    catalog = int(np.unique(holdout.train.indices).size)
+    trials: list[EaseTrial] = []
+
+    def record(trial: EaseTrial) -> None:
+        trials.append(trial)
+        if on_trial is not None:
+            on_trial(trial, len(trials))
+
+    mixed_weights = [float(w) for w in weights if w != 1.0]
+    lists, scoring = _fused_lists(als, None, ease_history, columns, history, users, [1.0], k)
+    record(_ease_trial(None, 1.0, lists[0], holdout, catalog, k, time.perf_counter() - started))
+    stopped = "done"
+    slowest = 0.0
+    for value in sorted(l2_grid, key=lambda v: (abs(math.log(v / l2)), v)):
+        if slowest and time.perf_counter() - started + slowest > budget_seconds:
+            stopped = "budget"
+            break
+        begun = time.perf_counter()
+        weights_b = solve(gram_matrix, value)
+        solved = time.perf_counter() - begun
+        lists, scoring = _fused_lists(als, weights_b, ease_history, columns, history, users, mixed_weights, k)
+        for weight, found, seconds in zip(mixed_weights, lists, scoring, strict=True):
+            share = solved / len(mixed_weights) + seconds
+            record(_ease_trial(float(value), weight, found, holdout, catalog, k, share))
+        slowest = max(slowest, time.perf_counter() - begun)
+    done = replace(off, trials=tuple(trials), stopped=stopped, seconds=time.perf_counter() - started)
+    best = done.best
+    gain, se = done.gain()
+    if best is None or best.als_weight == 1.0 or not gain > min_gain_se * se:
+        return replace(done, reason="no-gain")
+    assert best.l2 is not None
+    return replace(done, l2=best.l2, als_weight=best.als_weight, reason="adopted")
+
+
+def _fused_lists(
+    als: AlsModel,
+    ease_weights: np.ndarray | None,
+    ease_history: sp.csr_matrix,
+    columns: np.ndarray,
+    history: sp.csr_matrix,
+    users: np.ndarray,
+    als_weights: list[float],
+    k: int,
+) -> tuple[list[dict[int, list[int]]], list[float]]:
+    """Top-k columns per user for each ALS weight (`ease.fused` of the whole catalog,
+    training items excluded), and the seconds each weight's scoring took."""
+    n_items = als.item_factors.shape[0]
+    block = max(1, _SCORE_BLOCK // max(1, n_items))
+    lists: list[dict[int, list[int]]] = [{} for _ in als_weights]
+    seconds = [0.0] * len(als_weights)
+    for start in range(0, len(users), block):
+        rows = users[start : start + block]
+        als_scores = als.user_factors[rows] @ als.item_factors.T
+        z_als = standardise(als_scores)
+        z_ease = np.zeros_like(z_als)
+        if ease_weights is not None:
+            ease_scores = np.zeros_like(als_scores)
+            ease_scores[:, columns] = np.asarray(ease_history[start : start + block] @ ease_weights)
+            z_ease = standardise(ease_scores)
+        exclude = history[start : start + block]
+        for n, weight in enumerate(als_weights):
+            begun = time.perf_counter()
+            # ease.fused: ALS alone is its raw scores, a mix the sum of the z-scores.
+            scores = als_scores if weight == 1.0 else weight * z_als + (1.0 - weight) * z_ease
+            best = top_k_batch(scores, k, exclude)
+            for user, found in zip(rows.tolist(), best, strict=True):
+                lists[n][user] = [int(c) for c in found if c >= 0]
+            seconds[n] += time.perf_counter() - begun
+    return lists, seconds
+
+
+def _ease_trial(
+    l2: float | None,
+    als_weight: float,
+    lists: dict[int, list[int]],
+    holdout: MatrixHoldout,
+    catalog: int,
+    k: int,
+    seconds: float,
+) -> EaseTrial:
+    metrics = ranking_metrics(lists, holdout.truth, k, catalog)
+    per_user = user_ndcg(lists, holdout.truth, k)
+    return EaseTrial(
+        l2, als_weight, metrics.ndcg, metrics.recall, seconds, np.array([per_user[u] for u in sorted(per_user)])
     )

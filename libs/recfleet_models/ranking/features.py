@@ -190,6 +190,8 @@ class CandidateColumns:
     `ranks` is each candidate's 0-based position by retrieval score over the whole call
     (`retrieval_ranks`), kept when filters `take` a subset. A `Candidate` list (training,
     tests) converts with `of`; both forms give the same numbers to every function here.
+    `source_scores` holds each candidate source's own score column (source name -> float64
+    array), carried for explanations only.
     """
 
     item_ids: np.ndarray  # object: str
@@ -197,13 +199,19 @@ class CandidateColumns:
     sources: np.ndarray  # object: str
     items: ItemColumns
     ranks: np.ndarray  # int64
+    source_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, rows: np.ndarray) -> CandidateColumns:
         return CandidateColumns(
-            self.item_ids[rows], self.scores[rows], self.sources[rows], self.items.take(rows), self.ranks[rows]
+            self.item_ids[rows],
+            self.scores[rows],
+            self.sources[rows],
+            self.items.take(rows),
+            self.ranks[rows],
+            {source: column[rows] for source, column in self.source_scores.items()},
         )
 
     @classmethod

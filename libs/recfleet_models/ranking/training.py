@@ -58,6 +58,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..als import AlsModel, ALSParams, build_interaction_matrix, event_weights, fit_als, top_k_batch
+from ..ease import fit_ease, fused
 from .features import AFFINITY_PREFIX, SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
 from .learned import FEATURE_NAMES, feature_matrix
 from .rules import RuleWeights, rule_scores
@@ -350,6 +351,48 @@ class CandidateGroup:
     now: float
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """EASE fused with ALS, as an ALS version that has the EASE source serves it
+    (`recfleet_models.ease`): candidates are proposed and scored by the fused score."""
+
+    l2: float
+    als_weight: float
+    max_items: int
+    min_users: int = 2
+
+    @classmethod
+    def of(cls, ease: Mapping[str, Any] | None) -> Fusion | None:
+        """From a version's `params.ease` block (None, or a weight of 1: no fusion)."""
+        if not ease or float(ease.get("als_weight", 1.0)) >= 1.0:
+            return None
+        return cls(float(ease["l2"]), float(ease["als_weight"]), int(ease["max_items"]), int(ease.get("min_users", 2)))
+
+
+BlockScorer = Callable[[np.ndarray], np.ndarray]
+
+
+def als_scorer(model: AlsModel) -> BlockScorer:
+    """Users' rows -> their ALS scores over the model's items."""
+    return lambda rows: model.user_factors[rows] @ model.item_factors.T
+
+
+def fused_scorer(model: AlsModel, matrix: sp.csr_matrix, fusion: Fusion) -> BlockScorer:
+    """Users' rows -> their fused ALS + EASE scores over the model's items, EASE fitted on
+    `matrix` (the users x items matrix the model was fitted on, rows and columns aligned)."""
+    ease = fit_ease(matrix, model.item_ids, fusion.l2, fusion.max_items, fusion.min_users)
+    columns = np.fromiter((model.item_row(item) for item in ease.item_ids), np.int64, len(ease.item_ids))
+    history = matrix[:, columns].astype(bool).astype(np.float32).tocsr()
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        als = model.user_factors[rows] @ model.item_factors.T
+        ease_scores = np.zeros_like(als)
+        ease_scores[:, columns] = history[rows] @ ease.weights
+        return np.stack([fused(a, e, fusion.als_weight) for a, e in zip(als, ease_scores, strict=True)])
+
+    return score
+
+
 def popular_columns(model: AlsModel, item_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The model's item columns, most popular first by summed weight (ties by column)."""
     index = {item: col for col, item in enumerate(model.item_ids)}
@@ -371,10 +414,12 @@ def candidate_groups(
     params: RankerParams,
     extra: Callable[[UserId, np.ndarray, np.ndarray], np.ndarray] | None = None,
     affinity_dropout: float = 0.0,
+    scorer: BlockScorer | None = None,
 ) -> Iterator[CandidateGroup]:
     """Candidates and their feature rows for each user with a factor row.
 
-    Candidates: the ALS top `als_candidates` plus the `popular_candidates` first of
+    Candidates: the top `als_candidates` by `scorer` (ALS's scores by default, the fused
+    ALS + EASE scores for a version with EASE) plus the `popular_candidates` first of
     `popular` (item columns), `seen` excluded. `served(user)` gives the features as the
     feature store would serve them to that user; `histories` are what user features are
     computed from; a hashed `affinity_dropout` share of users get no affinities. Training
@@ -386,7 +431,7 @@ def candidate_groups(
     for start in range(0, len(known), BLOCK):
         chunk = known[start : start + BLOCK]
         rows = np.array([model.user_row(str(u)) for u in chunk])
-        scores = model.user_factors[rows] @ model.item_factors.T
+        scores = (scorer or als_scorer(model))(rows)
         ex_r, ex_c = [], []
         for r, user in enumerate(chunk):
             cols = [item_col[i] for i in seen.get(user, ()) if i in item_col]
@@ -618,8 +663,10 @@ def build_groups(
     als_params: ALSParams,
     params: RankerParams = PRESETS["production"],
     extra: ExtraColumns | None = None,
+    fusion: Fusion | None = None,
 ) -> GroupSplit:
-    """The training, stopping and validation groups of an interaction log, with statistics."""
+    """The training, stopping and validation groups of an interaction log, with statistics.
+    With `fusion`, each fold's candidates come from ALS + EASE fitted on its history."""
     weights = event_weights(log.types.tolist(), log.values.tolist(), als_params)
     positive = weights > 0
     log, weights = log.subset(positive), weights[positive]
@@ -656,8 +703,9 @@ def build_groups(
         popular = popular_columns(model, history.item_ids, weights[carve.history])
         fold_extra = extra.for_fold(history, model) if extra is not None else None
         users = sorted(carve.labels)
+        scorer = fused_scorer(model, matrix, fusion) if fusion is not None else None
         groups = candidate_groups(
-            model, users, seen, histories, popular, served, params, fold_extra, params.affinity_dropout
+            model, users, seen, histories, popular, served, params, fold_extra, params.affinity_dropout, scorer
         )
         for group in groups:
             truth = carve.labels[group.user_id]
@@ -749,16 +797,18 @@ def train_ranker(
     als_params: ALSParams,
     params: RankerParams = PRESETS["production"],
     extra: ExtraColumns | None = None,
+    fusion: Fusion | None = None,
 ) -> RankerFit:
     """Build the groups from the log (see the module doc), fit the booster and validate it
-    on the held-out users against the candidate order and the rule formula."""
+    on the held-out users against the candidate order and the rule formula. `fusion`: the
+    serving ALS version's EASE source, so the ranker learns on the candidates it serves."""
     all_names = feature_names(extra)
     unknown = set(params.drop_features) - set(all_names)
     if unknown:
         raise ValueError(f"drop_features names unknown features: {sorted(unknown)}")
     columns = np.array([i for i, name in enumerate(all_names) if name not in params.drop_features])
     names = tuple(all_names[i] for i in columns)
-    split = build_groups(log, catalog, als_params, params, extra)
+    split = build_groups(log, catalog, als_params, params, extra, fusion)
     valid = split.validation
     if params.early_stopping_rounds and not split.stopping.labels:
         raise ValueError("too few users with labels among their candidates to stop early and validate a ranker")

@@ -25,7 +25,7 @@ from .retrieval import (
     check_excluded,
     check_k,
     merged_top_k,
-    merged_top_k_many,
+    retrieve_many,
 )
 from .served_index import ServedIndex
 
@@ -92,10 +92,12 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
         try:
             k = check_k(request.k)
             excluded = check_excluded(request.exclude_item_ids)
+            history = request.history_item_ids
+            excluded |= check_excluded(history, "history_item_ids")
             query = as_query(request.query_vector, shard.dimension, shard.version)
         except InvalidArgument as error:
             await self._invalid(context, error)
-        return shard, Query(query, k, excluded)
+        return shard, Query(query, k, excluded, list(history))
 
     def _fill(
         self, response: candidates_pb2.RetrieveResponse, shard: LoadedShard, packed: bool, found: Found
@@ -109,6 +111,8 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             items.item_ids.extend(found.item_ids)
             items.scores.extend(found.scores.tolist())
             items.sources.extend(found.sources)
+            for source, scores in found.source_scores.items():
+                items.source_scores.add(source=source, scores=scores.tolist())
         else:
             add = response.items.add
             for item, score, source in found.entries():
@@ -120,7 +124,7 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
     ) -> candidates_pb2.RetrieveResponse:
         shard, query = await self._checked(request, context)
         extra = self.metadata.for_version(shard.version)
-        found = await self._search(shard, "Retrieve", lambda: merged_top_k_many(shard, extra, [query], "als"))
+        found = await self._search(shard, "Retrieve", lambda: retrieve_many(shard, extra, [query]))
         return self._fill(candidates_pb2.RetrieveResponse(), shard, request.packed, found[0])
 
     async def RetrieveBatch(
@@ -145,7 +149,7 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
         for shard, members in groups.values():
             extra = self.metadata.for_version(shard.version)
             queries = [query for _, query in members]
-            found = await self._search(shard, "RetrieveBatch", partial(merged_top_k_many, shard, extra, queries, "als"))
+            found = await self._search(shard, "RetrieveBatch", partial(retrieve_many, shard, extra, queries))
             for (position, _), answer in zip(members, found, strict=True):
                 self._fill(results[position].response, shard, request.queries[position].packed, answer)
                 results[position].status.CopyFrom(OK_STATUS)

@@ -84,6 +84,23 @@ def test_merge_by_score_of_packed_lists_keeps_best_score_once_and_names_the_sour
     assert (round_trip.item_ids, round_trip.sources) == (merged.item_ids, merged.sources)
 
 
+def test_merge_by_score_carries_the_source_scores_every_shard_answered_with():
+    first = ItemList(["a", "b"], [0.5, 0.9], ["als", "ease"], {"als": [0.5, 0.1], "ease": [0.0, 2.0]})
+    second = ItemList(["c", "a"], [0.7, 0.6], ["als+ease", "als"], {"ease": [1.0, 0.5], "als": [0.3, 0.6]})
+    merged = merge_by_score([first, ItemList(), second], 3)
+    assert merged.item_ids == ["b", "c", "a"] and merged.sources == ["ease", "als+ease", "als"]
+    # "a" keeps its better entry (0.6, the second shard's) with that entry's source scores.
+    assert merged.source_scores == {"als": [0.1, 0.3, 0.6], "ease": [2.0, 1.0, 0.5]}
+    packed = merged.pack()
+    assert [(c.source, [round(s, 3) for s in c.scores]) for c in packed.source_scores] == [
+        ("als", [0.1, 0.3, 0.6]),
+        ("ease", [2.0, 1.0, 0.5]),
+    ]
+    assert ItemList.unpack(packed).source_scores.keys() == {"als", "ease"}
+    older = merge_by_score([first, ItemList(["d"], [0.8], ["als"])], 3)
+    assert older.item_ids == ["b", "d", "a"] and older.source_scores == {}
+
+
 def test_interleave_round_robins_sources_without_duplicates():
     out = interleave([[scored("a", 1), scored("b", 1)], [scored("a", 1), scored("c", 1), scored("d", 1)]])
     assert [i.item_id for i in out] == ["a", "b", "c", "d"]
@@ -113,7 +130,12 @@ def test_ranked_items_round_scores_and_explain_only_when_asked():
         {"item_id": "b", "score": 0.25, "source": "popular"},
     ]
     explained = ranked_items(ranked, explain=True)[0]["explanation"]
-    assert explained == {"candidate_score": 0.5, "ranker_contributions": {"popularity": 0.0625}, "rules": ["diversity"]}
+    assert explained == {
+        "candidate_score": 0.5,
+        "ranker_contributions": {"popularity": 0.0625},
+        "rules": ["diversity"],
+        "source_scores": {},
+    }
     packed = ranking_pb2.RankResponse(
         ranked=common_pb2.ScoredItemList(
             item_ids=[i.item_id for i in ranked.items],

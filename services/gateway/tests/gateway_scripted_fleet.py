@@ -82,6 +82,11 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
         self.items = [i for i in ITEMS if shard_of(i, shard_count) == shard]
         # The ALS version this shard serves (`ScriptedFleet.serve_version` moves the fleet).
         self.model_version = MODEL_VERSION
+        # Whether it answers a request with history as a version with EASE does: packed
+        # answers carry "als" and "ease" source scores (EASE: the count of history items
+        # sharing the item's category), sources "als+ease".
+        self.ease = False
+        self.requests: list[candidates_pb2.RetrieveRequest] = []
 
     def _top(self, query, k, exclude) -> list[common_pb2.ScoredItem]:
         scored = [(dot(query, vector_of(i)), i) for i in self.items if i not in exclude]
@@ -90,6 +95,7 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
 
     async def Retrieve(self, request, context):
         await self.enter(context, "Retrieve")
+        self.requests.append(request)
         if request.model_version and request.model_version != self.model_version:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "other model version")
         items = self._top(list(request.query_vector), request.k, set(request.exclude_item_ids))
@@ -97,6 +103,11 @@ class ScriptedShard(Scripted, candidates_pb2_grpc.CandidateServiceServicer):
             packed = common_pb2.ScoredItemList(
                 item_ids=[i.item_id for i in items], scores=[i.score for i in items], sources=[i.source for i in items]
             )
+            if self.ease and request.history_item_ids:
+                history = [category_of(i) for i in request.history_item_ids]
+                packed.sources[:] = ["als+ease"] * len(items)
+                packed.source_scores.add(source="als", scores=[i.score for i in items])
+                packed.source_scores.add(source="ease", scores=[history.count(category_of(i.item_id)) for i in items])
             return candidates_pb2.RetrieveResponse(
                 packed_items=packed, shard=self.shard, model_version=self.model_version
             )
@@ -244,6 +255,8 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
         self.requests: list[ranking_pb2.RankRequest] = []
         # Whether each request asked for (and got) the packed answer.
         self.packed: list[bool] = []
+        # Each request's candidate source scores: item id -> source -> score.
+        self.source_scores: list[dict[str, dict[str, float]]] = []
         self.metadata: list[dict[str, str]] = []
         # When set, answers with no items and these degraded reasons.
         self.empty_with: list[str] | None = None
@@ -258,6 +271,12 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
     async def Rank(self, request, context):
         await self.enter(context, "Rank")
         packed = request.packed
+        # Each candidate's source scores, as a ranking that carries them explains them.
+        source_scores: dict[str, dict[str, float]] = {}
+        for column in request.candidate_list.source_scores:
+            for item_id, score in zip(request.candidate_list.item_ids, column.scores, strict=True):
+                source_scores.setdefault(item_id, {})[column.source] = score
+        self.source_scores.append(source_scores)
         if not request.candidates and request.HasField("candidate_list"):
             # Kept for the tests in the one-message-per-candidate form they inspect.
             listed, original = request.candidate_list, request
@@ -293,7 +312,10 @@ class ScriptedRanking(Scripted, ranking_pb2_grpc.RankingServiceServicer):
                 score=c.score,
                 source=c.source,
                 explanation=ranking_pb2.Explanation(
-                    candidate_score=c.score, contributions={"candidate_score": c.score}, rules=[]
+                    candidate_score=c.score,
+                    contributions={"candidate_score": c.score},
+                    rules=[],
+                    source_scores=source_scores.get(c.item_id, {}),
                 )
                 if request.explain
                 else None,

@@ -47,8 +47,36 @@ async def test_trace_context_and_request_id_reach_downstream(client, fleet):
 async def test_explain_adds_explanations(client):
     body = (await client.get("/v1/recommendations", params={"user_id": "warm-1", "explain": "true"})).json()
     explanation = body["items"][0]["explanation"]
-    assert set(explanation) == {"candidate_score", "ranker_contributions", "rules"}
+    assert set(explanation) == {"candidate_score", "ranker_contributions", "rules", "source_scores"}
     assert explanation["candidate_score"] == body["items"][0]["score"]
+    # Candidates from one source (the shards serve no EASE here) carry no source scores.
+    assert explanation["source_scores"] == {}
+
+
+async def test_fused_candidates_show_each_sources_score_when_explained(client, fleet):
+    for server in fleet.shards:
+        server.servicer.ease = True
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-9", "explain": "true"})).json()
+    # The user's history (seen m1, m2) reaches every shard, and stays in the exclusions.
+    for server in fleet.shards:
+        sent = server.servicer.requests[-1]
+        assert list(sent.history_item_ids) == ["m1", "m2"] and {"m1", "m2"} <= set(sent.exclude_item_ids)
+    # m1 is a comedy, m2 an action film: one history item shares each of their categories.
+    categories = ("drama", "comedy", "action")
+    for item in body["items"]:
+        assert item["source"] == "als+ease"
+        expected_ease = 0.0 if categories[int(item["item_id"][1:]) % 3] == "drama" else 1.0
+        assert item["explanation"]["source_scores"] == {"als": item["score"], "ease": expected_ease}
+    # Every shard's candidates reached ranking with their source scores.
+    sent = fleet.ranking.servicer.source_scores[-1]
+    assert len(sent) == len(fleet.ranking.servicer.requests[-1].candidates) > len(body["items"])
+
+    for server in fleet.shards[1:]:
+        server.servicer.ease = False
+    # A shard of an older build answers without source scores: none go to ranking.
+    body = (await client.get("/v1/recommendations", params={"user_id": "warm-8", "explain": "true"})).json()
+    assert body["items"] and all(item["explanation"]["source_scores"] == {} for item in body["items"])
+    assert fleet.ranking.servicer.source_scores[-1] == {}
 
 
 async def test_exclude_and_category_reach_ranking(client, fleet):

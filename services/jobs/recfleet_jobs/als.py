@@ -9,6 +9,15 @@ reader that finds it finds every file), the user vectors into Postgres `user_vec
 and Redis `rf:uv:{<user>}` (field = version), then the registry row (`candidate`, with
 the chosen parameters and, under `metrics.tuning`, the validation NDCG of every point
 tried), and with `--promote` the promotion. The last stdout line is `version=<version>`.
+
+After ALS, the EASE item-to-item source (recfleet_models.ease) is tuned the same way
+(`tune_ease`, RECFLEET_JOBS_EASE_*; `--no-ease` skips it) and, when it beats ALS alone
+on the validation split, fitted on the whole matrix and published in the version:
+`ease/items.json` (the vocabulary, B's row and column order), `ease/weights.npy` (B,
+float32 n x n) and `ease/meta.json` (l2, als_weight, max_items, min_users,
+vocabulary_size), all in `checksums.json`. The version's meta.json and registry params
+carry that dict under `ease` (null without EASE), its metrics the search under
+`ease_tuning`; build-index splits B over the shards.
 """
 
 from __future__ import annotations
@@ -36,8 +45,19 @@ from recfleet_models.als import (
     build_interaction_times,
     fit_als,
 )
+from recfleet_models.ease import EaseModel, fit_ease
 from recfleet_models.evaluation import holdout_metrics
-from recfleet_models.tuning import HOLDOUTS, SearchSpace, Trial, TuningResult, tune_als
+from recfleet_models.tuning import (
+    HOLDOUTS,
+    EaseTrial,
+    EaseTuningResult,
+    SearchSpace,
+    Trial,
+    TuningResult,
+    ease_trial_count,
+    tune_als,
+    tune_ease,
+)
 from recfleet_store import keys, registry, suppression
 from recfleet_store.artifacts import ArtifactStore, open_artifact_store, sha256
 from tqdm import tqdm
@@ -102,8 +122,26 @@ def artifact_prefix(version: str) -> str:
     return f"models/als/{version}"
 
 
-def publish_artifacts(store: ArtifactStore, version: str, model: AlsModel, meta: dict[str, Any]) -> dict[str, str]:
-    """Write the version's files; returns their checksums (also written, last)."""
+def ease_meta(model: EaseModel, als_weight: float, max_items: int, min_users: int) -> dict[str, Any]:
+    """What a version records of its EASE source (`ease/meta.json`, meta.json's `ease`)."""
+    return {
+        "l2": model.l2,
+        "als_weight": als_weight,
+        "max_items": max_items,
+        "min_users": min_users,
+        "vocabulary_size": len(model.item_ids),
+    }
+
+
+def publish_artifacts(
+    store: ArtifactStore,
+    version: str,
+    model: AlsModel,
+    meta: dict[str, Any],
+    ease: tuple[EaseModel, dict[str, Any]] | None = None,
+) -> dict[str, str]:
+    """Write the version's files (with `ease`, the EASE model and its `ease_meta`);
+    returns their checksums (also written, last)."""
     files = {
         "item_ids.json": json.dumps(model.item_ids).encode(),
         "item_factors.npy": _npy(model.item_factors),
@@ -111,6 +149,11 @@ def publish_artifacts(store: ArtifactStore, version: str, model: AlsModel, meta:
         "user_factors.npy": _npy(model.user_factors),
         "meta.json": json.dumps(meta, indent=2, sort_keys=True).encode(),
     }
+    if ease is not None:
+        ease_model, ease_dict = ease
+        files["ease/items.json"] = json.dumps(ease_model.item_ids).encode()
+        files["ease/weights.npy"] = _npy(ease_model.weights)
+        files["ease/meta.json"] = json.dumps(ease_dict, indent=2, sort_keys=True).encode()
     prefix = artifact_prefix(version)
     checksums = {}
     for name, data in files.items():
@@ -274,6 +317,53 @@ def tuning_summary(result: TuningResult) -> str:
     )
 
 
+@contextmanager
+def ease_progress(seconds: float, enabled: bool = True) -> Iterator[Callable[[EaseTrial, int], None]]:
+    """`tuning_progress` for the EASE search: points (l2, ALS weight) out of the grid."""
+    best = 0.0
+    with tqdm(
+        total=ease_trial_count(),
+        desc=f"tuning EASE (budget {seconds:g}s)",
+        unit="point",
+        disable=None if enabled else True,
+        leave=False,
+    ) as bar:
+
+        def on_trial(trial: EaseTrial, number: int) -> None:
+            nonlocal best
+            best = max(best, trial.ndcg)
+            bar.update(number - bar.n)
+            bar.set_postfix_str(f"best ndcg@10 {best:.4f}, last l2 {trial.l2} weight {trial.als_weight}")
+
+        yield on_trial
+
+
+def ease_summary(result: EaseTuningResult) -> str:
+    """One line for humans: how the EASE search went and whether EASE is on."""
+    if result.reason == "off":
+        state = f"on, l2={result.l2:g} als_weight={result.als_weight:g}" if result.adopted else "off"
+        return f"ease: no search (no budget); {state} as configured"
+    if not result.trials:
+        return f"ease: off ({result.reason}: {result.validation})"
+    gain, se = result.gain()
+    alone = result.als_alone
+    figures = (
+        f"validation ndcg@{result.k} {(result.best.ndcg if result.best else float('nan')):.4f}"
+        f" vs ALS alone {(alone.ndcg if alone else float('nan')):.4f}, gain {gain:+.4f} ({gain / se:.1f} se)"
+        if se > 0 and np.isfinite(se)
+        else f"gain {gain:+.4f}"
+    )
+    verdict = (
+        f"on, l2={result.l2:g} als_weight={result.als_weight:g}"
+        if result.adopted
+        else f"off (gain not above {result.min_gain_se:g} se)"
+    )
+    return (
+        f"ease: {len(result.trials)} points in {result.seconds:.1f}s ({result.stopped}) on {result.validation},"
+        f" vocabulary {result.vocabulary_size} items; {figures}; {verdict}"
+    )
+
+
 def train_and_publish(
     settings: JobSettings,
     params: ALSParams,
@@ -281,9 +371,11 @@ def train_and_publish(
     show_progress: bool = True,
     holdout: bool = True,
     tuning: TuningPlan | None = None,
+    ease: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """The whole job; returns the new version and its metrics. With a `tuning` plan the
-    parameters are searched first and `params` is where the search starts."""
+    parameters are searched first and `params` is where the search starts; with `ease`
+    (and RECFLEET_JOBS_EASE_ENABLED) the EASE source is tuned and, when adopted, published."""
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         log = read_interactions(conn, settings.erasure_hash_key.get_secret_value())
         events = (log.users, log.items, log.types, log.values)
@@ -291,14 +383,38 @@ def train_and_publish(
         if matrix.nnz == 0:
             raise ValueError("no interactions to train on (load events first, e.g. load-movielens)")
         tuned: dict[str, Any] = {}
+        searching = tuning is not None and not tuning.off
+        recent = tuning is not None and tuning.holdout == "recent" and searching
+        times = build_interaction_times(*events, log.times, params) if recent else None
         if tuning is not None:
-            recent = tuning.holdout == "recent" and not tuning.off
-            times = build_interaction_times(*events, log.times, params) if recent else None
             with tuning_progress(tuning, show_progress) as on_trial:
                 result = tune_als(matrix, params, tuning.seconds, times=times, on_trial=on_trial, **tuning.options())
             typer.echo(tuning_summary(result), err=True)
             params = result.chosen
             tuned = {"tuning": result.as_dict()}
+        ease_model: tuple[EaseModel, dict[str, Any]] | None = None
+        if ease and settings.ease_enabled:
+            budget = settings.ease_tune_seconds if searching else 0.0
+            with ease_progress(budget, show_progress and budget > 0) as on_ease_trial:
+                chosen = tune_ease(
+                    matrix,
+                    params,
+                    budget,
+                    times=times,
+                    l2=settings.ease_l2,
+                    als_weight=settings.ease_als_weight,
+                    max_items=settings.ease_max_items,
+                    min_users=settings.ease_min_users,
+                    min_gain_se=settings.als_tune_min_gain_se,
+                    on_trial=on_ease_trial,
+                )
+            typer.echo(ease_summary(chosen), err=True)
+            tuned["ease_tuning"] = chosen.as_dict()
+            if chosen.adopted:
+                fitted = fit_ease(matrix, item_index, chosen.l2, settings.ease_max_items, settings.ease_min_users)
+                if fitted.item_ids:
+                    meta_ease = ease_meta(fitted, chosen.als_weight, settings.ease_max_items, settings.ease_min_users)
+                    ease_model = (fitted, meta_ease)
 
         version = registry.new_version_name("als")
         offline: dict[str, Any] = {}
@@ -320,6 +436,7 @@ def train_and_publish(
             "n_items": len(item_index),
             **tuned,
         }
+        ease_dict = ease_model[1] if ease_model is not None else None
         meta = {
             "version": version,
             **dict(params.as_dict().items()),
@@ -327,9 +444,10 @@ def train_and_publish(
             "n_items": len(item_index),
             "trained_at": datetime.now(UTC).isoformat(),
             "metrics": metrics,
+            "ease": ease_dict,
         }
         store = open_artifact_store(settings.artifact_url)
-        publish_artifacts(store, version, model, meta)
+        publish_artifacts(store, version, model, meta, ease_model)
         write_user_vectors_postgres(conn, version, model)
         client = redis.Redis.from_url(settings.redis_url)
         try:
@@ -340,7 +458,7 @@ def train_and_publish(
                 kind="als",
                 artifact_uri=artifact_prefix(version),
                 metrics=metrics,
-                params=params.as_dict(),
+                params={**params.as_dict(), "ease": ease_dict},
             )
             if promote:
                 registry.promote(conn, "als", version, client)
@@ -371,6 +489,9 @@ def train_als_command(
     ),
     promote: bool = typer.Option(False, "--promote", help="make the new version the serving one"),
     holdout: bool = typer.Option(True, help="also fit on 90% of each user's items and record holdout metrics"),
+    ease: bool = typer.Option(
+        True, help="tune EASE after ALS and publish it when it helps (RECFLEET_JOBS_EASE_*); --no-ease: ALS alone"
+    ),
 ) -> None:
     """Train ALS on the events in Postgres and publish a new model version."""
     settings = JobSettings()
@@ -398,7 +519,7 @@ def train_als_command(
         raise typer.BadParameter(str(error)) from error
     started = time.perf_counter()
     try:
-        version, metrics = train_and_publish(settings, params, promote=promote, holdout=holdout, tuning=plan)
+        version, metrics = train_and_publish(settings, params, promote=promote, holdout=holdout, tuning=plan, ease=ease)
     except ValueError as error:
         typer.echo(f"train-als: {error}", err=True)
         raise typer.Exit(1) from error

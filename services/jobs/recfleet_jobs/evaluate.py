@@ -8,6 +8,11 @@ re-ranked by a LightGBM ranker trained on the train part only by the one ranker 
 its settings (recfleet_models.pipeline_eval), used only when it passes the gate
 `train-ranker --promote` applies (RECFLEET_JOBS_RANKER_MIN_GAIN and _MIN_GAIN_SE;
 `--no-ranker-gate` measures it regardless), otherwise the order the gate chose instead.
+`--model als+ease` fuses ALS with the EASE item-to-item source (recfleet_models.ease,
+`evaluation.FusedRecommender`): its l2 and ALS weight are searched by `tune_ease` (the
+search train-als runs) on the protocol's tuning split (`protocols.tuning_split`, never
+the test part) within RECFLEET_JOBS_EASE_TUNE_SECONDS, unless `--ease-l2` and
+`--ease-als-weight` are both given; the JSON's `ease` block says what was used.
 `--max-per-category N` measures what serves rather than the model alone: every model's
 lists pass through the ranking service's diversity rule (at most N items of one primary
 category, the first genre listed, within the first `--diversity-window` positions) before
@@ -39,6 +44,7 @@ from recfleet_models.evaluation import (
     SERVED_SNAPSHOT,
     AlsRecommender,
     DiversifiedRecommender,
+    FusedRecommender,
     PopularRecommender,
     Recommender,
     SarRecommender,
@@ -47,17 +53,17 @@ from recfleet_models.evaluation import (
 )
 from recfleet_models.pipeline_eval import EVALUATION_PRESET, FEATURE_SETS, RankerPipelineRecommender
 from recfleet_models.popularity import normalise, window_scores
-from recfleet_models.protocols import PROTOCOLS, make_split, tuning_split
+from recfleet_models.protocols import PROTOCOLS, Split, make_split, tuning_split
 from recfleet_models.ranking.diversity import DiversityPolicy
 from recfleet_models.ranking.features import Candidate
 from recfleet_models.ranking.rules import RuleWeights, rule_scores
-from recfleet_models.ranking.training import PRESETS
-from recfleet_models.tuning import HOLDOUTS, tune_on_ratings
+from recfleet_models.ranking.training import PRESETS, Fusion
+from recfleet_models.tuning import HOLDOUTS, tune_ease_on_split, tune_on_ratings
 from recfleet_store.artifacts import open_artifact_store
 from rich.console import Console
 from rich.table import Table
 
-from .als import load_model, settings_params, tuning_plan, tuning_progress
+from .als import ease_progress, ease_summary, load_model, settings_params, tuning_plan, tuning_progress
 from .settings import JobSettings
 
 # Candidates per user that the rule formula re-ranks (the gateway asks retrieval for a
@@ -120,7 +126,7 @@ class RulePipelineRecommender:
         return out
 
 
-MODELS = ("popular", "sar", "als", "als+rules", "als+ranker")
+MODELS = ("popular", "sar", "als", "als+rules", "als+ranker", "als+ease", "als+ease+ranker")
 # The documented search space of tune-als (docs/evaluation.md).
 GRID = {
     "factors": (64, 128),
@@ -196,6 +202,15 @@ def evaluate_command(
     tune_holdout: str | None = typer.Option(
         None, help=f"validation items: {' or '.join(HOLDOUTS)}; default RECFLEET_JOBS_ALS_TUNE_HOLDOUT"
     ),
+    ease_l2: float | None = typer.Option(
+        None, min=1e-9, help="als+ease: EASE's l2, > 0 (with --ease-als-weight: no search)"
+    ),
+    ease_als_weight: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="als+ease: the ALS share of the fused score, 1 = ALS alone"
+    ),
+    ease_tune_seconds: float | None = typer.Option(
+        None, min=0.0, help="als+ease: search l2 and weight this long; default RECFLEET_JOBS_EASE_TUNE_SECONDS"
+    ),
     max_per_category: int = typer.Option(
         0,
         min=0,
@@ -212,8 +227,8 @@ def evaluate_command(
     _choice(model, MODELS, "--model")
     _choice(ranker_features, FEATURE_SETS, "--ranker-features")
     _choice(ranker_preset, tuple(PRESETS), "--ranker-preset")
-    if model == "als+ranker" and version:
-        raise typer.BadParameter("als+ranker trains its own ALS models on the train part", param_hint="--version")
+    if model in ("als+ranker", "als+ease", "als+ease+ranker") and version:
+        raise typer.BadParameter(f"{model} trains its own models on the train part", param_hint="--version")
     preset = PRESETS[ranker_preset]
     changes: dict[str, Any] = {}
     if ranker_candidates is not None:
@@ -275,7 +290,12 @@ def evaluate_command(
         details = {"params": tuned.chosen.as_dict(), "tuning": tuned.as_dict()}
     if model == "als+rules" and als is not None:
         recommender = RulePipelineRecommender(als, data.movies)
-    if model == "als+ranker" and als is not None:
+    fusion: Fusion | None = None
+    if model == "als+ease+ranker" and als is not None:
+        # The ranker over the fused candidates a version with EASE serves.
+        _, details["ease"] = _fused(split, als, settings, ease_l2, ease_als_weight, ease_tune_seconds)
+        fusion = Fusion.of(details["ease"])
+    if model in ("als+ranker", "als+ease+ranker") and als is not None:
         recommender = pipeline = RankerPipelineRecommender(
             data.movies,
             als.params,
@@ -284,7 +304,10 @@ def evaluate_command(
             settings.ranker_min_gain,
             ranker_gate,
             settings.ranker_min_gain_se,
+            fusion,
         )
+    if model == "als+ease" and als is not None:
+        recommender, details["ease"] = _fused(split, als, settings, ease_l2, ease_als_weight, ease_tune_seconds)
     if max_per_category:
         policy = DiversityPolicy(max_per_category, diversity_window)
         recommender = DiversifiedRecommender(recommender, primary_categories(data.movies), policy)
@@ -294,6 +317,9 @@ def evaluate_command(
             "candidates": max(k, SERVED_SNAPSHOT),
         }
     metrics = evaluate(split, recommender, k)
+    fused = recommender.inner if isinstance(recommender, DiversifiedRecommender) else recommender
+    if isinstance(fused, FusedRecommender) and fused.ease is not None:
+        details["ease"].update(vocabulary_size=len(fused.ease.item_ids), weights_bytes=int(fused.ease.weights.nbytes))
     if pipeline is not None:
         details.update(pipeline.details())
     out = {
@@ -307,6 +333,39 @@ def evaluate_command(
         **details,
     }
     typer.echo(json.dumps(out, indent=2))
+
+
+def _fused(
+    split: Split,
+    als: AlsRecommender,
+    settings: JobSettings,
+    l2: float | None,
+    als_weight: float | None,
+    tune_seconds: float | None,
+) -> tuple[FusedRecommender, dict[str, Any]]:
+    """ALS fused with EASE: l2 and weight as given, or searched on the tuning split."""
+    tuning: dict[str, Any] | None = None
+    if l2 is None or als_weight is None:
+        budget = settings.ease_tune_seconds if tune_seconds is None else tune_seconds
+        with ease_progress(budget) as on_trial:
+            result = tune_ease_on_split(
+                tuning_split(split),
+                als.params,
+                budget,
+                l2=settings.ease_l2 if l2 is None else l2,
+                als_weight=settings.ease_als_weight if als_weight is None else als_weight,
+                max_items=settings.ease_max_items,
+                min_users=settings.ease_min_users,
+                min_gain_se=settings.als_tune_min_gain_se,
+                on_trial=on_trial,
+            )
+        typer.echo(ease_summary(result), err=True)
+        l2, als_weight, tuning = result.l2, result.als_weight, result.as_dict()
+    fused = FusedRecommender(als, l2, als_weight, settings.ease_max_items, settings.ease_min_users)
+    # The vocabulary size is known once fitted; `details` holds this dict until printed.
+    block: dict[str, Any] = {"l2": l2, "als_weight": als_weight, "max_items": settings.ease_max_items}
+    block.update(min_users=settings.ease_min_users, vocabulary_size=None, weights_bytes=None, tuning=tuning)
+    return fused, block
 
 
 def _floats(text: str, hint: str) -> tuple[float, ...]:

@@ -73,6 +73,7 @@ def build_index_command(
                 "params": manifest.params,
                 "dimension": manifest.dimension,
                 "items_per_shard": [entry.item_count for entry in manifest.shards],
+                "ease": manifest.ease and {key: manifest.ease[key] for key in ("l2", "als_weight")},
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -38,6 +38,7 @@ from recfleet_models.ranking.training import (
     DEFAULT_MIN_GAIN,
     DEFAULT_MIN_GAIN_SE,
     CatalogItem,
+    Fusion,
     InteractionLog,
     RankerParams,
     ranker_gate,
@@ -49,24 +50,38 @@ from recfleet_store.artifacts import ArtifactStore, open_artifact_store
 from .settings import JobSettings
 
 
-def als_params_of(store: ArtifactStore, conn: psycopg.Connection) -> tuple[ALSParams, str]:
-    """The serving ALS version's hyper-parameters (defaults before the first ALS version)."""
+@dataclass(frozen=True)
+class ServingRetrieval:
+    """What proposes the candidates a ranker trained now will see: the serving ALS
+    version's hyper-parameters and, when the version has one, its EASE fusion."""
+
+    als_params: ALSParams
+    version: str = ""
+    fusion: Fusion | None = None
+
+
+def serving_retrieval(store: ArtifactStore, conn: psycopg.Connection) -> ServingRetrieval:
+    """The serving ALS version's retrieval (defaults before the first ALS version)."""
     version = registry.serving_version(conn, "als") or registry.latest_version(conn, "als")
     if not version:
-        return ALSParams(), ""
+        return ServingRetrieval(ALSParams())
     row = registry.get_version(conn, version)
     if row is None:
-        return ALSParams(), version
+        return ServingRetrieval(ALSParams(), version)
     try:
         meta = json.loads(store.get_bytes(f"{row['artifact_uri'].rstrip('/')}/meta.json"))
     except (OSError, ValueError):
-        return ALSParams(), version
+        return ServingRetrieval(ALSParams(), version)
     known = {f.name for f in fields(ALSParams)}
     given = {**meta.get("params", {}), **{k: v for k, v in meta.items() if k in known}}
     try:
-        return ALSParams(**{k: v for k, v in given.items() if k in known}), version
+        fusion = Fusion.of(meta.get("ease") or meta.get("params", {}).get("ease"))
+    except (KeyError, TypeError, ValueError):
+        fusion = None
+    try:
+        return ServingRetrieval(ALSParams(**{k: v for k, v in given.items() if k in known}), version, fusion)
     except (TypeError, ValueError):
-        return ALSParams(), version
+        return ServingRetrieval(ALSParams(), version, fusion)
 
 
 def read_events(conn: psycopg.Connection) -> InteractionLog:
@@ -117,10 +132,10 @@ def train_and_publish(
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         events = read_events(conn)
         catalog = read_catalog(conn)
-        als_params, als_version = als_params_of(store, conn)
+        retrieval = serving_retrieval(store, conn)
     if len(events) == 0:
         raise ValueError("no events in Postgres: load interactions first")
-    fit = train_ranker(events, catalog, als_params, params)
+    fit = train_ranker(events, catalog, retrieval.als_params, params, fusion=retrieval.fusion)
     verdict = ranker_gate(fit.metrics, min_gain, min_gain_se)
     metrics = {**fit.metrics, **fit.stats, GATE_METRIC: verdict.as_dict()}
     previous = None
@@ -132,7 +147,8 @@ def train_and_publish(
             fit.feature_names,
             metrics=metrics,
             params=params.as_dict(),
-            als_params_from=als_version,
+            als_params_from=retrieval.version,
+            candidates_fused_with_ease=retrieval.fusion is not None,
             freshness_half_life_days=params.freshness_half_life_days,
             trained_at=datetime.now(UTC).isoformat(),
         )

@@ -35,6 +35,19 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     als_tune_holdout: str = "recent"
     # A point replaces the given setting only when it beats it by this many standard errors.
     als_tune_min_gain_se: float = 2.0
+    # EASE, the item-to-item source fused with ALS (recfleet_models.ease, docs/evaluation.md):
+    # train-als searches its l2 and ALS weight for `ease_tune_seconds` after the ALS search
+    # and publishes it with the version when it beats ALS alone by more than
+    # `als_tune_min_gain_se` standard errors; `--tune-seconds 0` (or a budget of 0 here)
+    # uses `ease_l2` and `ease_als_weight` as they are (weight 1 = ALS alone, EASE off).
+    ease_enabled: bool = True
+    # B is max_items^2 float32 (8000 items: 256 MB in the job, split over the shards when
+    # served); the most interacted items with at least `ease_min_users` users.
+    ease_max_items: int = Field(8000, ge=1)
+    ease_min_users: int = Field(2, ge=1)
+    ease_l2: float = Field(500.0, gt=0)
+    ease_als_weight: float = Field(1.0, ge=0, le=1)
+    ease_tune_seconds: float = Field(60.0, ge=0)
     # FAISS shards.
     shard_count: int = 2
     # train-ranker proposes each user the candidates the gateway sends ranking: the ALS

@@ -180,3 +180,59 @@ def test_bad_diversity_arguments_are_named(args, hint):
     result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--model", "popular", *args], env={"COLUMNS": "500"})
     assert result.exit_code == 2
     assert hint in result.output
+
+
+QUICK_ALS = ["--factors", "16", "--iterations", "5", "--tune-seconds", "0"]
+
+
+def _evaluate(*args: str) -> dict:
+    result = CliRunner().invoke(_app(), ["evaluate", *COMMON, "--protocol", "recbole", *QUICK_ALS, *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_als_with_ease_beats_als_alone_and_weight_one_is_als():
+    als = _evaluate("--model", "als")
+    fused = _evaluate("--model", "als+ease", "--ease-l2", "200", "--ease-als-weight", "0.5")
+    alone = _evaluate("--model", "als+ease", "--ease-l2", "200", "--ease-als-weight", "1")
+    assert fused["model"] == "als+ease" and fused["users_evaluated"] == als["users_evaluated"] == 609
+    assert fused["ease"]["l2"] == 200 and fused["ease"]["als_weight"] == 0.5 and fused["ease"]["tuning"] is None
+    # Items with two or more train users, at most RECFLEET_JOBS_EASE_MAX_ITEMS of them.
+    assert 1000 < fused["ease"]["vocabulary_size"] <= 8000
+    assert fused["ease"]["weights_bytes"] == 4 * fused["ease"]["vocabulary_size"] ** 2
+    assert fused["ndcg@10"] > als["ndcg@10"] + 0.005
+    assert alone["ndcg@10"] == als["ndcg@10"]
+
+
+def test_als_with_ease_searches_its_setting_and_serves_through_the_diversity_rule():
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "evaluate",
+            *COMMON,
+            "--protocol",
+            "recbole",
+            *QUICK_ALS,
+            "--model",
+            "als+ease",
+            "--ease-tune-seconds",
+            "1",
+            "--max-per-category",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "ease: 7 points" in result.stderr  # ALS alone and the given l2's six weights
+    out = json.loads(result.stdout)
+    tuning = out["ease"]["tuning"]
+    assert tuning["validation"] == "the recbole/validation split" and tuning["stopped"] == "budget"
+    assert {t["l2"] for t in tuning["trials"]} == {None, 500.0}
+    assert (out["ease"]["l2"], out["ease"]["als_weight"]) == (tuning["l2"], tuning["als_weight"])
+    assert out["diversity"]["max_per_category"] == 3 and 0 < out["ndcg@10"] < 1
+
+
+def test_als_with_ease_refuses_a_stored_version():
+    result = CliRunner().invoke(
+        _app(), ["evaluate", *COMMON, "--model", "als+ease", "--version", "als-x"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2 and "als+ease trains its own models" in result.output

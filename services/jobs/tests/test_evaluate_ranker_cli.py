@@ -65,7 +65,7 @@ def test_without_the_gate_the_ranker_orders_the_lists(monkeypatch):
         (["--ranker-features", "everything"], "everything"),
         (["--ranker-preset", "fastest"], "fastest"),
         (["--ranker-preset", "production", "--ranker-folds", "4"], "unless carve is random"),
-        (["--version", "als-20260101T000000Z-0000"], "trains its own ALS"),
+        (["--version", "als-20260101T000000Z-0000"], "trains its own models"),
     ],
 )
 def test_bad_ranker_arguments_are_named(args, message):

@@ -96,3 +96,28 @@ def test_train_ranker_without_events_says_so(fresh_pg_dsn, artifact_dir, monkeyp
     result = CliRunner().invoke(app, ["train-ranker"])
     assert result.exit_code == 1
     assert "no events" in result.output
+
+
+def test_a_ranker_for_an_als_version_with_ease_learns_on_the_fused_candidates(fresh_pg_dsn, artifact_dir):
+    # The serving ALS version fuses EASE in: the shards send ranking fused scores, so the
+    # ranker is trained on candidates proposed and scored that way, and says so.
+    from recfleet_store.registry import register_version
+
+    load_movielens(fresh_pg_dsn, max_users=120)
+    store = DirectoryArtifactStore(artifact_dir)
+    ease = {"l2": 200.0, "als_weight": 0.3, "max_items": 2000, "min_users": 2, "vocabulary_size": 0}
+    params = {"factors": 32, "iterations": 8, "regularization": 30.0, "alpha": 2.0}
+    prefix = "models/als/als-with-ease/"
+    store.put_bytes(f"{prefix}meta.json", json.dumps({"params": {**params, "ease": ease}, "ease": ease}).encode())
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+        register_version(conn, "als-with-ease", "als", prefix, {}, {**params, "ease": ease})
+    fused = train_and_publish(fresh_pg_dsn, store, RankerParams(), promote=False)
+    meta = json.loads(store.get_bytes(f"{fused['artifact_uri'].rstrip('/')}/meta.json"))
+    assert meta["als_params_from"] == "als-with-ease" and meta["candidates_fused_with_ease"] is True
+    # The candidate order it is judged against is the fused one: not the plain ALS order's.
+    store.put_bytes(f"{prefix}meta.json", json.dumps({"params": params}).encode())
+    plain = train_and_publish(fresh_pg_dsn, store, RankerParams(), promote=False)
+    plain_meta = json.loads(store.get_bytes(f"{plain['artifact_uri'].rstrip('/')}/meta.json"))
+    assert plain_meta["candidates_fused_with_ease"] is False
+    order = "validation_ndcg@10_candidate_order"
+    assert fused["metrics"][order] != plain["metrics"][order]

@@ -12,8 +12,9 @@ import pytest
 import redis
 import scipy.sparse as sp
 import typer
-from recfleet_jobs import als, bootstrap, evaluate
+from recfleet_jobs import als, bootstrap, evaluate, index
 from recfleet_models.evaluation import ranking_metrics
+from recfleet_models.index import load_shard
 from recfleet_store import keys
 from recfleet_store.artifacts import open_artifact_store, sha256
 from recfleet_store.suppression import LOCAL_KEY, user_hash
@@ -283,3 +284,94 @@ def _train_version(args: list[str]) -> str:
     result = CliRunner().invoke(_app(), ["train-als", *args])
     assert result.exit_code == 0, result.output
     return result.output.strip().splitlines()[-1].split("=", 1)[1]
+
+
+def _index_app() -> typer.Typer:
+    app = _app()
+    index.register(app)
+    return app
+
+
+EASE_FILES = {"ease/items.json", "ease/weights.npy", "ease/meta.json"}
+
+
+def test_ease_is_published_with_the_version_and_split_over_the_shards(
+    monkeypatch, fresh_pg_dsn, redis_url, artifact_dir, tmp_path
+):
+    """No search (--tune-seconds 0): the configured EASE setting is used as it is."""
+    _environment(monkeypatch, fresh_pg_dsn, redis_url, artifact_dir)
+    monkeypatch.setenv("RECFLEET_JOBS_EASE_L2", "50")
+    monkeypatch.setenv("RECFLEET_JOBS_EASE_ALS_WEIGHT", "0.5")
+    CliRunner().invoke(_app(), ["load-movielens", "--data-dir", str(_write_dataset(tmp_path / "ml"))])
+    result = CliRunner().invoke(_app(), ["train-als", *SMALL, "--tune-seconds", "0"])
+    assert result.exit_code == 0, result.output
+    assert "ease: no search (no budget); on, l2=50 als_weight=0.5 as configured" in result.stderr
+    version = result.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    store = open_artifact_store(f"file://{artifact_dir}")
+    prefix = f"models/als/{version}"
+    checksums = json.loads(store.get_bytes(f"{prefix}/checksums.json"))
+    assert set(checksums) >= EASE_FILES
+    for name in EASE_FILES:
+        assert sha256(store.get_bytes(f"{prefix}/{name}")) == checksums[name]
+    vocabulary = json.loads(store.get_bytes(f"{prefix}/ease/items.json"))
+    weights = np.load(io.BytesIO(store.get_bytes(f"{prefix}/ease/weights.npy")))
+    # Every movie has at least two users, so all twelve are in the vocabulary.
+    assert sorted(vocabulary) == sorted(str(m) for m in [*range(1, 7), *range(11, 17)])
+    assert weights.dtype == np.float32 and weights.shape == (12, 12) and np.all(np.diag(weights) == 0)
+    # Movies of the two taste groups were never rated together: they do not predict each other.
+    group = {item: int(item) < 10 for item in vocabulary}
+    across = [(i, j) for i, a in enumerate(vocabulary) for j, b in enumerate(vocabulary) if group[a] != group[b]]
+    assert all(weights[i, j] == 0 for i, j in across)
+    expected = {"l2": 50.0, "als_weight": 0.5, "max_items": 8000, "min_users": 2, "vocabulary_size": 12}
+    assert json.loads(store.get_bytes(f"{prefix}/ease/meta.json")) == expected
+    assert json.loads(store.get_bytes(f"{prefix}/meta.json"))["ease"] == expected
+    params, metrics = _registered(fresh_pg_dsn, version)
+    assert params["ease"] == expected
+    assert metrics["ease_tuning"]["reason"] == "off" and metrics["ease_tuning"]["adopted"] is True
+
+    built = CliRunner().invoke(_index_app(), ["build-index", "--version", version, "--shards", "2"])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["ease"] == {"l2": 50.0, "als_weight": 0.5}
+    owned = []
+    for shard in range(2):
+        loaded = load_shard(store, version, shard)
+        assert loaded.ease is not None and (loaded.ease.l2, loaded.ease.als_weight) == (50.0, 0.5)
+        assert loaded.ease.weights.shape == (12, loaded.item_count)
+        # A user's history scores this shard's items as the whole B does.
+        history = [loaded.ease.vocabulary[item] for item in ("1", "2", "12")]
+        scores = loaded.ease.weights[history].sum(axis=0)
+        for column, row in enumerate(loaded.ease.shard_rows.tolist()):
+            full = weights[[vocabulary.index(item) for item in ("1", "2", "12")]].sum(axis=0)
+            assert scores[column] == pytest.approx(full[vocabulary.index(loaded.item_ids[row])])
+            owned.append(loaded.item_ids[row])
+    assert sorted(owned) == sorted(vocabulary)
+
+
+def test_the_ease_search_is_recorded_and_no_ease_leaves_it_out(
+    monkeypatch, fresh_pg_dsn, redis_url, artifact_dir, tmp_path
+):
+    _environment(monkeypatch, fresh_pg_dsn, redis_url, artifact_dir)
+    CliRunner().invoke(_app(), ["load-movielens", "--data-dir", str(_write_dataset(tmp_path / "ml"))])
+    result = CliRunner().invoke(_app(), ["train-als", *SMALL, "--tune-trials", "1"])
+    assert result.exit_code == 0, result.output
+    assert "ease: 31 points" in result.stderr
+    version = result.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    params, metrics = _registered(fresh_pg_dsn, version)
+    searched = metrics["ease_tuning"]
+    assert json.loads(result.stdout.strip().splitlines()[-2])["ease_tuning"] == searched
+    assert searched["stopped"] == "done" and len(searched["trials"]) == 31
+    assert 0 < searched["vocabulary_size"] <= 12 and searched["budget_seconds"] == 60
+    assert all(0 <= t["ndcg@10"] <= 1 for t in searched["trials"])
+    store = open_artifact_store(f"file://{artifact_dir}")
+    checksums = set(json.loads(store.get_bytes(f"models/als/{version}/checksums.json")))
+    # Published exactly when the search adopted it.
+    assert (checksums >= EASE_FILES) == searched["adopted"]
+    assert (params["ease"] is not None) == searched["adopted"]
+
+    version = _train("--no-ease")
+    params, metrics = _registered(fresh_pg_dsn, version)
+    assert params["ease"] is None and "ease_tuning" not in metrics
+    assert not EASE_FILES & set(json.loads(store.get_bytes(f"models/als/{version}/checksums.json")))
+    built = CliRunner().invoke(_index_app(), ["build-index", "--version", version, "--shards", "2"])
+    assert built.exit_code == 0 and json.loads(built.stdout)["ease"] is None
+    assert load_shard(store, version, 0).ease is None

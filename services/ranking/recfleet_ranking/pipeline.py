@@ -51,7 +51,8 @@ class RankQuery:
 
 @dataclass(slots=True)
 class RankedEntry:
-    """One returned item; `contributions` and `rules` are filled only with `explain`."""
+    """One returned item; `contributions`, `rules` and `source_scores` (each candidate
+    source's own score, when the candidates carried them) are filled only with `explain`."""
 
     item_id: str
     rank: int
@@ -60,6 +61,7 @@ class RankedEntry:
     candidate_score: float
     contributions: dict[str, float] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)
+    source_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -186,6 +188,7 @@ class RankingPipeline:
             names, contributions = self._explain(chosen, job.ranker, served_by, explain_basis)
         item_ids, sources = kept.item_ids, kept.sources
         candidate_scores = kept.scores.tolist()
+        source_columns = kept.source_scores if query.explain else {}
         entries = []
         for position, (placement, source_index) in enumerate(zip(placements, chosen, strict=True), start=1):
             entry = RankedEntry(
@@ -198,6 +201,7 @@ class RankingPipeline:
             if query.explain:
                 entry.contributions = dict(zip(names, contributions[position - 1].tolist(), strict=True))
                 entry.rules = placement.rules
+                entry.source_scores = {name: float(column[source_index]) for name, column in source_columns.items()}
             entries.append(entry)
         return RankOutcome(entries, served_by, version, job.degraded, removed)
 

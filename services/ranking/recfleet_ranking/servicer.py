@@ -16,7 +16,7 @@ from .adapters.feature_store import FeatureStoreDownstream, load_item_features, 
 from .adapters.models import RankerVersions
 from .item_cache import ItemFeatureCache
 from .metrics import CORE_SECONDS, DEGRADED, FILTERED, RANK_CALLS
-from .pipeline import RANKER_UNAVAILABLE, RankingPipeline, RankJob, RankOutcome, RankQuery
+from .pipeline import RANKER_UNAVAILABLE, RankedEntry, RankingPipeline, RankJob, RankOutcome, RankQuery
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 IDS_RE = re.compile(r"(?:[A-Za-z0-9_.:-]{1,128}\n)*")
@@ -86,20 +86,45 @@ def _candidates(request: ranking_pb2.RankRequest, max_candidates: int) -> tuple[
     return ids, np.array(arrays.scores, dtype=np.float64), sources
 
 
-def _best_of_duplicates(
-    ids: list[str], scores: np.ndarray, sources: list[str]
-) -> tuple[list[str], np.ndarray, list[str]]:
+def _best_of_duplicates(ids: list[str], scores: np.ndarray) -> np.ndarray | None:
     """A candidate id given twice counts once, at its first position, with its best score
-    (and that score's source; the first of equal scores)."""
+    (and that score's source and source scores; the first of equal scores): the positions
+    to keep, or None when every id is given once."""
     if len(set(ids)) == len(ids):
-        return ids, scores, sources
-    best: dict[str, tuple[float, str]] = {}
-    for item_id, score, source in zip(ids, scores.tolist(), sources, strict=True):
+        return None
+    best: dict[str, tuple[float, int]] = {}
+    for position, (item_id, score) in enumerate(zip(ids, scores.tolist(), strict=True)):
         known = best.get(item_id)
         if known is None or score > known[0]:
-            best[item_id] = (score, source)
-    unique = list(best)
-    return unique, np.fromiter((best[i][0] for i in unique), np.float64, len(unique)), [best[i][1] for i in unique]
+            best[item_id] = (score, position)
+    return np.fromiter((position for _, position in best.values()), np.int64, len(best))
+
+
+MAX_SOURCE_COLUMNS = 8
+
+
+def _source_scores(request: ranking_pb2.RankRequest, count: int) -> dict[str, np.ndarray]:
+    """`candidate_list.source_scores` as columns by source name, checked: at most 8, each
+    named once, one finite score per candidate."""
+    if not _is_packed(request):
+        return {}
+    given = request.candidate_list.source_scores
+    if len(given) > MAX_SOURCE_COLUMNS:
+        raise InvalidArgument(f"candidate_list.source_scores: at most {MAX_SOURCE_COLUMNS} sources, got {len(given)}")
+    columns: dict[str, np.ndarray] = {}
+    for index, column in enumerate(given):
+        field = f"candidate_list.source_scores[{index}]"
+        _check_id(column.source, f"{field}.source")
+        if column.source in columns:
+            raise InvalidArgument(f"{field}.source: {column.source!r} is given twice")
+        if len(column.scores) != count:
+            raise InvalidArgument(
+                f"{field}.scores: one score per item id, got {len(column.scores)} for {count} item ids"
+            )
+        scores = np.array(column.scores, dtype=np.float64)
+        _check_scores(scores, f"{field}.scores[{{}}]")
+        columns[column.source] = scores
+    return columns
 
 
 def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> RankQuery:
@@ -122,7 +147,13 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
     else:
         _check_ids(ids, "candidates[{}].item_id")
         _check_scores(scores, "candidates[{}].score")
-    ids, scores, sources = _best_of_duplicates(ids, scores, sources)
+    source_scores = _source_scores(request, len(ids))
+    kept = _best_of_duplicates(ids, scores)
+    if kept is not None:
+        picked = kept.tolist()
+        ids, sources = [ids[i] for i in picked], [sources[i] for i in picked]
+        scores = scores[kept]
+        source_scores = {source: column[kept] for source, column in source_scores.items()}
     count = len(ids)
     candidates = CandidateColumns(
         objects(ids, count),
@@ -130,6 +161,7 @@ def parse_request(request: ranking_pb2.RankRequest, max_candidates: int) -> Rank
         objects(sources, count),
         ItemColumns.unknown(count),
         retrieval_ranks(scores),
+        source_scores,
     )
     user = UserContext(
         user_id=request.user_id,
@@ -282,11 +314,20 @@ def to_response(outcome: RankOutcome) -> ranking_pb2.RankResponse:
     )
     for entry in outcome.items:
         item = response.items.add(item_id=entry.item_id, rank=entry.rank, score=entry.score, source=entry.source)
-        if entry.contributions or entry.rules:
-            item.explanation.candidate_score = entry.candidate_score
-            item.explanation.contributions.update(entry.contributions)
-            item.explanation.rules.extend(entry.rules)
+        if _explained(entry):
+            _explain(item.explanation, entry)
     return response
+
+
+def _explained(entry: RankedEntry) -> bool:
+    return bool(entry.contributions or entry.rules or entry.source_scores)
+
+
+def _explain(explanation: ranking_pb2.Explanation, entry: RankedEntry) -> None:
+    explanation.candidate_score = entry.candidate_score
+    explanation.contributions.update(entry.contributions)
+    explanation.rules.extend(entry.rules)
+    explanation.source_scores.update(entry.source_scores)
 
 
 def to_packed_response(outcome: RankOutcome) -> ranking_pb2.RankResponse:
@@ -303,11 +344,9 @@ def to_packed_response(outcome: RankOutcome) -> ranking_pb2.RankResponse:
     ranked.item_ids.extend([entry.item_id for entry in items])
     ranked.scores.extend([entry.score for entry in items])
     ranked.sources.extend([entry.source for entry in items])
-    if any(entry.contributions or entry.rules for entry in items):
+    if any(_explained(entry) for entry in items):
         for entry in items:
             explanation = response.explanations.add()
-            if entry.contributions or entry.rules:
-                explanation.candidate_score = entry.candidate_score
-                explanation.contributions.update(entry.contributions)
-                explanation.rules.extend(entry.rules)
+            if _explained(entry):
+                _explain(explanation, entry)
     return response

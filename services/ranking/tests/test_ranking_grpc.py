@@ -383,6 +383,38 @@ async def test_packed_candidates_and_answers_equal_the_unpacked_ones(
         ({"item_ids": ["1", "2", "3"], "scores": [0.1, 0.2]}, "candidate_list.scores"),
         ({"item_ids": ["1", "2"], "scores": [0.1, 0.2], "sources": ["als"]}, "candidate_list.sources"),
         ({"item_ids": [str(i) for i in range(11)], "scores": [0.5] * 11}, "candidate_list.item_ids: at most 10"),
+        (
+            {"item_ids": ["1", "2"], "scores": [0.1, 0.2], "source_scores": [{"source": "als", "scores": [0.1]}]},
+            "candidate_list.source_scores[0].scores: one score per item id, got 1 for 2 item ids",
+        ),
+        (
+            {
+                "item_ids": ["1", "2"],
+                "scores": [0.1, 0.2],
+                "source_scores": [{"source": "als", "scores": [0.1, 0.2]}, {"source": "", "scores": [0.1, 0.2]}],
+            },
+            "candidate_list.source_scores[1].source: must be 1-128 characters",
+        ),
+        (
+            {
+                "item_ids": ["1", "2"],
+                "scores": [0.1, 0.2],
+                "source_scores": [{"source": "ease", "scores": [0.1, 0.2]}, {"source": "ease", "scores": [0.3, 0.4]}],
+            },
+            "candidate_list.source_scores[1].source: 'ease' is given twice",
+        ),
+        (
+            {
+                "item_ids": ["1"],
+                "scores": [0.1],
+                "source_scores": [{"source": f"s{n}", "scores": [0.1]} for n in range(9)],
+            },
+            "candidate_list.source_scores: at most 8 sources, got 9",
+        ),
+        (
+            {"item_ids": ["1"], "scores": [0.1], "source_scores": [{"source": "ease", "scores": [float("nan")]}]},
+            "candidate_list.source_scores[0].scores[0]: must be a finite number",
+        ),
     ],
 )
 async def test_malformed_packed_candidates_are_refused_naming_the_field(candidate_list, message, pg_dsn, artifact_dir):
@@ -397,6 +429,52 @@ async def test_malformed_packed_candidates_are_refused_naming_the_field(candidat
             await stub.Rank(bad, timeout=5)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert message in refused.value.details()
+    finally:
+        await stop_ranking(service, servicer, channel)
+
+
+async def test_explanations_carry_each_candidates_source_scores(feature_store, pg_dsn, artifact_dir):
+    service, servicer, channel, stub = await start_ranking(feature_store, pg_dsn, artifact_dir)
+    ids = [*ITEMS, "3"]
+    candidates = common_pb2.ScoredItemList(
+        item_ids=ids,
+        scores=[1.0 - int(i) / 10 for i in ITEMS] + [0.95],
+        sources=["als", "als+ease", "ease", "als", "als", "als+ease", "ease", "als", "ease"],
+        # Item "3" is given twice: its better score (0.95) comes with that entry's source scores.
+        source_scores=[
+            common_pb2.SourceScores(source="als", scores=[int(i) / 100 for i in ITEMS] + [0.5]),
+            common_pb2.SourceScores(source="ease", scores=[int(i) / 10 for i in ITEMS] + [5.0]),
+        ],
+    )
+    adult = common_pb2.UserConstraints(age=30, country="DE", seen_item_ids=["8"])
+    try:
+        packed = await stub.Rank(
+            ranking_pb2.RankRequest(
+                user_id="u1", candidate_list=candidates, constraints=adult, explain=True, packed=True
+            ),
+            timeout=5,
+        )
+        explained = dict(zip(packed.ranked.item_ids, packed.explanations, strict=True))
+        assert "8" not in explained and "5" not in explained
+        assert dict(explained["3"].source_scores) == pytest.approx({"als": 0.5, "ease": 5.0})
+        for item_id in ("1", "2", "4", "6", "7"):
+            assert dict(explained[item_id].source_scores) == pytest.approx(
+                {"als": int(item_id) / 100, "ease": int(item_id) / 10}
+            )
+        assert dict(zip(packed.ranked.item_ids, packed.ranked.sources, strict=True))["3"] == "ease"
+
+        unpacked = await stub.Rank(
+            ranking_pb2.RankRequest(user_id="u1", candidate_list=candidates, constraints=adult, explain=True),
+            timeout=5,
+        )
+        assert unpacked_view(packed) == list(unpacked.items)
+
+        quiet = await stub.Rank(
+            ranking_pb2.RankRequest(user_id="u1", candidate_list=candidates, constraints=adult, packed=True), timeout=5
+        )
+        assert not quiet.explanations
+        plain = await stub.Rank(request(constraints=adult, explain=True), timeout=5)
+        assert all(not item.explanation.source_scores for item in plain.items)
     finally:
         await stop_ranking(service, servicer, channel)
 

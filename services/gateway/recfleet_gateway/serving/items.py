@@ -1,7 +1,7 @@
 """Scored item lists as the recommendation path carries them: parallel lists of ids,
-scores and sources, read from the packed lists shards and ranking answer with
-(`recfleet.common.v1.ScoredItemList`), or from a message per item when an older server
-answers that way."""
+scores, sources and each candidate source's own scores, read from the packed lists
+shards and ranking answer with (`recfleet.common.v1.ScoredItemList`), or from a message
+per item when an older server answers that way."""
 
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ class Scored(Protocol):
 
 @dataclass
 class ItemList:
-    """Scored items: item_ids[i] has scores[i] and sources[i]."""
+    """Scored items: item_ids[i] has scores[i] and sources[i], and source_scores[name][i]
+    is source `name`'s own score for it (empty when the items carry none)."""
 
     item_ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    source_scores: dict[str, list[float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -51,10 +53,18 @@ class ItemList:
     def unpack(cls, packed: common_pb2.ScoredItemList) -> ItemList:
         ids = list(packed.item_ids)
         sources = list(packed.sources) if packed.sources else [""] * len(ids)
-        return cls(ids, list(packed.scores), sources)
+        columns = {column.source: list(column.scores) for column in packed.source_scores}
+        return cls(ids, list(packed.scores), sources, columns)
 
     def pack(self) -> common_pb2.ScoredItemList:
-        return common_pb2.ScoredItemList(item_ids=self.item_ids, scores=self.scores, sources=self.sources)
+        return common_pb2.ScoredItemList(
+            item_ids=self.item_ids,
+            scores=self.scores,
+            sources=self.sources,
+            source_scores=[
+                common_pb2.SourceScores(source=source, scores=scores) for source, scores in self.source_scores.items()
+            ],
+        )
 
 
 def retrieved(reply: candidates_pb2.RetrieveResponse) -> ItemList:
@@ -76,18 +86,36 @@ def explanations(reply: ranking_pb2.RankResponse) -> list[ranking_pb2.Explanatio
 
 def merge_by_score(groups: list[ItemList], k: int, default_source: str = "") -> ItemList:
     """Shard answers -> one list by descending score (ties by id), each item once with its
-    best score; an item with no source gets `default_source`."""
+    best score; an item with no source gets `default_source`. The source score columns
+    that every answer with items carries come along (a column some shard lacks, as while
+    shards of two builds serve, is left out)."""
+    filled = [group for group in groups if group.item_ids]
+    names = [name for name in filled[0].source_scores if all(name in g.source_scores for g in filled)] if filled else []
     ids = [item_id for group in groups for item_id in group.item_ids]
     scores = [score for group in groups for score in group.scores]
     sources = [source or default_source for group in groups for source in group.sources]
+    columns = [[value for group in filled for value in group.source_scores[name]] for name in names]
     if len(set(ids)) != len(ids):
         # Shards own disjoint items, so this is rare: keep each item's best score.
-        best: dict[str, tuple[float, str]] = {}
-        for item_id, score, source in zip(ids, scores, sources, strict=True):
+        best: dict[str, int] = {}
+        for position, (item_id, score) in enumerate(zip(ids, scores, strict=True)):
             current = best.get(item_id)
-            if current is None or score > current[0]:
-                best[item_id] = (score, source)
-        ids, scores, sources = list(best), [s for s, _ in best.values()], [src for _, src in best.values()]
-    # Tuples sort in C, without a key function per item: (-score, id) orders by score, then id.
-    top = sorted(zip([-score for score in scores], ids, sources, strict=True))[:k]
-    return ItemList([item_id for _, item_id, _ in top], [-neg for neg, _, _ in top], [src for _, _, src in top])
+            if current is None or score > scores[current]:
+                best[item_id] = position
+        positions = list(best.values())
+        ids, scores, sources = (
+            [ids[p] for p in positions],
+            [scores[p] for p in positions],
+            [sources[p] for p in positions],
+        )
+        columns = [[column[p] for p in positions] for column in columns]
+    # Tuples sort in C, without a key function per item: (-score, id, position) orders by
+    # score, then id.
+    top = sorted(zip([-score for score in scores], ids, range(len(ids)), strict=True))[:k]
+    picked = [position for _, _, position in top]
+    return ItemList(
+        [item_id for _, item_id, _ in top],
+        [-neg for neg, _, _ in top],
+        [sources[p] for p in picked],
+        {name: [column[p] for p in picked] for name, column in zip(names, columns, strict=True)},
+    )

@@ -31,6 +31,9 @@ def ranked_items(reply: ranking_pb2.RankResponse, explain: bool) -> list[dict]:
                     name: round(float(value), 6) for name, value in explanation.contributions.items()
                 },
                 "rules": list(explanation.rules),
+                "source_scores": {
+                    name: round(float(value), 6) for name, value in sorted(explanation.source_scores.items())
+                },
             }
     return items
 

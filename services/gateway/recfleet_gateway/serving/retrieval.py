@@ -88,8 +88,12 @@ class CandidateRetrieval:
     async def retrieve(
         self, user_id: str, user: UserContext, seen: list[str], degraded: list[str]
     ) -> tuple[ItemList, str]:
-        """(the shards' nearest items to the user's vector, merged by score; the model
-        version they come from). A shard that fails is named in `degraded`."""
+        """(the shards' best items for the user, merged by score; the model version they
+        come from). A shard that fails is named in `degraded`.
+
+        The user's history goes along for a version with an EASE source (the shards then
+        answer by fused score, with each source's scores), and stays in the exclusions
+        too, so a shard of an older build that ignores it still excludes it."""
         shards = self.fleet.candidate_gen.pick(self.fleet.router, user_id)
         request = candidates_pb2.RetrieveRequest(
             query_vector=user.vector,
@@ -97,6 +101,7 @@ class CandidateRetrieval:
             exclude_item_ids=seen,
             model_version=user.vector_version,
             packed=True,
+            history_item_ids=user.constraints.seen_item_ids,
         )
         replies = await asyncio.gather(*(shard.retrieve(request) for shard in shards), return_exceptions=True)
         canaries = self.fleet.candidate_gen.canary

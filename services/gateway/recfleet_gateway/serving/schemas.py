@@ -22,6 +22,12 @@ class Explanation(BaseModel):
     candidate_score: float
     ranker_contributions: dict[str, float]
     rules: list[str]
+    source_scores: dict[str, float] = Field(
+        {},
+        description="Each candidate source's own score for the item, e.g. "
+        '`{"als": 0.81, "ease": 0.12}` for an item retrieval fused from ALS and EASE; '
+        "empty when its candidates came from one source.",
+    )
 
 
 class CatalogAttributes(BaseModel):
@@ -46,7 +52,9 @@ class RankedFields(BaseModel):
     item_id: str
     rank: int
     score: float
-    source: str = Field(description="Candidate source: als, similar, popular, trending, metadata.")
+    source: str = Field(
+        description="Candidate source: als, ease, als+ease (proposed by both), similar, popular, trending, metadata."
+    )
     explanation: Explanation | None = Field(None, description="Only with `explain=true`.")
 
 
