@@ -32,7 +32,7 @@ from recfleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 
 VERSION = "als-plumbing"
 DIM = 64
-CANDIDATES_PER_SHARD = 200  # the gateway's default `candidates_per_shard`
+CANDIDATES_PER_SHARD = 100  # the gateway's default `candidates_per_shard`
 SNAPSHOT_SIZE = 100  # the gateway's default `snapshot_size`
 DEADLINE = 2.0
 

@@ -173,9 +173,8 @@ class Moments:
         n = values.size if count is None else count
         if n == 0:
             return cls(0.0, 0.0)
-        wide = values.astype(np.float64)
-        mean = float(wide.sum()) / n
-        return cls(mean, max(float(wide @ wide) / n - mean * mean, 0.0) ** 0.5)
+        mean = float(values.sum(dtype=np.float64)) / n
+        return cls(mean, max(float(np.dot(values, values)) / n - mean * mean, 0.0) ** 0.5)
 
     def standardise(self, scores: np.ndarray) -> np.ndarray:
         """`scores` in standard deviations from the mean (zeros for a constant population)."""

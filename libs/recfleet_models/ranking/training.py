@@ -21,8 +21,9 @@ One training group per user (and label fold):
 3. Candidates: its top `als_candidates` plus the `popular_candidates` most popular
    history items, the user's history excluded; label 1 when the user interacted with the
    candidate in the label part. Groups without a positive are dropped. Production's
-   mix is what the gateway sends the ranking service for a user with history: the ALS
-   top `candidates_per_shard` of every shard (200 x 2 = 400) and nothing else.
+   mix is what the gateway sends the ranking service for a user with history: the top
+   `candidates_per_shard` of every shard (100 x 2 = 200; by the fused ALS + EASE score
+   for a version with EASE, `Fusion`) and nothing else.
 4. Features: `learned.feature_matrix` (what the ranking service computes) over
    candidates and a user as the feature store would have served them at `t`: popularity
    sums the interactions before `t` (every user's; with a random carve, the history's),

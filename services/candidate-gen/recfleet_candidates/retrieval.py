@@ -307,8 +307,9 @@ def _every_item(
     shard: LoadedShard, scorer: EaseScorer, query: Query, history_rows: np.ndarray, excluded: np.ndarray
 ) -> _Proposals:
     """A flat shard: every item scored by both sources (one matrix-vector product, as the
-    flat search itself is), the best k by fused score. Each source proposes its own best k
-    of the items not excluded; the populations are every item of the shard."""
+    flat search itself is), the best k by fused score; the populations are every item of
+    the shard. Each source proposes its best k + excluded, as an index search over-fetches
+    (so the labels mean what they mean for an approximate index)."""
     ease = scorer.ease
     count = shard.item_count
     als = shard.vectors @ query.vector[0]
@@ -321,15 +322,13 @@ def _every_item(
     if k <= 0:
         empty = np.zeros(0, dtype=np.int64)
         return _Proposals(empty, als[empty], ease_scores[empty], empty, als_moments, ease_moments)
-    als_open, ease_open = als, ease_scores
     if excluded.size:
         score[excluded] = -np.inf
-        als_open, ease_open = als.copy(), ease_scores.copy()
-        als_open[excluded] = ease_open[excluded] = -np.inf
     rows = np.argpartition(-score, k - 1)[:k] if k < count else np.arange(count)
-    by_als = als[rows] >= _kth_largest(als_open, k)
-    by_ease = ease_scores[rows] >= _kth_largest(ease_open, k)
-    # An item neither source has among its own best k got there by both together.
+    wanted = k + excluded.size
+    by_als = als[rows] >= _kth_largest(als, wanted)
+    by_ease = ease_scores[rows] >= _kth_largest(ease_scores, wanted)
+    # An item neither source has among its own best got there by both together.
     kind = np.where(by_als == by_ease, 2, np.where(by_als, 0, 1))
     return _Proposals(rows, als[rows], ease_scores[rows], kind, als_moments, ease_moments)
 

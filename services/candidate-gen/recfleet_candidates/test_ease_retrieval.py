@@ -50,8 +50,8 @@ def ease_shard(
 def brute_force(shard: LoadedShard, vector: np.ndarray, k: int, exclude: set[str], history: list[str]) -> Found:
     """The fused answer computed over every item of the shard (fewer than 2048 here, so
     the ALS population is every item's score). A flat shard ranks every item not
-    excluded, each source proposing its best k of them; another ranks the union of each
-    source's best k + excluded (what the index's search over-fetches)."""
+    excluded; another ranks the union of each source's best k + excluded (what the
+    index's search over-fetches), which is also what each source proposes."""
     ease = shard.ease
     assert ease is not None
     history_rows = [ease.vocabulary[item] for item in dict.fromkeys(history) if item in ease.vocabulary]
@@ -60,14 +60,12 @@ def brute_force(shard: LoadedShard, vector: np.ndarray, k: int, exclude: set[str
     ease_all = np.zeros(shard.item_count, dtype=np.float32)
     ease_all[ease.shard_rows] = columns
     excluded = {shard.rows[item] for item in exclude | set(history) if item in shard.rows}
+    wanted = k + len(excluded)
+    als_top = set(np.argsort(-als_all)[:wanted].tolist())
     if shard.manifest.index_type == "flat":
-        open_rows = np.array(sorted(set(range(shard.item_count)) - excluded))
-        als_top = set(open_rows[np.argsort(-als_all[open_rows])[:k]].tolist())
-        ease_top = set(open_rows[np.argsort(-ease_all[open_rows])[:k]].tolist())
-        union = open_rows
+        ease_top = set(np.argsort(-ease_all)[:wanted].tolist())
+        union = np.array(sorted(set(range(shard.item_count)) - excluded))
     else:
-        wanted = k + len(excluded)
-        als_top = set(np.argsort(-als_all)[:wanted].tolist())
         ease_top = set(ease.shard_rows[np.argsort(-columns)[:wanted]].tolist())
         union = np.array(sorted((als_top | ease_top) - excluded))
     mixed = (

@@ -39,7 +39,10 @@ class GatewaySettings(ServiceSettings, PostgresSettings, RedisSettings):
     # pods of one service).
     coalesce_max_batch: int = Field(32, ge=1, le=256)
     coalesce_max_in_flight: int = Field(2, ge=1, le=64)
-    candidates_per_shard: int = 200
+    # Each shard's best candidates by its score (fused ALS + EASE for a version with EASE).
+    # 100 a shard keeps the diversity cap on the bundled sample with EASE's candidates in
+    # the mix; a version without EASE may want 200 (docs/operations.md, "Capacity").
+    candidates_per_shard: int = 100
     cold_start_threshold: int = 5
     bootstrap_admin_key: str = shared("RECFLEET_BOOTSTRAP_ADMIN_KEY", "", "accepted with every scope")
     rate_limit_per_user: str = shared("RECFLEET_GATEWAY_RATE_LIMIT_PER_USER", "100/minute")

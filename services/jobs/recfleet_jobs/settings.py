@@ -44,7 +44,7 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     # B is max_items^2 float32 (8000 items: 256 MB in the job, split over the shards when
     # served); the most interacted items with at least `ease_min_users` users.
     ease_max_items: int = Field(8000, ge=1)
-    ease_min_users: int = Field(2, ge=1)
+    ease_min_users: int = Field(10, ge=1)
     ease_l2: float = Field(500.0, gt=0)
     ease_als_weight: float = Field(1.0, ge=0, le=1)
     ease_tune_seconds: float = Field(60.0, ge=0)
@@ -53,7 +53,7 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     # train-ranker proposes each user the candidates the gateway sends ranking: the ALS
     # top `ranker_candidates_per_shard` of every shard (keep it equal to the gateway's
     # RECFLEET_GATEWAY_CANDIDATES_PER_SHARD).
-    ranker_candidates_per_shard: int = Field(200, ge=1)
+    ranker_candidates_per_shard: int = Field(100, ge=1)
     # A ranker is promoted only when its held-out NDCG@10 beats the better of the candidate
     # order and the rule formula by at least `ranker_min_gain` (absolute) and by more than
     # `ranker_min_gain_se` standard errors of that gain (per user); see docs/ranking.md.

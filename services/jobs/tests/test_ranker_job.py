@@ -69,8 +69,8 @@ def test_train_ranker_is_validated_against_what_serves_without_it_and_writes_a_l
         assert serving_version(conn, "ranker") is None
         row = get_version(conn, summary["version"])
         assert row["status"] == "candidate" and row["metrics"]["validation_ndcg@10"] == metrics["validation_ndcg@10"]
-        # The candidates the gateway sends a user with history: the ALS top 200 of 2 shards.
-        assert (row["params"]["als_candidates"], row["params"]["popular_candidates"]) == (400, 0)
+        # The candidates the gateway sends a user with history: the top 100 of 2 shards.
+        assert (row["params"]["als_candidates"], row["params"]["popular_candidates"]) == (200, 0)
 
 
 def test_train_ranker_command_registers_a_candidate(fresh_pg_dsn, artifact_dir, monkeypatch):

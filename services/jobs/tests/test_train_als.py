@@ -57,6 +57,8 @@ def _environment(monkeypatch, dsn, redis_url, artifact_dir):
     monkeypatch.setenv("RECFLEET_POSTGRES_DSN", dsn)
     monkeypatch.setenv("RECFLEET_REDIS_URL", redis_url)
     monkeypatch.setenv("RECFLEET_ARTIFACT_URL", f"file://{artifact_dir}")
+    # The logs here are a few users: an item with two of them is in the EASE vocabulary.
+    monkeypatch.setenv("RECFLEET_JOBS_EASE_MIN_USERS", "2")
 
 
 def _train(*args: str) -> str:
