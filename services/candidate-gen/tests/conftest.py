@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import sys
 from contextlib import asynccontextmanager
 
 import grpc
@@ -18,6 +20,9 @@ from recfleet_candidates.settings import CandidateSettings
 from recfleet_models.index import build_shards
 from recfleet_store import registry
 from recfleet_store.artifacts import DirectoryArtifactStore, sha256
+
+# The tests' shared helpers (retrieve_calls.py) live beside them.
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 def write_als_version(store, version: str, item_ids: list[str], factors) -> None:

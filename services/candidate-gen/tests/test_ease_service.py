@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 import grpc
 import numpy as np
 from recfleet.candidates.v1 import candidates_pb2, candidates_pb2_grpc
-from recfleet.common.v1 import common_pb2
 from recfleet_candidates.adapters.catalog import CatalogReader
 from recfleet_candidates.metadata_items import MetadataItems
 from recfleet_candidates.retrieval import Query, retrieve_many
@@ -18,31 +17,7 @@ from recfleet_candidates.served_index import ServedIndex
 from recfleet_candidates.servicer import CandidateServicer
 from recfleet_candidates.test_ease_retrieval import ease_shard
 from recfleet_models.index import LoadedShard
-
-OK = grpc.StatusCode.OK.value[0]
-
-
-def request(vector, k, exclude=(), packed=False) -> candidates_pb2.RetrieveRequest:
-    return candidates_pb2.RetrieveRequest(query_vector=list(vector), k=k, exclude_item_ids=list(exclude), packed=packed)
-
-
-async def unary(stub, query: candidates_pb2.RetrieveRequest) -> candidates_pb2.RetrieveResult:
-    """What `Retrieve` alone answers, in the shape of a batch entry."""
-    try:
-        response = await stub.Retrieve(query, timeout=5)
-    except grpc.aio.AioRpcError as error:
-        return candidates_pb2.RetrieveResult(
-            status=common_pb2.CallStatus(code=error.code().value[0], message=error.details())
-        )
-    return candidates_pb2.RetrieveResult(response=response, status=common_pb2.CallStatus(code=OK))
-
-
-async def assert_batch_equals_unary(stub, queries) -> candidates_pb2.RetrieveBatchResponse:
-    batch = await stub.RetrieveBatch(candidates_pb2.RetrieveBatchRequest(queries=queries), timeout=10)
-    assert len(batch.results) == len(queries)
-    for position, query in enumerate(queries):
-        assert batch.results[position] == await unary(stub, query), f"entry {position}"
-    return batch
+from retrieve_calls import assert_batch_equals_unary, request
 
 
 def with_history(vector, k, history, exclude=(), packed=True) -> candidates_pb2.RetrieveRequest:

@@ -7,10 +7,8 @@ import grpc
 import numpy as np
 import pytest
 from recfleet.candidates.v1 import candidates_pb2
-from recfleet.common.v1 import common_pb2
 from recfleet_models.sharding import shard_of
-
-OK = grpc.StatusCode.OK.value[0]
+from retrieve_calls import OK, assert_batch_equals_unary, request
 
 
 def random_catalog(seed: int, count: int, dim: int):
@@ -24,31 +22,6 @@ def add_item(conn, item_id: str, categories: list[str]) -> None:
         " ON CONFLICT (item_id) DO UPDATE SET categories = EXCLUDED.categories, updated_at = now()",
         (item_id, categories),
     )
-
-
-def request(vector, k, exclude=(), version="", packed=False):
-    return candidates_pb2.RetrieveRequest(
-        query_vector=list(vector), k=k, exclude_item_ids=list(exclude), model_version=version, packed=packed
-    )
-
-
-async def unary(stub, query: candidates_pb2.RetrieveRequest) -> candidates_pb2.RetrieveResult:
-    """What `Retrieve` alone answers, in the shape of a batch entry."""
-    try:
-        response = await stub.Retrieve(query, timeout=5)
-    except grpc.aio.AioRpcError as error:
-        return candidates_pb2.RetrieveResult(
-            status=common_pb2.CallStatus(code=error.code().value[0], message=error.details())
-        )
-    return candidates_pb2.RetrieveResult(response=response, status=common_pb2.CallStatus(code=OK))
-
-
-async def assert_batch_equals_unary(stub, queries) -> candidates_pb2.RetrieveBatchResponse:
-    batch = await stub.RetrieveBatch(candidates_pb2.RetrieveBatchRequest(queries=queries), timeout=10)
-    assert len(batch.results) == len(queries)
-    for position, query in enumerate(queries):
-        assert batch.results[position] == await unary(stub, query), f"entry {position}: {query}"
-    return batch
 
 
 def unpacked(response: candidates_pb2.RetrieveResponse) -> list[tuple[str, float, str]]:

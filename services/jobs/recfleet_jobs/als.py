@@ -278,25 +278,35 @@ def tuning_plan(
 
 
 @contextmanager
-def tuning_progress(plan: TuningPlan, enabled: bool = True) -> Iterator[Callable[[Trial, int], None]]:
-    """A tqdm bar on stderr (points tried out of the cap, ETA, best validation NDCG so
-    far) and the callback that moves it."""
+def _search_progress(
+    total: int, description: str, enabled: bool, last: Callable[[Any], str]
+) -> Iterator[Callable[[Any, int], None]]:
+    """A tqdm bar on stderr for a hyper-parameter search (points tried out of `total`,
+    ETA, best validation NDCG so far, `last(trial)`) and the callback that moves it."""
     best = 0.0
     with tqdm(
-        total=plan.max_trials,
-        desc=f"tuning ALS (budget {plan.seconds:g}s)",
+        total=total,
+        desc=description,
         unit="point",
         # None: only on a terminal (CronJob logs get the summary line, not a bar).
         disable=None if enabled else True,
         leave=False,
     ) as bar:
 
-        def on_trial(trial: Trial, number: int) -> None:
+        def on_trial(trial: Any, number: int) -> None:
             nonlocal best
             best = max(best, trial.ndcg)
             bar.update(number - bar.n)
-            bar.set_postfix_str(f"best ndcg@10 {best:.4f}, last {trial.phase} {trial.ndcg:.4f}")
+            bar.set_postfix_str(f"best ndcg@10 {best:.4f}, last {last(trial)}")
 
+        yield on_trial
+
+
+@contextmanager
+def tuning_progress(plan: TuningPlan, enabled: bool = True) -> Iterator[Callable[[Trial, int], None]]:
+    """The ALS search's progress bar and the callback that moves it."""
+    description = f"tuning ALS (budget {plan.seconds:g}s)"
+    with _search_progress(plan.max_trials, description, enabled, lambda t: f"{t.phase} {t.ndcg:.4f}") as on_trial:
         yield on_trial
 
 
@@ -319,22 +329,11 @@ def tuning_summary(result: TuningResult) -> str:
 
 @contextmanager
 def ease_progress(seconds: float, enabled: bool = True) -> Iterator[Callable[[EaseTrial, int], None]]:
-    """`tuning_progress` for the EASE search: points (l2, ALS weight) out of the grid."""
-    best = 0.0
-    with tqdm(
-        total=ease_trial_count(),
-        desc=f"tuning EASE (budget {seconds:g}s)",
-        unit="point",
-        disable=None if enabled else True,
-        leave=False,
-    ) as bar:
-
-        def on_trial(trial: EaseTrial, number: int) -> None:
-            nonlocal best
-            best = max(best, trial.ndcg)
-            bar.update(number - bar.n)
-            bar.set_postfix_str(f"best ndcg@10 {best:.4f}, last l2 {trial.l2} weight {trial.als_weight}")
-
+    """The EASE search's progress bar: points (l2, ALS weight) out of the grid."""
+    description = f"tuning EASE (budget {seconds:g}s)"
+    with _search_progress(
+        ease_trial_count(), description, enabled, lambda t: f"l2 {t.l2} weight {t.als_weight}"
+    ) as on_trial:
         yield on_trial
 
 
