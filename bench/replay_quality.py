@@ -215,8 +215,15 @@ def online_metrics(recommended: Mapping[int, Sequence[int]], split: Split) -> Ra
     return ranking_metrics({u: recommended[u] for u in truth if u in recommended}, truth, split.k, catalog)
 
 
-def offline_model(ranker: Mapping[str, Any]) -> list[str]:
-    """The `evaluate` model (and options) that matches what ranked the served lists."""
+def offline_model(ranker: Mapping[str, Any], ease: Sequence[str] = ()) -> list[str]:
+    """The `evaluate` model (and options) that matches what ranked the served lists; with
+    `ease` (its `--ease-l2` and `--ease-als-weight` options) the fused candidates'. The
+    rules rung over the fused candidates serves their order (the bench zeroes the other
+    rule terms), which is `als+ease`'s."""
+    if ease:
+        if ranker.get("promoted"):
+            return ["--model", "als+ease+ranker", "--ranker-preset", "production", *ease]
+        return ["--model", "als+ease", *ease]
     if ranker.get("promoted"):
         return ["--model", "als+ranker", "--ranker-preset", "production"]
     if ranker.get("serves") == "rules":
@@ -570,6 +577,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "RECFLEET_RANKING_MAX_PER_CATEGORY": str(MAX_PER_CATEGORY),
         "RECFLEET_RANKING_DIVERSITY_WINDOW": str(DIVERSITY_WINDOW),
     }
+    ease: list[str] = []
+    if args.ease_l2 is not None:
+        # EASE fused in as train-als publishes it without a search; evaluate the same.
+        extra_env["RECFLEET_JOBS_EASE_L2"] = str(args.ease_l2)
+        extra_env["RECFLEET_JOBS_EASE_ALS_WEIGHT"] = str(args.ease_als_weight)
+        ease = ["--ease-l2", str(args.ease_l2), "--ease-als-weight", str(args.ease_als_weight)]
     fleet = ReplayFleet(args.postgres_admin_dsn, args.redis_url, args.shards, extra_env)
     result: dict[str, Any] = {}
     try:
@@ -596,7 +609,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             api.close()
         env = fleet.env()
         fleet.stop()
-        model = offline_model(served["ranker"])
+        model = offline_model(served["ranker"], ease)
         step = time.perf_counter()
         rules = {"serving rule": SERVING_RULE}
         if args.diversity_check:
@@ -604,7 +617,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         offline: dict[str, dict[str, Any]] = {}
         for rule_name, rule in rules.items():
             offline[f"retrained, {rule_name}"] = evaluate_offline(args, model, env, rule=rule)
-            if "als+ranker" not in model:
+            if model[1] == "als" or model[1] == "als+rules":
                 version = served["als_version"]
                 offline[f"served version, {rule_name}"] = evaluate_offline(args, model, env, version, rule)
         timings["offline evaluate"] = time.perf_counter() - step
@@ -698,6 +711,10 @@ def main() -> None:
         "--tune-seconds", type=float, default=0.0, help="train-als and evaluate: hyper-parameter search budget"
     )
     parser.add_argument("--no-ranker", action="store_true", help="skip train-ranker (the rules rung serves)")
+    parser.add_argument(
+        "--ease-l2", type=float, default=None, help="fuse EASE in with this l2 (train-als and evaluate alike)"
+    )
+    parser.add_argument("--ease-als-weight", type=float, default=0.5, help="with --ease-l2: the fusion's ALS weight")
     parser.add_argument(
         "--diversity-check",
         action=argparse.BooleanOptionalAction,

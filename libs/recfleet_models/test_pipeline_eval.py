@@ -195,7 +195,9 @@ def test_extended_features_are_finite_and_consistent(sample, fitted):
     similarity = names.index("history_similarity_max")
     for ids, x in zip(items, xs, strict=False):
         assert x.shape == (len(ids), len(names)) and names[-len(EXTENDED_FEATURES) :] == EXTENDED_FEATURES
-        assert np.isfinite(np.delete(x, names.index("category_affinity"), axis=1)).all()
+        # Missing by design: no affinities, and no source columns for plain ALS candidates.
+        missing = [names.index(name) for name in ("category_affinity", "als_score_z", "ease_score_z")]
+        assert np.isfinite(np.delete(x, missing, axis=1)).all()
         np.testing.assert_allclose(x[:, z], x[:, z2], atol=1e-5)
         assert (x[:, similarity] <= 1 + 1e-6).all()
         rel = x[:, names.index("cooccurrence_rel")]
@@ -243,6 +245,14 @@ def test_with_ease_fused_in_the_candidates_are_the_fused_top_and_the_lists_beat_
     assert set(proposed) == {model.item_ids[c] for c in top}
     by_item = {c.item_id: c.score for c in group.candidates}
     np.testing.assert_allclose([by_item[model.item_ids[c]] for c in top], expected[top], rtol=1e-4, atol=1e-4)
+
+    # The ranker sees each source's own score, as the shards send it with a fused list.
+    from recfleet_models.ranking.learned import FEATURE_NAMES
+
+    als_z = group.features[:, FEATURE_NAMES.index("als_score_z")]
+    picked = [model.item_row(str(i)) for i in group.item_ids.tolist()]
+    np.testing.assert_allclose(als_z, (als[picked] - als[picked].mean()) / als[picked].std(), rtol=1e-4, atol=1e-4)
+    assert np.isfinite(group.features[:, FEATURE_NAMES.index("ease_score_z")]).all()
 
     plain = evaluate(split, AlsRecommender(FAST_ALS))
     assert metrics.ndcg > plain.ndcg

@@ -191,7 +191,7 @@ class CandidateColumns:
     (`retrieval_ranks`), kept when filters `take` a subset. A `Candidate` list (training,
     tests) converts with `of`; both forms give the same numbers to every function here.
     `source_scores` holds each candidate source's own score column (source name -> float64
-    array), carried for explanations only.
+    array), for explanations and the ranker's `<source>_score_z` features.
     """
 
     item_ids: np.ndarray  # object: str

@@ -9,7 +9,7 @@ store's online values, so both see the same columns computed the same way.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,13 @@ FEATURE_NAMES = (
     "category_match",
     "category_affinity",
     "user_interaction_count",
+    # Each candidate source's own score, standardised over the candidates (missing when
+    # the list carries no such source: a version without EASE, a cold-start list).
+    "als_score_z",
+    "ease_score_z",
 )
+# The sources behind the `<source>_score_z` features, in FEATURE_NAMES order.
+SOURCE_FEATURES = ("als", "ease")
 BIAS = "bias"
 
 
@@ -41,8 +47,18 @@ def _relative(values: np.ndarray) -> np.ndarray:
     return values / top if top > 0 else np.zeros_like(values)
 
 
+def _standardised(values: np.ndarray) -> np.ndarray:
+    """Values in standard deviations from their mean (zeros when they are all equal)."""
+    sd = float(values.std()) if values.size else 0.0
+    return (values - values.mean()) / sd if sd > 0 else np.zeros_like(values)
+
+
 def feature_matrix(
-    candidates: Sequence[Candidate] | CandidateColumns, user: UserContext, now: float, half_life_days: float = 365.0
+    candidates: Sequence[Candidate] | CandidateColumns,
+    user: UserContext,
+    now: float,
+    half_life_days: float = 365.0,
+    source_scores: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """An `n x len(FEATURE_NAMES)` float64 matrix, one row per candidate.
 
@@ -51,7 +67,9 @@ def feature_matrix(
     computation. `category_affinity` is the user's highest affinity over the item's
     categories, missing (NaN) when the request carries no affinities at all;
     `category_match` is 1 when any of the item's categories is one of the user's
-    preferred categories.
+    preferred categories. `<source>_score_z` standardises the candidates' column of that
+    source (`source_scores`, default the columns' own) over the candidates, missing (NaN)
+    when there is none.
     """
     columns = as_columns(candidates)
     items = columns.items
@@ -82,6 +100,10 @@ def feature_matrix(
     else:
         x[:, 9] = np.nan
     x[:, 10] = user.interaction_count
+    scored = columns.source_scores if source_scores is None else source_scores
+    for offset, source in enumerate(SOURCE_FEATURES):
+        column = scored.get(source)
+        x[:, 11 + offset] = np.nan if column is None else _standardised(np.asarray(column, dtype=np.float64))
     return x
 
 

@@ -88,3 +88,21 @@ def test_columns_give_the_same_features_and_rule_terms_as_candidate_lists():
         assert from_list.tobytes() == from_columns.tobytes()
     assert rule_terms(candidates, NOW, 100.0).tobytes() == rule_terms(columns, NOW, 100.0).tobytes()
     assert retrieval_ranks(columns.scores).tolist() == [c.rank for c in candidates]
+
+
+def test_each_sources_score_is_a_feature_standardised_over_the_candidates():
+    candidates = [Candidate("a", 0.1), Candidate("b", 0.5), Candidate("c", 0.9)]
+    assign_ranks(candidates)
+    user = UserContext("u")
+    # A list with one source (plain ALS, a cold-start list): both features are missing.
+    plain = feature_matrix(candidates, user, NOW)
+    assert all(math.isnan(v) for v in column(plain, "als_score_z") + column(plain, "ease_score_z"))
+    # A fused list carries each source's own score: standardised over the candidates.
+    scores = {"als": np.array([1.0, 2.0, 3.0]), "ease": np.array([4.0, 4.0, 4.0])}
+    fused = feature_matrix(candidates, user, NOW, source_scores=scores)
+    assert column(fused, "als_score_z") == pytest.approx([-1.224745, 0.0, 1.224745], abs=1e-6)
+    assert column(fused, "ease_score_z") == [0.0, 0.0, 0.0]
+    # Serving's columns carry them as the list arrived; the same numbers come out.
+    columns = CandidateColumns.of(candidates)
+    columns.source_scores.update(scores)
+    np.testing.assert_array_equal(feature_matrix(columns, user, NOW), fused)

@@ -59,7 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..als import AlsModel, ALSParams, build_interaction_matrix, event_weights, fit_als, top_k_batch
-from ..ease import fit_ease, fused
+from ..ease import ALS_SOURCE, EASE_SOURCE, fit_ease, fused
 from .features import AFFINITY_PREFIX, SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
 from .learned import FEATURE_NAMES, feature_matrix
 from .rules import RuleWeights, rule_scores
@@ -370,12 +370,14 @@ class Fusion:
         return cls(float(ease["l2"]), float(ease["als_weight"]), int(ease["max_items"]), int(ease.get("min_users", 2)))
 
 
-BlockScorer = Callable[[np.ndarray], np.ndarray]
+# Users' rows -> (their candidate scores over the model's items, each source's own scores
+# by source name when the scores fuse several; empty for ALS alone).
+BlockScorer = Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
 
 
 def als_scorer(model: AlsModel) -> BlockScorer:
     """Users' rows -> their ALS scores over the model's items."""
-    return lambda rows: model.user_factors[rows] @ model.item_factors.T
+    return lambda rows: (model.user_factors[rows] @ model.item_factors.T, {})
 
 
 def fused_scorer(model: AlsModel, matrix: sp.csr_matrix, fusion: Fusion) -> BlockScorer:
@@ -385,11 +387,12 @@ def fused_scorer(model: AlsModel, matrix: sp.csr_matrix, fusion: Fusion) -> Bloc
     columns = np.fromiter((model.item_row(item) for item in ease.item_ids), np.int64, len(ease.item_ids))
     history = matrix[:, columns].astype(bool).astype(np.float32).tocsr()
 
-    def score(rows: np.ndarray) -> np.ndarray:
+    def score(rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         als = model.user_factors[rows] @ model.item_factors.T
         ease_scores = np.zeros_like(als)
         ease_scores[:, columns] = history[rows] @ ease.weights
-        return np.stack([fused(a, e, fusion.als_weight) for a, e in zip(als, ease_scores, strict=True)])
+        mixed = np.stack([fused(a, e, fusion.als_weight) for a, e in zip(als, ease_scores, strict=True)])
+        return mixed, {ALS_SOURCE: als, EASE_SOURCE: ease_scores}
 
     return score
 
@@ -432,7 +435,7 @@ def candidate_groups(
     for start in range(0, len(known), BLOCK):
         chunk = known[start : start + BLOCK]
         rows = np.array([model.user_row(str(u)) for u in chunk])
-        scores = (scorer or als_scorer(model))(rows)
+        scores, components = (scorer or als_scorer(model))(rows)
         ex_r, ex_c = [], []
         for r, user in enumerate(chunk):
             cols = [item_col[i] for i in seen.get(user, ()) if i in item_col]
@@ -463,7 +466,9 @@ def candidate_groups(
             assign_ranks(candidates)
             with_affinity = not _hash_below(f"{user}:affinity", affinity_dropout)
             context = source.user(user, histories.get(user, ()), with_affinity)
-            x = feature_matrix(candidates, context, source.now, params.freshness_half_life_days)
+            # What the shards send with a fused list: each source's own score per candidate.
+            source_scores = {name: values[r, picked] for name, values in components.items()} or None
+            x = feature_matrix(candidates, context, source.now, params.freshness_half_life_days, source_scores)
             if extra is not None:
                 x = np.hstack([x, extra(user, ids, candidate_scores)])
             yield CandidateGroup(user, ids, candidates, x, source.now)
