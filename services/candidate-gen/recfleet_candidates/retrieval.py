@@ -29,6 +29,8 @@ from recfleet_models.ease import ALS_SOURCE, EASE_SOURCE, Moments, fused_with, h
 from recfleet_models.index import LoadedShard, ShardEase
 
 MAX_K = 1000
+# A query's vector when it has none (`Query.personal` is False).
+NO_VECTOR = np.zeros((1, 0), dtype=np.float32)
 MAX_EXCLUDED = 10_000
 # The `source` of items placed by their metadata instead of model factors.
 METADATA_SOURCE = "metadata"
@@ -64,9 +66,15 @@ class InvalidArgument(ValueError):
 @dataclass(frozen=True)
 class Query:
     """One checked retrieval request: a (1, d) float32 vector, k, the excluded ids (the
-    history's among them) and the user's history, newest first."""
+    history's among them) and the user's history. An empty (1, 0) vector (`NO_VECTOR`):
+    a user the version has no factors for, answered from the history by EASE alone."""
 
     vector: np.ndarray
+
+    @property
+    def personal(self) -> bool:
+        return self.vector.size > 0
+
     k: int
     exclude: set[str]
     history: Sequence[str] = ()
@@ -391,14 +399,42 @@ def _fused_answer(shard: LoadedShard, weight: float, query: Query, found: _Propo
     )
 
 
+def _history_only(
+    shard: LoadedShard, scorer: EaseScorer | None, query: Query, history_rows: np.ndarray | None
+) -> Found:
+    """A query without a vector: the shard's items by EASE score alone (those the history
+    predicts at all), standardised over the shard as in a fused answer, source "ease".
+    Empty without EASE or without history in the vocabulary."""
+    if scorer is None or history_rows is None or not history_rows.size:
+        return Found([], np.zeros(0, dtype=np.float32), [])
+    ease = scorer.ease
+    columns = history_scores(ease.weights, history_rows)
+    open_columns = np.flatnonzero((columns > 0) & ~_members(ease.shard_rows, _excluded_rows(shard, query.exclude)))
+    k = min(query.k, open_columns.size)
+    if k < open_columns.size:
+        open_columns = open_columns[np.argpartition(-columns[open_columns], k - 1)[:k]]
+    top = open_columns[np.argsort(-columns[open_columns], kind="stable")]
+    raw = columns[top]
+    item_ids = [shard.item_ids[row] for row in ease.shard_rows[top].tolist()]
+    return Found(item_ids, scorer.ease_moments(columns).standardise(raw), [EASE_SOURCE] * len(top), {EASE_SOURCE: raw})
+
+
 def retrieve_many(shard: LoadedShard, metadata: Searchable | None, queries: Sequence[Query]) -> list[Found]:
     """Each query's answer from the shard and its metadata items: by fused ALS and EASE
     score when the shard has EASE and the query's history holds vocabulary items, else
-    `merged_top_k_many`'s by ALS score (source "als")."""
+    `merged_top_k_many`'s by ALS score (source "als"); a query without a vector by EASE
+    alone (`_history_only`)."""
     scorer = EaseScorer.of(shard)
     histories = [
         scorer.history_rows(query.history) if scorer is not None and query.history else None for query in queries
     ]
+    if not all(query.personal for query in queries):
+        personal = [query for query in queries if query.personal]
+        answered = iter(retrieve_many(shard, metadata, personal) if personal else [])
+        return [
+            next(answered) if query.personal else _history_only(shard, scorer, query, histories[position])
+            for position, query in enumerate(queries)
+        ]
     if scorer is None or not any(_has(rows) for rows in histories):
         return merged_top_k_many(shard, metadata, queries, ALS_SOURCE)
     # A flat shard scores every item for a fused query, so such a query needs no search.

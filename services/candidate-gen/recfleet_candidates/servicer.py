@@ -18,6 +18,7 @@ from recfleet_runtime.batching import OK_STATUS, EntryAbortedError, EntryContext
 from . import metrics
 from .metadata_items import MetadataItems
 from .retrieval import (
+    NO_VECTOR,
     Found,
     InvalidArgument,
     Query,
@@ -94,7 +95,12 @@ class CandidateServicer(candidates_pb2_grpc.CandidateServiceServicer):
             excluded = check_excluded(request.exclude_item_ids)
             history = request.history_item_ids
             excluded |= check_excluded(history, "history_item_ids")
-            query = as_query(request.query_vector, shard.dimension, shard.version)
+            # No vector but a history: a user the version has no factors for yet, answered
+            # by the EASE source alone.
+            if history and not request.query_vector:
+                query = NO_VECTOR
+            else:
+                query = as_query(request.query_vector, shard.dimension, shard.version)
         except InvalidArgument as error:
             await self._invalid(context, error)
         return shard, Query(query, k, excluded, list(history))

@@ -117,3 +117,38 @@ async def test_a_batch_with_ease_answers_each_entry_as_a_unary_call_would():
         fused = [bool(result.response.packed_items.source_scores) for result in batch.results]
         assert fused == [True, False, False, False, False, True]
         assert batch.results[4].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+async def test_a_user_without_a_vector_is_answered_from_the_history_by_ease_alone():
+    # A user the version has no factors for yet (new since the last training): the
+    # gateway sends the history with no vector, and EASE alone proposes what it predicts.
+    shard = ease_shard()
+    ease = shard.ease
+    history = ["elsewhere3", shard.item_ids[int(ease.shard_rows[0])], "never-heard-of"]
+    async with serving(shard) as with_ease, serving(dataclasses.replace(shard, ease=None)) as without:
+        query = candidates_pb2.RetrieveRequest(k=15, history_item_ids=history, exclude_item_ids=["i5"], packed=True)
+        reply = await with_ease.Retrieve(query, timeout=5)
+        items = reply.packed_items
+        rows = [ease.vocabulary[item] for item in history if item in ease.vocabulary]
+        columns = ease.weights[rows].sum(axis=0)
+        owned = {shard.item_ids[int(row)]: columns[c] for c, row in enumerate(ease.shard_rows)}
+        predicted = sorted(
+            (item for item, score in owned.items() if score > 0 and item not in {*history, "i5"}),
+            key=lambda item: -owned[item],
+        )
+        assert list(items.item_ids) == predicted[:15] and set(items.sources) == {"ease"}
+        assert [column.source for column in items.source_scores] == ["ease"]
+        np.testing.assert_allclose(items.source_scores[0].scores, [owned[i] for i in predicted[:15]], rtol=1e-5)
+        assert list(items.scores) == sorted(items.scores, reverse=True)
+        # In a batch beside users with vectors, the same answer.
+        vector = np.random.default_rng(14).standard_normal(8).astype(np.float32)
+        await assert_batch_equals_unary(with_ease, [query, with_history(vector, 5, ["elsewhere1"]), query])
+        # A version without EASE has nothing to say for such a user.
+        assert not (await without.Retrieve(query, timeout=5)).packed_items.item_ids
+        # Neither a vector nor a history: refused as before.
+        try:
+            await with_ease.Retrieve(candidates_pb2.RetrieveRequest(k=5), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("query_vector")
+        else:
+            raise AssertionError("a request without a vector or a history was accepted")

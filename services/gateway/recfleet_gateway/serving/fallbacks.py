@@ -91,14 +91,18 @@ class Fallbacks:
     async def cold_start_candidates(
         self, query: RecommendationQuery, user: UserContext, seen: list[str], degraded: list[str]
     ) -> list[common_pb2.ScoredItem]:
-        """Onboarding-category popular items (source `category-popular`), items similar to
-        liked items (`similar`), trending and popular items."""
+        """Items the user's history predicts (`ease`, for a user with history but no vector
+        yet), onboarding-category popular items (source `category-popular`), items similar
+        to liked items (`similar`), trending and popular items."""
         per_category = self.settings.popular_candidates_per_category
         categories = list(user.constraints.preferred_categories)
         if query.category and query.category not in categories:
             categories.insert(0, query.category)
         liked = list(dict.fromkeys(user.liked_items))[:10]
         jobs = [self._category_candidates(category, per_category, seen) for category in categories]
+        history = list(user.constraints.seen_item_ids)
+        if history and not user.vector:
+            jobs.insert(0, self.retrieval.from_history(query.user_id, history, seen, per_category))
         jobs.extend(self._similar_candidates(item_id, seen) for item_id in liked)
         jobs.append(self.popular_items("trending", "", per_category, seen))
         jobs.append(self.popular_items("all", "", per_category, seen))

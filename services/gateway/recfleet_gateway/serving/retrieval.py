@@ -11,6 +11,7 @@ from typing import TypeVar
 import grpc
 from recfleet.candidates.v1 import candidates_pb2
 from recfleet.common.v1 import common_pb2
+from recfleet_models.ease import EASE_SOURCE
 from recfleet_models.sharding import shard_of
 from recfleet_runtime.grpcclient import DeadlineSpentError
 from recfleet_runtime.resilience import CircuitOpenError
@@ -114,6 +115,23 @@ class CandidateRetrieval:
         groups = [retrieved(reply) for reply in answered(shards, replies, degraded, shard_failure)]
         merged = merge_by_score(groups, self.settings.candidates_per_shard * max(1, len(shards)), "als")
         return merged, user.vector_version
+
+    async def from_history(
+        self, user_id: str, history: Sequence[str], seen: Sequence[str], limit: int
+    ) -> list[common_pb2.ScoredItem]:
+        """Items the user's history predicts, for a user without a vector (new since the
+        last training): each shard's EASE source alone, merged by score (source "ease").
+        Nothing from a version without EASE; a shard that fails leaves its part out."""
+        shards = self.fleet.candidate_gen.pick(self.fleet.router, user_id)
+        request = candidates_pb2.RetrieveRequest(k=limit, history_item_ids=history, exclude_item_ids=seen, packed=True)
+        replies = await asyncio.gather(*(shard.retrieve(request) for shard in shards), return_exceptions=True)
+        failed: list[str] = []
+        groups = [retrieved(reply) for reply in answered(shards, replies, failed, shard_failure)]
+        merged = merge_by_score(groups, limit, EASE_SOURCE)
+        return [
+            common_pb2.ScoredItem(item_id=item_id, score=score, source=source)
+            for item_id, score, source in zip(merged.item_ids, merged.scores, merged.sources, strict=True)
+        ]
 
     async def similar(
         self, item_id: str, limit: int, exclude: Sequence[str] = ()
