@@ -7,6 +7,7 @@ explained recommendations. Each page is also saved as docs/images/console_<page>
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -195,6 +196,7 @@ def experiment(api):
     created = api.post("/admin/v1/experiments", json={"name": name, "variants": variants, "surface": surface})
     assert created.status_code == 201, created.text
     api.get("/admin/v1/experiments")  # the create refreshed this replica's experiments
+    clicks = 0
     for user in range(1, 41):
         reply = api.get("/v1/recommendations", params={"user_id": str(user), "limit": 5, "surface": surface})
         assert reply.status_code == 200, reply.text
@@ -208,6 +210,15 @@ def experiment(api):
                 "context": {"request_id": body["request_id"]},
             }
             assert api.post("/v1/events", json={"events": [event]}).status_code == 202
+            clicks += 1
+    # Clicks reach the readout through the event pipeline: wait until every one counts, so
+    # the page and the API read the same figures.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        readout = api.get(f"/admin/v1/experiments/{name}/readout").json()
+        if sum(variant["clicks"] for variant in readout["variants"]) >= clicks:
+            break
+        time.sleep(0.5)
     yield name
     api.post(f"/admin/v1/experiments/{name}/stop")
 

@@ -100,8 +100,8 @@ class RankerParams:
     """Label carving, candidates, features and booster of one training run.
 
     The defaults are production's (`train-ranker`): a time-ordered carve; the candidate
-    mix the gateway sends (the ALS top 200 of each of 2 shards, no other source; the
-    job derives `als_candidates` from its shard settings); and small, shallow trees (at
+    mix the gateway sends (the top 100 of each of 2 shards, no other source; the job
+    derives `als_candidates` from its shard settings); and small, shallow trees (at
     most `max_rounds` of `num_leaves` leaves and depth `max_depth`), which predict 500
     candidates in well under a millisecond single-threaded and keep TreeSHAP
     explanations (cost grows with leaves times depth squared) cheap.
@@ -114,7 +114,7 @@ class RankerParams:
     min_history: int = 4
     # Disjoint random carves, each with its own history-only ALS (random carve only).
     folds: int = 1
-    als_candidates: int = 400
+    als_candidates: int = 200
     popular_candidates: int = 0
     freshness_half_life_days: float = 365.0
     affinity_dropout: float = 0.2
