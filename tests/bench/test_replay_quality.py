@@ -112,6 +112,17 @@ def test_the_offline_model_is_what_ranked_the_served_lists(replay):
     ]
     assert replay.offline_model({"promoted": False, "serves": "rules"}) == ["--model", "als+rules"]
     assert replay.offline_model({"promoted": False, "serves": "candidate-order"}) == ["--model", "als"]
+    # With EASE fused in: the fused order (what the rules rung serves once its other terms
+    # are zeroed), or the ranker over the fused candidates.
+    ease = ["--ease-l2", "200", "--ease-als-weight", "0.3"]
+    assert replay.offline_model({"promoted": False, "serves": "rules"}, ease) == ["--model", "als+ease", *ease]
+    assert replay.offline_model({"promoted": True, "serves": "ranker"}, ease) == [
+        "--model",
+        "als+ease+ranker",
+        "--ranker-preset",
+        "production",
+        *ease,
+    ]
 
 
 def test_each_online_pass_is_compared_with_offline_figures_of_the_same_rule(replay):

@@ -276,6 +276,12 @@ def test_a_user_shows_history_beside_explained_recommendations(page, api, fleet)
     titles = api.get("/admin/v1/items", params={"item_id": first["item_id"]}).json()["items"][0]["title"]
     expect(recommendations.first.locator(".title")).to_have_text(titles)
     expect(recommendations.first).to_contain_text(f"candidate score {first['explanation']['candidate_score']:.3f}")
+    # With EASE fused in (the local fleet's version), each source's own score beside it
+    # (rounded by JavaScript: compared as numbers).
+    line = recommendations.first.locator("p.muted").inner_text()
+    for source, score in first["explanation"]["source_scores"].items():
+        shown = re.search(rf"\b{re.escape(source)} (-?\d+\.\d+)", line)
+        assert shown and float(shown.group(1)) == pytest.approx(score, abs=0.0011), line
     contributions = first["explanation"]["ranker_contributions"]
     if contributions:  # the learned ranker served: one bar per feature, largest first
         expect(recommendations.first.locator("svg.contributions rect")).to_have_count(min(6, len(contributions)))

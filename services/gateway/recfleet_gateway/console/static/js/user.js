@@ -77,6 +77,12 @@ function contributions(explanation) {
   return svg;
 }
 
+function sourceScores(explanation) {
+  // Each candidate source's own score, when the list fused several (e.g. ALS and EASE).
+  const entries = Object.entries(explanation.source_scores || {});
+  return entries.length ? ` (${entries.map(([source, score]) => `${source} ${number(score)}`).join(", ")})` : "";
+}
+
 function recommendationItem(item) {
   const explanation = item.explanation || {};
   return h(
@@ -86,7 +92,8 @@ function recommendationItem(item) {
     h(
       "p",
       { class: "muted" },
-      `score ${number(item.score)} · from ${item.source} · candidate score ${number(explanation.candidate_score)}`,
+      `score ${number(item.score)} · from ${item.source} · candidate score ${number(explanation.candidate_score)}` +
+        sourceScores(explanation),
     ),
     contributions(explanation),
     explanation.rules && explanation.rules.length
