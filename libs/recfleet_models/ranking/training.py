@@ -391,7 +391,7 @@ def fused_scorer(model: AlsModel, matrix: sp.csr_matrix, fusion: Fusion) -> Bloc
         als = model.user_factors[rows] @ model.item_factors.T
         ease_scores = np.zeros_like(als)
         ease_scores[:, columns] = history[rows] @ ease.weights
-        mixed = np.stack([fused(a, e, fusion.als_weight) for a, e in zip(als, ease_scores, strict=True)])
+        mixed = fused(als, ease_scores, fusion.als_weight)  # one user per row
         return mixed, {ALS_SOURCE: als, EASE_SOURCE: ease_scores}
 
     return score
