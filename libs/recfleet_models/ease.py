@@ -129,16 +129,7 @@ def standardise(scores: np.ndarray, population: np.ndarray | None = None) -> np.
     """`scores` as standard deviations from the mean of `population` (default: `scores`);
     all zeros when the population is constant. Along the last axis: a 2-D array is one
     user per row, each standardised over its own row of the population."""
-    base = scores if population is None else population
-    if base.shape[-1] == 0:
-        return np.zeros_like(scores, dtype=np.float32)
-    mean = base.mean(axis=-1, keepdims=True, dtype=np.float64)
-    sd = base.std(axis=-1, keepdims=True, dtype=np.float64)
-    flat = sd < _FLAT
-    # Arithmetic in the scores' own precision, as with a scalar mean and sd.
-    dtype = scores.dtype if np.issubdtype(scores.dtype, np.floating) else np.dtype(np.float64)
-    z = (scores - mean.astype(dtype)) / np.where(flat, 1.0, sd).astype(dtype)
-    return np.where(flat, 0.0, z).astype(np.float32)
+    return Moments.over(scores if population is None else population).standardise(scores)
 
 
 def fused(
@@ -161,26 +152,44 @@ def fused(
 
 @dataclass(frozen=True)
 class Moments:
-    """The mean and standard deviation of a population of scores."""
+    """The mean and standard deviation of a population of scores: scalars, or one per row
+    (shape (n, 1)) for a 2-D population of one user per row (`over`)."""
 
-    mean: float
-    sd: float
+    mean: float | np.ndarray
+    sd: float | np.ndarray
 
     @classmethod
     def of(cls, values: np.ndarray, count: int | None = None) -> Moments:
         """Of `values`, or of `count` values of which `values` are the non-zero part (the
-        rest zeros: a shard's EASE columns among all its items)."""
+        rest zeros: a shard's EASE columns among all its items). One pass over `values`."""
         n = values.size if count is None else count
         if n == 0:
             return cls(0.0, 0.0)
         mean = float(values.sum(dtype=np.float64)) / n
         return cls(mean, max(float(np.dot(values, values)) / n - mean * mean, 0.0) ** 0.5)
 
+    @classmethod
+    def over(cls, population: np.ndarray) -> Moments:
+        """Of `population` along its last axis (per row of a 2-D one)."""
+        if population.shape[-1] == 0:
+            return cls(0.0, 0.0)
+        return cls(
+            population.mean(axis=-1, keepdims=True, dtype=np.float64),
+            population.std(axis=-1, keepdims=True, dtype=np.float64),
+        )
+
     def standardise(self, scores: np.ndarray) -> np.ndarray:
-        """`scores` in standard deviations from the mean (zeros for a constant population)."""
-        if self.sd < _FLAT:
-            return np.zeros(scores.shape, dtype=np.float32)
-        return ((scores - np.float32(self.mean)) / np.float32(self.sd)).astype(np.float32, copy=False)
+        """`scores` in standard deviations from the mean, in float32 (zeros where the
+        population is constant). Arithmetic in the scores' own precision."""
+        dtype = scores.dtype if np.issubdtype(scores.dtype, np.floating) else np.dtype(np.float64)
+        if np.ndim(self.sd) == 0:
+            if self.sd < _FLAT:
+                return np.zeros(scores.shape, dtype=np.float32)
+            z = (scores - dtype.type(self.mean)) / dtype.type(self.sd)
+            return z.astype(np.float32, copy=False)
+        flat = np.asarray(self.sd) < _FLAT
+        z = (scores - np.asarray(self.mean).astype(dtype)) / np.where(flat, 1.0, self.sd).astype(dtype)
+        return np.where(flat, 0.0, z).astype(np.float32)
 
 
 def fused_with(

@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,7 @@ import faiss
 import numpy as np
 from recfleet_store.artifacts import ArtifactStore, sha256
 
+from .ease import Moments
 from .sharding import ASSIGNMENT_RULE, shard_of
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -364,10 +366,50 @@ class ShardEase:
     als_weight: float
 
 
+# The shard rows whose ALS scores stand for the shard's when a fused query standardises
+# its ALS scores: enough for a stable mean and sd, few enough to score per request.
+ALS_POPULATION_SAMPLE = 2048
+
+
+@dataclass(frozen=True)
+class ShardFusion:
+    """What fusing ALS and EASE on a shard needs beyond its files, derived once when the
+    shard is built (`LoadedShard.fusion`)."""
+
+    ease: ShardEase
+    # float32 (s, d): the vectors of the ALS population sample, s = min(2048, items).
+    sample: np.ndarray
+    # int64 (items,): the EASE column of each shard row, -1 outside the vocabulary.
+    column_of_row: np.ndarray
+    item_count: int
+
+    @classmethod
+    def of(cls, ease: ShardEase, vectors: np.ndarray) -> ShardFusion:
+        count = len(vectors)
+        if count > ALS_POPULATION_SAMPLE:
+            rows = np.sort(np.random.default_rng(0).choice(count, ALS_POPULATION_SAMPLE, replace=False))
+            sample = np.ascontiguousarray(vectors[rows])
+        else:
+            sample = vectors
+        column_of_row = np.full(count, -1, dtype=np.int64)
+        column_of_row[ease.shard_rows] = np.arange(len(ease.shard_rows))
+        return cls(ease, sample, column_of_row, count)
+
+    def history_rows(self, history: Sequence[str]) -> np.ndarray:
+        """The vocabulary rows of the history's items, each once."""
+        vocabulary = self.ease.vocabulary
+        return np.fromiter((vocabulary[item] for item in dict.fromkeys(history) if item in vocabulary), dtype=np.int64)
+
+    def ease_moments(self, scores: np.ndarray) -> Moments:
+        """The mean and sd of the EASE scores of every item of the shard: the columns'
+        `scores`, 0 for the shard's other items."""
+        return Moments.of(scores, self.item_count)
+
+
 @dataclass
 class LoadedShard:
     """One verified shard in memory: the FAISS index, its ids and vectors, and its part
-    of the EASE source when the version has one."""
+    of the EASE source when the version has one (with what fusing needs, `fusion`)."""
 
     version: str
     shard: int
@@ -377,6 +419,11 @@ class LoadedShard:
     vectors: np.ndarray
     rows: dict[str, int]
     ease: ShardEase | None = None
+    fusion: ShardFusion | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ease is not None:
+            self.fusion = ShardFusion.of(self.ease, self.vectors)
 
     @property
     def dimension(self) -> int:

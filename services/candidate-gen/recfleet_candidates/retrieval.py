@@ -18,7 +18,6 @@ of the shard. A query without such history gets the plain ALS answer.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -26,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 from recfleet_models.ease import ALS_SOURCE, EASE_SOURCE, Moments, fused_with, history_scores
-from recfleet_models.index import LoadedShard, ShardEase
+from recfleet_models.index import LoadedShard, ShardFusion
 
 MAX_K = 1000
 # A query's vector when it has none (`Query.personal` is False).
@@ -36,9 +35,6 @@ MAX_EXCLUDED = 10_000
 METADATA_SOURCE = "metadata"
 # The `source` of an item both ALS and EASE proposed.
 BOTH_SOURCES = f"{ALS_SOURCE}+{EASE_SOURCE}"
-# The shard rows whose ALS scores stand for the shard's when the fusion standardises a
-# query's ALS scores: enough for a stable mean and sd, few enough to score per request.
-ALS_POPULATION_SAMPLE = 2048
 
 
 class Searchable(Protocol):
@@ -93,55 +89,6 @@ class Found:
 
     def entries(self) -> list[tuple[str, float, str]]:
         return list(zip(self.item_ids, self.scores.tolist(), self.sources, strict=True))
-
-
-@dataclass(frozen=True)
-class EaseScorer:
-    """What the fusion needs of a loaded shard, computed once per loaded shard (`of`)."""
-
-    ease: ShardEase
-    # float32 (s, d): the vectors of the ALS population sample, s = min(2048, items).
-    sample: np.ndarray
-    # int64 (items,): the EASE column of each shard row, -1 outside the vocabulary.
-    column_of_row: np.ndarray
-    item_count: int
-
-    @classmethod
-    def of(cls, shard: LoadedShard) -> EaseScorer | None:
-        """The shard's scorer (cached while the shard lives); None without EASE."""
-        ease = shard.ease
-        if ease is None:
-            return None
-        key = id(shard)
-        cached = _SCORERS.get(key)
-        if cached is not None and cached[0]() is shard:
-            return cached[1]
-        count = shard.item_count
-        if count > ALS_POPULATION_SAMPLE:
-            rows = np.sort(np.random.default_rng(0).choice(count, ALS_POPULATION_SAMPLE, replace=False))
-            sample = np.ascontiguousarray(shard.vectors[rows])
-        else:
-            sample = shard.vectors
-        column_of_row = np.full(count, -1, dtype=np.int64)
-        column_of_row[ease.shard_rows] = np.arange(len(ease.shard_rows))
-        scorer = cls(ease, sample, column_of_row, count)
-        _SCORERS[key] = (weakref.ref(shard), scorer)
-        weakref.finalize(shard, _SCORERS.pop, key, None)
-        return scorer
-
-    def history_rows(self, history: Sequence[str]) -> np.ndarray:
-        """The vocabulary rows of the history's items, each once."""
-        vocabulary = self.ease.vocabulary
-        return np.fromiter((vocabulary[item] for item in dict.fromkeys(history) if item in vocabulary), dtype=np.int64)
-
-    def ease_moments(self, scores: np.ndarray) -> Moments:
-        """The mean and sd of the EASE scores of every item of the shard: the columns'
-        `scores`, 0 for the shard's other items."""
-        return Moments.of(scores, self.item_count)
-
-
-# Scorers by the id of their shard, with a weak reference to check it is the same shard.
-_SCORERS: dict[int, tuple[weakref.ref[LoadedShard], EaseScorer]] = {}
 
 
 def check_k(k: int) -> int:
@@ -312,7 +259,7 @@ def _kth_largest(values: np.ndarray, k: int) -> float:
 
 
 def _every_item(
-    shard: LoadedShard, scorer: EaseScorer, query: Query, history_rows: np.ndarray, excluded: np.ndarray
+    shard: LoadedShard, scorer: ShardFusion, query: Query, history_rows: np.ndarray, excluded: np.ndarray
 ) -> _Proposals:
     """A flat shard: every item scored by both sources (one matrix-vector product, as the
     flat search itself is), the best k by fused score; the populations are every item of
@@ -342,7 +289,7 @@ def _every_item(
 
 
 def _union(
-    shard: LoadedShard, scorer: EaseScorer, query: Query, history_rows: np.ndarray, searched: _Searched
+    shard: LoadedShard, scorer: ShardFusion, query: Query, history_rows: np.ndarray, searched: _Searched
 ) -> _Proposals:
     """An approximate index: the union of FAISS's ALS proposals and the best k + excluded
     by EASE score, each item scored exactly by both sources; ALS standardised over a fixed
@@ -400,7 +347,7 @@ def _fused_answer(shard: LoadedShard, weight: float, query: Query, found: _Propo
 
 
 def _history_only(
-    shard: LoadedShard, scorer: EaseScorer | None, query: Query, history_rows: np.ndarray | None
+    shard: LoadedShard, scorer: ShardFusion | None, query: Query, history_rows: np.ndarray | None
 ) -> Found:
     """A query without a vector: the shard's items by EASE score alone (those the history
     predicts at all), standardised over the shard as in a fused answer, source "ease".
@@ -424,7 +371,7 @@ def retrieve_many(shard: LoadedShard, metadata: Searchable | None, queries: Sequ
     score when the shard has EASE and the query's history holds vocabulary items, else
     `merged_top_k_many`'s by ALS score (source "als"); a query without a vector by EASE
     alone (`_history_only`)."""
-    scorer = EaseScorer.of(shard)
+    scorer = shard.fusion
     histories = [
         scorer.history_rows(query.history) if scorer is not None and query.history else None for query in queries
     ]

@@ -20,7 +20,6 @@ import structlog
 from recfleet_models.index import LoadedShard, ShardRejected
 
 from . import metrics
-from .retrieval import EaseScorer
 from .sanity import check_shard
 
 log = structlog.get_logger("recfleet.candidates")
@@ -94,8 +93,6 @@ class ServedIndex:
             self_found=report.self_found,
             recall_at_10=round(report.recall_at_10, 4),
         )
-        # Here rather than on the first request: the fusion's per-shard tables.
-        EaseScorer.of(loaded)
         return loaded
 
     async def reload(self, version: str) -> bool:

@@ -13,7 +13,7 @@ from recfleet_models.ease import standardise
 from recfleet_models.index import METRIC, LoadedShard, ShardEase, ShardManifest
 
 from recfleet_candidates.metadata_items import MetadataIndex
-from recfleet_candidates.retrieval import EaseScorer, Found, Query, merged_top_k_many, retrieve_many
+from recfleet_candidates.retrieval import Found, Query, merged_top_k_many, retrieve_many
 
 ALS_WEIGHT = 0.6
 
@@ -170,7 +170,7 @@ def test_metadata_items_compare_on_the_fused_scale_with_no_ease_score():
     als_all = shard.vectors @ vector
     expected = ALS_WEIGHT * standardise(np.array([found.source_scores["als"][0]]), als_all)[0]
     ease_all = np.zeros(shard.item_count)
-    scorer = EaseScorer.of(shard)
+    scorer = shard.fusion
     assert scorer is not None
     ease_all[shard.ease.shard_rows] = shard.ease.weights[scorer.history_rows(history)].sum(axis=0)  # type: ignore[union-attr]
     expected += (1 - ALS_WEIGHT) * (0 - ease_all.mean()) / ease_all.std()
@@ -205,8 +205,8 @@ def test_a_batch_answers_each_query_as_it_is_answered_alone():
 
 def test_the_ease_population_is_every_item_of_the_shard_and_the_als_one_a_fixed_sample():
     shard = ease_shard(count=5000, dim=4)
-    scorer = EaseScorer.of(shard)
-    assert scorer is not None and EaseScorer.of(shard) is scorer
+    scorer = shard.fusion
+    assert scorer is not None
     columns = np.random.default_rng(7).standard_normal(len(scorer.ease.shard_rows)).astype(np.float32)
     every = np.zeros(shard.item_count, dtype=np.float32)
     every[scorer.ease.shard_rows] = columns
@@ -214,5 +214,5 @@ def test_the_ease_population_is_every_item_of_the_shard_and_the_als_one_a_fixed_
         scorer.ease_moments(columns).standardise(columns), standardise(columns, every), rtol=1e-5, atol=1e-5
     )
     assert scorer.sample.shape == (2048, 4)
-    again = EaseScorer.of(ease_shard(count=5000, dim=4))
+    again = ease_shard(count=5000, dim=4).fusion
     assert again is not None and again.sample.tobytes() == scorer.sample.tobytes()
