@@ -13,7 +13,7 @@ from recfleet_models.ease import standardise
 from recfleet_models.index import METRIC, LoadedShard, ShardEase, ShardManifest
 
 from recfleet_candidates.metadata_items import MetadataIndex
-from recfleet_candidates.retrieval import Found, Query, merged_top_k_many, retrieve_many
+from recfleet_candidates.retrieval import Found, Query, _kth_largest_among_zeros, merged_top_k_many, retrieve_many
 
 ALS_WEIGHT = 0.6
 
@@ -216,3 +216,18 @@ def test_the_ease_population_is_every_item_of_the_shard_and_the_als_one_a_fixed_
     assert scorer.sample.shape == (2048, 4)
     again = ease_shard(count=5000, dim=4).fusion
     assert again is not None and again.sample.tobytes() == scorer.sample.tobytes()
+
+
+def test_the_ease_proposal_cut_counts_the_shards_other_items_as_zeros():
+    """A flat shard labels an item an EASE proposal when it is among the best k +
+    excluded of every item's EASE score, the items outside the vocabulary scoring 0;
+    the cut is found from the vocabulary's columns alone, whichever side of 0 it falls."""
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        columns = rng.standard_normal(int(rng.integers(1, 60))).astype(np.float32)
+        columns[rng.random(columns.size) < 0.1] = 0.0
+        zeros = int(rng.integers(0, 80))
+        padded = np.concatenate([columns, np.zeros(zeros, dtype=np.float32)])
+        for k in range(1, padded.size + 2):
+            expected = float(np.sort(padded)[::-1][k - 1]) if k <= padded.size else -np.inf
+            assert _kth_largest_among_zeros(columns, zeros, k) == expected, (k, zeros)
