@@ -11,7 +11,7 @@ diversity rules within it, then exploration.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,7 @@ class RankingPipeline:
         model_budget_seconds: float = 0.02,
         breaker: CircuitBreaker | None = None,
         cold_start: ColdStartPolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         if not 0 <= exploration_share < 1:
             raise ValueError("exploration_share must be in [0, 1)")
@@ -109,6 +110,8 @@ class RankingPipeline:
         self.exploration_share = exploration_share
         self.model_budget_seconds = model_budget_seconds
         self.breaker = breaker or CircuitBreaker("ranking-model", failure_threshold=3, reset_seconds=10.0)
+        # The wall clock freshness is measured against (item age at the time of the call).
+        self.clock = clock
 
     def rank(
         self,
@@ -128,7 +131,7 @@ class RankingPipeline:
         the breaker is closed; if it raises or runs over the time budget, each of its jobs
         is scored alone, so errors, timeouts and the breaker count per job as before.
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         kept: list[CandidateColumns] = []
         removed: list[dict[str, int]] = []
         for job in jobs:

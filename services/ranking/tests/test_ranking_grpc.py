@@ -485,6 +485,9 @@ async def test_rank_batch_answers_each_request_as_rank_alone(
     service, servicer, channel, stub = await start_serving_ranker(
         feature_store, fresh_pg_dsn, artifact_dir, popularity_model
     )
+    # One instant for the batch and each call alone: freshness moves with the clock, and a
+    # millisecond can change a score's last float32 bit.
+    servicer.pipeline.clock = lambda: 1_780_000_000.0
     adult = common_pb2.UserConstraints(age=30, country="DE")
     requests = [
         request(user_id="u1", constraints=adult, explain=True),
