@@ -617,7 +617,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         offline: dict[str, dict[str, Any]] = {}
         for rule_name, rule in rules.items():
             offline[f"retrained, {rule_name}"] = evaluate_offline(args, model, env, rule=rule)
-            if model[1] == "als" or model[1] == "als+rules":
+            if model[1] in ("als", "als+rules"):
                 version = served["als_version"]
                 offline[f"served version, {rule_name}"] = evaluate_offline(args, model, env, version, rule)
         timings["offline evaluate"] = time.perf_counter() - step

@@ -381,7 +381,6 @@ class ShardFusion:
     sample: np.ndarray
     # int64 (items,): the EASE column of each shard row, -1 outside the vocabulary.
     column_of_row: np.ndarray
-    item_count: int
 
     @classmethod
     def of(cls, ease: ShardEase, vectors: np.ndarray) -> ShardFusion:
@@ -393,7 +392,7 @@ class ShardFusion:
             sample = vectors
         column_of_row = np.full(count, -1, dtype=np.int64)
         column_of_row[ease.shard_rows] = np.arange(len(ease.shard_rows))
-        return cls(ease, sample, column_of_row, count)
+        return cls(ease, sample, column_of_row)
 
     def history_rows(self, history: Sequence[str]) -> np.ndarray:
         """The vocabulary rows of the history's items, each once."""
@@ -403,7 +402,7 @@ class ShardFusion:
     def ease_moments(self, scores: np.ndarray) -> Moments:
         """The mean and sd of the EASE scores of every item of the shard: the columns'
         `scores`, 0 for the shard's other items."""
-        return Moments.of(scores, self.item_count)
+        return Moments.of(scores, len(self.column_of_row))
 
 
 @dataclass

@@ -66,14 +66,13 @@ class Query:
     a user the version has no factors for, answered from the history by EASE alone."""
 
     vector: np.ndarray
+    k: int
+    exclude: set[str]
+    history: Sequence[str] = ()
 
     @property
     def personal(self) -> bool:
         return self.vector.size > 0
-
-    k: int
-    exclude: set[str]
-    history: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -358,12 +357,12 @@ def _fused_answer(shard: LoadedShard, weight: float, query: Query, found: _Propo
     )
 
 
-def _history_only(
-    shard: LoadedShard, scorer: ShardFusion | None, query: Query, history_rows: np.ndarray | None
-) -> Found:
+def _history_only(shard: LoadedShard, query: Query) -> Found:
     """A query without a vector: the shard's items by EASE score alone (those the history
     predicts at all), standardised over the shard as in a fused answer, source "ease".
     Empty without EASE or without history in the vocabulary."""
+    scorer = shard.fusion
+    history_rows = scorer.history_rows(query.history) if scorer is not None else None
     if scorer is None or history_rows is None or not history_rows.size:
         return Found([], np.zeros(0, dtype=np.float32), [])
     ease = scorer.ease
@@ -383,17 +382,14 @@ def retrieve_many(shard: LoadedShard, metadata: Searchable | None, queries: Sequ
     score when the shard has EASE and the query's history holds vocabulary items, else
     `merged_top_k_many`'s by ALS score (source "als"); a query without a vector by EASE
     alone (`_history_only`)."""
+    if not all(query.personal for query in queries):
+        personal = [query for query in queries if query.personal]
+        answered = iter(retrieve_many(shard, metadata, personal) if personal else [])
+        return [next(answered) if query.personal else _history_only(shard, query) for query in queries]
     scorer = shard.fusion
     histories = [
         scorer.history_rows(query.history) if scorer is not None and query.history else None for query in queries
     ]
-    if not all(query.personal for query in queries):
-        personal = [query for query in queries if query.personal]
-        answered = iter(retrieve_many(shard, metadata, personal) if personal else [])
-        return [
-            next(answered) if query.personal else _history_only(shard, scorer, query, histories[position])
-            for position, query in enumerate(queries)
-        ]
     if scorer is None or not any(_has(rows) for rows in histories):
         return merged_top_k_many(shard, metadata, queries, ALS_SOURCE)
     # A flat shard scores every item for a fused query, so such a query needs no search.
