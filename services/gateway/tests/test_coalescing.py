@@ -80,12 +80,18 @@ async def test_servers_without_batched_rpcs_get_unary_calls(slow_features, clien
 
 
 @pytest.mark.parametrize("whole_batch", [False, True], ids=["entries-fail", "batch-fails"])
-async def test_observers_and_metrics_count_requests_not_batches(slow_features, client, whole_batch):
+async def test_observers_and_metrics_count_requests_not_batches(slow_features, app, client, whole_batch):
     """The canary analysis and the client metrics see each request's outcome, whether its
     entry failed or the batch that carried it did."""
     import grpc
     from recfleet_runtime.grpcclient import add_call_observer, remove_call_observer
     from recfleet_runtime.metrics import GRPC_CLIENT_HANDLED
+    from recfleet_runtime.resilience import CircuitBreaker
+
+    # Every request reaches ranking: the default breaker opens after 5 failures, and the
+    # requests of a batch that leaves after that would not be sent at all.
+    ranking_client = app.state.gateway.fleet.ranking.stable
+    ranking_client.breaker = CircuitBreaker(ranking_client.breaker.dependency, failure_threshold=100)
 
     seen: list[tuple[str, bool]] = []
 
