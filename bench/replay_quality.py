@@ -217,9 +217,9 @@ def online_metrics(recommended: Mapping[int, Sequence[int]], split: Split) -> Ra
 
 def offline_model(ranker: Mapping[str, Any], ease: Sequence[str] = ()) -> list[str]:
     """The `evaluate` model (and options) that matches what ranked the served lists; with
-    `ease` (its `--ease-l2` and `--ease-als-weight` options) the fused candidates'. The
-    rules rung over the fused candidates serves their order (the bench zeroes the other
-    rule terms), which is `als+ease`'s."""
+    `ease` (its `--ease-l2`, `--ease-als-weight` and `--ease-popularity-penalty` options)
+    the fused candidates'. The rules rung over the fused candidates serves their order
+    (the bench zeroes the other rule terms), which is `als+ease`'s."""
     if ease:
         if ranker.get("promoted"):
             return ["--model", "als+ease+ranker", "--ranker-preset", "production", *ease]
@@ -582,7 +582,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # EASE fused in as train-als publishes it without a search; evaluate the same.
         extra_env["RECFLEET_JOBS_EASE_L2"] = str(args.ease_l2)
         extra_env["RECFLEET_JOBS_EASE_ALS_WEIGHT"] = str(args.ease_als_weight)
+        extra_env["RECFLEET_JOBS_EASE_POPULARITY_PENALTY"] = str(args.ease_popularity_penalty)
         ease = ["--ease-l2", str(args.ease_l2), "--ease-als-weight", str(args.ease_als_weight)]
+        ease += ["--ease-popularity-penalty", str(args.ease_popularity_penalty)]
     fleet = ReplayFleet(args.postgres_admin_dsn, args.redis_url, args.shards, extra_env)
     result: dict[str, Any] = {}
     try:
@@ -715,6 +717,9 @@ def main() -> None:
         "--ease-l2", type=float, default=None, help="fuse EASE in with this l2 (train-als and evaluate alike)"
     )
     parser.add_argument("--ease-als-weight", type=float, default=0.5, help="with --ease-l2: the fusion's ALS weight")
+    parser.add_argument(
+        "--ease-popularity-penalty", type=float, default=0.0, help="with --ease-l2: the fusion's popularity penalty"
+    )
     parser.add_argument(
         "--diversity-check",
         action=argparse.BooleanOptionalAction,

@@ -11,9 +11,12 @@ most `max_items` of them (the most interacted). Items outside it get no EASE sco
 reached through ALS alone.
 
 Fusion (`fused`): each source's scores are standardised over the user's catalog (mean 0,
-sd 1), then mixed as `als_weight * z(als) + (1 - als_weight) * z(ease)`. The mixing weight
-and l2 are chosen on a validation split carved from the training data
-(`recfleet_models.tuning.tune_ease`); a weight of 1 is plain ALS.
+sd 1), then mixed as `als_weight * z(als) + (1 - als_weight) * z(ease)`, less
+`popularity_penalty * popularity(i)`: the item's standardised log user count
+(`popularity`), which keeps the mix from favouring the most popular items more than ALS
+does (EASE alone leans to items that co-occur with everything). The mixing weight, l2
+and the penalty are chosen on a validation split carved from the training data
+(`recfleet_models.tuning.tune_ease`); a weight of 1 is plain ALS, without a penalty.
 
 Shards serve it (`recfleet_candidates`): each shard holds the columns of B for the items
 it owns (every vocabulary row), scores its own items and returns them by fused score, so
@@ -116,6 +119,18 @@ def fit_ease(
     return EaseModel([str(item_ids[c]) for c in columns], solve(gram(matrix, columns), l2), float(l2))
 
 
+def popularity(matrix: sp.csr_matrix) -> np.ndarray:
+    """Each column's log(1 + users with a non-zero entry), standardised over the columns
+    that have users (float32, mean 0, sd 1; zeros when they all have as many): the
+    per-item term the fusion's popularity penalty subtracts. A column without users
+    (an item whose interactions were all held out) gets 0, neither pushed nor held back."""
+    users = np.diff(matrix.tocsc().indptr)
+    out = np.zeros(users.size, dtype=np.float32)
+    seen = users > 0
+    out[seen] = standardise(np.log1p(users[seen].astype(np.float64)))
+    return out
+
+
 def history_scores(weights: np.ndarray, history_rows: np.ndarray) -> np.ndarray:
     """A user's EASE score for every column of `weights` (the vocabulary, or a shard's
     part of it): the sum of the rows of the user's history items."""
@@ -138,15 +153,24 @@ def fused(
     als_weight: float,
     als_population: np.ndarray | None = None,
     ease_population: np.ndarray | None = None,
+    *,
+    popularity_penalty: float = 0.0,
+    item_popularity: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`als_weight * z(als) + (1 - als_weight) * z(ease)`, each standardised over its
-    population (the user's scores over the catalog, or a shard's part of it); 2-D
-    arrays hold one user per row. A weight of 1 returns the ALS scores as they are."""
+    """`als_weight * z(als) + (1 - als_weight) * z(ease) - popularity_penalty *
+    item_popularity`, each source standardised over its population (the user's scores
+    over the catalog, or a shard's part of it); 2-D arrays hold one user per row, and
+    `item_popularity` (`popularity`) one value per column. A weight of 1 returns the ALS
+    scores as they are."""
     if not 0.0 <= als_weight <= 1.0:
         raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
     if als_weight == 1.0:
         return als.astype(np.float32)
     mixed = als_weight * standardise(als, als_population) + (1.0 - als_weight) * standardise(ease, ease_population)
+    if popularity_penalty:
+        if item_popularity is None:
+            raise ValueError("a popularity penalty needs the items' popularity")
+        mixed -= popularity_penalty * item_popularity
     return mixed.astype(np.float32)
 
 

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from .als import AlsModel, ALSParams, build_interaction_matrix, fit_als, top_k_batch
 from .data import Movie, Ratings
-from .ease import EaseModel, fit_ease, fused
+from .ease import EaseModel, fit_ease, fused, popularity
 from .protocols import Split
 from .ranking.diversity import DiversityPolicy, diversify
 
@@ -213,22 +213,33 @@ class AlsRecommender:
 
 
 class FusedRecommender:
-    """ALS and EASE fused: `ease.fused(als, ease, als_weight)` over the whole catalog.
+    """ALS and EASE fused: `ease.fused(als, ease, als_weight, popularity_penalty=...)`
+    over the whole catalog.
 
     Both are fitted on the train ratings (ALS as `AlsRecommender` fits it, EASE on the
     same matrix binarised, over its vocabulary of at most `max_items` items with at least
     `min_users` users); a user's EASE score for an item outside the vocabulary is 0, and
-    each source is standardised over the user's scores of every catalog item.
+    each source is standardised over the user's scores of every catalog item. The items'
+    popularity (`ease.popularity`) comes from the same matrix.
     """
 
     name = "als+ease"
 
     def __init__(
-        self, als: AlsRecommender, l2: float, als_weight: float, max_items: int = 8000, min_users: int = 2
+        self,
+        als: AlsRecommender,
+        l2: float,
+        als_weight: float,
+        max_items: int = 8000,
+        min_users: int = 2,
+        popularity_penalty: float = 0.0,
     ) -> None:
         if not 0.0 <= als_weight <= 1.0:
             raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
+        if popularity_penalty < 0:
+            raise ValueError(f"popularity_penalty must be >= 0, got {popularity_penalty}")
         self.als = als
+        self.popularity_penalty = popularity_penalty
         self.l2 = l2
         self.als_weight = als_weight
         self.max_items = max_items
@@ -246,6 +257,7 @@ class FusedRecommender:
             raise ValueError("the ALS model was not fitted on these train ratings")
         self.history = matrix.astype(bool).astype(np.float32).tocsr()
         self.ease = fit_ease(matrix, item_index, self.l2, self.max_items, self.min_users)
+        self.item_popularity = popularity(matrix)
         self.columns = np.array([model.item_row(item) for item in self.ease.item_ids], dtype=np.int64)
 
     def scores(self, user_rows: Sequence[int]) -> np.ndarray:
@@ -256,7 +268,13 @@ class FusedRecommender:
         als_scores = model.user_factors[rows] @ model.item_factors.T
         ease_scores = np.zeros_like(als_scores)
         ease_scores[:, self.columns] = np.asarray(self.history[rows][:, self.columns] @ ease.weights)
-        return fused(als_scores, ease_scores, self.als_weight)
+        return fused(
+            als_scores,
+            ease_scores,
+            self.als_weight,
+            popularity_penalty=self.popularity_penalty,
+            item_popularity=self.item_popularity,
+        )
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
         model = self.als.model

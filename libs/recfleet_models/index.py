@@ -17,10 +17,17 @@ the index splits it over the shards too:
   items shard i owns, in the order of their shard rows;
 - `shard-<i>.ease-rows.npy`: int64 (m,): the shard row of each of those columns.
 
+With a popularity penalty (`popularity_penalty` > 0 in `ease/meta.json`, the items'
+`ease/popularity.npy` beside it), each shard also gets
+
+- `shard-<i>.popularity.npy`: float32 (items,): the standardised log user count of each
+  shard row (`recfleet_models.ease.popularity`), which the fused score subtracts
+  `popularity_penalty` times.
+
 The manifest then carries an `ease` block (`items_key`, `items_sha256`, `l2`,
-`als_weight`) and each shard entry its two EASE keys and checksums; without EASE the
-block is null and the keys empty, and a manifest written before EASE existed loads as
-one without it.
+`als_weight`, `popularity_penalty`) and each shard entry its EASE keys and checksums;
+without EASE the block is null and the keys empty, and a manifest written before EASE
+(or before the penalty) existed loads as one without it.
 
 Items go to shards by `recfleet_models.sharding.shard_of`. Index types:
 
@@ -48,6 +55,10 @@ from .ease import Moments
 from .sharding import ASSIGNMENT_RULE, shard_of
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
+# A version's EASE files (in its checksums.json), and its items' popularity when the
+# fusion has a popularity penalty.
+EASE_FILES = ("ease/items.json", "ease/weights.npy", "ease/meta.json")
+POPULARITY_FILE = "ease/popularity.npy"
 METRIC = "ip"
 # FAISS warns below 39 training points per centroid; fewer give poor lists.
 MIN_POINTS_PER_LIST = 39
@@ -97,6 +108,9 @@ class ShardEntry:
     ease_sha256: str = ""
     ease_rows_key: str = ""
     ease_rows_sha256: str = ""
+    # The popularity of the shard's items; empty without a popularity penalty.
+    popularity_key: str = ""
+    popularity_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,8 @@ class ShardManifest:
     metric: str
     shards: list[ShardEntry]
     built_at: str = ""
-    # {items_key, items_sha256, l2, als_weight} when the version has an EASE source.
+    # {items_key, items_sha256, l2, als_weight, popularity_penalty} when the version has an
+    # EASE source.
     ease: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
@@ -228,21 +243,29 @@ class VersionEase:
     weights: np.ndarray  # float32 (n, n)
     l2: float
     als_weight: float
+    popularity_penalty: float = 0.0
+    # float32, one per ALS item (item_ids.json's order); None without a penalty.
+    item_popularity: np.ndarray | None = None
 
 
-def read_ease(store: ArtifactStore, version: str) -> VersionEase | None:
-    """The version's EASE source, checked against its checksums.json; None without one."""
+def _checked_blob(store: ArtifactStore, version: str, checksums: dict[str, str], name: str) -> bytes:
+    key = f"{als_prefix(version)}{name}"
+    if not store.exists(key):
+        raise ValueError(f"ALS version {version!r}: {name} is missing")
+    data = store.get_bytes(key)
+    if checksums.get(name) != sha256(data):
+        raise ValueError(f"ALS version {version!r}: {name} does not match its checksum")
+    return data
+
+
+def read_ease(store: ArtifactStore, version: str, item_count: int | None = None) -> VersionEase | None:
+    """The version's EASE source, checked against its checksums.json (and the popularity
+    against the version's `item_count` items, when given); None without one."""
     prefix = als_prefix(version)
-    names = ("ease/items.json", "ease/weights.npy", "ease/meta.json")
     if not store.exists(f"{prefix}ease/meta.json"):
         return None
     checksums = json.loads(store.get_bytes(f"{prefix}checksums.json"))
-    blobs = {}
-    for name in names:
-        data = store.get_bytes(f"{prefix}{name}")
-        if checksums.get(name) != sha256(data):
-            raise ValueError(f"ALS version {version!r}: {name} does not match its checksum")
-        blobs[name] = data
+    blobs = {name: _checked_blob(store, version, checksums, name) for name in EASE_FILES}
     item_ids = [str(item) for item in json.loads(blobs["ease/items.json"])]
     weights = _npy_load(blobs["ease/weights.npy"])
     meta = json.loads(blobs["ease/meta.json"])
@@ -250,7 +273,19 @@ def read_ease(store: ArtifactStore, version: str) -> VersionEase | None:
         raise ValueError(
             f"ALS version {version!r}: EASE weights {weights.dtype} {weights.shape} for {len(item_ids)} items"
         )
-    return VersionEase(item_ids, weights, float(meta["l2"]), float(meta["als_weight"]))
+    penalty = float(meta.get("popularity_penalty", 0.0))
+    if not penalty >= 0:
+        raise ValueError(f"ALS version {version!r}: EASE popularity_penalty {penalty} is negative")
+    item_popularity = None
+    if penalty:
+        item_popularity = _npy_load(_checked_blob(store, version, checksums, POPULARITY_FILE))
+        expected = (item_count,) if item_count is not None else item_popularity.shape
+        if item_popularity.dtype != np.float32 or item_popularity.ndim != 1 or item_popularity.shape != expected:
+            raise ValueError(
+                f"ALS version {version!r}: item popularity {item_popularity.dtype} {item_popularity.shape}"
+                f" for {item_count} items"
+            )
+    return VersionEase(item_ids, weights, float(meta["l2"]), float(meta["als_weight"]), penalty, item_popularity)
 
 
 def build_shards(
@@ -262,7 +297,7 @@ def build_shards(
         raise ValueError("shard_count must be at least 1")
     knobs = normalize_params(index_type, params)
     item_ids, factors = read_item_factors(store, version)
-    ease = read_ease(store, version)
+    ease = read_ease(store, version, len(item_ids))
     dimension = int(factors.shape[1])
     prefix = index_prefix(version)
     # A manifest left from an earlier build must not describe the new files half-way.
@@ -277,6 +312,7 @@ def build_shards(
             "items_sha256": sha256(items_data),
             "l2": ease.l2,
             "als_weight": ease.als_weight,
+            "popularity_penalty": ease.popularity_penalty,
         }
         ease_column = {item: column for column, item in enumerate(ease.item_ids)}
     entries = []
@@ -296,6 +332,11 @@ def build_shards(
             weights = np.ascontiguousarray(ease.weights[:, columns], dtype=np.float32)
             files["ease"] = (f"{prefix}shard-{shard}.ease.npy", _npy_bytes(weights))
             files["ease_rows"] = (f"{prefix}shard-{shard}.ease-rows.npy", _npy_bytes(shard_rows))
+            if ease.item_popularity is not None:
+                files["popularity"] = (
+                    f"{prefix}shard-{shard}.popularity.npy",
+                    _npy_bytes(np.ascontiguousarray(ease.item_popularity[rows])),
+                )
         for key, data in files.values():
             store.put_bytes(key, data)
         ease_fields = (
@@ -308,6 +349,8 @@ def build_shards(
             if ease is not None
             else {}
         )
+        if "popularity" in files:
+            ease_fields.update(popularity_key=files["popularity"][0], popularity_sha256=sha256(files["popularity"][1]))
         entries.append(
             ShardEntry(
                 shard=shard,
@@ -364,6 +407,9 @@ class ShardEase:
     l2: float
     # The fusion's ALS weight (`recfleet_models.ease.fused`); 1 - it goes to EASE.
     als_weight: float
+    popularity_penalty: float = 0.0
+    # float32 (items,): the popularity of each shard row; None without a penalty.
+    item_popularity: np.ndarray | None = None
 
 
 # The shard rows whose ALS scores stand for the shard's when a fused query standardises
@@ -381,6 +427,9 @@ class ShardFusion:
     sample: np.ndarray
     # int64 (items,): the EASE column of each shard row, -1 outside the vocabulary.
     column_of_row: np.ndarray
+    # float32 (items,): what the fused score subtracts for each shard row (the popularity
+    # penalty times the row's popularity); None without a penalty.
+    penalty: np.ndarray | None = None
 
     @classmethod
     def of(cls, ease: ShardEase, vectors: np.ndarray) -> ShardFusion:
@@ -392,7 +441,10 @@ class ShardFusion:
             sample = vectors
         column_of_row = np.full(count, -1, dtype=np.int64)
         column_of_row[ease.shard_rows] = np.arange(len(ease.shard_rows))
-        return cls(ease, sample, column_of_row)
+        penalty = None
+        if ease.popularity_penalty and ease.item_popularity is not None:
+            penalty = (np.float32(ease.popularity_penalty) * ease.item_popularity).astype(np.float32)
+        return cls(ease, sample, column_of_row, penalty)
 
     def history_rows(self, history: Sequence[str]) -> np.ndarray:
         """The vocabulary rows of the history's items, each once."""
@@ -526,6 +578,7 @@ def _load_shard_ease(store: ArtifactStore, manifest: ShardManifest, entry: Shard
     try:
         items_key, items_sha256 = str(block["items_key"]), str(block["items_sha256"])
         l2, als_weight = float(block["l2"]), float(block["als_weight"])
+        penalty = float(block.get("popularity_penalty", 0.0))
     except (KeyError, TypeError, ValueError) as error:
         raise ShardRejected(f"unreadable EASE block in the manifest ({error})") from error
     items_bytes = _verified(store, items_key, items_sha256)
@@ -545,12 +598,26 @@ def _load_shard_ease(store: ArtifactStore, manifest: ShardManifest, entry: Shard
         raise ShardRejected(f"EASE rows are {shard_rows.dtype} {shard_rows.shape} for {weights.shape[1]} columns")
     if shard_rows.size and (shard_rows.min() < 0 or shard_rows.max() >= entry.item_count):
         raise ShardRejected(f"EASE rows fall outside the shard's {entry.item_count} items")
-    if not 0.0 <= als_weight <= 1.0 or l2 <= 0:
-        raise ShardRejected(f"EASE l2 {l2} / als_weight {als_weight} out of range")
+    if not 0.0 <= als_weight <= 1.0 or l2 <= 0 or not penalty >= 0:
+        raise ShardRejected(f"EASE l2 {l2} / als_weight {als_weight} / popularity_penalty {penalty} out of range")
+    item_popularity = None
+    if penalty:
+        if not entry.popularity_key:
+            raise ShardRejected(f"the manifest has a popularity penalty but shard {entry.shard} names no popularity")
+        try:
+            item_popularity = _npy_load(_verified(store, entry.popularity_key, entry.popularity_sha256))
+        except ValueError as error:
+            raise ShardRejected(f"unreadable popularity file: {error}") from error
+        if item_popularity.dtype != np.float32 or item_popularity.shape != (entry.item_count,):
+            raise ShardRejected(
+                f"popularity is {item_popularity.dtype} {item_popularity.shape} for {entry.item_count} items"
+            )
     return ShardEase(
         vocabulary={item: row for row, item in enumerate(item_ids)},
         weights=weights,
         shard_rows=shard_rows,
         l2=l2,
         als_weight=als_weight,
+        popularity_penalty=penalty,
+        item_popularity=item_popularity,
     )

@@ -97,3 +97,27 @@ def test_standardise_takes_each_user_row_on_its_own_and_a_flat_source_counts_zer
     # Against another population (a shard scoring its items by its own statistics).
     part = block[0, :5]
     assert np.allclose(ease.standardise(part, block[0]), rows[0, :5])
+
+
+def test_popularity_is_the_standardised_log_user_count_and_zero_without_users():
+    with_empty = sp.csr_matrix(np.hstack([X, np.zeros((5, 1))]))
+    popularity = ease.popularity(with_empty)
+    users = X.sum(axis=0)  # 4, 3, 3, 1
+    expected = (np.log1p(users) - np.log1p(users).mean()) / np.log1p(users).std()
+    assert popularity.dtype == np.float32 and popularity.shape == (5,)
+    np.testing.assert_allclose(popularity[:4], expected, rtol=1e-6)
+    assert popularity[4] == 0.0  # no user: neither pushed nor held back
+    assert np.all(ease.popularity(sp.csr_matrix(np.ones((3, 4)))) == 0.0)  # all as popular
+
+
+def test_the_popularity_penalty_subtracts_its_share_of_each_items_popularity():
+    rng = np.random.default_rng(3)
+    als, scores = rng.standard_normal((2, 6)).astype(np.float32), rng.standard_normal((2, 6)).astype(np.float32)
+    popularity = rng.standard_normal(6).astype(np.float32)
+    plain = ease.fused(als, scores, 0.6)
+    penalised = ease.fused(als, scores, 0.6, popularity_penalty=0.5, item_popularity=popularity)
+    np.testing.assert_allclose(penalised, plain - 0.5 * popularity, rtol=1e-6, atol=1e-6)
+    # ALS alone (weight 1) is its raw scores: no penalty there.
+    assert np.array_equal(ease.fused(als, scores, 1.0, popularity_penalty=0.5, item_popularity=popularity), als)
+    with pytest.raises(ValueError, match="needs the items' popularity"):
+        ease.fused(als, scores, 0.6, popularity_penalty=0.5)

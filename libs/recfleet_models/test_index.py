@@ -137,16 +137,35 @@ def test_missing_manifest_is_rejected(store):
         shard_index.load_shard(store, "als-never-built", 0)
 
 
-def write_ease(store, version: str, item_ids: list[str], weights: np.ndarray, l2: float, als_weight: float) -> None:
-    """An EASE source in an ALS version as train-als publishes it (`ease/`, in checksums.json)."""
-    prefix = f"models/als/{version}/"
+def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, weights.astype(np.float32))
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def write_ease(
+    store,
+    version: str,
+    item_ids: list[str],
+    weights: np.ndarray,
+    l2: float,
+    als_weight: float,
+    penalty: float = 0.0,
+    popularity: np.ndarray | None = None,
+) -> None:
+    """An EASE source in an ALS version as train-als publishes it (`ease/`, in
+    checksums.json); with a popularity `penalty`, the items' `popularity` beside it."""
+    prefix = f"models/als/{version}/"
+    meta = {"l2": l2, "als_weight": als_weight, "vocabulary_size": len(item_ids)}
+    if penalty:
+        meta["popularity_penalty"] = penalty
     files = {
         "ease/items.json": json.dumps(item_ids).encode(),
-        "ease/weights.npy": buffer.getvalue(),
-        "ease/meta.json": json.dumps({"l2": l2, "als_weight": als_weight, "vocabulary_size": len(item_ids)}).encode(),
+        "ease/weights.npy": _npy(weights.astype(np.float32)),
+        "ease/meta.json": json.dumps(meta).encode(),
     }
+    if popularity is not None:
+        files["ease/popularity.npy"] = _npy(popularity)
     checksums = json.loads(store.get_bytes(prefix + "checksums.json"))
     for name, data in files.items():
         store.put_bytes(prefix + name, data)
@@ -238,3 +257,44 @@ def test_ease_rows_outside_the_shard_are_refused(store):
     store.put_bytes(shard_index.manifest_key("als-ease"), json.dumps(raw).encode())
     with pytest.raises(shard_index.ShardRejected, match="EASE rows fall outside the shard"):
         shard_index.load_shard(store, "als-ease", entry.shard)
+
+
+def test_a_popularity_penalty_gives_each_shard_its_items_popularity(store):
+    _ease_version(store)
+    popularity = np.linspace(-1.5, 1.5, len(CATALOG), dtype=np.float32)
+    write_ease(store, "als-ease", VOCABULARY, np.zeros((8, 8)), 200.0, 0.6, 0.5, popularity)
+    manifest = shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    assert manifest.ease is not None and manifest.ease["popularity_penalty"] == 0.5
+    for shard in range(2):
+        loaded = shard_index.load_shard(store, "als-ease", shard)
+        assert loaded.ease is not None and loaded.fusion is not None and loaded.ease.popularity_penalty == 0.5
+        expected = [popularity[CATALOG.index(item)] for item in loaded.item_ids]
+        assert loaded.ease.item_popularity is not None and loaded.ease.item_popularity.tolist() == expected
+        np.testing.assert_allclose(loaded.fusion.penalty, 0.5 * np.array(expected), rtol=1e-6)
+    # Tampered with: refused, as every other shard file.
+    key = manifest.shards[0].popularity_key
+    store.put_bytes(key, _npy(np.zeros(manifest.shards[0].item_count, dtype=np.float32)))
+    with pytest.raises(shard_index.ShardRejected, match=r"checksum mismatch for shard-0\.popularity\.npy"):
+        shard_index.load_shard(store, "als-ease", 0)
+
+
+def test_a_version_without_a_penalty_has_no_popularity_and_one_missing_it_is_refused(store):
+    _ease_version(store)
+    manifest = shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    assert manifest.ease is not None and manifest.ease["popularity_penalty"] == 0.0
+    assert all(entry.popularity_key == "" for entry in manifest.shards)
+    loaded = shard_index.load_shard(store, "als-ease", 0)
+    assert loaded.fusion is not None and loaded.fusion.penalty is None
+    # A penalty whose popularity is missing (or sized for another catalog) never builds.
+    write_ease(store, "als-ease", VOCABULARY, np.zeros((8, 8)), 200.0, 0.6, 0.5)
+    with pytest.raises(ValueError, match=r"ease/popularity\.npy is missing"):
+        shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    write_ease(store, "als-ease", VOCABULARY, np.zeros((8, 8)), 200.0, 0.6, 0.5, np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="item popularity float32 \\(3,\\) for 12 items"):
+        shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    # A manifest naming a penalty without a shard's popularity file is refused at load.
+    raw = json.loads(store.get_bytes(shard_index.manifest_key("als-ease")))
+    raw["ease"]["popularity_penalty"] = 0.5
+    store.put_bytes(shard_index.manifest_key("als-ease"), json.dumps(raw).encode())
+    with pytest.raises(shard_index.ShardRejected, match="names no popularity"):
+        shard_index.load_shard(store, "als-ease", 0)

@@ -10,7 +10,15 @@ import scipy.sparse as sp
 from recfleet_models.als import ALSParams
 from recfleet_models.data import read_ml_latest_small
 from recfleet_models.protocols import make_split
-from recfleet_models.tuning import EASE_ALS_WEIGHTS, SearchSpace, ease_trial_count, tune_als, tune_ease, tune_on_ratings
+from recfleet_models.tuning import (
+    EASE_ALS_WEIGHTS,
+    EASE_PENALTIES,
+    SearchSpace,
+    ease_trial_count,
+    tune_als,
+    tune_ease,
+    tune_on_ratings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ALSParams(factors=8, iterations=3)
@@ -130,17 +138,39 @@ def test_ease_is_adopted_where_items_predict_each_other():
     result = tune_ease(_pairs(), QUICK, 600, on_trial=lambda trial, number: numbers.append(number))
     assert result.adopted and result.reason == "adopted" and result.stopped == "done"
     assert result.als_weight < 1.0 and result.l2 in (100.0, 200.0, 500.0, 1000.0, 2000.0)
-    # ALS alone first, then every (l2, weight) pair; progress follows every point.
-    assert len(result.trials) == ease_trial_count() == 1 + 5 * (len(EASE_ALS_WEIGHTS) - 1)
+    # ALS alone first, then every (l2, weight, penalty); progress follows every point.
+    assert len(result.trials) == ease_trial_count() == 1 + 5 * (len(EASE_ALS_WEIGHTS) - 1) * len(EASE_PENALTIES)
     assert numbers == list(range(1, len(result.trials) + 1))
     alone, best = result.als_alone, result.best
     assert result.trials[0] is alone and alone.l2 is None
-    assert (best.l2, best.als_weight) == (result.l2, result.als_weight)
+    assert (best.l2, best.als_weight, best.popularity_penalty) == (
+        result.l2,
+        result.als_weight,
+        result.popularity_penalty,
+    )
     assert best.ndcg > 2 * alone.ndcg
+    # The coverage rule (default: at least ALS alone's catalog) held for the chosen point.
+    assert best.coverage >= alone.coverage > 0
     summary = json.loads(json.dumps(result.as_dict()))
     assert summary["adopted"] and summary["vocabulary_size"] == 120 and summary["validation_users"] == 300
     assert summary["best_gain_ndcg@10"] > 2 * summary["best_gain_se"]
     assert len(summary["trials"]) == len(result.trials)
+
+
+def test_only_points_covering_as_much_of_the_catalog_as_als_alone_compete():
+    matrix = _pairs(n_pairs=80)
+    free = tune_ease(matrix, QUICK, 600, min_coverage_ratio=0.0)
+    assert free.eligible == free.trials and free.best is free.best_ignoring_coverage
+    ruled = tune_ease(matrix, QUICK, 600, min_coverage_ratio=1.0)
+    floor = ruled.als_alone.coverage
+    assert {t for t in ruled.trials if t.coverage >= floor} | {ruled.als_alone} == set(ruled.eligible)
+    assert ruled.best.coverage >= floor and ruled.best.ndcg == max(t.ndcg for t in ruled.eligible)
+    # Nothing covers more than the whole catalog: ALS alone is the best eligible point, EASE stays off.
+    strict = tune_ease(matrix, QUICK, 600, min_coverage_ratio=1.01 / ruled.als_alone.coverage)
+    assert strict.eligible == (strict.als_alone,) and (strict.adopted, strict.reason) == (False, "no-gain")
+    summary = strict.as_dict()
+    assert summary["min_coverage_ratio"] > 1 and summary["best_coverage"] == summary["als_coverage"]
+    assert summary["best_ndcg@10_ignoring_coverage"] > summary["best_ndcg@10"]
 
 
 def test_ease_stays_off_where_popularity_is_all_there_is():
@@ -157,11 +187,12 @@ def test_ease_stays_off_without_items_shared_by_two_users():
 
 
 def test_without_a_budget_the_given_ease_setting_is_used_as_it_is():
-    result = tune_ease(_pairs(), QUICK, 0, l2=200.0, als_weight=0.6)
-    assert (result.reason, result.l2, result.als_weight, result.adopted, result.trials) == (
+    result = tune_ease(_pairs(), QUICK, 0, l2=200.0, als_weight=0.6, popularity_penalty=0.3)
+    assert (result.reason, result.l2, result.als_weight, result.popularity_penalty, result.adopted, result.trials) == (
         "off",
         200.0,
         0.6,
+        0.3,
         True,
         (),
     )
@@ -172,12 +203,21 @@ def test_a_short_ease_budget_solves_only_the_given_l2():
     result = tune_ease(_pairs(), QUICK, 0.001, l2=1000.0)
     assert result.stopped == "budget"
     assert {t.l2 for t in result.trials} == {None, 1000.0}
-    assert len(result.trials) == len(EASE_ALS_WEIGHTS)
+    assert len(result.trials) == 1 + (len(EASE_ALS_WEIGHTS) - 1) * len(EASE_PENALTIES)
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"budget_seconds": -1}, {"min_gain_se": -1}, {"max_items": 0}, {"weights": (0.5,)}, {"l2_grid": (0.0, 10.0)}],
+    [
+        {"budget_seconds": -1},
+        {"min_gain_se": -1},
+        {"max_items": 0},
+        {"weights": (0.5,)},
+        {"l2_grid": (0.0, 10.0)},
+        {"penalties": (0.0, -0.1)},
+        {"popularity_penalty": -1.0},
+        {"min_coverage_ratio": -0.5},
+    ],
 )
 def test_bad_ease_arguments_are_refused(kwargs):
     arguments = {"budget_seconds": 10, **kwargs}

@@ -31,12 +31,14 @@ and the given setting has earned its place elsewhere (on MovieLens the search fi
 nothing significantly better than today's defaults).
 
 `tune_ease` then decides whether the EASE source (`recfleet_models.ease`) joins ALS and
-with which l2 and mixing weight: on the same kind of validation split it fits ALS with
-the chosen setting once and X^T X once, solves B for each l2 of its grid (nearest the
-given l2 first, while the budget allows) and scores the fused lists of every ALS weight.
-The best point is adopted only when it beats ALS alone (weight 1) by more than
-`min_gain_se` standard errors of the paired per-user NDCG difference; otherwise EASE
-stays off.
+with which l2, mixing weight and popularity penalty: on the same kind of validation
+split it fits ALS with the chosen setting once and X^T X once, solves B for each l2 of
+its grid (nearest the given l2 first, while the budget allows) and scores the fused
+lists of every ALS weight and penalty. Only points whose catalog coverage is at least
+`min_coverage_ratio` times ALS alone's compete (EASE alone favours popular items; the
+penalty buys the coverage back), and the best of them is adopted only when it beats
+ALS alone (weight 1) by more than `min_gain_se` standard errors of the paired per-user
+NDCG difference; otherwise EASE stays off.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from .als import (
     top_k_batch,
 )
 from .data import Ratings
-from .ease import gram, solve, standardise, vocabulary
+from .ease import gram, popularity, solve, standardise, vocabulary
 from .evaluation import MatrixHoldout, holdout_lists, holdout_split, ranking_metrics, user_ndcg
 from .protocols import Split
 
@@ -355,9 +357,11 @@ def _score(holdout: MatrixHoldout, params: ALSParams, k: int, phase: str) -> Tri
     )
 
 
-# tune_ease's grids: l2 of EASE and the ALS share of the fused score (1 = ALS alone).
+# tune_ease's grids: l2 of EASE, the ALS share of the fused score (1 = ALS alone) and the
+# popularity penalty (`ease.fused`; 0 = none).
 EASE_L2_GRID: tuple[float, ...] = (100.0, 200.0, 500.0, 1000.0, 2000.0)
 EASE_ALS_WEIGHTS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+EASE_PENALTIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 # Why EASE is on or off: adopted; the best point is ALS alone or not significantly
 # better; no budget; no user to hold items out of; no item with enough users.
 EASE_REASONS = ("adopted", "no-gain", "off", "no-validation-users", "no-vocabulary")
@@ -367,8 +371,9 @@ _SCORE_BLOCK = 1 << 24
 
 @dataclass(frozen=True)
 class EaseTrial:
-    """One (l2, ALS weight) point: validation NDCG@k / recall@k and the seconds it took
-    (its share of the l2's solve plus its scoring). ALS alone (weight 1) reads no l2."""
+    """One (l2, ALS weight, popularity penalty) point: validation NDCG@k / recall@k, the
+    catalog coverage of its lists and the seconds it took (its share of the l2's solve
+    plus its scoring). ALS alone (weight 1) reads no l2 and has no penalty."""
 
     l2: float | None
     als_weight: float
@@ -376,24 +381,30 @@ class EaseTrial:
     recall: float
     seconds: float
     per_user: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+    popularity_penalty: float = 0.0
+    coverage: float = 0.0
 
     def as_dict(self, k: int) -> dict[str, Any]:
         return {
             "l2": self.l2,
             "als_weight": self.als_weight,
+            "popularity_penalty": self.popularity_penalty,
             f"ndcg@{k}": round(self.ndcg, 5),
             f"recall@{k}": round(self.recall, 5),
+            "coverage": round(self.coverage, 5),
             "seconds": round(self.seconds, 2),
         }
 
 
 @dataclass(frozen=True)
 class EaseTuningResult:
-    """Whether EASE joins ALS (`als_weight` < 1) and with which l2, and every point tried."""
+    """Whether EASE joins ALS (`als_weight` < 1), with which l2 and popularity penalty, and
+    every point tried."""
 
     l2: float
     als_weight: float
     reason: str
+    popularity_penalty: float = 0.0
     trials: tuple[EaseTrial, ...] = ()
     stopped: str = "off"
     seconds: float = 0.0
@@ -405,13 +416,27 @@ class EaseTuningResult:
     min_users: int = 0
     k: int = 10
     min_gain_se: float = 0.0
+    min_coverage_ratio: float = 0.0
 
     @property
     def adopted(self) -> bool:
         return self.als_weight < 1.0
 
     @property
+    def eligible(self) -> tuple[EaseTrial, ...]:
+        """The points that compete: ALS alone and every point whose coverage is at least
+        `min_coverage_ratio` times ALS alone's."""
+        alone = self.als_alone
+        floor = self.min_coverage_ratio * alone.coverage if alone is not None else 0.0
+        return tuple(t for t in self.trials if t is alone or t.coverage >= floor)
+
+    @property
     def best(self) -> EaseTrial | None:
+        """The eligible point with the best NDCG."""
+        return max(self.eligible, key=lambda t: t.ndcg) if self.trials else None
+
+    @property
+    def best_ignoring_coverage(self) -> EaseTrial | None:
         return max(self.trials, key=lambda t: t.ndcg) if self.trials else None
 
     @property
@@ -425,13 +450,14 @@ class EaseTuningResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what `train-als` stores with a version)."""
-        best, alone = self.best, self.als_alone
+        best, alone, unconstrained = self.best, self.als_alone, self.best_ignoring_coverage
         gain, se = self.gain()
         return {
             "adopted": self.adopted,
             "reason": self.reason,
             "l2": self.l2,
             "als_weight": self.als_weight,
+            "popularity_penalty": self.popularity_penalty,
             "budget_seconds": self.budget_seconds,
             "seconds": round(self.seconds, 2),
             "stopped": self.stopped,
@@ -441,17 +467,26 @@ class EaseTuningResult:
             "max_items": self.max_items,
             "min_users": self.min_users,
             "min_gain_se": self.min_gain_se,
+            "min_coverage_ratio": self.min_coverage_ratio,
             f"als_ndcg@{self.k}": round(alone.ndcg, 5) if alone else None,
+            "als_coverage": round(alone.coverage, 5) if alone else None,
             f"best_ndcg@{self.k}": round(best.ndcg, 5) if best else None,
+            "best_coverage": round(best.coverage, 5) if best else None,
+            f"best_ndcg@{self.k}_ignoring_coverage": round(unconstrained.ndcg, 5) if unconstrained else None,
             f"best_gain_ndcg@{self.k}": round(gain, 5),
             "best_gain_se": round(se, 5) if math.isfinite(se) else None,
             "trials": [t.as_dict(self.k) for t in self.trials],
         }
 
 
-def ease_trial_count(l2_grid: tuple[float, ...] = EASE_L2_GRID, weights: tuple[float, ...] = EASE_ALS_WEIGHTS) -> int:
-    """Points a search without a budget limit tries (ALS alone once, then every pair)."""
-    return 1 + len(l2_grid) * len([w for w in weights if w != 1.0])
+def ease_trial_count(
+    l2_grid: tuple[float, ...] = EASE_L2_GRID,
+    weights: tuple[float, ...] = EASE_ALS_WEIGHTS,
+    penalties: tuple[float, ...] = EASE_PENALTIES,
+) -> int:
+    """Points a search without a budget limit tries (ALS alone once, then every l2,
+    weight and penalty)."""
+    return 1 + len(l2_grid) * len([w for w in weights if w != 1.0]) * len(penalties)
 
 
 def tune_ease(
@@ -517,6 +552,10 @@ def _check_ease_options(budget_seconds: float, **options: Any) -> None:
         raise ValueError("ALS weights must be within [0, 1] and include 1 (ALS alone)")
     if any(v <= 0 for v in options.get("l2_grid", (1.0,))) or options.get("l2", 1.0) <= 0:
         raise ValueError("l2 values must be positive")
+    if any(v < 0 for v in options.get("penalties", ())) or options.get("popularity_penalty", 0.0) < 0:
+        raise ValueError("popularity penalties must be >= 0")
+    if options.get("min_coverage_ratio", 0.0) < 0:
+        raise ValueError("min_coverage_ratio must be >= 0")
 
 
 def tune_ease_holdout(
@@ -526,28 +565,42 @@ def tune_ease_holdout(
     *,
     l2: float = 500.0,
     als_weight: float = 1.0,
+    popularity_penalty: float = 0.0,
     max_items: int = 8000,
     min_users: int = 2,
     l2_grid: tuple[float, ...] = EASE_L2_GRID,
     weights: tuple[float, ...] = EASE_ALS_WEIGHTS,
+    penalties: tuple[float, ...] = EASE_PENALTIES,
     k: int = 10,
     min_gain_se: float = 2.0,
+    min_coverage_ratio: float = 1.0,
     validation: str = "",
     on_trial: Callable[[EaseTrial, int], None] | None = None,
 ) -> EaseTuningResult:
     """The EASE search on a prepared split (None: no validation user).
 
-    `l2` / `als_weight` are the given point, returned as they are when the budget is 0;
-    `l2` also orders the grid (nearest first, on a log scale). ALS is fitted on
-    `holdout.train` once and X^T X built once over the EASE vocabulary (`max_items`,
-    `min_users`: `ease.vocabulary`); each l2 is solved while the seconds used plus the
-    slowest l2 so far fit in the budget (the first always runs) and every weight scored:
-    top-k of `ease.fused` scores (each source standardised per user over the whole
-    catalog, items outside the vocabulary at EASE score 0), training items excluded.
+    `l2` / `als_weight` / `popularity_penalty` are the given point, returned as they are
+    when the budget is 0; `l2` also orders the grid (nearest first, on a log scale). ALS
+    is fitted on `holdout.train` once and X^T X built once over the EASE vocabulary
+    (`max_items`, `min_users`: `ease.vocabulary`); each l2 is solved while the seconds used
+    plus the slowest l2 so far fit in the budget (the first always runs) and every weight
+    and penalty scored: top-k of `ease.fused` scores (each source standardised per user
+    over the whole catalog, items outside the vocabulary at EASE score 0, the items'
+    popularity from `holdout.train`), training items excluded. The best point among those
+    covering at least `min_coverage_ratio` times ALS alone's catalog (`eligible`) is
+    adopted when its gain over ALS alone exceeds `min_gain_se` standard errors.
     `on_trial(trial, number)` follows every point, for progress.
     """
     _check_ease_options(
-        budget_seconds, min_gain_se=min_gain_se, max_items=max_items, min_users=min_users, weights=weights, l2=l2
+        budget_seconds,
+        min_gain_se=min_gain_se,
+        max_items=max_items,
+        min_users=min_users,
+        weights=weights,
+        l2=l2,
+        penalties=penalties,
+        popularity_penalty=popularity_penalty,
+        min_coverage_ratio=min_coverage_ratio,
     )
     if not 0.0 <= als_weight <= 1.0:
         raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
@@ -555,6 +608,8 @@ def tune_ease_holdout(
         float(l2),
         float(als_weight),
         "off",
+        popularity_penalty=float(popularity_penalty) if als_weight < 1.0 else 0.0,
+        min_coverage_ratio=min_coverage_ratio,
         budget_seconds=budget_seconds,
         validation=validation,
         max_items=max_items,
@@ -564,7 +619,7 @@ def tune_ease_holdout(
     )
     if budget_seconds == 0:
         return result
-    off = replace(result, l2=float(l2), als_weight=1.0)
+    off = replace(result, l2=float(l2), als_weight=1.0, popularity_penalty=0.0)
     if holdout is None:
         return replace(off, reason="no-validation-users", stopped="no-validation-users")
     started = time.perf_counter()
@@ -578,6 +633,7 @@ def tune_ease_holdout(
     history = holdout.train[users]
     ease_history = history[:, columns].astype(bool).astype(np.float32)
     catalog = int(np.unique(holdout.train.indices).size)
+    item_popularity = popularity(holdout.train)
     trials: list[EaseTrial] = []
 
     def record(trial: EaseTrial) -> None:
@@ -585,9 +641,9 @@ def tune_ease_holdout(
         if on_trial is not None:
             on_trial(trial, len(trials))
 
-    mixed_weights = [float(w) for w in weights if w != 1.0]
-    lists, scoring = _fused_lists(als, None, ease_history, columns, history, users, [1.0], k)
-    record(_ease_trial(None, 1.0, lists[0], holdout, catalog, k, time.perf_counter() - started))
+    mixes = [(float(w), float(g)) for w in weights if w != 1.0 for g in penalties]
+    lists, scoring = _fused_lists(als, None, ease_history, columns, history, users, [(1.0, 0.0)], k, item_popularity)
+    record(_ease_trial(None, (1.0, 0.0), lists[0], holdout, catalog, k, time.perf_counter() - started))
     stopped = "done"
     slowest = 0.0
     for value in sorted(l2_grid, key=lambda v: (abs(math.log(v / l2)), v)):
@@ -597,10 +653,10 @@ def tune_ease_holdout(
         begun = time.perf_counter()
         weights_b = solve(gram_matrix, value)
         solved = time.perf_counter() - begun
-        lists, scoring = _fused_lists(als, weights_b, ease_history, columns, history, users, mixed_weights, k)
-        for weight, found, seconds in zip(mixed_weights, lists, scoring, strict=True):
-            share = solved / len(mixed_weights) + seconds
-            record(_ease_trial(float(value), weight, found, holdout, catalog, k, share))
+        lists, scoring = _fused_lists(als, weights_b, ease_history, columns, history, users, mixes, k, item_popularity)
+        for mix, found, seconds in zip(mixes, lists, scoring, strict=True):
+            share = solved / len(mixes) + seconds
+            record(_ease_trial(float(value), mix, found, holdout, catalog, k, share))
         slowest = max(slowest, time.perf_counter() - begun)
     done = replace(off, trials=tuple(trials), stopped=stopped, seconds=time.perf_counter() - started)
     best = done.best
@@ -608,7 +664,9 @@ def tune_ease_holdout(
     if best is None or best.als_weight == 1.0 or not gain > min_gain_se * se:
         return replace(done, reason="no-gain")
     assert best.l2 is not None
-    return replace(done, l2=best.l2, als_weight=best.als_weight, reason="adopted")
+    return replace(
+        done, l2=best.l2, als_weight=best.als_weight, popularity_penalty=best.popularity_penalty, reason="adopted"
+    )
 
 
 def _fused_lists(
@@ -618,15 +676,16 @@ def _fused_lists(
     columns: np.ndarray,
     history: sp.csr_matrix,
     users: np.ndarray,
-    als_weights: list[float],
+    mixes: list[tuple[float, float]],
     k: int,
+    item_popularity: np.ndarray,
 ) -> tuple[list[dict[int, list[int]]], list[float]]:
-    """Top-k columns per user for each ALS weight (`ease.fused` of the whole catalog,
-    training items excluded), and the seconds each weight's scoring took."""
+    """Top-k columns per user for each (ALS weight, popularity penalty) (`ease.fused` of
+    the whole catalog, training items excluded), and the seconds each one's scoring took."""
     n_items = als.item_factors.shape[0]
     block = max(1, _SCORE_BLOCK // max(1, n_items))
-    lists: list[dict[int, list[int]]] = [{} for _ in als_weights]
-    seconds = [0.0] * len(als_weights)
+    lists: list[dict[int, list[int]]] = [{} for _ in mixes]
+    seconds = [0.0] * len(mixes)
     for start in range(0, len(users), block):
         rows = users[start : start + block]
         als_scores = als.user_factors[rows] @ als.item_factors.T
@@ -637,10 +696,14 @@ def _fused_lists(
             ease_scores[:, columns] = np.asarray(ease_history[start : start + block] @ ease_weights)
             z_ease = standardise(ease_scores)
         exclude = history[start : start + block]
-        for n, weight in enumerate(als_weights):
+        for n, (weight, penalty) in enumerate(mixes):
             begun = time.perf_counter()
-            # ease.fused: ALS alone is its raw scores, a mix the sum of the z-scores.
-            scores = als_scores if weight == 1.0 else weight * z_als + (1.0 - weight) * z_ease
+            # ease.fused: ALS alone is its raw scores, a mix the sum of the z-scores less the penalty.
+            scores = (
+                als_scores
+                if weight == 1.0
+                else weight * z_als + (1.0 - weight) * z_ease - np.float32(penalty) * item_popularity
+            )
             best = top_k_batch(scores, k, exclude)
             for user, found in zip(rows.tolist(), best, strict=True):
                 lists[n][user] = [int(c) for c in found if c >= 0]
@@ -650,7 +713,7 @@ def _fused_lists(
 
 def _ease_trial(
     l2: float | None,
-    als_weight: float,
+    mix: tuple[float, float],
     lists: dict[int, list[int]],
     holdout: MatrixHoldout,
     catalog: int,
@@ -659,6 +722,14 @@ def _ease_trial(
 ) -> EaseTrial:
     metrics = ranking_metrics(lists, holdout.truth, k, catalog)
     per_user = user_ndcg(lists, holdout.truth, k)
+    als_weight, penalty = mix
     return EaseTrial(
-        l2, als_weight, metrics.ndcg, metrics.recall, seconds, np.array([per_user[u] for u in sorted(per_user)])
+        l2,
+        als_weight,
+        metrics.ndcg,
+        metrics.recall,
+        seconds,
+        np.array([per_user[u] for u in sorted(per_user)]),
+        popularity_penalty=penalty,
+        coverage=metrics.coverage,
     )

@@ -59,7 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..als import AlsModel, ALSParams, build_interaction_matrix, event_weights, fit_als, top_k_batch
-from ..ease import ALS_SOURCE, EASE_SOURCE, fit_ease, fused
+from ..ease import ALS_SOURCE, EASE_SOURCE, fit_ease, fused, popularity
 from .features import AFFINITY_PREFIX, SECONDS_PER_DAY, Candidate, UserContext, assign_ranks
 from .learned import FEATURE_NAMES, feature_matrix
 from .rules import RuleWeights, rule_scores
@@ -361,13 +361,20 @@ class Fusion:
     als_weight: float
     max_items: int
     min_users: int = 2
+    popularity_penalty: float = 0.0
 
     @classmethod
     def of(cls, ease: Mapping[str, Any] | None) -> Fusion | None:
         """From a version's `params.ease` block (None, or a weight of 1: no fusion)."""
         if not ease or float(ease.get("als_weight", 1.0)) >= 1.0:
             return None
-        return cls(float(ease["l2"]), float(ease["als_weight"]), int(ease["max_items"]), int(ease.get("min_users", 2)))
+        return cls(
+            float(ease["l2"]),
+            float(ease["als_weight"]),
+            int(ease["max_items"]),
+            int(ease.get("min_users", 2)),
+            float(ease.get("popularity_penalty", 0.0)),
+        )
 
 
 # Users' rows -> (their candidate scores over the model's items, each source's own scores
@@ -386,12 +393,19 @@ def fused_scorer(model: AlsModel, matrix: sp.csr_matrix, fusion: Fusion) -> Bloc
     ease = fit_ease(matrix, model.item_ids, fusion.l2, fusion.max_items, fusion.min_users)
     columns = np.fromiter((model.item_row(item) for item in ease.item_ids), np.int64, len(ease.item_ids))
     history = matrix[:, columns].astype(bool).astype(np.float32).tocsr()
+    item_popularity = popularity(matrix)
 
     def score(rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         als = model.user_factors[rows] @ model.item_factors.T
         ease_scores = np.zeros_like(als)
         ease_scores[:, columns] = history[rows] @ ease.weights
-        mixed = fused(als, ease_scores, fusion.als_weight)  # one user per row
+        mixed = fused(  # one user per row
+            als,
+            ease_scores,
+            fusion.als_weight,
+            popularity_penalty=fusion.popularity_penalty,
+            item_popularity=item_popularity,
+        )
         return mixed, {ALS_SOURCE: als, EASE_SOURCE: ease_scores}
 
     return score

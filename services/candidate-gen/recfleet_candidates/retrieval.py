@@ -13,7 +13,9 @@ over the shard's EASE columns). Each proposed item gets its exact ALS score and 
 score (0 outside the vocabulary), and the union is ranked by the fused score
 (`recfleet_models.ease.fused`), each source standardised over the shard: ALS over the
 query's scores of a fixed sample of the shard's rows, EASE over the scores of every item
-of the shard. A query without such history gets the plain ALS answer.
+of the shard; a version with a popularity penalty subtracts each item's share
+(`ShardFusion.penalty`, a catalog-wide term, so shards still merge by score). A query
+without such history gets the plain ALS answer.
 """
 
 from __future__ import annotations
@@ -242,8 +244,8 @@ _SOURCE_NAMES = np.array([ALS_SOURCE, EASE_SOURCE, BOTH_SOURCES], dtype=object)
 @dataclass(frozen=True)
 class _Proposals:
     """A query's candidate rows of the shard with both sources' scores, what proposed each
-    (0: ALS, 1: EASE, 2: both, or neither alone) and the moments each source is
-    standardised with."""
+    (0: ALS, 1: EASE, 2: both, or neither alone), the moments each source is standardised
+    with and what the fused score subtracts for each row (the popularity penalty)."""
 
     rows: np.ndarray
     als: np.ndarray
@@ -251,6 +253,7 @@ class _Proposals:
     kind: np.ndarray
     als_moments: Moments
     ease_moments: Moments
+    penalty: np.ndarray
 
 
 def _kth_largest(values: np.ndarray, k: int) -> float:
@@ -284,10 +287,14 @@ def _every_item(
     ease_scores[ease.shard_rows] = columns
     als_moments, ease_moments = Moments.of(als), Moments.of(columns, count)
     score = fused_with(als, ease_scores, ease.als_weight, als_moments, ease_moments)
+    if scorer.penalty is not None:
+        score -= scorer.penalty
     k = min(query.k, count - excluded.size)
     if k <= 0:
         empty = np.zeros(0, dtype=np.int64)
-        return _Proposals(empty, als[empty], ease_scores[empty], empty, als_moments, ease_moments)
+        return _Proposals(
+            empty, als[empty], ease_scores[empty], empty, als_moments, ease_moments, _penalty(scorer, empty)
+        )
     if excluded.size:
         score[excluded] = -np.inf
     rows = np.argpartition(-score, k - 1)[:k] if k < count else np.arange(count)
@@ -296,7 +303,12 @@ def _every_item(
     by_ease = ease_scores[rows] >= _kth_largest_among_zeros(columns, count - len(columns), wanted)
     # An item neither source has among its own best got there by both together.
     kind = np.where(by_als == by_ease, 2, np.where(by_als, 0, 1))
-    return _Proposals(rows, als[rows], ease_scores[rows], kind, als_moments, ease_moments)
+    return _Proposals(rows, als[rows], ease_scores[rows], kind, als_moments, ease_moments, _penalty(scorer, rows))
+
+
+def _penalty(scorer: ShardFusion, rows: np.ndarray) -> np.ndarray:
+    """What the fused score subtracts for each of `rows`: zeros without a penalty."""
+    return scorer.penalty[rows] if scorer.penalty is not None else np.zeros(len(rows), dtype=np.float32)
 
 
 def _union(
@@ -322,16 +334,25 @@ def _union(
     ease_part = np.zeros(len(rows), dtype=np.float32)
     ease_part[inside] = columns[column[inside]]
     als_moments = Moments.of(scorer.sample @ vector)
-    return _Proposals(rows, shard.vectors[rows] @ vector, ease_part, kind, als_moments, scorer.ease_moments(columns))
+    return _Proposals(
+        rows,
+        shard.vectors[rows] @ vector,
+        ease_part,
+        kind,
+        als_moments,
+        scorer.ease_moments(columns),
+        _penalty(scorer, rows),
+    )
 
 
 def _fused_answer(shard: LoadedShard, weight: float, query: Query, found: _Proposals, extra: Found | None) -> Found:
     """The best k of both sources' proposals (and the metadata items) by fused score,
     with each source's own score."""
     als, ease_part = found.als, found.ease
-    score = fused_with(als, ease_part, weight, found.als_moments, found.ease_moments)
+    score = fused_with(als, ease_part, weight, found.als_moments, found.ease_moments) - found.penalty
     if extra is not None and extra.item_ids:
-        # Metadata items have no EASE score: 0, as for an item outside the vocabulary.
+        # Metadata items have no EASE score (0, as for an item outside the vocabulary)
+        # and no popularity yet (no penalty: the catalog's mean).
         extra_ease = np.zeros(len(extra.item_ids), dtype=np.float32)
         extra_score = fused_with(extra.scores, extra_ease, weight, found.als_moments, found.ease_moments)
         score = np.concatenate([score, extra_score])

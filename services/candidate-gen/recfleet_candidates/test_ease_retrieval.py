@@ -19,11 +19,17 @@ ALS_WEIGHT = 0.6
 
 
 def ease_shard(
-    seed: int = 0, count: int = 300, dim: int = 8, als_weight: float = ALS_WEIGHT, index_type: str = "flat"
+    seed: int = 0,
+    count: int = 300,
+    dim: int = 8,
+    als_weight: float = ALS_WEIGHT,
+    index_type: str = "flat",
+    penalty: float = 0.0,
 ) -> LoadedShard:
     """A shard of `count` random items (a flat FAISS index; `index_type` is what its
     manifest says, which decides how retrieval treats it); EASE covers 200 of them plus
-    150 items other shards own, with a random B."""
+    150 items other shards own, with a random B; with a popularity `penalty`, every item
+    has a random popularity."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
     index = faiss.IndexFlatIP(dim)
@@ -35,6 +41,7 @@ def ease_shard(
     vocabulary = {vocabulary_ids[at]: row for row, at in enumerate(order)}
     weights = rng.standard_normal((len(vocabulary), len(shard_rows))).astype(np.float32)
     manifest = ShardManifest("als-e", 1, "rule", index_type, {}, dim, METRIC, [])
+    popularity = rng.standard_normal(count).astype(np.float32) if penalty else None
     return LoadedShard(
         "als-e",
         0,
@@ -43,7 +50,7 @@ def ease_shard(
         ids,
         vectors,
         {item: row for row, item in enumerate(ids)},
-        ShardEase(vocabulary, weights, shard_rows, 1.0, als_weight),
+        ShardEase(vocabulary, weights, shard_rows, 1.0, als_weight, penalty, popularity),
     )
 
 
@@ -72,6 +79,8 @@ def brute_force(shard: LoadedShard, vector: np.ndarray, k: int, exclude: set[str
         ALS_WEIGHT * (als_all[union] - als_all.mean()) / als_all.std()
         + (1 - ALS_WEIGHT) * (ease_all[union] - ease_all.mean()) / ease_all.std()
     )
+    if ease.item_popularity is not None:
+        mixed -= ease.popularity_penalty * ease.item_popularity[union]
     best = union[np.argsort(-mixed)[:k]]
     scores = np.sort(mixed)[::-1][:k]
     # An item neither source has among its own best k got there by both together.
@@ -104,9 +113,10 @@ def assert_same_answer(found: Found, expected: Found) -> None:
         np.testing.assert_allclose(found.source_scores[source], column, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("penalty", [0.0, 0.7])
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
-def test_fused_answers_equal_a_brute_force_computation(index_type):
-    shard = ease_shard(index_type=index_type)
+def test_fused_answers_equal_a_brute_force_computation(index_type, penalty):
+    shard = ease_shard(index_type=index_type, penalty=penalty)
     rng = np.random.default_rng(1)
     kinds = set()
     for n in range(12):
@@ -134,6 +144,23 @@ def test_the_ease_weight_moves_the_answer_towards_the_ease_proposals():
     assert np.all(np.diff(als_only.source_scores["als"]) <= 0)
     assert np.all(np.diff(ease_only.source_scores["ease"]) <= 0)
     assert set(ease_only.sources) <= {"ease", "als+ease"}
+
+
+def test_the_popularity_penalty_moves_the_answer_towards_the_less_popular_items():
+    rng = np.random.default_rng(9)
+    plain, penalised = ease_shard(), ease_shard(penalty=2.0)
+    popularity = penalised.ease.item_popularity  # type: ignore[union-attr]
+    assert popularity is not None
+    shown_plain, shown_penalised = [], []
+    for n in range(20):
+        vector = rng.standard_normal(8).astype(np.float32)
+        history = [*rng.choice(plain.item_ids, size=4, replace=False), f"elsewhere{n}"]
+        shown_plain += retrieve_many(plain, None, [query(vector, 10, history=history)])[0].item_ids
+        shown_penalised += retrieve_many(penalised, None, [query(vector, 10, history=history)])[0].item_ids
+    before, after = (
+        float(np.mean([popularity[plain.rows[item]] for item in shown])) for shown in (shown_plain, shown_penalised)
+    )
+    assert after < before - 0.5
 
 
 def test_history_outside_the_vocabulary_or_no_history_gives_the_plain_als_answer():

@@ -14,8 +14,10 @@ After ALS, the EASE item-to-item source (recfleet_models.ease) is tuned the same
 (`tune_ease`, RECFLEET_JOBS_EASE_*; `--no-ease` skips it) and, when it beats ALS alone
 on the validation split, fitted on the whole matrix and published in the version:
 `ease/items.json` (the vocabulary, B's row and column order), `ease/weights.npy` (B,
-float32 n x n) and `ease/meta.json` (l2, als_weight, max_items, min_users,
-vocabulary_size), all in `checksums.json`. The version's meta.json and registry params
+float32 n x n), `ease/meta.json` (l2, als_weight, popularity_penalty, max_items,
+min_users, vocabulary_size) and, with a popularity penalty, `ease/popularity.npy` (every
+ALS item's standardised log user count, float32 in item_ids.json's order), all in
+`checksums.json`. The version's meta.json and registry params
 carry that dict under `ease` (null without EASE), its metrics the search under
 `ease_tuning`; build-index splits B over the shards.
 """
@@ -45,8 +47,9 @@ from recfleet_models.als import (
     build_interaction_times,
     fit_als,
 )
-from recfleet_models.ease import EaseModel, fit_ease
+from recfleet_models.ease import EaseModel, fit_ease, popularity
 from recfleet_models.evaluation import holdout_metrics
+from recfleet_models.index import POPULARITY_FILE
 from recfleet_models.tuning import (
     HOLDOUTS,
     EaseTrial,
@@ -122,11 +125,24 @@ def artifact_prefix(version: str) -> str:
     return f"models/als/{version}"
 
 
-def ease_meta(model: EaseModel, als_weight: float, max_items: int, min_users: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PublishedEase:
+    """What a version publishes of its EASE source: the model, its `ease_meta` and, with
+    a popularity penalty, every ALS item's popularity (`ease.popularity`, item order)."""
+
+    model: EaseModel
+    meta: dict[str, Any]
+    item_popularity: np.ndarray | None = None
+
+
+def ease_meta(
+    model: EaseModel, als_weight: float, popularity_penalty: float, max_items: int, min_users: int
+) -> dict[str, Any]:
     """What a version records of its EASE source (`ease/meta.json`, meta.json's `ease`)."""
     return {
         "l2": model.l2,
         "als_weight": als_weight,
+        "popularity_penalty": popularity_penalty,
         "max_items": max_items,
         "min_users": min_users,
         "vocabulary_size": len(model.item_ids),
@@ -138,10 +154,10 @@ def publish_artifacts(
     version: str,
     model: AlsModel,
     meta: dict[str, Any],
-    ease: tuple[EaseModel, dict[str, Any]] | None = None,
+    ease: PublishedEase | None = None,
 ) -> dict[str, str]:
-    """Write the version's files (with `ease`, the EASE model and its `ease_meta`);
-    returns their checksums (also written, last)."""
+    """Write the version's files (with `ease`, the EASE model, its `ease_meta` and the
+    items' popularity when it has a penalty); returns their checksums (also written, last)."""
     files = {
         "item_ids.json": json.dumps(model.item_ids).encode(),
         "item_factors.npy": _npy(model.item_factors),
@@ -150,10 +166,11 @@ def publish_artifacts(
         "meta.json": json.dumps(meta, indent=2, sort_keys=True).encode(),
     }
     if ease is not None:
-        ease_model, ease_dict = ease
-        files["ease/items.json"] = json.dumps(ease_model.item_ids).encode()
-        files["ease/weights.npy"] = _npy(ease_model.weights)
-        files["ease/meta.json"] = json.dumps(ease_dict, indent=2, sort_keys=True).encode()
+        files["ease/items.json"] = json.dumps(ease.model.item_ids).encode()
+        files["ease/weights.npy"] = _npy(ease.model.weights)
+        files["ease/meta.json"] = json.dumps(ease.meta, indent=2, sort_keys=True).encode()
+        if ease.item_popularity is not None:
+            files[POPULARITY_FILE] = _npy(ease.item_popularity)
     prefix = artifact_prefix(version)
     checksums = {}
     for name, data in files.items():
@@ -332,31 +349,34 @@ def ease_progress(seconds: float, enabled: bool = True) -> Iterator[Callable[[Ea
     """The EASE search's progress bar: points (l2, ALS weight) out of the grid."""
     description = f"tuning EASE (budget {seconds:g}s)"
     with _search_progress(
-        ease_trial_count(), description, enabled, lambda t: f"l2 {t.l2} weight {t.als_weight}"
+        ease_trial_count(),
+        description,
+        enabled,
+        lambda t: f"l2 {t.l2} weight {t.als_weight} penalty {t.popularity_penalty}",
     ) as on_trial:
         yield on_trial
 
 
 def ease_summary(result: EaseTuningResult) -> str:
     """One line for humans: how the EASE search went and whether EASE is on."""
+    setting = f"on, l2={result.l2:g} als_weight={result.als_weight:g} popularity_penalty={result.popularity_penalty:g}"
     if result.reason == "off":
-        state = f"on, l2={result.l2:g} als_weight={result.als_weight:g}" if result.adopted else "off"
+        state = setting if result.adopted else "off"
         return f"ease: no search (no budget); {state} as configured"
     if not result.trials:
         return f"ease: off ({result.reason}: {result.validation})"
     gain, se = result.gain()
     alone = result.als_alone
+    best = result.best
     figures = (
-        f"validation ndcg@{result.k} {(result.best.ndcg if result.best else float('nan')):.4f}"
+        f"validation ndcg@{result.k} {(best.ndcg if best else float('nan')):.4f}"
         f" vs ALS alone {(alone.ndcg if alone else float('nan')):.4f}, gain {gain:+.4f} ({gain / se:.1f} se)"
         if se > 0 and np.isfinite(se)
         else f"gain {gain:+.4f}"
     )
-    verdict = (
-        f"on, l2={result.l2:g} als_weight={result.als_weight:g}"
-        if result.adopted
-        else f"off (gain not above {result.min_gain_se:g} se)"
-    )
+    if best is not None and alone is not None:
+        figures += f"; coverage {best.coverage:.3f} vs ALS alone {alone.coverage:.3f}"
+    verdict = setting if result.adopted else f"off (gain not above {result.min_gain_se:g} se)"
     return (
         f"ease: {len(result.trials)} points in {result.seconds:.1f}s ({result.stopped}) on {result.validation},"
         f" vocabulary {result.vocabulary_size} items; {figures}; {verdict}"
@@ -391,7 +411,7 @@ def train_and_publish(
             typer.echo(tuning_summary(result), err=True)
             params = result.chosen
             tuned = {"tuning": result.as_dict()}
-        ease_model: tuple[EaseModel, dict[str, Any]] | None = None
+        ease_model: PublishedEase | None = None
         if ease and settings.ease_enabled:
             budget = settings.ease_tune_seconds if searching else 0.0
             with ease_progress(budget, show_progress and budget > 0) as on_ease_trial:
@@ -402,9 +422,11 @@ def train_and_publish(
                     times=times,
                     l2=settings.ease_l2,
                     als_weight=settings.ease_als_weight,
+                    popularity_penalty=settings.ease_popularity_penalty,
                     max_items=settings.ease_max_items,
                     min_users=settings.ease_min_users,
                     min_gain_se=settings.als_tune_min_gain_se,
+                    min_coverage_ratio=settings.ease_min_coverage_ratio,
                     on_trial=on_ease_trial,
                 )
             typer.echo(ease_summary(chosen), err=True)
@@ -412,8 +434,11 @@ def train_and_publish(
             if chosen.adopted:
                 fitted = fit_ease(matrix, item_index, chosen.l2, settings.ease_max_items, settings.ease_min_users)
                 if fitted.item_ids:
-                    meta_ease = ease_meta(fitted, chosen.als_weight, settings.ease_max_items, settings.ease_min_users)
-                    ease_model = (fitted, meta_ease)
+                    penalty = chosen.popularity_penalty
+                    meta_ease = ease_meta(
+                        fitted, chosen.als_weight, penalty, settings.ease_max_items, settings.ease_min_users
+                    )
+                    ease_model = PublishedEase(fitted, meta_ease, popularity(matrix) if penalty else None)
 
         version = registry.new_version_name("als")
         offline: dict[str, Any] = {}
@@ -435,7 +460,7 @@ def train_and_publish(
             "n_items": len(item_index),
             **tuned,
         }
-        ease_dict = ease_model[1] if ease_model is not None else None
+        ease_dict = ease_model.meta if ease_model is not None else None
         meta = {
             "version": version,
             **dict(params.as_dict().items()),

@@ -9,10 +9,12 @@ its settings (recfleet_models.pipeline_eval), used only when it passes the gate
 `train-ranker --promote` applies (RECFLEET_JOBS_RANKER_MIN_GAIN and _MIN_GAIN_SE;
 `--no-ranker-gate` measures it regardless), otherwise the order the gate chose instead.
 `--model als+ease` fuses ALS with the EASE item-to-item source (recfleet_models.ease,
-`evaluation.FusedRecommender`): its l2 and ALS weight are searched by `tune_ease` (the
-search train-als runs) on the protocol's tuning split (`protocols.tuning_split`, never
-the test part) within RECFLEET_JOBS_EASE_TUNE_SECONDS, unless `--ease-l2` and
-`--ease-als-weight` are both given; the JSON's `ease` block says what was used.
+`evaluation.FusedRecommender`): its l2, ALS weight and popularity penalty are searched by
+`tune_ease` (the search train-als runs, with its coverage rule) on the protocol's tuning
+split (`protocols.tuning_split`, never the test part) within
+RECFLEET_JOBS_EASE_TUNE_SECONDS, unless `--ease-l2` and `--ease-als-weight` are both given
+(the penalty then `--ease-popularity-penalty`, default the setting); the JSON's `ease`
+block says what was used.
 `--max-per-category N` measures what serves rather than the model alone: every model's
 lists pass through the ranking service's diversity rule (at most N items of one primary
 category, the first genre listed, within the first `--diversity-window` positions) before
@@ -208,8 +210,14 @@ def evaluate_command(
     ease_als_weight: float | None = typer.Option(
         None, min=0.0, max=1.0, help="als+ease: the ALS share of the fused score, 1 = ALS alone"
     ),
+    ease_popularity_penalty: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="als+ease: subtract this many times the item's standardised log user count (with l2 and"
+        " weight given: default RECFLEET_JOBS_EASE_POPULARITY_PENALTY)",
+    ),
     ease_tune_seconds: float | None = typer.Option(
-        None, min=0.0, help="als+ease: search l2 and weight this long; default RECFLEET_JOBS_EASE_TUNE_SECONDS"
+        None, min=0.0, help="als+ease: search l2, weight and penalty this long; default RECFLEET_JOBS_EASE_TUNE_SECONDS"
     ),
     max_per_category: int = typer.Option(
         0,
@@ -293,7 +301,9 @@ def evaluate_command(
     fusion: Fusion | None = None
     if model == "als+ease+ranker" and als is not None:
         # The ranker over the fused candidates a version with EASE serves.
-        _, details["ease"] = _fused(split, als, settings, ease_l2, ease_als_weight, ease_tune_seconds)
+        _, details["ease"] = _fused(
+            split, als, settings, (ease_l2, ease_als_weight, ease_popularity_penalty), ease_tune_seconds
+        )
         fusion = Fusion.of(details["ease"])
     if model in ("als+ranker", "als+ease+ranker") and als is not None:
         recommender = pipeline = RankerPipelineRecommender(
@@ -307,7 +317,9 @@ def evaluate_command(
             fusion,
         )
     if model == "als+ease" and als is not None:
-        recommender, details["ease"] = _fused(split, als, settings, ease_l2, ease_als_weight, ease_tune_seconds)
+        recommender, details["ease"] = _fused(
+            split, als, settings, (ease_l2, ease_als_weight, ease_popularity_penalty), ease_tune_seconds
+        )
     if max_per_category:
         policy = DiversityPolicy(max_per_category, diversity_window)
         recommender = DiversifiedRecommender(recommender, primary_categories(data.movies), policy)
@@ -339,11 +351,12 @@ def _fused(
     split: Split,
     als: AlsRecommender,
     settings: JobSettings,
-    l2: float | None,
-    als_weight: float | None,
+    given: tuple[float | None, float | None, float | None],
     tune_seconds: float | None,
 ) -> tuple[FusedRecommender, dict[str, Any]]:
-    """ALS fused with EASE: l2 and weight as given, or searched on the tuning split."""
+    """ALS fused with EASE: l2 and weight as given (the popularity penalty as given or
+    configured), or all three searched on the tuning split."""
+    l2, als_weight, penalty = given
     tuning: dict[str, Any] | None = None
     if l2 is None or als_weight is None:
         budget = settings.ease_tune_seconds if tune_seconds is None else tune_seconds
@@ -354,16 +367,20 @@ def _fused(
                 budget,
                 l2=settings.ease_l2 if l2 is None else l2,
                 als_weight=settings.ease_als_weight if als_weight is None else als_weight,
+                popularity_penalty=settings.ease_popularity_penalty if penalty is None else penalty,
                 max_items=settings.ease_max_items,
                 min_users=settings.ease_min_users,
                 min_gain_se=settings.als_tune_min_gain_se,
+                min_coverage_ratio=settings.ease_min_coverage_ratio,
                 on_trial=on_trial,
             )
         typer.echo(ease_summary(result), err=True)
-        l2, als_weight, tuning = result.l2, result.als_weight, result.as_dict()
-    fused = FusedRecommender(als, l2, als_weight, settings.ease_max_items, settings.ease_min_users)
+        l2, als_weight, penalty, tuning = result.l2, result.als_weight, result.popularity_penalty, result.as_dict()
+    penalty = settings.ease_popularity_penalty if penalty is None else penalty
+    fused = FusedRecommender(als, l2, als_weight, settings.ease_max_items, settings.ease_min_users, penalty)
     # The vocabulary size is known once fitted; `details` holds this dict until printed.
     block: dict[str, Any] = {"l2": l2, "als_weight": als_weight, "max_items": settings.ease_max_items}
+    block["popularity_penalty"] = penalty if als_weight < 1.0 else 0.0
     block.update(min_users=settings.ease_min_users, vocabulary_size=None, weights_bytes=None, tuning=tuning)
     return fused, block
 

@@ -14,6 +14,9 @@ from recfleet_store.artifacts import open_artifact_store
 from .registry import record_manifest
 from .settings import JobSettings
 
+# What build-index prints of the manifest's EASE block.
+EASE_SUMMARY = ("l2", "als_weight", "popularity_penalty")
+
 
 def index_params(settings: JobSettings, index_type: str, **given: int | None) -> dict[str, int]:
     """The knobs of an index type: command-line values over JobSettings defaults.
@@ -73,7 +76,7 @@ def build_index_command(
                 "params": manifest.params,
                 "dimension": manifest.dimension,
                 "items_per_shard": [entry.item_count for entry in manifest.shards],
-                "ease": manifest.ease and {key: manifest.ease[key] for key in ("l2", "als_weight")},
+                "ease": manifest.ease and {key: manifest.ease[key] for key in EASE_SUMMARY},
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )

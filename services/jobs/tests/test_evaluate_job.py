@@ -222,12 +222,16 @@ def test_als_with_ease_searches_its_setting_and_serves_through_the_diversity_rul
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "ease: 7 points" in result.stderr  # ALS alone and the given l2's six weights
+    # ALS alone and the given l2's six weights by seven penalties.
+    assert "ease: 43 points" in result.stderr
     out = json.loads(result.stdout)
     tuning = out["ease"]["tuning"]
     assert tuning["validation"] == "the recbole/validation split" and tuning["stopped"] == "budget"
     assert {t["l2"] for t in tuning["trials"]} == {None, 500.0}
-    assert (out["ease"]["l2"], out["ease"]["als_weight"]) == (tuning["l2"], tuning["als_weight"])
+    chosen = ("l2", "als_weight", "popularity_penalty")
+    assert tuple(out["ease"][key] for key in chosen) == tuple(tuning[key] for key in chosen)
+    # The chosen point covers at least as much of the catalog as ALS alone on validation.
+    assert tuning["best_coverage"] >= tuning["als_coverage"] > 0
     assert out["diversity"]["max_per_category"] == 3 and 0 < out["ndcg@10"] < 1
 
 

@@ -15,6 +15,7 @@ import typer
 from recfleet_jobs import als, bootstrap, evaluate, index
 from recfleet_models.evaluation import ranking_metrics
 from recfleet_models.index import load_shard
+from recfleet_models.tuning import ease_trial_count
 from recfleet_store import keys
 from recfleet_store.artifacts import open_artifact_store, sha256
 from recfleet_store.suppression import LOCAL_KEY, user_hash
@@ -304,16 +305,21 @@ def test_ease_is_published_with_the_version_and_split_over_the_shards(
     _environment(monkeypatch, fresh_pg_dsn, redis_url, artifact_dir)
     monkeypatch.setenv("RECFLEET_JOBS_EASE_L2", "50")
     monkeypatch.setenv("RECFLEET_JOBS_EASE_ALS_WEIGHT", "0.5")
-    CliRunner().invoke(_app(), ["load-movielens", "--data-dir", str(_write_dataset(tmp_path / "ml"))])
+    monkeypatch.setenv("RECFLEET_JOBS_EASE_POPULARITY_PENALTY", "0.4")
+    dataset = _write_dataset(tmp_path / "ml")
+    # A thirteenth user who watched movies 1 and 2: they have six users, the others five.
+    with (dataset / "ratings.csv").open("a") as ratings:
+        ratings.write("13,1,5.0,1000002000\r\n13,2,5.0,1000002001\r\n")
+    CliRunner().invoke(_app(), ["load-movielens", "--data-dir", str(dataset)])
     result = CliRunner().invoke(_app(), ["train-als", *SMALL, "--tune-seconds", "0"])
     assert result.exit_code == 0, result.output
-    assert "ease: no search (no budget); on, l2=50 als_weight=0.5 as configured" in result.stderr
+    assert "ease: no search (no budget); on, l2=50 als_weight=0.5 popularity_penalty=0.4 as configured" in result.stderr
     version = result.stdout.strip().splitlines()[-1].split("=", 1)[1]
     store = open_artifact_store(f"file://{artifact_dir}")
     prefix = f"models/als/{version}"
     checksums = json.loads(store.get_bytes(f"{prefix}/checksums.json"))
-    assert set(checksums) >= EASE_FILES
-    for name in EASE_FILES:
+    assert set(checksums) >= EASE_FILES | {"ease/popularity.npy"}
+    for name in EASE_FILES | {"ease/popularity.npy"}:
         assert sha256(store.get_bytes(f"{prefix}/{name}")) == checksums[name]
     vocabulary = json.loads(store.get_bytes(f"{prefix}/ease/items.json"))
     weights = np.load(io.BytesIO(store.get_bytes(f"{prefix}/ease/weights.npy")))
@@ -324,7 +330,20 @@ def test_ease_is_published_with_the_version_and_split_over_the_shards(
     group = {item: int(item) < 10 for item in vocabulary}
     across = [(i, j) for i, a in enumerate(vocabulary) for j, b in enumerate(vocabulary) if group[a] != group[b]]
     assert all(weights[i, j] == 0 for i, j in across)
-    expected = {"l2": 50.0, "als_weight": 0.5, "max_items": 8000, "min_users": 2, "vocabulary_size": 12}
+    expected = {
+        "l2": 50.0,
+        "als_weight": 0.5,
+        "popularity_penalty": 0.4,
+        "max_items": 8000,
+        "min_users": 2,
+        "vocabulary_size": 12,
+    }
+    # Every ALS item's popularity: its standardised log user count, in item_ids.json's order.
+    item_ids = json.loads(store.get_bytes(f"{prefix}/item_ids.json"))
+    popularity = np.load(io.BytesIO(store.get_bytes(f"{prefix}/ease/popularity.npy")))
+    assert popularity.dtype == np.float32 and popularity.shape == (len(item_ids),)
+    logs = np.log1p([6 if item in ("1", "2") else 5 for item in item_ids])
+    np.testing.assert_allclose(popularity, (logs - logs.mean()) / logs.std(), rtol=1e-5, atol=1e-6)
     assert json.loads(store.get_bytes(f"{prefix}/ease/meta.json")) == expected
     assert json.loads(store.get_bytes(f"{prefix}/meta.json"))["ease"] == expected
     params, metrics = _registered(fresh_pg_dsn, version)
@@ -333,11 +352,16 @@ def test_ease_is_published_with_the_version_and_split_over_the_shards(
 
     built = CliRunner().invoke(_index_app(), ["build-index", "--version", version, "--shards", "2"])
     assert built.exit_code == 0, built.output
-    assert json.loads(built.stdout)["ease"] == {"l2": 50.0, "als_weight": 0.5}
+    assert json.loads(built.stdout)["ease"] == {"l2": 50.0, "als_weight": 0.5, "popularity_penalty": 0.4}
     owned = []
     for shard in range(2):
         loaded = load_shard(store, version, shard)
         assert loaded.ease is not None and (loaded.ease.l2, loaded.ease.als_weight) == (50.0, 0.5)
+        # The shard's items' popularity, as the version has it; the fused score subtracts 0.4 x it.
+        assert loaded.ease.item_popularity is not None and loaded.fusion is not None
+        rows = [item_ids.index(item) for item in loaded.item_ids]
+        assert loaded.ease.item_popularity.tolist() == popularity[rows].tolist()
+        np.testing.assert_allclose(loaded.fusion.penalty, 0.4 * popularity[rows], rtol=1e-6)
         assert loaded.ease.weights.shape == (12, loaded.item_count)
         # A user's history scores this shard's items as the whole B does.
         history = [loaded.ease.vocabulary[item] for item in ("1", "2", "12")]
@@ -356,12 +380,12 @@ def test_the_ease_search_is_recorded_and_no_ease_leaves_it_out(
     CliRunner().invoke(_app(), ["load-movielens", "--data-dir", str(_write_dataset(tmp_path / "ml"))])
     result = CliRunner().invoke(_app(), ["train-als", *SMALL, "--tune-trials", "1"])
     assert result.exit_code == 0, result.output
-    assert "ease: 31 points" in result.stderr
+    assert f"ease: {ease_trial_count()} points" in result.stderr
     version = result.stdout.strip().splitlines()[-1].split("=", 1)[1]
     params, metrics = _registered(fresh_pg_dsn, version)
     searched = metrics["ease_tuning"]
     assert json.loads(result.stdout.strip().splitlines()[-2])["ease_tuning"] == searched
-    assert searched["stopped"] == "done" and len(searched["trials"]) == 31
+    assert searched["stopped"] == "done" and len(searched["trials"]) == ease_trial_count()
     assert 0 < searched["vocabulary_size"] <= 12 and searched["budget_seconds"] == 60
     assert all(0 <= t["ndcg@10"] <= 1 for t in searched["trials"])
     store = open_artifact_store(f"file://{artifact_dir}")
