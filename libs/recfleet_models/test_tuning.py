@@ -173,6 +173,16 @@ def test_only_points_covering_as_much_of_the_catalog_as_als_alone_compete():
     assert summary["best_ndcg@10_ignoring_coverage"] > summary["best_ndcg@10"]
 
 
+def test_the_ease_search_scores_a_sample_of_the_validation_users_beyond_its_cap():
+    full = tune_ease(_pairs(), QUICK, 600, l2_grid=(500.0,))
+    sampled = tune_ease(_pairs(), QUICK, 600, l2_grid=(500.0,), max_validation_users=120)
+    assert (full.validation_users, sampled.validation_users) == (300, 120)
+    assert len(sampled.als_alone.per_user) == 120 and sampled.adopted
+    # A seeded sample: the same users, the same figures.
+    again = tune_ease(_pairs(), QUICK, 600, l2_grid=(500.0,), max_validation_users=120)
+    assert [t.ndcg for t in again.trials] == [t.ndcg for t in sampled.trials]
+
+
 def test_ease_stays_off_where_popularity_is_all_there_is():
     result = tune_ease(_popular(), QUICK, 600)
     assert (result.adopted, result.reason, result.als_weight) == (False, "no-gain", 1.0)
@@ -217,6 +227,7 @@ def test_a_short_ease_budget_solves_only_the_given_l2():
         {"penalties": (0.0, -0.1)},
         {"popularity_penalty": -1.0},
         {"min_coverage_ratio": -0.5},
+        {"max_validation_users": 0},
     ],
 )
 def test_bad_ease_arguments_are_refused(kwargs):
