@@ -45,6 +45,17 @@ def test_recommendations_for_a_known_user(api):
     assert "candidate-gen=" in reply.headers["Recfleet-Tracks"]
 
 
+def test_the_fleets_version_fuses_ease_with_its_popularity_penalty(api):
+    """The local fleet's first training publishes EASE with the bundled sample's setting,
+    popularity penalty included, and the registry says so; a known user's list is fused."""
+    models = api.get("/admin/v1/models").json()
+    trained = [v for v in models["versions"] if v["kind"] == "als" and "ease_tuning" in v["metrics"]]
+    first = min(trained, key=lambda v: v["version"])["metrics"]["ease_tuning"]
+    assert first["adopted"] and (first["l2"], first["als_weight"], first["popularity_penalty"]) == (200.0, 0.3, 0.3)
+    body = api.get("/v1/recommendations", params={"user_id": "1", "limit": 10, "explain": "true"}).json()
+    assert all(set(item["explanation"]["source_scores"]) == {"als", "ease"} for item in body["items"])
+
+
 def test_unknown_user_gets_cold_start_items(api):
     reply = api.get("/v1/recommendations", params={"user_id": "newcomer-1", "limit": 10})
     assert reply.status_code == 200, reply.text

@@ -15,7 +15,7 @@ from recfleet_candidates.metadata_items import MetadataItems
 from recfleet_candidates.retrieval import Query, retrieve_many
 from recfleet_candidates.served_index import ServedIndex
 from recfleet_candidates.servicer import CandidateServicer
-from recfleet_candidates.test_ease_retrieval import ease_shard
+from recfleet_candidates.test_ease_retrieval import brute_force, ease_shard
 from recfleet_models.index import LoadedShard
 from retrieve_calls import assert_batch_equals_unary, request
 
@@ -84,6 +84,27 @@ async def test_a_shard_with_ease_answers_by_fused_score_with_each_sources_scores
             assert error.details().startswith("history_item_ids: at most 10000 ids")
         else:
             raise AssertionError("an over-long history was accepted")
+
+
+async def test_a_versions_popularity_penalty_orders_the_answer_over_grpc():
+    shard, plain = ease_shard(penalty=0.7), ease_shard()
+    vector = np.random.default_rng(12).standard_normal(8).astype(np.float32)
+    history = ["elsewhere2", shard.item_ids[5], shard.item_ids[11]]
+    async with serving(shard) as stub:
+        items = (await stub.Retrieve(with_history(vector, 20, history), timeout=5)).packed_items
+    async with serving(plain) as stub:
+        unpenalised = (await stub.Retrieve(with_history(vector, 20, history), timeout=5)).packed_items
+    # Fused score less 0.7 x each item's popularity, computed over every item by hand.
+    expected = brute_force(shard, vector, 20, set(), history)
+    assert list(items.item_ids) == expected.item_ids
+    np.testing.assert_allclose(list(items.scores), expected.scores, rtol=1e-4, atol=1e-5)
+    assert list(items.item_ids) != list(unpenalised.item_ids)
+    popularity = shard.ease.item_popularity  # type: ignore[union-attr]
+    assert popularity is not None
+    mean = [
+        float(np.mean([popularity[shard.rows[item]] for item in ids])) for ids in (items.item_ids, unpenalised.item_ids)
+    ]
+    assert mean[0] < mean[1]
 
 
 async def test_without_history_or_ease_the_answer_is_the_plain_als_one():
