@@ -21,6 +21,7 @@ the model's candidates before the top k is cut. The default figures leave it out
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
@@ -236,8 +237,8 @@ class FusedRecommender:
     ) -> None:
         if not 0.0 <= als_weight <= 1.0:
             raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
-        if popularity_penalty < 0:
-            raise ValueError(f"popularity_penalty must be >= 0, got {popularity_penalty}")
+        if not 0 <= popularity_penalty < math.inf:
+            raise ValueError(f"popularity_penalty must be a finite value >= 0, got {popularity_penalty}")
         self.als = als
         self.popularity_penalty = popularity_penalty
         self.l2 = l2

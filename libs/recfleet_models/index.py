@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -274,8 +275,8 @@ def read_ease(store: ArtifactStore, version: str, item_count: int | None = None)
             f"ALS version {version!r}: EASE weights {weights.dtype} {weights.shape} for {len(item_ids)} items"
         )
     penalty = float(meta.get("popularity_penalty", 0.0))
-    if not penalty >= 0:
-        raise ValueError(f"ALS version {version!r}: EASE popularity_penalty {penalty} is negative")
+    if not 0 <= penalty < math.inf:
+        raise ValueError(f"ALS version {version!r}: EASE popularity_penalty {penalty} is not a finite value >= 0")
     item_popularity = None
     if penalty:
         item_popularity = _npy_load(_checked_blob(store, version, checksums, POPULARITY_FILE))
@@ -285,6 +286,8 @@ def read_ease(store: ArtifactStore, version: str, item_count: int | None = None)
                 f"ALS version {version!r}: item popularity {item_popularity.dtype} {item_popularity.shape}"
                 f" for {item_count} items"
             )
+        if not np.isfinite(item_popularity).all():
+            raise ValueError(f"ALS version {version!r}: item popularity holds NaN or infinite values")
     return VersionEase(item_ids, weights, float(meta["l2"]), float(meta["als_weight"]), penalty, item_popularity)
 
 
@@ -598,7 +601,7 @@ def _load_shard_ease(store: ArtifactStore, manifest: ShardManifest, entry: Shard
         raise ShardRejected(f"EASE rows are {shard_rows.dtype} {shard_rows.shape} for {weights.shape[1]} columns")
     if shard_rows.size and (shard_rows.min() < 0 or shard_rows.max() >= entry.item_count):
         raise ShardRejected(f"EASE rows fall outside the shard's {entry.item_count} items")
-    if not 0.0 <= als_weight <= 1.0 or l2 <= 0 or not penalty >= 0:
+    if not 0.0 <= als_weight <= 1.0 or l2 <= 0 or not 0 <= penalty < math.inf:
         raise ShardRejected(f"EASE l2 {l2} / als_weight {als_weight} / popularity_penalty {penalty} out of range")
     item_popularity = None
     if penalty:
@@ -612,6 +615,8 @@ def _load_shard_ease(store: ArtifactStore, manifest: ShardManifest, entry: Shard
             raise ShardRejected(
                 f"popularity is {item_popularity.dtype} {item_popularity.shape} for {entry.item_count} items"
             )
+        if not np.isfinite(item_popularity).all():
+            raise ShardRejected("popularity holds NaN or infinite values")
     return ShardEase(
         vocabulary={item: row for row, item in enumerate(item_ids)},
         weights=weights,

@@ -292,6 +292,10 @@ def test_a_version_without_a_penalty_has_no_popularity_and_one_missing_it_is_ref
     write_ease(store, "als-ease", VOCABULARY, np.zeros((8, 8)), 200.0, 0.6, 0.5, np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="item popularity float32 \\(3,\\) for 12 items"):
         shard_index.build_shards(store, "als-ease", 2, "flat", {})
+    nan = np.full(len(CATALOG), np.nan, dtype=np.float32)
+    write_ease(store, "als-ease", VOCABULARY, np.zeros((8, 8)), 200.0, 0.6, 0.5, nan)
+    with pytest.raises(ValueError, match="item popularity holds NaN or infinite values"):
+        shard_index.build_shards(store, "als-ease", 2, "flat", {})
     # A manifest naming a penalty without a shard's popularity file is refused at load.
     raw = json.loads(store.get_bytes(shard_index.manifest_key("als-ease")))
     raw["ease"]["popularity_penalty"] = 0.5

@@ -226,6 +226,7 @@ def test_a_short_ease_budget_solves_only_the_given_l2():
         {"l2_grid": (0.0, 10.0)},
         {"penalties": (0.0, -0.1)},
         {"popularity_penalty": -1.0},
+        {"popularity_penalty": float("inf")},
         {"min_coverage_ratio": -0.5},
         {"max_validation_users": 0},
     ],

@@ -556,8 +556,9 @@ def _check_ease_options(budget_seconds: float, **options: Any) -> None:
         raise ValueError("ALS weights must be within [0, 1] and include 1 (ALS alone)")
     if any(v <= 0 for v in options.get("l2_grid", (1.0,))) or options.get("l2", 1.0) <= 0:
         raise ValueError("l2 values must be positive")
-    if any(v < 0 for v in options.get("penalties", ())) or options.get("popularity_penalty", 0.0) < 0:
-        raise ValueError("popularity penalties must be >= 0")
+    penalties = (*options.get("penalties", ()), options.get("popularity_penalty", 0.0))
+    if not all(0 <= v < math.inf for v in penalties):
+        raise ValueError("popularity penalties must be finite values >= 0")
     if options.get("min_coverage_ratio", 0.0) < 0:
         raise ValueError("min_coverage_ratio must be >= 0")
     if options.get("max_validation_users", 1) < 1:

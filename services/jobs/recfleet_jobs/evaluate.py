@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -233,6 +234,8 @@ def evaluate_command(
 ) -> None:
     """Evaluate a model on a MovieLens dataset with a named protocol; prints JSON metrics."""
     _choice(model, MODELS, "--model")
+    if ease_popularity_penalty is not None and not math.isfinite(ease_popularity_penalty):
+        raise typer.BadParameter("must be a finite number", param_hint="--ease-popularity-penalty")
     _choice(ranker_features, FEATURE_SETS, "--ranker-features")
     _choice(ranker_preset, tuple(PRESETS), "--ranker-preset")
     if model in ("als+ranker", "als+ease", "als+ease+ranker") and version:

@@ -49,11 +49,11 @@ class JobSettings(PostgresSettings, RedisSettings, ArtifactSettings, KafkaSettin
     ease_als_weight: float = Field(1.0, ge=0, le=1)
     # The fused score less this many times the item's standardised log user count
     # (`recfleet_models.ease.popularity`); searched with l2 and the weight.
-    ease_popularity_penalty: float = Field(0.0, ge=0)
+    ease_popularity_penalty: float = Field(0.0, ge=0, allow_inf_nan=False)
     ease_tune_seconds: float = Field(60.0, ge=0)
     # The search only adopts points whose validation catalog coverage is at least this many
     # times ALS alone's (0 = no coverage rule).
-    ease_min_coverage_ratio: float = Field(1.0, ge=0)
+    ease_min_coverage_ratio: float = Field(1.0, ge=0, allow_inf_nan=False)
     # FAISS shards.
     shard_count: int = 2
     # train-ranker proposes each user the candidates the gateway sends ranking: the ALS
