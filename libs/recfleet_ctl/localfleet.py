@@ -504,8 +504,8 @@ class LocalFleet:
         if force or not self._serving_version_usable():
             # The bundled MovieLens sample keeps the default ALS parameters when they are
             # searched (docs/evaluation.md), so the local fleet skips the search, and fuses
-            # in EASE with the setting the search chooses on that sample (docs/evaluation.md,
-            # "EASE, the item-to-item source"), so its start does not wait for the search.
+            # in EASE with the regression gate's setting on that sample (BUNDLED_SAMPLE_EASE),
+            # so its start does not wait for the search.
             output = self.job("train-als", "--tune-seconds", "0", defaults=BUNDLED_SAMPLE_EASE)
             version = next(
                 line.split("=", 1)[1] for line in reversed(output.splitlines()) if line.startswith("version=")
