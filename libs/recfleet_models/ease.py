@@ -166,12 +166,28 @@ def fused(
         raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
     if als_weight == 1.0:
         return als.astype(np.float32)
-    mixed = als_weight * standardise(als, als_population) + (1.0 - als_weight) * standardise(ease, ease_population)
-    if popularity_penalty:
-        if item_popularity is None:
-            raise ValueError("a popularity penalty needs the items' popularity")
-        mixed -= popularity_penalty * item_popularity
-    return mixed.astype(np.float32)
+    penalty = penalty_term(popularity_penalty, item_popularity)
+    return mix(standardise(als, als_population), standardise(ease, ease_population), als_weight, penalty)
+
+
+def penalty_term(popularity_penalty: float, item_popularity: np.ndarray | None) -> np.ndarray | None:
+    """What the fused score subtracts for each item, `popularity_penalty * item_popularity`
+    (float32); None without a penalty."""
+    if not popularity_penalty:
+        return None
+    if item_popularity is None:
+        raise ValueError("a popularity penalty needs the items' popularity")
+    return (np.float32(popularity_penalty) * item_popularity).astype(np.float32, copy=False)
+
+
+def mix(z_als: np.ndarray, z_ease: np.ndarray, als_weight: float, penalty: np.ndarray | None = None) -> np.ndarray:
+    """The fusion of two standardised sources, `als_weight * z_als + (1 - als_weight) *
+    z_ease - penalty` in float32 (`penalty`: `penalty_term`, one value per column)."""
+    mixed = np.float32(als_weight) * z_als
+    mixed += np.float32(1.0 - als_weight) * z_ease
+    if penalty is not None:
+        mixed -= penalty
+    return mixed.astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -217,12 +233,16 @@ class Moments:
 
 
 def fused_with(
-    als: np.ndarray, ease: np.ndarray, als_weight: float, als_moments: Moments, ease_moments: Moments
+    als: np.ndarray,
+    ease: np.ndarray,
+    als_weight: float,
+    als_moments: Moments,
+    ease_moments: Moments,
+    penalty: np.ndarray | None = None,
 ) -> np.ndarray:
     """`fused` with each population given by its moments (what a shard computes per query:
-    one pass over each population instead of keeping it)."""
+    one pass over each population instead of keeping it) and the penalty as its
+    `penalty_term` for these items."""
     if als_weight == 1.0:
         return als.astype(np.float32)
-    mixed = np.float32(als_weight) * als_moments.standardise(als)
-    mixed += np.float32(1.0 - als_weight) * ease_moments.standardise(ease)
-    return mixed
+    return mix(als_moments.standardise(als), ease_moments.standardise(ease), als_weight, penalty)

@@ -52,7 +52,7 @@ import faiss
 import numpy as np
 from recfleet_store.artifacts import ArtifactStore, sha256
 
-from .ease import Moments
+from .ease import Moments, penalty_term
 from .sharding import ASSIGNMENT_RULE, shard_of
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -259,9 +259,9 @@ def _checked_blob(store: ArtifactStore, version: str, checksums: dict[str, str],
     return data
 
 
-def read_ease(store: ArtifactStore, version: str, item_count: int | None = None) -> VersionEase | None:
+def read_ease(store: ArtifactStore, version: str, item_count: int) -> VersionEase | None:
     """The version's EASE source, checked against its checksums.json (and the popularity
-    against the version's `item_count` items, when given); None without one."""
+    against the version's `item_count` items); None without one."""
     prefix = als_prefix(version)
     if not store.exists(f"{prefix}ease/meta.json"):
         return None
@@ -280,8 +280,7 @@ def read_ease(store: ArtifactStore, version: str, item_count: int | None = None)
     item_popularity = None
     if penalty:
         item_popularity = _npy_load(_checked_blob(store, version, checksums, POPULARITY_FILE))
-        expected = (item_count,) if item_count is not None else item_popularity.shape
-        if item_popularity.dtype != np.float32 or item_popularity.ndim != 1 or item_popularity.shape != expected:
+        if item_popularity.dtype != np.float32 or item_popularity.shape != (item_count,):
             raise ValueError(
                 f"ALS version {version!r}: item popularity {item_popularity.dtype} {item_popularity.shape}"
                 f" for {item_count} items"
@@ -444,10 +443,7 @@ class ShardFusion:
             sample = vectors
         column_of_row = np.full(count, -1, dtype=np.int64)
         column_of_row[ease.shard_rows] = np.arange(len(ease.shard_rows))
-        penalty = None
-        if ease.popularity_penalty and ease.item_popularity is not None:
-            penalty = (np.float32(ease.popularity_penalty) * ease.item_popularity).astype(np.float32)
-        return cls(ease, sample, column_of_row, penalty)
+        return cls(ease, sample, column_of_row, penalty_term(ease.popularity_penalty, ease.item_popularity))
 
     def history_rows(self, history: Sequence[str]) -> np.ndarray:
         """The vocabulary rows of the history's items, each once."""

@@ -62,7 +62,7 @@ from .als import (
     top_k_batch,
 )
 from .data import Ratings
-from .ease import gram, popularity, solve, standardise, vocabulary
+from .ease import gram, mix, penalty_term, popularity, solve, standardise, vocabulary
 from .evaluation import MatrixHoldout, holdout_lists, holdout_split, ranking_metrics, user_ndcg
 from .protocols import Split
 
@@ -667,9 +667,9 @@ def tune_ease_holdout(
         weights_b = solve(gram_matrix, value)
         solved = time.perf_counter() - begun
         lists, scoring = _fused_lists(als, weights_b, ease_history, columns, history, users, mixes, k, item_popularity)
-        for mix, found, seconds in zip(mixes, lists, scoring, strict=True):
+        for setting, found, seconds in zip(mixes, lists, scoring, strict=True):
             share = solved / len(mixes) + seconds
-            record(_ease_trial(float(value), mix, found, holdout, catalog, k, share))
+            record(_ease_trial(float(value), setting, found, holdout, catalog, k, share))
         slowest = max(slowest, time.perf_counter() - begun)
     done = replace(off, trials=tuple(trials), stopped=stopped, seconds=time.perf_counter() - started)
     best = done.best
@@ -712,11 +712,7 @@ def _fused_lists(
         for n, (weight, penalty) in enumerate(mixes):
             begun = time.perf_counter()
             # ease.fused: ALS alone is its raw scores, a mix the sum of the z-scores less the penalty.
-            scores = (
-                als_scores
-                if weight == 1.0
-                else weight * z_als + (1.0 - weight) * z_ease - np.float32(penalty) * item_popularity
-            )
+            scores = als_scores if weight == 1.0 else mix(z_als, z_ease, weight, penalty_term(penalty, item_popularity))
             best = top_k_batch(scores, k, exclude)
             for user, found in zip(rows.tolist(), best, strict=True):
                 lists[n][user] = [int(c) for c in found if c >= 0]
@@ -726,7 +722,7 @@ def _fused_lists(
 
 def _ease_trial(
     l2: float | None,
-    mix: tuple[float, float],
+    setting: tuple[float, float],
     lists: dict[int, list[int]],
     holdout: MatrixHoldout,
     catalog: int,
@@ -735,7 +731,7 @@ def _ease_trial(
 ) -> EaseTrial:
     metrics = ranking_metrics(lists, holdout.truth, k, catalog)
     per_user = user_ndcg(lists, holdout.truth, k)
-    als_weight, penalty = mix
+    als_weight, penalty = setting
     return EaseTrial(
         l2,
         als_weight,

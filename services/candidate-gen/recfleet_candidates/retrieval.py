@@ -253,7 +253,7 @@ class _Proposals:
     kind: np.ndarray
     als_moments: Moments
     ease_moments: Moments
-    penalty: np.ndarray
+    penalty: np.ndarray | None
 
 
 def _kth_largest(values: np.ndarray, k: int) -> float:
@@ -286,9 +286,7 @@ def _every_item(
     ease_scores = np.zeros(count, dtype=np.float32)
     ease_scores[ease.shard_rows] = columns
     als_moments, ease_moments = Moments.of(als), Moments.of(columns, count)
-    score = fused_with(als, ease_scores, ease.als_weight, als_moments, ease_moments)
-    if scorer.penalty is not None:
-        score -= scorer.penalty
+    score = fused_with(als, ease_scores, ease.als_weight, als_moments, ease_moments, scorer.penalty)
     k = min(query.k, count - excluded.size)
     if k <= 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -306,9 +304,9 @@ def _every_item(
     return _Proposals(rows, als[rows], ease_scores[rows], kind, als_moments, ease_moments, _penalty(scorer, rows))
 
 
-def _penalty(scorer: ShardFusion, rows: np.ndarray) -> np.ndarray:
-    """What the fused score subtracts for each of `rows`: zeros without a penalty."""
-    return scorer.penalty[rows] if scorer.penalty is not None else np.zeros(len(rows), dtype=np.float32)
+def _penalty(scorer: ShardFusion, rows: np.ndarray) -> np.ndarray | None:
+    """What the fused score subtracts for each of `rows`; None without a penalty."""
+    return scorer.penalty[rows] if scorer.penalty is not None else None
 
 
 def _union(
@@ -349,7 +347,7 @@ def _fused_answer(shard: LoadedShard, weight: float, query: Query, found: _Propo
     """The best k of both sources' proposals (and the metadata items) by fused score,
     with each source's own score."""
     als, ease_part = found.als, found.ease
-    score = fused_with(als, ease_part, weight, found.als_moments, found.ease_moments) - found.penalty
+    score = fused_with(als, ease_part, weight, found.als_moments, found.ease_moments, found.penalty)
     if extra is not None and extra.item_ids:
         # Metadata items have no EASE score (0, as for an item outside the vocabulary)
         # and no popularity yet (no penalty: the catalog's mean).
