@@ -23,6 +23,10 @@ class ConnectionLost(Exception):
     """The server closed the connection before answering."""
 
 
+class _StaleConnection(ConnectionLost):
+    """A reused keep-alive connection was closed before any byte of the answer came back."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
 
@@ -32,6 +36,8 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.body: list[bytes] = []
         self.reusable = True
+        # Whether any byte of an answer came back on this connection (its current request).
+        self.answered = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -42,6 +48,7 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_exception(ConnectionLost(str(exc or "closed")))
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -61,6 +68,7 @@ class _Connection(asyncio.Protocol):
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         self.body = []
+        self.answered = False
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         try:
@@ -82,36 +90,46 @@ class LeanClient:
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
 
-    async def _connection(self) -> _Connection:
-        while self._idle:
+    async def _connection(self, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection and whether it is a reused one (from the pool)."""
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if connection.reusable:
-                return connection
+                return connection, True
             self._all.discard(connection)
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(_Connection, self.host, self.port)
         self._all.add(connection)
-        return connection
+        return connection, False
 
     async def get(self, path: str, params: dict | None = None) -> tuple[int, bytes]:
-        """(status, body) of one GET; raises ConnectionLost, TimeoutError or OSError."""
+        """(status, body) of one GET; raises ConnectionLost, TimeoutError or OSError. As
+        HTTP clients do for an idempotent request, a GET whose reused keep-alive connection
+        the server closed before answering (its idle timeout racing the request) is sent
+        once more on a new connection."""
         target = f"{path}?{urlencode(params, doseq=True)}" if params else path
-        return await self._send(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head)
+        request = b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head
+        try:
+            return await self._send(request)
+        except _StaleConnection:
+            return await self._send(request, fresh=True)
 
     async def post(self, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
-        """(status, body) of one POST of `body`; raises like `get`."""
+        """(status, body) of one POST of `body`; raises like `get`, and is never sent twice."""
         head = f"POST {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         return await self._send(head.encode() + self._head + body)
 
-    async def _send(self, request: bytes) -> tuple[int, bytes]:
-        connection = await self._connection()
+    async def _send(self, request: bytes, fresh: bool = False) -> tuple[int, bytes]:
+        connection, reused = await self._connection(fresh)
         try:
             async with asyncio.timeout(self.timeout):
                 answer = await connection.send(request)
-        except BaseException:
+        except BaseException as error:
             connection.reusable = False
             connection.transport.close()
             self._all.discard(connection)
+            if reused and isinstance(error, ConnectionLost) and not connection.answered:
+                raise _StaleConnection(str(error)) from error
             raise
         if connection.reusable:
             self._idle.append(connection)
