@@ -149,7 +149,7 @@ def _seen_matrix(
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
 
 
-def _batched_top_k(
+def batched_top_k(
     scores_for: Callable[[list[int]], np.ndarray],
     users: Sequence[int],
     k: int,
@@ -157,6 +157,8 @@ def _batched_top_k(
     item_ids: np.ndarray,
     user_rows: Mapping[int, int],
 ) -> dict[int, list[int]]:
+    """Top-k item ids of each user that has a row, by `scores_for(rows)` (one row of
+    catalog scores per user row, columns in `item_ids` order), `seen` items excluded."""
     item_cols = {int(item): col for col, item in enumerate(item_ids.tolist())}
     known = [u for u in users if u in user_rows]
     out: dict[int, list[int]] = {}
@@ -181,7 +183,7 @@ class PopularRecommender:
         self.user_rows = {int(u): 0 for u in np.unique(train.user_ids).tolist()}
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
-        return _batched_top_k(
+        return batched_top_k(
             lambda rows: np.tile(self.scores, (len(rows), 1)), users, k, seen, self.item_ids, self.user_rows
         )
 
@@ -208,7 +210,7 @@ class AlsRecommender:
         assert model is not None, "fit() comes before recommend()"
         item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
         user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
-        return _batched_top_k(
+        return batched_top_k(
             lambda rows: model.user_factors[rows] @ model.item_factors.T, users, k, seen, item_ids, user_rows
         )
 
@@ -282,7 +284,7 @@ class FusedRecommender:
         assert model is not None, "fit() comes before recommend()"
         item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
         user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
-        return _batched_top_k(self.scores, users, k, seen, item_ids, user_rows)
+        return batched_top_k(self.scores, users, k, seen, item_ids, user_rows)
 
 
 def primary_categories(movies: Sequence[Movie]) -> dict[int, str]:
@@ -455,7 +457,7 @@ class SarRecommender:
         self.user_rows = {int(u): row for row, u in enumerate(self.user_ids.tolist())}
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
-        return _batched_top_k(
+        return batched_top_k(
             lambda rows: np.asarray(self.affinity[rows] @ self.similarity),
             users,
             k,
