@@ -59,11 +59,11 @@ EXCLUSIONS: dict[str, tuple[list[str], str]] = {
     ),
     "POST /admin/v1/api-keys": (
         REFUSED_FOR_A_REASON_BEYOND_THE_SCHEMA,
-        "`expires_at` must lie in the future (and not come with `ttl_seconds`)",
+        "`expires_at` must lie in the future: a rule on the clock (the schema states the one-expiry rule)",
     ),
     "POST /admin/v1/api-keys/{key_id}/rotate": (
         REFUSED_FOR_A_REASON_BEYOND_THE_SCHEMA,
-        "`expires_at` must lie in the future (and not come with `ttl_seconds`)",
+        "`expires_at` must lie in the future: a rule on the clock (the schema states the one-expiry rule)",
     ),
     "POST /admin/v1/traffic/{service}/rollout": (
         REFUSED_FOR_A_REASON_BEYOND_THE_SCHEMA,

@@ -7,6 +7,7 @@ import asyncio
 import re
 import uuid
 
+import jsonschema
 import pytest
 from gateway_test_support import ADMIN_KEY, assert_problem, http_client, metrics_text, running_app
 from recfleet_gateway.rest.auth import SCOPES
@@ -320,6 +321,86 @@ async def test_openapi_documents_every_status_with_a_schema(anonymous):
         {"$ref": "#/components/schemas/InteractionEvent"},
         {"$ref": "#/components/schemas/RatingEvent"},
     ]
+
+
+# Every keyword a schema object of the document may use (JSON Schema 2020-12 as OpenAPI
+# 3.1 takes it, with OpenAPI's own `discriminator` and `example`). pydantic writes a
+# constraint it cannot express under the constraint's own name (`ge`, `le`), which every
+# client and fuzzer reading the document ignores.
+SCHEMA_KEYWORDS = {
+    "$ref", "$defs", "type", "enum", "const", "title", "description", "default", "examples", "example",
+    "deprecated", "readOnly", "writeOnly", "format", "pattern", "minLength", "maxLength", "minimum",
+    "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "items", "prefixItems", "minItems",
+    "maxItems", "uniqueItems", "contains", "properties", "required", "additionalProperties",
+    "patternProperties", "propertyNames", "minProperties", "maxProperties", "dependentRequired",
+    "anyOf", "oneOf", "allOf", "not", "if", "then", "else", "discriminator", "contentMediaType",
+    "contentEncoding",
+}  # fmt: skip
+SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SUBSCHEMA = ("items", "not", "if", "then", "else", "additionalProperties", "contains", "propertyNames")
+
+
+def unknown_keywords(schema: object, where: str) -> list[str]:
+    """`where.keyword` for every key of `schema` and its subschemas JSON Schema lacks."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{where}.{key}" for key in schema if key not in SCHEMA_KEYWORDS]
+    for key in SUBSCHEMA:
+        found += unknown_keywords(schema.get(key), f"{where}.{key}")
+    for key in SUBSCHEMA_LISTS:
+        for n, sub in enumerate(schema.get(key, ())):
+            found += unknown_keywords(sub, f"{where}.{key}[{n}]")
+    for key in ("properties", "patternProperties", "$defs"):
+        for name, sub in schema.get(key, {}).items():
+            found += unknown_keywords(sub, f"{where}.{key}.{name}")
+    return found
+
+
+async def test_every_schema_in_the_document_speaks_json_schema(anonymous):
+    document = (await anonymous.get("/openapi.json")).json()
+    found: list[str] = []
+    for name, schema in document["components"]["schemas"].items():
+        found += unknown_keywords(schema, name)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", ()):
+                found += unknown_keywords(parameter["schema"], f"{method} {path} {parameter['name']}")
+            for media, content in operation.get("requestBody", {}).get("content", {}).items():
+                found += unknown_keywords(content["schema"], f"{method} {path} body {media}")
+    assert not found, found
+    # What it once wrote for the rollout's stages: the bounds the route checks.
+    stages = document["components"]["schemas"]["RolloutIn"]["properties"]["stages"]["anyOf"][0]["items"]
+    assert stages == {"type": "integer", "minimum": 1, "maximum": 100}
+
+
+@pytest.mark.parametrize("model", ["ApiKeyIn", "RotateIn"])
+async def test_the_schema_states_that_a_key_takes_one_expiry(anonymous, client, model):
+    document = (await anonymous.get("/openapi.json")).json()
+    validator = jsonschema.Draft202012Validator(
+        {**document["components"]["schemas"][model], "components": document["components"]}
+    )
+    base = {"name": "k", "scopes": ["recommend:read"]} if model == "ApiKeyIn" else {}
+    both = {**base, "expires_at": "2999-01-01T00:00:00Z", "ttl_seconds": 60}
+    assert not validator.is_valid(both)
+    for one in (
+        {"ttl_seconds": 60},
+        {"expires_at": "2999-01-01T00:00:00Z"},
+        {"expires_at": None, "ttl_seconds": 60},
+        {},
+    ):
+        assert validator.is_valid({**base, **one}), one
+    # The route refuses what the schema refuses, and nothing was created.
+    before = (await client.get("/admin/v1/api-keys")).json()["keys"]
+    if model == "ApiKeyIn":
+        reply = await client.post("/admin/v1/api-keys", json=both)
+    else:
+        created = (
+            await client.post("/admin/v1/api-keys", json={"name": "to-rotate", "scopes": ["recommend:read"]})
+        ).json()
+        before = (await client.get("/admin/v1/api-keys")).json()["keys"]
+        reply = await client.post(f"/admin/v1/api-keys/{created['key_id']}/rotate", json=both)
+    assert_problem(reply, 400)
+    assert (await client.get("/admin/v1/api-keys")).json()["keys"] == before
 
 
 async def test_bootstrap_key_is_the_configured_one(anonymous):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..experiments import MAX_VARIANTS, NAME_RE, RANKER_RE
 from ..rest.schemas import Integer, JsonInteger, Label, Strict, Text
@@ -23,9 +23,19 @@ MAX_KEY_TTL_SECONDS = 10 * 365 * 86_400
 MAX_OVERLAP_SECONDS = 7 * 86_400
 
 
+# What `KeyExpiry._one_of` refuses, as the schema states it: both expiries given (a null
+# is not given).
+BOTH_EXPIRIES = {
+    "required": ["expires_at", "ttl_seconds"],
+    "properties": {"expires_at": {"type": "string"}, "ttl_seconds": {"type": "integer"}},
+}
+
+
 class KeyExpiry(Strict):
     """When a key stops working: at `expires_at` or `ttl_seconds` from now; never, when
     neither is given."""
+
+    model_config = ConfigDict(json_schema_extra={"not": BOTH_EXPIRIES})
 
     expires_at: AwareDatetime | None = Field(
         None, description="RFC 3339 time with an offset, in the future; not with `ttl_seconds`."

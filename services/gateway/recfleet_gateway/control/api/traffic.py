@@ -18,7 +18,7 @@ from ...gateway import Gateway
 from ...rest.auth import Principal
 from ...rest.problems import Problem
 from ...rest.responses import JSONBody
-from ...rest.schemas import FiniteNumber, Integer
+from ...rest.schemas import FiniteNumber, Integer, JsonInteger
 from ..traffic import RolloutConflict
 
 router = APIRouter(prefix="/admin/v1", tags=["traffic"], dependencies=[Depends(authorize("admin"))])
@@ -37,9 +37,15 @@ class RollbackIn(BaseModel):
     reason: str = Field(default="manual rollback", max_length=500)
 
 
+# A stage's canary weight. The bounds sit on the int itself, inside the JSON-integer
+# validator: put after it (`Annotated[Integer, Field(ge=1)]`) pydantic still checks them but
+# writes `ge` / `le` into the schema, which JSON Schema does not know.
+StageWeight = Annotated[int, Field(strict=True, ge=1, le=100), JsonInteger]
+
+
 class RolloutIn(BaseModel):
     model_config = {"extra": "forbid"}
-    stages: list[Annotated[Integer, Field(ge=1, le=100)]] | None = Field(
+    stages: list[StageWeight] | None = Field(
         None,
         min_length=1,
         max_length=MAX_STAGES,
