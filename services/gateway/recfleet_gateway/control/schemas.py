@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
 from ..experiments import MAX_VARIANTS, NAME_RE, RANKER_RE
 from ..rest.schemas import Integer, JsonInteger, Label, Strict, Text
@@ -25,7 +26,7 @@ MAX_OVERLAP_SECONDS = 7 * 86_400
 
 # What `KeyExpiry._one_of` refuses, as the schema states it: both expiries given (a null
 # is not given).
-BOTH_EXPIRIES = {
+BOTH_EXPIRIES: JsonDict = {
     "required": ["expires_at", "ttl_seconds"],
     "properties": {"expires_at": {"type": "string"}, "ttl_seconds": {"type": "integer"}},
 }
