@@ -198,6 +198,25 @@ async def test_a_rollout_is_refused_without_a_canary_or_with_a_bad_schedule(roll
     assert "no rollout in progress" in assert_problem(reply, 409)["detail"]
 
 
+async def test_a_reason_with_nul_is_refused_before_anything_changes(rollout_client):
+    # Postgres text cannot hold NUL: the reason goes into the traffic history and the audit
+    # log, so it is refused as the schema says, before the weight moves.
+    await start_rollout(rollout_client, hold_seconds=3600)
+
+    def settled(state: dict) -> tuple:
+        return state["weight"], state["frozen"], state["rollout"]["status"], state["rollout"]["stage"]
+
+    before = settled(await ranking_state(rollout_client))
+    assert before == (1, False, "running", 1)
+    for path in ("/admin/v1/traffic/ranking/rollout/abort", "/admin/v1/rollback/ranking"):
+        reply = await rollout_client.post(path, json={"reason": "bad\u0000build"})
+        assert assert_problem(reply, 400)["errors"][0]["field"] == "body.reason", path
+    assert settled(await ranking_state(rollout_client)) == before
+    reply = await rollout_client.post("/admin/v1/rollback/ranking", json={"reason": "bad build"})
+    assert reply.status_code == 200, reply.text
+    assert (await ranking_state(rollout_client))["weight"] == 0
+
+
 async def test_a_rollout_holds_its_stage_locks_the_weight_and_can_be_aborted(rollout_client):
     started = await start_rollout(rollout_client, hold_seconds=3600)
     assert started["rollout"]["started_by"]

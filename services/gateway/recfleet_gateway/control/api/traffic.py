@@ -18,7 +18,7 @@ from ...gateway import Gateway
 from ...rest.auth import Principal
 from ...rest.problems import Problem
 from ...rest.responses import JSONBody
-from ...rest.schemas import FiniteNumber, Integer, JsonInteger
+from ...rest.schemas import FiniteNumber, Integer, JsonInteger, Text
 from ..traffic import RolloutConflict
 
 router = APIRouter(prefix="/admin/v1", tags=["traffic"], dependencies=[Depends(authorize("admin"))])
@@ -34,7 +34,9 @@ class TrafficIn(BaseModel):
 
 class RollbackIn(BaseModel):
     model_config = {"extra": "forbid"}
-    reason: str = Field(default="manual rollback", max_length=500)
+    reason: Text = Field(
+        default="manual rollback", max_length=500, description="Kept in the traffic history and the audit log."
+    )
 
 
 # A stage's canary weight. The bounds sit on the int itself, inside the JSON-integer
@@ -63,7 +65,11 @@ class RolloutIn(BaseModel):
 
 class AbortIn(BaseModel):
     model_config = {"extra": "forbid"}
-    reason: str = Field(default="aborted by an operator", max_length=500)
+    reason: Text = Field(
+        default="aborted by an operator",
+        max_length=500,
+        description="Kept in the rollout, its history and the audit log.",
+    )
 
 
 class GateReading(BaseModel):
