@@ -373,6 +373,46 @@ async def test_every_schema_in_the_document_speaks_json_schema(anonymous):
     assert stages == {"type": "integer", "minimum": 1, "maximum": 100}
 
 
+def free_strings(schema: object, components: dict, where: str, seen: set[str]) -> list[str]:
+    """`where` of every string in `schema` (references followed) that takes any text: no
+    pattern, enum, const or format bounds it."""
+    if not isinstance(schema, dict):
+        return []
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name in seen:
+            return []
+        return free_strings(components[name], components, name, seen | {name})
+    found = []
+    if schema.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(schema):
+        found.append(where)
+    for key in ("items", "additionalProperties"):
+        found += free_strings(schema.get(key), components, f"{where}.{key}", seen)
+    for key in SUBSCHEMA_LISTS:
+        for sub in schema.get(key, ()):
+            found += free_strings(sub, components, where, seen)
+    for name, sub in schema.get("properties", {}).items():
+        found += free_strings(sub, components, f"{where}.{name}", seen)
+    return found
+
+
+async def test_no_request_takes_a_string_its_schema_does_not_bound(anonymous):
+    # Every text a request carries is stored, logged or passed on: its schema says what it
+    # may hold (at least: no NUL, which Postgres text cannot store), so a client learns the
+    # rule from the document instead of from a 500.
+    document = (await anonymous.get("/openapi.json")).json()
+    components = document["components"]["schemas"]
+    found: list[str] = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", ()):
+                where = f"{method} {path} {parameter['in']}.{parameter['name']}"
+                found += free_strings(parameter["schema"], components, where, set())
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                found += free_strings(content["schema"], components, f"{method} {path} body", set())
+    assert not found, found
+
+
 @pytest.mark.parametrize("model", ["ApiKeyIn", "RotateIn"])
 async def test_the_schema_states_that_a_key_takes_one_expiry(anonymous, client, model):
     document = (await anonymous.get("/openapi.json")).json()
