@@ -4,25 +4,17 @@ just as the next request arrives on it (what uvicorn's keep-alive timeout can do
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from bench_support import bench_script
 
-ROOT = Path(__file__).resolve().parents[2]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
 @pytest.fixture(scope="module")
 def loadgen():
-    spec = importlib.util.spec_from_file_location("loadgen", ROOT / "bench" / "loadgen.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_script("loadgen") as module:
+        yield module
 
 
 async def closing_server() -> tuple[asyncio.Server, list[bytes]]:

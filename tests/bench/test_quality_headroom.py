@@ -3,27 +3,18 @@ matrices small enough to work out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_support import bench_script
 
 
 @pytest.fixture(scope="module")
 def headroom():
-    spec = importlib.util.spec_from_file_location("quality_headroom", ROOT / "bench" / "quality_headroom.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_script("quality_headroom") as module:
+        yield module
 
 
 def bench_of(rows: list[list[int]]) -> SimpleNamespace:

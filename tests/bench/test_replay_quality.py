@@ -3,28 +3,18 @@ with each request, and the scoring of online answers with the offline harness's 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench_support import bench_script
 from recfleet_models.data import Movie, Ratings
 from recfleet_models.evaluation import AlsRecommender, evaluate
 from recfleet_models.protocols import Split, recbole
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def replay():
-    spec = importlib.util.spec_from_file_location("replay_quality", ROOT / "bench" / "replay_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_script("replay_quality") as module:
+        yield module
 
 
 def ratings(rows: list[tuple[int, int, float, int]]) -> Ratings:
