@@ -240,7 +240,7 @@ def searched(bench: Bench, z_als: np.ndarray, popularity: np.ndarray, budget_sec
 
 def chart(rows: list[Row], title: str, path: Path, goal: float | None) -> None:
     ordered = sorted(rows, key=lambda r: r.ndcg)
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(ordered) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(ordered) + 1.2))
     labels = [f"{r.family}: {r.setting}" for r in ordered]
     ax.barh(labels, [r.ndcg for r in ordered], color="#4c72b0")
     low = min(r.ndcg for r in ordered)
@@ -253,7 +253,7 @@ def chart(rows: list[Row], title: str, path: Path, goal: float | None) -> None:
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
