@@ -170,6 +170,12 @@ def fused(
     return mix(standardise(als, als_population), standardise(ease, ease_population), als_weight, penalty)
 
 
+def valid_penalty(popularity_penalty: float) -> bool:
+    """Whether a popularity penalty is one the fusion takes: a finite number >= 0 (NaN and
+    infinities are not)."""
+    return 0 <= popularity_penalty < float("inf")
+
+
 def penalty_term(popularity_penalty: float, item_popularity: np.ndarray | None) -> np.ndarray | None:
     """What the fused score subtracts for each item, `popularity_penalty * item_popularity`
     (float32); None without a penalty."""

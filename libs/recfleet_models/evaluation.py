@@ -21,7 +21,6 @@ the model's candidates before the top k is cut. The default figures leave it out
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ import scipy.sparse as sp
 
 from .als import AlsModel, ALSParams, build_interaction_matrix, fit_als, top_k_batch
 from .data import Movie, Ratings
-from .ease import EaseModel, fit_ease, fused, popularity
+from .ease import EaseModel, fit_ease, fused, popularity, valid_penalty
 from .protocols import Split
 from .ranking.diversity import DiversityPolicy, diversify
 
@@ -239,7 +238,7 @@ class FusedRecommender:
     ) -> None:
         if not 0.0 <= als_weight <= 1.0:
             raise ValueError(f"als_weight must be within [0, 1], got {als_weight}")
-        if not 0 <= popularity_penalty < math.inf:
+        if not valid_penalty(popularity_penalty):
             raise ValueError(f"popularity_penalty must be a finite value >= 0, got {popularity_penalty}")
         self.als = als
         self.popularity_penalty = popularity_penalty

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +51,7 @@ import faiss
 import numpy as np
 from recfleet_store.artifacts import ArtifactStore, sha256
 
-from .ease import Moments, penalty_term
+from .ease import Moments, penalty_term, valid_penalty
 from .sharding import ASSIGNMENT_RULE, shard_of
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -275,7 +274,7 @@ def read_ease(store: ArtifactStore, version: str, item_count: int) -> VersionEas
             f"ALS version {version!r}: EASE weights {weights.dtype} {weights.shape} for {len(item_ids)} items"
         )
     penalty = float(meta.get("popularity_penalty", 0.0))
-    if not 0 <= penalty < math.inf:
+    if not valid_penalty(penalty):
         raise ValueError(f"ALS version {version!r}: EASE popularity_penalty {penalty} is not a finite value >= 0")
     item_popularity = None
     if penalty:
@@ -597,7 +596,7 @@ def _load_shard_ease(store: ArtifactStore, manifest: ShardManifest, entry: Shard
         raise ShardRejected(f"EASE rows are {shard_rows.dtype} {shard_rows.shape} for {weights.shape[1]} columns")
     if shard_rows.size and (shard_rows.min() < 0 or shard_rows.max() >= entry.item_count):
         raise ShardRejected(f"EASE rows fall outside the shard's {entry.item_count} items")
-    if not 0.0 <= als_weight <= 1.0 or l2 <= 0 or not 0 <= penalty < math.inf:
+    if not 0.0 <= als_weight <= 1.0 or l2 <= 0 or not valid_penalty(penalty):
         raise ShardRejected(f"EASE l2 {l2} / als_weight {als_weight} / popularity_penalty {penalty} out of range")
     item_popularity = None
     if penalty:

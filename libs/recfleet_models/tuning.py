@@ -62,7 +62,7 @@ from .als import (
     top_k_batch,
 )
 from .data import Ratings
-from .ease import gram, mix, penalty_term, popularity, solve, standardise, vocabulary
+from .ease import gram, mix, penalty_term, popularity, solve, standardise, valid_penalty, vocabulary
 from .evaluation import MatrixHoldout, holdout_lists, holdout_split, ranking_metrics, user_ndcg
 from .protocols import Split
 
@@ -557,7 +557,7 @@ def _check_ease_options(budget_seconds: float, **options: Any) -> None:
     if any(v <= 0 for v in options.get("l2_grid", (1.0,))) or options.get("l2", 1.0) <= 0:
         raise ValueError("l2 values must be positive")
     penalties = (*options.get("penalties", ()), options.get("popularity_penalty", 0.0))
-    if not all(0 <= v < math.inf for v in penalties):
+    if not all(valid_penalty(v) for v in penalties):
         raise ValueError("popularity penalties must be finite values >= 0")
     if options.get("min_coverage_ratio", 0.0) < 0:
         raise ValueError("min_coverage_ratio must be >= 0")
