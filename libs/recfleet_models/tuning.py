@@ -699,6 +699,7 @@ def _fused_lists(
     block = max(1, _SCORE_BLOCK // max(1, n_items))
     lists: list[dict[int, list[int]]] = [{} for _ in mixes]
     seconds = [0.0] * len(mixes)
+    penalties = [penalty_term(penalty, item_popularity) for _, penalty in mixes]
     for start in range(0, len(users), block):
         rows = users[start : start + block]
         als_scores = als.user_factors[rows] @ als.item_factors.T
@@ -709,10 +710,10 @@ def _fused_lists(
             ease_scores[:, columns] = np.asarray(ease_history[start : start + block] @ ease_weights)
             z_ease = standardise(ease_scores)
         exclude = history[start : start + block]
-        for n, (weight, penalty) in enumerate(mixes):
+        for n, ((weight, _), penalty) in enumerate(zip(mixes, penalties, strict=True)):
             begun = time.perf_counter()
             # ease.fused: ALS alone is its raw scores, a mix the sum of the z-scores less the penalty.
-            scores = als_scores if weight == 1.0 else mix(z_als, z_ease, weight, penalty_term(penalty, item_popularity))
+            scores = als_scores if weight == 1.0 else mix(z_als, z_ease, weight, penalty)
             best = top_k_batch(scores, k, exclude)
             for user, found in zip(rows.tolist(), best, strict=True):
                 lists[n][user] = [int(c) for c in found if c >= 0]
