@@ -29,6 +29,7 @@ als+ease` with the configured ALS and the jobs' default EASE settings, budget
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -48,9 +49,9 @@ from implicit.nearest_neighbours import BM25Recommender
 from implicit.utils import ParameterWarning
 from recfleet_jobs.settings import JobSettings
 from recfleet_models import ease
-from recfleet_models.als import AlsModel, ALSParams, build_interaction_matrix, fit_als
+from recfleet_models.als import AlsModel, ALSParams, build_interaction_matrix, fit_als, top_k_batch
 from recfleet_models.data import read_movielens
-from recfleet_models.evaluation import batched_top_k, ranking_metrics, relevant_items
+from recfleet_models.evaluation import ranking_metrics, relevant_items, seen_matrix
 from recfleet_models.protocols import PROTOCOLS, Split, make_split, tuning_split
 from recfleet_models.tuning import EASE_ALS_WEIGHTS, EASE_L2_GRID, EASE_PENALTIES, tune_ease_on_split
 from tqdm import tqdm
@@ -87,9 +88,15 @@ class Bench:
         self.binary = self.matrix.astype(bool).astype(np.float32).tocsr()
         self.truth = relevant_items(split.test)
         self.item_ids = np.array([int(i) for i in self.items], dtype=np.int64)
-        self.user_rows = {int(u): row for row, u in enumerate(self.users)}
-        self.seen = split.seen()
         self.catalog = int(np.unique(train.movie_ids).size)
+        # The test users with a row, and what each has seen (train, and RecBole's validation
+        # part), once: every model is scored on the same users with the same exclusions.
+        rows = {int(u): row for row, u in enumerate(self.users)}
+        self.test_users = [user for user in sorted(self.truth) if user in rows]
+        self.test_rows = np.array([rows[user] for user in self.test_users], dtype=np.int64)
+        columns = {int(item): col for col, item in enumerate(self.item_ids.tolist())}
+        local = {user: n for n, user in enumerate(self.test_users)}
+        self.exclude = seen_matrix(split.seen(), local, columns, (len(self.test_users), len(self.item_ids)))
 
     def als(self, params: ALSParams) -> np.ndarray:
         matrix, _, _ = build_interaction_matrix(
@@ -102,22 +109,29 @@ class Bench:
         model: AlsModel = fit_als(matrix, params, self.users, self.items)
         return np.asarray(model.user_factors @ model.item_factors.T, dtype=np.float32)
 
+    @functools.cached_property
+    def ease_gram(self) -> tuple[np.ndarray, np.ndarray]:
+        """The vocabulary the jobs use by default (`RECFLEET_JOBS_EASE_MAX_ITEMS`,
+        `..._MIN_USERS`) and X^T X over it."""
+        columns = ease.vocabulary(self.matrix, JOBS["ease_max_items"], JOBS["ease_min_users"])
+        return columns, ease.gram(self.matrix, columns)
+
+    @functools.cache  # noqa: B019 (one Bench a run, kept to the end anyway)
+    def ease_scores(self, l2: float) -> np.ndarray:
+        """EASE's scores with `l2` over the default vocabulary, once per l2."""
+        columns, gram = self.ease_gram
+        out = np.zeros(self.binary.shape, dtype=np.float32)
+        out[:, columns] = np.asarray(self.binary[:, columns] @ ease.solve(gram, l2))
+        return out
+
     def score(self, family: str, setting: str, scores: np.ndarray) -> Row:
-        lists = batched_top_k(
-            lambda rows: scores[rows], sorted(self.truth), 10, self.seen, self.item_ids, self.user_rows
-        )
+        best = top_k_batch(scores[self.test_rows], 10, self.exclude)
+        lists = {
+            user: [int(self.item_ids[c]) for c in row if c >= 0]
+            for user, row in zip(self.test_users, best, strict=True)
+        }
         metrics = ranking_metrics(lists, self.truth, 10, self.catalog)
         return Row(family, setting, metrics.ndcg, metrics.recall, metrics.coverage)
-
-
-def ease_scores(bench: Bench, l2: float) -> np.ndarray:
-    """EASE over the vocabulary the jobs use by default (`RECFLEET_JOBS_EASE_MAX_ITEMS`,
-    `..._MIN_USERS`)."""
-    columns = ease.vocabulary(bench.matrix, JOBS["ease_max_items"], JOBS["ease_min_users"])
-    weights = ease.solve(ease.gram(bench.matrix, columns), l2)
-    out = np.zeros(bench.binary.shape, dtype=np.float32)
-    out[:, columns] = np.asarray(bench.binary[:, columns] @ weights)
-    return out
 
 
 def rp3beta(bench: Bench, alpha: float, beta: float) -> np.ndarray:
@@ -170,7 +184,7 @@ def run(bench: Bench, search_seconds: float) -> list[Row]:
             "5 seeds, mean z-score",
             lambda: np.mean([z(bench.als(replace(params, random_state=s))) for s in (42, 1, 2, 3, 4)], axis=0),
         ),
-        *[("EASE", f"l2 {l2:g}", lambda l2=l2: ease_scores(bench, l2)) for l2 in (200.0, 500.0, 1000.0)],
+        *[("EASE", f"l2 {l2:g}", lambda l2=l2: bench.ease_scores(l2)) for l2 in (200.0, 500.0, 1000.0)],
         *[
             ("RP3beta", f"alpha {a:g}, beta {b:g}", lambda a=a, b=b: rp3beta(bench, a, b))
             for a, b in ((1.0, 0.5), (0.8, 0.5))
@@ -190,7 +204,7 @@ def run(bench: Bench, search_seconds: float) -> list[Row]:
     best: tuple[Row, np.ndarray] | None = None
     best_covering: Row | None = None
     for l2 in tqdm(EASE_L2_GRID, desc="fusion grid", unit="l2"):
-        z_ease = z(ease_scores(bench, l2))
+        z_ease = z(bench.ease_scores(l2))
         for weight, penalty in grid:
             fused = ease.mix(z_als, z_ease, weight, ease.penalty_term(penalty, popularity))
             row = bench.score("ALS + EASE", f"l2 {l2:g}, w {weight:g}, g {penalty:g}", fused)
@@ -233,7 +247,7 @@ def searched(bench: Bench, z_als: np.ndarray, popularity: np.ndarray, budget_sec
     if not result.adopted:
         return bench.score(family, f"EASE off ({result.reason})", bench.als(bench.params))
     penalty = ease.penalty_term(result.popularity_penalty, popularity)
-    fused = ease.mix(z_als, ease.standardise(ease_scores(bench, result.l2)), result.als_weight, penalty)
+    fused = ease.mix(z_als, ease.standardise(bench.ease_scores(result.l2)), result.als_weight, penalty)
     setting = f"l2 {result.l2:g}, w {result.als_weight:g}, g {result.popularity_penalty:g}"
     return bench.score(family, setting, fused)
 

@@ -135,9 +135,11 @@ class Recommender(Protocol):
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]: ...
 
 
-def _seen_matrix(
+def seen_matrix(
     seen: Ratings, user_rows: Mapping[int, int], item_cols: Mapping[int, int], shape: tuple[int, int]
 ) -> sp.csr_matrix:
+    """The `seen` ratings as a 0/1 matrix of `shape`: row `user_rows[user]`, column
+    `item_cols[item]`; users and items without a row or column are left out."""
     rows, cols = [], []
     for user, item in zip(seen.user_ids.tolist(), seen.movie_ids.tolist(), strict=False):
         r = user_rows.get(user)
@@ -148,7 +150,7 @@ def _seen_matrix(
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
 
 
-def batched_top_k(
+def _batched_top_k(
     scores_for: Callable[[list[int]], np.ndarray],
     users: Sequence[int],
     k: int,
@@ -156,15 +158,13 @@ def batched_top_k(
     item_ids: np.ndarray,
     user_rows: Mapping[int, int],
 ) -> dict[int, list[int]]:
-    """Top-k item ids of each user that has a row, by `scores_for(rows)` (one row of
-    catalog scores per user row, columns in `item_ids` order), `seen` items excluded."""
     item_cols = {int(item): col for col, item in enumerate(item_ids.tolist())}
     known = [u for u in users if u in user_rows]
     out: dict[int, list[int]] = {}
     for start in range(0, len(known), 2048):
         chunk = known[start : start + 2048]
         local = {u: i for i, u in enumerate(chunk)}
-        exclude = _seen_matrix(seen, local, item_cols, (len(chunk), len(item_ids)))
+        exclude = seen_matrix(seen, local, item_cols, (len(chunk), len(item_ids)))
         best = top_k_batch(scores_for([user_rows[u] for u in chunk]), k, exclude)
         for user, row in zip(chunk, best, strict=False):
             out[user] = [int(item_ids[c]) for c in row if c >= 0]
@@ -182,7 +182,7 @@ class PopularRecommender:
         self.user_rows = {int(u): 0 for u in np.unique(train.user_ids).tolist()}
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
-        return batched_top_k(
+        return _batched_top_k(
             lambda rows: np.tile(self.scores, (len(rows), 1)), users, k, seen, self.item_ids, self.user_rows
         )
 
@@ -209,7 +209,7 @@ class AlsRecommender:
         assert model is not None, "fit() comes before recommend()"
         item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
         user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
-        return batched_top_k(
+        return _batched_top_k(
             lambda rows: model.user_factors[rows] @ model.item_factors.T, users, k, seen, item_ids, user_rows
         )
 
@@ -283,7 +283,7 @@ class FusedRecommender:
         assert model is not None, "fit() comes before recommend()"
         item_ids = np.array([int(i) for i in model.item_ids], dtype=np.int64)
         user_rows = {int(u): row for row, u in enumerate(model.user_ids)}
-        return batched_top_k(self.scores, users, k, seen, item_ids, user_rows)
+        return _batched_top_k(self.scores, users, k, seen, item_ids, user_rows)
 
 
 def primary_categories(movies: Sequence[Movie]) -> dict[int, str]:
@@ -456,7 +456,7 @@ class SarRecommender:
         self.user_rows = {int(u): row for row, u in enumerate(self.user_ids.tolist())}
 
     def recommend(self, users: Sequence[int], k: int, seen: Ratings) -> dict[int, list[int]]:
-        return batched_top_k(
+        return _batched_top_k(
             lambda rows: np.asarray(self.affinity[rows] @ self.similarity),
             users,
             k,
